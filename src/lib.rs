@@ -4,4 +4,6 @@
 pub mod broker;
 pub mod certs;
 pub mod config;
+pub mod engine;
+pub mod relpath;
 pub mod tls;

@@ -1,0 +1,270 @@
+//! The sync engine: pure decisions with no I/O, clocks or sockets. The node runtime
+//! feeds it what the scanner saw, what peers published and what the applier finished
+//! (`handle_*`), and drains the actions to carry out (`poll_effect`). Because it is
+//! pure, a seeded simulation can drive many engines through lossy networks.
+//!
+//! Invariant: `entries` holds what is on this node's disk (confirmed); `pending` holds
+//! accepted remote versions that the applier has not finished yet. Digests cover only
+//! confirmed entries, so a node never claims data it does not have.
+
+pub mod digest;
+pub mod entry;
+pub mod resolve;
+pub mod version;
+
+use std::collections::{BTreeMap, VecDeque};
+
+pub use digest::{BUCKETS, Digest, bucket_of};
+pub use entry::{ChunkRef, Content, Entry, Hash};
+pub use resolve::{Decision, beats, conflict_name, resolve};
+pub use version::{Causality, VersionVector};
+
+use crate::relpath::RelPath;
+
+/// How a folder treats local and remote changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    #[default]
+    SendReceive,
+    /// A master: local changes are sent, remote changes are not applied.
+    SendOnly,
+    /// A replica: remote changes are applied, local changes are not sent.
+    ReceiveOnly,
+}
+
+/// An action for the runtime to carry out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// Publish this local change in a manifest.
+    Announce(Entry),
+    /// Persist this confirmed entry in the index.
+    Store(Entry),
+    /// Make the disk hold `entry` (fetching chunks as needed), moving the current local
+    /// file to `conflict_copy` first when set; then report `handle_applied`.
+    Apply {
+        entry: Entry,
+        conflict_copy: Option<RelPath>,
+    },
+    /// Abandon an unfinished `Apply` for this path.
+    Cancel(RelPath),
+    /// Publish these entries (an answer to a digest that differs from ours).
+    SendEntries(Vec<Entry>),
+    /// Publish our digest; `reply` asks peers to answer with theirs.
+    SendDigest { reply: bool },
+}
+
+#[derive(Debug, Clone)]
+struct Pending {
+    entry: Entry,
+}
+
+/// The sync state of one folder on one node.
+pub struct Engine {
+    node: String,
+    mode: Mode,
+    entries: BTreeMap<RelPath, Entry>,
+    pending: BTreeMap<RelPath, Pending>,
+    digest: Digest,
+    /// Paths changed locally on a receive-only folder (reported, not sent).
+    local_changes: BTreeMap<RelPath, ()>,
+    effects: VecDeque<Effect>,
+}
+
+impl Engine {
+    /// An engine over the confirmed entries loaded from the index.
+    pub fn new(node: impl Into<String>, mode: Mode, entries: impl IntoIterator<Item = Entry>) -> Self {
+        let mut digest = Digest::default();
+        let entries: BTreeMap<_, _> = entries
+            .into_iter()
+            .map(|e| {
+                digest.toggle(&e);
+                (e.path.clone(), e)
+            })
+            .collect();
+        Engine {
+            node: node.into(),
+            mode,
+            entries,
+            pending: BTreeMap::new(),
+            digest,
+            local_changes: BTreeMap::new(),
+            effects: VecDeque::new(),
+        }
+    }
+
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    pub fn entry(&self, path: &RelPath) -> Option<&Entry> {
+        self.entries.get(path)
+    }
+
+    pub fn entries(&self) -> impl Iterator<Item = &Entry> {
+        self.entries.values()
+    }
+
+    /// Confirmed entries at or below `path`.
+    pub fn entries_under<'a>(&'a self, path: &'a RelPath) -> impl Iterator<Item = &'a Entry> + 'a {
+        self.entries
+            .range(path.clone()..)
+            .take_while(move |(p, _)| p.as_str().starts_with(path.as_str()))
+            .filter(move |(p, _)| p.starts_with(path))
+            .map(|(_, e)| e)
+    }
+
+    pub fn pending_count(&self) -> usize {
+        self.pending.len()
+    }
+
+    pub fn is_pending(&self, path: &RelPath) -> bool {
+        self.pending.contains_key(path)
+    }
+
+    pub fn local_change_count(&self) -> usize {
+        self.local_changes.len()
+    }
+
+    pub fn digest(&self) -> &Digest {
+        &self.digest
+    }
+
+    pub fn poll_effect(&mut self) -> Option<Effect> {
+        self.effects.pop_front()
+    }
+
+    /// The scanner saw `content` at `path` on the local disk (`Content::Deleted` when
+    /// the path is absent).
+    pub fn handle_local(&mut self, path: RelPath, content: Content) {
+        let current = self.entries.get(&path);
+        let unchanged = match current {
+            Some(e) => e.content == content,
+            None => content.is_deleted(),
+        };
+        if unchanged {
+            self.local_changes.remove(&path);
+            return;
+        }
+        if self.mode == Mode::ReceiveOnly {
+            self.local_changes.insert(path, ());
+            return;
+        }
+        let version = current
+            .map(|e| e.version.clone())
+            .unwrap_or_default()
+            .incremented(&self.node);
+        let local = Entry {
+            path: path.clone(),
+            version,
+            modified_by: self.node.clone(),
+            content,
+        };
+        if let Some(p) = self.pending.remove(&path) {
+            // The disk changed under an unfinished apply: the two versions conflict.
+            if beats(&p.entry, &local) {
+                if let Decision::Install {
+                    entry,
+                    conflict_copy,
+                } = resolve(Some(&local), &p.entry)
+                {
+                    self.start_apply(entry, conflict_copy);
+                    return;
+                }
+            }
+            self.effects.push_back(Effect::Cancel(path.clone()));
+        }
+        self.confirm(local.clone());
+        self.effects.push_back(Effect::Announce(local));
+    }
+
+    /// A peer published `entry` (in a live manifest or in answer to a digest).
+    pub fn handle_remote(&mut self, entry: Entry) {
+        if self.mode == Mode::SendOnly {
+            return;
+        }
+        if let Some(p) = self.pending.get(&entry.path) {
+            match entry.version.compare(&p.entry.version) {
+                Causality::Equal | Causality::Less => return,
+                Causality::Greater | Causality::Concurrent => {
+                    // Re-decide against what is on disk; the old target is dropped
+                    // (its author still holds it and will offer it again if it wins).
+                    self.pending.remove(&entry.path);
+                    self.effects.push_back(Effect::Cancel(entry.path.clone()));
+                }
+            }
+        }
+        match resolve(self.entries.get(&entry.path), &entry) {
+            Decision::Ignore => {}
+            Decision::Adopt(e) => self.confirm(e),
+            Decision::Install {
+                entry,
+                conflict_copy,
+            } => {
+                self.local_changes.remove(&entry.path);
+                self.start_apply(entry, conflict_copy)
+            }
+        }
+    }
+
+    /// The applier finished (or gave up on) making the disk hold `version` at `path`.
+    pub fn handle_applied(&mut self, path: &RelPath, version: &VersionVector, ok: bool) {
+        let Some(p) = self.pending.get(path) else { return };
+        if &p.entry.version != version {
+            return;
+        }
+        if let Some(p) = self.pending.remove(path) {
+            if ok {
+                self.confirm(p.entry);
+            }
+        }
+    }
+
+    /// A peer's digest: answer with our entries where buckets differ.
+    pub fn handle_digest(&mut self, digest: &Digest, reply: bool) {
+        let differing = self.digest.differing(digest);
+        if differing.is_empty() {
+            return;
+        }
+        let mut wanted = vec![false; BUCKETS];
+        for i in differing {
+            wanted[i] = true;
+        }
+        let entries: Vec<Entry> = self
+            .entries
+            .values()
+            .filter(|e| wanted[bucket_of(&e.path)])
+            .cloned()
+            .collect();
+        if !entries.is_empty() {
+            self.effects.push_back(Effect::SendEntries(entries));
+        }
+        if reply {
+            self.effects.push_back(Effect::SendDigest { reply: false });
+        }
+    }
+
+    fn start_apply(&mut self, entry: Entry, conflict_copy: Option<RelPath>) {
+        self.pending.insert(
+            entry.path.clone(),
+            Pending {
+                entry: entry.clone(),
+            },
+        );
+        self.effects.push_back(Effect::Apply {
+            entry,
+            conflict_copy,
+        });
+    }
+
+    fn confirm(&mut self, entry: Entry) {
+        if let Some(old) = self.entries.get(&entry.path) {
+            self.digest.toggle(old);
+        }
+        self.digest.toggle(&entry);
+        self.entries.insert(entry.path.clone(), entry.clone());
+        self.effects.push_back(Effect::Store(entry));
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,262 @@
+//! Engine unit tests: several engines wired through an in-memory "network" and
+//! "disks" until nobody has anything left to do.
+
+use super::*;
+use std::collections::BTreeMap;
+
+fn p(s: &str) -> RelPath {
+    RelPath::new(s).unwrap()
+}
+
+fn file(data: u8, mtime_s: i64) -> Content {
+    Content::File {
+        size: 1,
+        mode: 0o644,
+        mtime_ns: mtime_s * 1_000_000_000,
+        chunks: vec![ChunkRef {
+            hash: [data; 32],
+            len: 1,
+        }],
+    }
+}
+
+/// A node: an engine plus the disk it manages.
+struct Node {
+    engine: Engine,
+    disk: BTreeMap<RelPath, Content>,
+}
+
+struct Net {
+    nodes: Vec<Node>,
+}
+
+impl Net {
+    fn new(n: usize) -> Self {
+        Net {
+            nodes: (0..n)
+                .map(|i| Node {
+                    engine: Engine::new(format!("n{i}"), Mode::SendReceive, []),
+                    disk: BTreeMap::new(),
+                })
+                .collect(),
+        }
+    }
+
+    fn write(&mut self, i: usize, path: &str, c: Content) {
+        let n = &mut self.nodes[i];
+        if c.is_deleted() {
+            n.disk.remove(&p(path));
+        } else {
+            n.disk.insert(p(path), c.clone());
+        }
+        n.engine.handle_local(p(path), c);
+    }
+
+    /// Delivers every effect until quiet; `connected[i]` false drops node i's traffic.
+    fn run(&mut self, connected: &[bool]) {
+        for _ in 0..1000 {
+            let mut msgs: Vec<(usize, Vec<Entry>, Option<(Digest, bool)>)> = vec![];
+            let mut any = false;
+            for i in 0..self.nodes.len() {
+                while let Some(eff) = self.nodes[i].engine.poll_effect() {
+                    any = true;
+                    match eff {
+                        Effect::Announce(e) => msgs.push((i, vec![e], None)),
+                        Effect::SendEntries(es) => msgs.push((i, es, None)),
+                        Effect::SendDigest { reply } => {
+                            let d = self.nodes[i].engine.digest().clone();
+                            msgs.push((i, vec![], Some((d, reply))))
+                        }
+                        Effect::Store(_) | Effect::Cancel(_) => {}
+                        Effect::Apply {
+                            entry,
+                            conflict_copy,
+                        } => {
+                            let n = &mut self.nodes[i];
+                            if let Some(cc) = conflict_copy {
+                                if let Some(old) = n.disk.remove(&entry.path) {
+                                    n.disk.insert(cc.clone(), old.clone());
+                                    n.engine.handle_local(cc, old);
+                                }
+                            }
+                            if entry.content.is_deleted() {
+                                n.disk.remove(&entry.path);
+                            } else {
+                                n.disk.insert(entry.path.clone(), entry.content.clone());
+                            }
+                            n.engine.handle_applied(&entry.path, &entry.version, true);
+                        }
+                    }
+                }
+            }
+            for (from, entries, digest) in msgs {
+                if !connected[from] {
+                    continue;
+                }
+                for j in 0..self.nodes.len() {
+                    if j == from || !connected[j] {
+                        continue;
+                    }
+                    for e in &entries {
+                        self.nodes[j].engine.handle_remote(e.clone());
+                    }
+                    if let Some((d, reply)) = &digest {
+                        self.nodes[j].engine.handle_digest(d, *reply);
+                    }
+                }
+            }
+            if !any {
+                return;
+            }
+        }
+        panic!("no quiescence");
+    }
+
+    fn gossip(&mut self) {
+        for n in &mut self.nodes {
+            n.engine.effects.push_back(Effect::SendDigest { reply: true });
+        }
+    }
+
+    fn assert_converged(&self) {
+        let d0 = &self.nodes[0].disk;
+        for (i, n) in self.nodes.iter().enumerate() {
+            assert_eq!(&n.disk, d0, "disk of node {i} differs");
+            assert_eq!(
+                n.engine.digest(),
+                self.nodes[0].engine.digest(),
+                "digest of node {i} differs"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_write_reaches_everyone_without_echo() {
+    let mut net = Net::new(3);
+    net.write(0, "a.txt", file(1, 10));
+    net.run(&[true; 3]);
+    net.assert_converged();
+    assert_eq!(net.nodes[2].disk.get(&p("a.txt")), Some(&file(1, 10)));
+    // Applying a remote change must not announce it again.
+    for n in &mut net.nodes {
+        assert!(n.engine.poll_effect().is_none());
+    }
+}
+
+#[test]
+fn delete_propagates_as_tombstone() {
+    let mut net = Net::new(3);
+    net.write(0, "a.txt", file(1, 10));
+    net.run(&[true; 3]);
+    net.write(1, "a.txt", Content::Deleted);
+    net.run(&[true; 3]);
+    net.assert_converged();
+    assert!(net.nodes[0].disk.is_empty());
+    assert!(net.nodes[0].engine.entry(&p("a.txt")).unwrap().content.is_deleted());
+}
+
+#[test]
+fn concurrent_edits_keep_a_conflict_copy_everywhere() {
+    let mut net = Net::new(3);
+    net.write(0, "doc.txt", file(1, 10));
+    net.run(&[true; 3]);
+    // Both edit while cut off from each other.
+    net.write(0, "doc.txt", file(2, 20));
+    net.write(1, "doc.txt", file(3, 30));
+    net.run(&[false, false, true]);
+    net.gossip();
+    net.run(&[true; 3]);
+    net.gossip();
+    net.run(&[true; 3]);
+    net.assert_converged();
+    let disk = &net.nodes[2].disk;
+    assert_eq!(disk.get(&p("doc.txt")), Some(&file(3, 30)), "later edit wins");
+    let copy = p("doc.sync-conflict-19700101-000020-n0.txt");
+    assert_eq!(disk.get(&copy), Some(&file(2, 20)), "loser kept: {disk:?}");
+    assert_eq!(disk.len(), 2);
+}
+
+#[test]
+fn edit_beats_concurrent_delete() {
+    let mut net = Net::new(2);
+    net.write(0, "f", file(1, 10));
+    net.run(&[true; 2]);
+    net.write(0, "f", Content::Deleted);
+    net.write(1, "f", file(2, 5));
+    net.run(&[false, false]);
+    net.gossip();
+    net.run(&[true; 2]);
+    net.gossip();
+    net.run(&[true; 2]);
+    net.assert_converged();
+    assert_eq!(net.nodes[0].disk.get(&p("f")), Some(&file(2, 5)));
+}
+
+#[test]
+fn identical_concurrent_writes_do_not_conflict() {
+    let mut net = Net::new(2);
+    net.write(0, "f", file(7, 10));
+    net.write(1, "f", file(7, 10));
+    net.run(&[true; 2]);
+    net.gossip();
+    net.run(&[true; 2]);
+    net.assert_converged();
+    assert_eq!(net.nodes[0].disk.len(), 1);
+}
+
+#[test]
+fn offline_node_catches_up_through_digests() {
+    let mut net = Net::new(3);
+    net.write(0, "keep", file(1, 1));
+    net.run(&[true; 3]);
+    for i in 0..50 {
+        net.write(0, &format!("d/f{i}"), file(i as u8, 2));
+    }
+    net.write(0, "keep", Content::Deleted);
+    net.run(&[true, true, false]);
+    assert_ne!(net.nodes[2].disk, net.nodes[0].disk);
+    // Node 2 reconnects and asks for a comparison.
+    net.nodes[2].engine.effects.push_back(Effect::SendDigest { reply: true });
+    net.run(&[true; 3]);
+    net.assert_converged();
+}
+
+#[test]
+fn older_and_duplicate_messages_are_harmless() {
+    let mut e = Engine::new("b", Mode::SendReceive, []);
+    let mut a = Engine::new("a", Mode::SendReceive, []);
+    a.handle_local(p("f"), file(1, 1));
+    a.handle_local(p("f"), file(2, 2));
+    let mut announced = vec![];
+    while let Some(eff) = a.poll_effect() {
+        if let Effect::Announce(en) = eff {
+            announced.push(en);
+        }
+    }
+    // Newest first, then the stale one, then a duplicate.
+    e.handle_remote(announced[1].clone());
+    e.handle_remote(announced[0].clone());
+    e.handle_remote(announced[1].clone());
+    let applies: Vec<_> = std::iter::from_fn(|| e.poll_effect())
+        .filter(|x| matches!(x, Effect::Apply { .. }))
+        .collect();
+    assert_eq!(applies.len(), 1);
+}
+
+#[test]
+fn receive_only_does_not_announce_and_send_only_does_not_apply() {
+    let mut r = Engine::new("r", Mode::ReceiveOnly, []);
+    r.handle_local(p("f"), file(1, 1));
+    assert!(r.poll_effect().is_none());
+    assert_eq!(r.local_change_count(), 1);
+    let mut s = Engine::new("s", Mode::SendOnly, []);
+    let mut a = Engine::new("a", Mode::SendReceive, []);
+    a.handle_local(p("f"), file(1, 1));
+    while let Some(eff) = a.poll_effect() {
+        if let Effect::Announce(en) = eff {
+            s.handle_remote(en);
+        }
+    }
+    assert!(s.poll_effect().is_none());
+}

@@ -1,0 +1,188 @@
+//! Validated folder-relative paths: the only path type that crosses the wire.
+//! A `RelPath` is `/`-separated, non-empty, has no `.`/`..`/empty components, no NUL,
+//! no backslash-free escapes, and bounded lengths, so joining it to a folder root can
+//! never leave that root (symlinks on the way are the applier's job).
+
+use serde::{Deserialize, Deserializer, Serialize};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// Longest path accepted from the wire or the disk, in bytes.
+pub const MAX_PATH_BYTES: usize = 4096;
+/// Longest single component, the limit of every common Linux filesystem.
+pub const MAX_COMPONENT_BYTES: usize = 255;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    #[error("empty path")]
+    Empty,
+    #[error("path longer than {MAX_PATH_BYTES} bytes")]
+    TooLong,
+    #[error("absolute path")]
+    Absolute,
+    #[error("path component {0:?} is not allowed")]
+    BadComponent(String),
+    #[error("path component longer than {MAX_COMPONENT_BYTES} bytes")]
+    ComponentTooLong,
+    #[error("path contains a NUL byte")]
+    Nul,
+    #[error("path is not valid UTF-8")]
+    NotUtf8,
+}
+
+/// A validated path relative to a folder root, with `/` as separator.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct RelPath(String);
+
+impl RelPath {
+    pub fn new(s: impl Into<String>) -> Result<Self, PathError> {
+        let s = s.into();
+        validate(&s)?;
+        Ok(RelPath(s))
+    }
+
+    /// Builds a `RelPath` from a path below `root` found on the local disk.
+    pub fn from_local(root: &Path, full: &Path) -> Result<Self, PathError> {
+        let rel = full.strip_prefix(root).map_err(|_| PathError::Absolute)?;
+        let s = rel.to_str().ok_or(PathError::NotUtf8)?;
+        RelPath::new(s)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The path on the local disk below `root`.
+    pub fn to_local(&self, root: &Path) -> PathBuf {
+        let mut p = root.to_path_buf();
+        for c in self.0.split('/') {
+            p.push(c);
+        }
+        p
+    }
+
+    /// Parent path, or `None` at the top level.
+    pub fn parent(&self) -> Option<RelPath> {
+        self.0.rfind('/').map(|i| RelPath(self.0[..i].to_string()))
+    }
+
+    pub fn file_name(&self) -> &str {
+        self.0.rsplit('/').next().unwrap_or(&self.0)
+    }
+
+    /// True when `self` is `other` or lies below it.
+    pub fn starts_with(&self, other: &RelPath) -> bool {
+        self.0 == other.0
+            || (self.0.len() > other.0.len()
+                && self.0.starts_with(&other.0)
+                && self.0.as_bytes()[other.0.len()] == b'/')
+    }
+
+    pub fn depth(&self) -> usize {
+        self.0.split('/').count()
+    }
+
+    /// A sibling path with another final component.
+    pub fn with_file_name(&self, name: &str) -> Result<RelPath, PathError> {
+        match self.parent() {
+            Some(p) => RelPath::new(format!("{}/{}", p.0, name)),
+            None => RelPath::new(name),
+        }
+    }
+}
+
+fn validate(s: &str) -> Result<(), PathError> {
+    if s.is_empty() {
+        return Err(PathError::Empty);
+    }
+    if s.len() > MAX_PATH_BYTES {
+        return Err(PathError::TooLong);
+    }
+    if s.contains('\0') {
+        return Err(PathError::Nul);
+    }
+    if s.starts_with('/') {
+        return Err(PathError::Absolute);
+    }
+    for c in s.split('/') {
+        if c.is_empty() || c == "." || c == ".." {
+            return Err(PathError::BadComponent(c.to_string()));
+        }
+        if c.len() > MAX_COMPONENT_BYTES {
+            return Err(PathError::ComponentTooLong);
+        }
+    }
+    Ok(())
+}
+
+impl<'de> Deserialize<'de> for RelPath {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        RelPath::new(s).map_err(serde::de::Error::custom)
+    }
+}
+
+impl fmt::Display for RelPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for RelPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_normal_paths() {
+        for ok in ["a", "a/b", ".hidden", "a/.b/c..d", "with space/ü"] {
+            assert!(RelPath::new(ok).is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn rejects_escapes() {
+        let long = "x".repeat(256);
+        let cases: &[(&str, PathError)] = &[
+            ("", PathError::Empty),
+            ("/etc/passwd", PathError::Absolute),
+            ("../x", PathError::BadComponent("..".into())),
+            ("a/../../x", PathError::BadComponent("..".into())),
+            ("a//b", PathError::BadComponent("".into())),
+            ("a/./b", PathError::BadComponent(".".into())),
+            ("a/", PathError::BadComponent("".into())),
+            ("a\0b", PathError::Nul),
+            (&long, PathError::ComponentTooLong),
+        ];
+        for (p, e) in cases {
+            assert_eq!(RelPath::new(*p).unwrap_err(), *e, "{p:?}");
+        }
+        assert_eq!(
+            RelPath::new("a/".repeat(3000)).unwrap_err(),
+            PathError::TooLong
+        );
+    }
+
+    #[test]
+    fn deserialize_validates() {
+        let bytes = postcard::to_allocvec(&"../../etc/passwd").unwrap();
+        assert!(postcard::from_bytes::<RelPath>(&bytes).is_err());
+    }
+
+    #[test]
+    fn prefix_and_parent() {
+        let a = RelPath::new("a/b/c").unwrap();
+        assert!(a.starts_with(&RelPath::new("a/b").unwrap()));
+        assert!(!a.starts_with(&RelPath::new("a/bc").unwrap()));
+        assert!(!RelPath::new("a/bc").unwrap().starts_with(&RelPath::new("a/b").unwrap()));
+        assert_eq!(a.parent().unwrap().as_str(), "a/b");
+        assert_eq!(a.file_name(), "c");
+        assert_eq!(RelPath::new("x").unwrap().parent(), None);
+    }
+}
