@@ -3,7 +3,11 @@
 
 pub mod broker;
 pub mod certs;
+pub mod chunker;
 pub mod config;
 pub mod engine;
+pub mod index;
 pub mod relpath;
+pub mod scanner;
 pub mod tls;
+pub mod wire;

@@ -1,0 +1,155 @@
+//! The persisted index of one folder (redb in `state_dir`): for every path, the
+//! confirmed entry and the local file metadata it was computed from. The metadata is
+//! the fast path of the start-up scan: a file whose size, mtime, inode and mode are
+//! unchanged is not read again. Writes are batched into one ACID transaction.
+
+use crate::engine::Entry;
+use crate::relpath::RelPath;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+const ENTRIES: TableDefinition<&str, &[u8]> = TableDefinition::new("entries_v1");
+
+/// What the scanner saw on disk for a path, to detect changes without hashing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocalMeta {
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub ino: u64,
+    pub mode: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub entry: Entry,
+    /// `None` for tombstones and for entries whose disk state is unknown.
+    pub local: Option<LocalMeta>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error("index database {path}: {source}")]
+    Open {
+        path: String,
+        #[source]
+        source: redb::DatabaseError,
+    },
+    #[error("index database: {0}")]
+    Db(String),
+    #[error("index record for {path:?} is corrupt: {reason}")]
+    Corrupt { path: String, reason: String },
+}
+
+macro_rules! db_err {
+    ($($t:ty),*) => {$(
+        impl From<$t> for IndexError {
+            fn from(e: $t) -> Self {
+                IndexError::Db(e.to_string())
+            }
+        }
+    )*};
+}
+db_err!(
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+pub struct Index {
+    db: Database,
+}
+
+impl Index {
+    pub fn open(path: &Path) -> Result<Self, IndexError> {
+        let db = Database::create(path).map_err(|source| IndexError::Open {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let tx = db.begin_write()?;
+        tx.open_table(ENTRIES)?;
+        tx.commit()?;
+        Ok(Index { db })
+    }
+
+    /// Every record. A corrupt record is an error, not silently skipped: the caller
+    /// decides (the folder is then rescanned from scratch).
+    pub fn load(&self) -> Result<Vec<Record>, IndexError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(ENTRIES)?;
+        let mut out = Vec::new();
+        for row in table.iter()? {
+            let (k, v) = row?;
+            let rec: Record = postcard::from_bytes(v.value()).map_err(|e| IndexError::Corrupt {
+                path: k.value().to_string(),
+                reason: e.to_string(),
+            })?;
+            out.push(rec);
+        }
+        Ok(out)
+    }
+
+    /// Writes a batch of records in one transaction.
+    pub fn put(&self, records: &[Record]) -> Result<(), IndexError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let tx = self.db.begin_write()?;
+        {
+            let mut table = tx.open_table(ENTRIES)?;
+            for r in records {
+                let bytes = postcard::to_allocvec(r).map_err(|e| IndexError::Db(e.to_string()))?;
+                table.insert(r.entry.path.as_str(), bytes.as_slice())?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn remove(&self, paths: &[RelPath]) -> Result<(), IndexError> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut table = tx.open_table(ENTRIES)?;
+            for p in paths {
+                table.remove(p.as_str())?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{Content, VersionVector};
+
+    #[test]
+    fn put_load_roundtrip_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.redb");
+        let rec = Record {
+            entry: Entry {
+                path: RelPath::new("a/b").unwrap(),
+                version: VersionVector::new().incremented("n"),
+                modified_by: "n".into(),
+                content: Content::Dir { mode: 0o755 },
+            },
+            local: Some(LocalMeta {
+                size: 1,
+                mtime_ns: 2,
+                ino: 3,
+                mode: 0o40755,
+            }),
+        };
+        {
+            let idx = Index::open(&path).unwrap();
+            idx.put(std::slice::from_ref(&rec)).unwrap();
+        }
+        let idx = Index::open(&path).unwrap();
+        assert_eq!(idx.load().unwrap(), vec![rec.clone()]);
+        idx.remove(&[rec.entry.path.clone()]).unwrap();
+        assert!(idx.load().unwrap().is_empty());
+    }
+}

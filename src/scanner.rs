@@ -1,0 +1,301 @@
+//! Finds what changed on disk: walks a folder (or only the paths the watcher named),
+//! compares each path's metadata with what the index last saw, and chunks only files
+//! whose metadata differ. Produces observations for the engine; never writes anything
+//! except removing stale temp files of interrupted applies.
+
+use crate::chunker;
+use crate::engine::Content;
+use crate::index::LocalMeta;
+use crate::relpath::RelPath;
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use std::collections::{BTreeMap, HashSet};
+use std::fs::{self, Metadata};
+use std::io;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// Marker file at a folder's root: its absence means the volume is not mounted.
+pub const MARKER: &str = ".mqsync";
+/// Infix of the temp files the applier writes next to their target.
+pub const TEMP_INFIX: &str = ".mqsync-tmp-";
+
+pub fn is_temp_name(name: &str) -> bool {
+    name.starts_with('.') && name.contains(TEMP_INFIX)
+}
+
+/// The folder's ignore rules plus the built-in ones (marker and temp files).
+#[derive(Clone)]
+pub struct Ignore {
+    set: GlobSet,
+}
+
+impl Ignore {
+    pub fn new(patterns: &[String]) -> Result<Self, globset::Error> {
+        let mut b = GlobSetBuilder::new();
+        for p in patterns {
+            b.add(Glob::new(p)?);
+        }
+        Ok(Ignore { set: b.build()? })
+    }
+
+    pub fn is_ignored(&self, rel: &RelPath) -> bool {
+        let s = rel.as_str();
+        s == MARKER || is_temp_name(rel.file_name()) || self.set.is_match(s)
+    }
+}
+
+/// One path whose state differs from what the index last saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observed {
+    pub path: RelPath,
+    pub content: Content,
+    /// `None` when the path is absent.
+    pub meta: Option<LocalMeta>,
+}
+
+#[derive(Debug, Default)]
+pub struct ScanResult {
+    pub changed: Vec<Observed>,
+    /// Paths that changed while being read: scan again later.
+    pub unstable: Vec<RelPath>,
+    /// Paths that could not be read, with the reason (reported in status).
+    pub errors: Vec<(PathBuf, String)>,
+}
+
+pub struct Scanner<'a> {
+    pub root: &'a Path,
+    pub ignore: &'a Ignore,
+    pub known: &'a BTreeMap<RelPath, LocalMeta>,
+}
+
+pub fn local_meta(md: &Metadata) -> LocalMeta {
+    let is_dir = md.is_dir();
+    LocalMeta {
+        size: if is_dir { 0 } else { md.len() },
+        // Directory mtimes move with every child and are not synced.
+        mtime_ns: if is_dir { 0 } else { mtime_ns(md) },
+        ino: md.ino(),
+        mode: md.mode(),
+    }
+}
+
+pub fn mtime_ns(md: &Metadata) -> i64 {
+    md.mtime().saturating_mul(1_000_000_000).saturating_add(md.mtime_nsec())
+}
+
+impl Scanner<'_> {
+    /// Walks the whole folder. `remove_temps` deletes leftovers of interrupted applies
+    /// (only safe at start-up, before the applier runs).
+    pub fn full(&self, remove_temps: bool) -> ScanResult {
+        let mut res = ScanResult::default();
+        let mut seen = HashSet::new();
+        self.walk(self.root, &mut seen, &mut res, remove_temps);
+        self.vanished(None, &seen, &mut res);
+        res
+    }
+
+    /// Looks only at `paths` (and below them, for directories).
+    pub fn paths(&self, paths: &[RelPath]) -> ScanResult {
+        let mut res = ScanResult::default();
+        let mut done: Vec<&RelPath> = Vec::new();
+        let mut sorted: Vec<&RelPath> = paths.iter().collect();
+        sorted.sort();
+        sorted.dedup();
+        for p in sorted {
+            if done.iter().any(|d| p.starts_with(d)) || self.ignore.is_ignored(p) {
+                continue;
+            }
+            let full = p.to_local(self.root);
+            match fs::symlink_metadata(&full) {
+                Ok(md) => {
+                    let mut seen = HashSet::new();
+                    self.observe(p, &full, &md, &mut res);
+                    seen.insert(p.clone());
+                    if md.is_dir() {
+                        self.walk(&full, &mut seen, &mut res, false);
+                        self.vanished(Some(p), &seen, &mut res);
+                        done.push(p);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    self.vanished(Some(p), &HashSet::new(), &mut res);
+                    done.push(p);
+                }
+                Err(e) => res.errors.push((full, e.to_string())),
+            }
+        }
+        res
+    }
+
+    fn walk(&self, dir: &Path, seen: &mut HashSet<RelPath>, res: &mut ScanResult, remove_temps: bool) {
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            let rd = match fs::read_dir(&d) {
+                Ok(rd) => rd,
+                Err(e) => {
+                    res.errors.push((d.clone(), e.to_string()));
+                    continue;
+                }
+            };
+            for de in rd.flatten() {
+                let full = de.path();
+                let Ok(rel) = RelPath::from_local(self.root, &full) else {
+                    res.errors.push((full, "name is not valid UTF-8 or too long".into()));
+                    continue;
+                };
+                if is_temp_name(rel.file_name()) {
+                    if remove_temps {
+                        let _ = fs::remove_file(&full);
+                    }
+                    continue;
+                }
+                if self.ignore.is_ignored(&rel) {
+                    continue;
+                }
+                let md = match fs::symlink_metadata(&full) {
+                    Ok(md) => md,
+                    Err(e) => {
+                        if e.kind() != io::ErrorKind::NotFound {
+                            res.errors.push((full, e.to_string()));
+                        }
+                        continue;
+                    }
+                };
+                seen.insert(rel.clone());
+                self.observe(&rel, &full, &md, res);
+                if md.is_dir() {
+                    stack.push(full);
+                }
+            }
+        }
+    }
+
+    /// Reports known paths at or below `under` that were not seen as deleted.
+    fn vanished(&self, under: Option<&RelPath>, seen: &HashSet<RelPath>, res: &mut ScanResult) {
+        let iter: Box<dyn Iterator<Item = &RelPath>> = match under {
+            None => Box::new(self.known.keys()),
+            Some(u) => Box::new(
+                self.known
+                    .range(u.clone()..)
+                    .take_while(|(p, _)| p.as_str().starts_with(u.as_str()))
+                    .filter(|(p, _)| p.starts_with(u))
+                    .map(|(p, _)| p),
+            ),
+        };
+        for p in iter {
+            if !seen.contains(p) {
+                res.changed.push(Observed {
+                    path: p.clone(),
+                    content: Content::Deleted,
+                    meta: None,
+                });
+            }
+        }
+    }
+
+    fn observe(&self, rel: &RelPath, full: &Path, md: &Metadata, res: &mut ScanResult) {
+        let meta = local_meta(md);
+        if self.known.get(rel) == Some(&meta) {
+            return;
+        }
+        let ft = md.file_type();
+        let mode = md.permissions().mode() & 0o7777;
+        let content = if ft.is_dir() {
+            Content::Dir { mode }
+        } else if ft.is_symlink() {
+            match fs::read_link(full) {
+                Ok(t) => match t.into_os_string().into_string() {
+                    Ok(target) => Content::Symlink { target },
+                    Err(_) => {
+                        res.errors.push((full.into(), "symlink target is not UTF-8".into()));
+                        return;
+                    }
+                },
+                Err(e) => {
+                    res.errors.push((full.into(), e.to_string()));
+                    return;
+                }
+            }
+        } else if ft.is_file() {
+            match self.hash_stable(full, md) {
+                Ok(Some((chunks, size))) => Content::File {
+                    size,
+                    mode,
+                    mtime_ns: meta.mtime_ns,
+                    chunks,
+                },
+                Ok(None) => {
+                    res.unstable.push(rel.clone());
+                    return;
+                }
+                Err(e) => {
+                    if e.kind() != io::ErrorKind::NotFound {
+                        res.errors.push((full.into(), e.to_string()));
+                    }
+                    return;
+                }
+            }
+        } else {
+            // Sockets, FIFOs and devices are not synced.
+            return;
+        };
+        res.changed.push(Observed {
+            path: rel.clone(),
+            content,
+            meta: Some(meta),
+        });
+    }
+
+    /// Chunks a file; `None` when it changed while being read.
+    fn hash_stable(&self, full: &Path, before: &Metadata) -> io::Result<Option<(Vec<crate::engine::ChunkRef>, u64)>> {
+        let f = fs::File::open(full)?;
+        let (chunks, size) = chunker::chunk_file(&f)?;
+        let after = f.metadata()?;
+        let same = size == before.len()
+            && after.len() == before.len()
+            && mtime_ns(&after) == mtime_ns(before)
+            && after.ino() == before.ino();
+        Ok(same.then_some((chunks, size)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    fn names(r: &ScanResult) -> Vec<String> {
+        let mut v: Vec<_> = r
+            .changed
+            .iter()
+            .map(|o| format!("{}{}", o.path, if o.content.is_deleted() { " (deleted)" } else { "" }))
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn full_scan_fast_path_and_deletes() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        fs::create_dir_all(root.join("a/empty")).unwrap();
+        fs::write(root.join("a/f.txt"), b"hello").unwrap();
+        fs::write(root.join("x.swp"), b"ignored").unwrap();
+        fs::write(root.join(MARKER), b"").unwrap();
+        fs::write(root.join(".f.txt.mqsync-tmp-1"), b"stale").unwrap();
+        symlink("../nowhere", root.join("link")).unwrap();
+        let ignore = Ignore::new(&["*.swp".into()]).unwrap();
+        let mut known = BTreeMap::new();
+        let r = Scanner { root, ignore: &ignore, known: &known }.full(true);
+        assert_eq!(names(&r), ["a", "a/empty", "a/f.txt", "link"]);
+        assert!(!root.join(".f.txt.mqsync-tmp-1").exists(), "stale temp removed");
+        for o in &r.changed {
+            known.insert(o.path.clone(), o.meta.unwrap());
+        }
+        let r = Scanner { root, ignore: &ignore, known: &known }.full(false);
+        assert!(r.changed.is_empty(), "nothing re-hashed: {:?}", names(&r));
+        fs::remove_dir_all(root.join("a")).unwrap();
+        let r = Scanner { root, ignore: &ignore, known: &known }.paths(&[RelPath::new("a").unwrap()]);
+        assert_eq!(names(&r), ["a (deleted)", "a/empty (deleted)", "a/f.txt (deleted)"]);
+    }
+}

@@ -1,0 +1,334 @@
+//! The internal wire format (`{prefix}/{folder}/v1/{node}`): a small fixed header, a
+//! postcard body that zstd may compress, and a BLAKE3 keyed MAC under the group key
+//! over the topic and everything before it. Decoding checks every bound before it
+//! allocates, so a hostile payload costs at most `MAX_MESSAGE_BYTES` to reject.
+//! docs/PROTOCOL.md describes the layout byte by byte.
+
+use crate::engine::{Entry, Hash};
+use serde::{Deserialize, Serialize};
+
+pub const MAGIC: &[u8; 4] = b"MQS1";
+pub const HEADER_LEN: usize = 10;
+pub const MAC_LEN: usize = 32;
+/// Largest payload accepted from the broker.
+pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+/// Largest body after decompression (the zstd-bomb bound).
+pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
+/// Most entries in one manifest.
+pub const MAX_ENTRIES: usize = 20_000;
+/// Most chunk hashes in one request.
+pub const MAX_REQUEST_HASHES: usize = 20_000;
+/// Bodies smaller than this are sent uncompressed: zstd would not pay for itself.
+const COMPRESS_MIN: usize = 512;
+const FLAG_ZSTD: u8 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkData {
+    pub hash: Hash,
+    #[serde(with = "serde_bytes")]
+    pub data: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    /// Versioned entries. `live` is true for a fresh local change (its new chunks
+    /// follow on the same topic) and false for an answer to a digest.
+    Manifest { live: bool, entries: Vec<Entry> },
+    /// Chunk contents, each verified against its hash by the receiver.
+    Chunks { chunks: Vec<ChunkData> },
+    /// The sender's digest buckets; `reply` asks receivers to send theirs back.
+    Digest { reply: bool, buckets: Vec<u64> },
+    /// Asks node `to` (or `"*"`: anyone) to publish these chunks.
+    Request { to: String, hashes: Vec<Hash> },
+}
+
+impl Message {
+    fn kind(&self) -> u8 {
+        match self {
+            Message::Manifest { .. } => 1,
+            Message::Chunks { .. } => 2,
+            Message::Digest { .. } => 3,
+            Message::Request { .. } => 4,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Sender node id; must match the topic's last level.
+    pub from: String,
+    pub msg: Message,
+}
+
+/// The group keys: the first signs, any of them verifies (for rotation).
+#[derive(Clone)]
+pub struct Keys {
+    keys: Vec<[u8; 32]>,
+}
+
+impl Keys {
+    pub fn new(keys: Vec<[u8; 32]>) -> Option<Self> {
+        (!keys.is_empty()).then_some(Keys { keys })
+    }
+
+    /// Derives a key from the text of a group key file (any length, any content).
+    pub fn derive(secret: &[u8]) -> [u8; 32] {
+        blake3::derive_key("mqsync group key v1", secret.trim_ascii())
+    }
+
+    fn mac(key: &[u8; 32], topic: &str, data: &[u8]) -> [u8; 32] {
+        let mut h = blake3::Hasher::new_keyed(key);
+        h.update(&(topic.len() as u64).to_le_bytes());
+        h.update(topic.as_bytes());
+        h.update(data);
+        *h.finalize().as_bytes()
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("message of {0} bytes exceeds the {MAX_MESSAGE_BYTES}-byte limit")]
+    TooLarge(usize),
+    #[error("message too short or bad magic: not an mqsync v1 message")]
+    BadHeader,
+    #[error("MAC does not verify: sender lacks the group key or the message was altered")]
+    BadMac,
+    #[error("declared body size {0} exceeds the {MAX_BODY_BYTES}-byte limit")]
+    BodyTooLarge(usize),
+    #[error("decompression failed or size mismatch: {0}")]
+    Decompress(String),
+    #[error("malformed body: {0}")]
+    Body(String),
+    #[error("sender {claimed:?} does not match topic node {topic:?}")]
+    WrongSender { claimed: String, topic: String },
+    #[error("too many items: {0}")]
+    TooMany(usize),
+    #[error("header kind does not match body")]
+    KindMismatch,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    #[error("encoding: {0}")]
+    Postcard(#[from] postcard::Error),
+    #[error("compression: {0}")]
+    Zstd(#[from] std::io::Error),
+    #[error("encoded message of {0} bytes exceeds the {MAX_MESSAGE_BYTES}-byte limit")]
+    TooLarge(usize),
+}
+
+/// Encodes `env` for publication on `topic`.
+pub fn encode(env: &Envelope, topic: &str, keys: &Keys) -> Result<Vec<u8>, EncodeError> {
+    let body = postcard::to_allocvec(env)?;
+    let mut flags = 0u8;
+    let mut payload = None;
+    if body.len() >= COMPRESS_MIN {
+        let z = zstd::bulk::compress(&body, 1)?;
+        // Incompressible data (media, archives) goes out as is.
+        if z.len() + z.len() / 16 < body.len() {
+            flags |= FLAG_ZSTD;
+            payload = Some(z);
+        }
+    }
+    let payload = payload.as_deref().unwrap_or(&body);
+    let mut out = Vec::with_capacity(HEADER_LEN + payload.len() + MAC_LEN);
+    out.extend_from_slice(MAGIC);
+    out.push(env.msg.kind());
+    out.push(flags);
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(payload);
+    let mac = Keys::mac(&keys.keys[0], topic, &out);
+    out.extend_from_slice(&mac);
+    if out.len() > MAX_MESSAGE_BYTES {
+        return Err(EncodeError::TooLarge(out.len()));
+    }
+    Ok(out)
+}
+
+/// Decodes and authenticates a payload received on `topic`, whose last level names
+/// the sending node `topic_node`.
+pub fn decode(
+    payload: &[u8],
+    topic: &str,
+    topic_node: &str,
+    keys: &Keys,
+) -> Result<Envelope, DecodeError> {
+    if payload.len() > MAX_MESSAGE_BYTES {
+        return Err(DecodeError::TooLarge(payload.len()));
+    }
+    if payload.len() < HEADER_LEN + MAC_LEN || &payload[..4] != MAGIC {
+        return Err(DecodeError::BadHeader);
+    }
+    let (signed, mac) = payload.split_at(payload.len() - MAC_LEN);
+    let given = blake3::Hash::from_slice(mac).map_err(|_| DecodeError::BadHeader)?;
+    // blake3::Hash equality is constant-time.
+    if !keys
+        .keys
+        .iter()
+        .any(|k| blake3::Hash::from(Keys::mac(k, topic, signed)) == given)
+    {
+        return Err(DecodeError::BadMac);
+    }
+    let kind = signed[4];
+    let flags = signed[5];
+    let body_len = u32::from_be_bytes([signed[6], signed[7], signed[8], signed[9]]) as usize;
+    if body_len > MAX_BODY_BYTES {
+        return Err(DecodeError::BodyTooLarge(body_len));
+    }
+    let raw = &signed[HEADER_LEN..];
+    let decompressed;
+    let body = if flags & FLAG_ZSTD != 0 {
+        decompressed = zstd::bulk::decompress(raw, body_len)
+            .map_err(|e| DecodeError::Decompress(e.to_string()))?;
+        &decompressed[..]
+    } else {
+        raw
+    };
+    if body.len() != body_len {
+        return Err(DecodeError::Decompress(format!(
+            "declared {body_len} bytes, got {}",
+            body.len()
+        )));
+    }
+    let env: Envelope = postcard::from_bytes(body).map_err(|e| DecodeError::Body(e.to_string()))?;
+    if env.from != topic_node {
+        return Err(DecodeError::WrongSender {
+            claimed: env.from,
+            topic: topic_node.to_string(),
+        });
+    }
+    if env.msg.kind() != kind {
+        return Err(DecodeError::KindMismatch);
+    }
+    match &env.msg {
+        Message::Manifest { entries, .. } if entries.len() > MAX_ENTRIES => {
+            return Err(DecodeError::TooMany(entries.len()));
+        }
+        Message::Request { hashes, .. } if hashes.len() > MAX_REQUEST_HASHES => {
+            return Err(DecodeError::TooMany(hashes.len()));
+        }
+        Message::Digest { buckets, .. } if buckets.len() != crate::engine::BUCKETS => {
+            return Err(DecodeError::TooMany(buckets.len()));
+        }
+        _ => {}
+    }
+    Ok(env)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{Content, VersionVector};
+    use crate::relpath::RelPath;
+    use proptest::prelude::*;
+
+    fn keys() -> Keys {
+        Keys::new(vec![Keys::derive(b"secret\n")]).unwrap()
+    }
+
+    fn manifest() -> Envelope {
+        Envelope {
+            from: "n1".into(),
+            msg: Message::Manifest {
+                live: true,
+                entries: vec![Entry {
+                    path: RelPath::new("a/b.txt").unwrap(),
+                    version: VersionVector::new().incremented("n1"),
+                    modified_by: "n1".into(),
+                    content: Content::Symlink {
+                        target: "../x".into(),
+                    },
+                }],
+            },
+        }
+    }
+
+    const T: &str = "mqsync/f/v1/n1";
+
+    #[test]
+    fn roundtrip_and_compression() {
+        let env = manifest();
+        let b = encode(&env, T, &keys()).unwrap();
+        assert_eq!(decode(&b, T, "n1", &keys()).unwrap(), env);
+        let big = Envelope {
+            from: "n1".into(),
+            msg: Message::Chunks {
+                chunks: vec![ChunkData {
+                    hash: [1; 32],
+                    data: vec![b'a'; 100_000],
+                }],
+            },
+        };
+        let b = encode(&big, T, &keys()).unwrap();
+        assert!(b.len() < 10_000, "text-like data is compressed");
+        assert_eq!(decode(&b, T, "n1", &keys()).unwrap(), big);
+    }
+
+    #[test]
+    fn rejects_forgery_and_tampering() {
+        let b = encode(&manifest(), T, &keys()).unwrap();
+        let other = Keys::new(vec![Keys::derive(b"other")]).unwrap();
+        assert_eq!(decode(&b, T, "n1", &other), Err(DecodeError::BadMac));
+        assert_eq!(
+            decode(&b, "mqsync/g/v1/n1", "n1", &keys()),
+            Err(DecodeError::BadMac),
+            "a message replayed on another topic fails"
+        );
+        for i in 0..b.len() {
+            let mut t = b.clone();
+            t[i] ^= 0x40;
+            assert!(decode(&t, T, "n1", &keys()).is_err(), "flip at {i}");
+        }
+        assert!(matches!(
+            decode(&b, T, "n2", &keys()),
+            Err(DecodeError::WrongSender { .. })
+        ));
+    }
+
+    #[test]
+    fn rotation_accepts_old_key() {
+        let old = keys();
+        let both = Keys::new(vec![Keys::derive(b"new"), Keys::derive(b"secret")]).unwrap();
+        let b = encode(&manifest(), T, &old).unwrap();
+        assert!(decode(&b, T, "n1", &both).is_ok());
+    }
+
+    #[test]
+    fn bounds_zstd_bomb() {
+        // A validly signed message whose header lies about the body size.
+        let zeros = vec![0u8; 50 * 1024 * 1024];
+        let z = zstd::bulk::compress(&zeros, 3).unwrap();
+        let mut out = Vec::new();
+        out.extend_from_slice(MAGIC);
+        out.push(2);
+        out.push(FLAG_ZSTD);
+        out.extend_from_slice(&(1024u32).to_be_bytes());
+        out.extend_from_slice(&z);
+        let mac = Keys::mac(&keys().keys[0], T, &out);
+        out.extend_from_slice(&mac);
+        assert!(matches!(
+            decode(&out, T, "n1", &keys()),
+            Err(DecodeError::Decompress(_))
+        ));
+    }
+
+    proptest! {
+        #[test]
+        fn random_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let _ = decode(&data, T, "n1", &keys());
+        }
+
+        #[test]
+        fn signed_random_bodies_never_panic(body in proptest::collection::vec(any::<u8>(), 0..2048), kind in 0u8..6) {
+            let mut out = Vec::new();
+            out.extend_from_slice(MAGIC);
+            out.push(kind);
+            out.push(0);
+            out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+            out.extend_from_slice(&body);
+            let mac = Keys::mac(&keys().keys[0], T, &out);
+            out.extend_from_slice(&mac);
+            let _ = decode(&out, T, "n1", &keys());
+        }
+    }
+}
