@@ -1,6 +1,7 @@
 //! mqsync: a multi-master folder synchronizer that uses an MQTT-over-TLS broker as its
 //! only transport. The binary (`src/main.rs`) is a thin shell over this library.
 
+pub mod applier;
 pub mod broker;
 pub mod certs;
 pub mod chunker;

@@ -1,0 +1,528 @@
+//! Makes the disk hold an entry: files are assembled in a temp file next to their
+//! target from local chunks (renames and copies cost no transfer) and received chunks,
+//! then fsynced and renamed into place, so a half-received file is never visible under
+//! its name. Every write stays below the folder root: no path component on the way may
+//! be a symlink, and the target is re-checked against what the index expects before it
+//! is replaced, so a local edit made meanwhile is never overwritten blindly.
+
+use crate::chunker;
+use crate::engine::{Content, Entry, Hash, VersionVector};
+use crate::index::LocalMeta;
+use crate::relpath::RelPath;
+use crate::scanner::{TEMP_INFIX, local_meta};
+use std::collections::{HashMap, VecDeque};
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{0}: a parent is a symlink or not a directory; refusing to write through it")]
+    UnsafeParent(PathBuf),
+    #[error("{0}: changed locally since it was indexed; rescanning")]
+    ChangedLocally(PathBuf),
+    #[error("{0}: directory not empty yet")]
+    NotEmpty(PathBuf),
+}
+
+impl ApplyError {
+    /// Worth trying again later without new information (e.g. a full disk).
+    pub fn retryable(&self) -> bool {
+        !matches!(self, ApplyError::ChangedLocally(_) | ApplyError::UnsafeParent(_))
+    }
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ApplyError + '_ {
+    move |source| ApplyError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The result of starting or advancing an apply.
+#[derive(Debug)]
+pub enum Outcome {
+    Done {
+        path: RelPath,
+        version: VersionVector,
+        /// What is now on disk (`None`: absent).
+        meta: Option<LocalMeta>,
+        /// Where the local loser of a conflict was moved.
+        conflict_copy: Option<RelPath>,
+    },
+    Failed {
+        path: RelPath,
+        version: VersionVector,
+        error: ApplyError,
+    },
+    /// Waiting for chunks from the network.
+    Waiting,
+}
+
+struct Fetch {
+    entry: Entry,
+    conflict_copy: Option<RelPath>,
+    expected: Option<LocalMeta>,
+    tmp: PathBuf,
+    file: File,
+    missing: HashMap<Hash, Vec<u64>>,
+    source: String,
+    last_progress: Instant,
+    requests: u32,
+}
+
+/// Recently received chunks nobody asked for yet (they may precede their manifest).
+struct ChunkCache {
+    map: HashMap<Hash, Vec<u8>>,
+    order: VecDeque<Hash>,
+    bytes: usize,
+    limit: usize,
+}
+
+impl ChunkCache {
+    fn insert(&mut self, hash: Hash, data: Vec<u8>) {
+        if data.len() > self.limit || self.map.contains_key(&hash) {
+            return;
+        }
+        self.bytes += data.len();
+        self.map.insert(hash, data);
+        self.order.push_back(hash);
+        while self.bytes > self.limit {
+            let Some(old) = self.order.pop_front() else { break };
+            if let Some(d) = self.map.remove(&old) {
+                self.bytes -= d.len();
+            }
+        }
+    }
+}
+
+pub struct Applier {
+    root: PathBuf,
+    fetches: HashMap<RelPath, Fetch>,
+    needs: HashMap<Hash, Vec<RelPath>>,
+    cache: ChunkCache,
+}
+
+/// Requests to send: which node to ask, for which chunks.
+pub type ChunkRequests = Vec<(String, Vec<Hash>)>;
+
+impl Applier {
+    pub fn new(root: PathBuf) -> Self {
+        Applier {
+            root,
+            fetches: HashMap::new(),
+            needs: HashMap::new(),
+            cache: ChunkCache {
+                map: HashMap::new(),
+                order: VecDeque::new(),
+                bytes: 0,
+                limit: 32 << 20,
+            },
+        }
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.fetches.len()
+    }
+
+    pub fn is_fetching(&self, path: &RelPath) -> bool {
+        self.fetches.contains_key(path)
+    }
+
+    /// Starts making the disk hold `entry`. `expected` is the disk state the index
+    /// knows for the target; `local` returns verified chunk bytes found on this node.
+    pub fn start(
+        &mut self,
+        entry: Entry,
+        conflict_copy: Option<RelPath>,
+        expected: Option<LocalMeta>,
+        source: &str,
+        local: &dyn Fn(&Hash) -> Option<Vec<u8>>,
+    ) -> Outcome {
+        self.cancel(&entry.path);
+        let path = entry.path.clone();
+        let version = entry.version.clone();
+        let res = match &entry.content {
+            Content::File { .. } => return self.start_file(entry, conflict_copy, expected, source, local),
+            Content::Dir { mode } => self.apply_dir(&path, *mode, expected),
+            Content::Symlink { target } => self.apply_symlink(&path, target, expected, conflict_copy.as_ref()),
+            Content::Deleted => self.apply_delete(&path, expected),
+        };
+        match res {
+            Ok(meta) => Outcome::Done {
+                path,
+                version,
+                meta,
+                conflict_copy,
+            },
+            Err(error) => Outcome::Failed { path, version, error },
+        }
+    }
+
+    pub fn cancel(&mut self, path: &RelPath) {
+        if let Some(f) = self.fetches.remove(path) {
+            let _ = fs::remove_file(&f.tmp);
+            for h in f.missing.keys() {
+                if let Some(v) = self.needs.get_mut(h) {
+                    v.retain(|p| p != path);
+                    if v.is_empty() {
+                        self.needs.remove(h);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A chunk arrived from the network. Returns the applies it completed.
+    pub fn on_chunk(&mut self, hash: Hash, data: Vec<u8>) -> Vec<Outcome> {
+        if chunker::hash(&data) != hash {
+            tracing::warn!("dropping chunk whose content does not match its hash");
+            return vec![];
+        }
+        let Some(paths) = self.needs.remove(&hash) else {
+            self.cache.insert(hash, data);
+            return vec![];
+        };
+        let mut out = vec![];
+        for p in paths {
+            let Some(f) = self.fetches.get_mut(&p) else { continue };
+            let Some(offsets) = f.missing.remove(&hash) else { continue };
+            let mut failed = None;
+            for off in offsets {
+                if let Err(e) = f.file.write_all_at(&data, off) {
+                    failed = Some(e);
+                    break;
+                }
+            }
+            f.last_progress = Instant::now();
+            if let Some(e) = failed {
+                let f = self.fetches.remove(&p).map(|f| (f.tmp, f.entry.version));
+                if let Some((tmp, version)) = f {
+                    let _ = fs::remove_file(&tmp);
+                    out.push(Outcome::Failed {
+                        path: p,
+                        version,
+                        error: ApplyError::Io { path: tmp, source: e },
+                    });
+                }
+                continue;
+            }
+            if f.missing.is_empty()
+                && let Some(f) = self.fetches.remove(&p)
+            {
+                out.push(self.finish_file(f));
+            }
+        }
+        out
+    }
+
+    /// Chunks of fetches that made no progress for `after`, grouped by the node to ask.
+    /// After two unanswered requests a fetch asks every node (`"*"`).
+    pub fn stalled(&mut self, now: Instant, after: Duration) -> ChunkRequests {
+        let mut by_source: HashMap<String, Vec<Hash>> = HashMap::new();
+        for f in self.fetches.values_mut() {
+            if f.missing.is_empty() || now.duration_since(f.last_progress) < after {
+                continue;
+            }
+            f.last_progress = now;
+            f.requests += 1;
+            let to = if f.requests > 2 { "*".to_string() } else { f.source.clone() };
+            by_source.entry(to).or_default().extend(f.missing.keys().copied());
+        }
+        by_source
+            .into_iter()
+            .map(|(k, mut v)| {
+                v.sort();
+                v.dedup();
+                (k, v)
+            })
+            .collect()
+    }
+
+    /// Missing chunks of the fetch for `path`, for an immediate request.
+    pub fn missing(&self, path: &RelPath) -> Vec<Hash> {
+        self.fetches
+            .get(path)
+            .map(|f| f.missing.keys().copied().collect())
+            .unwrap_or_default()
+    }
+
+    fn start_file(
+        &mut self,
+        entry: Entry,
+        conflict_copy: Option<RelPath>,
+        expected: Option<LocalMeta>,
+        source: &str,
+        local: &dyn Fn(&Hash) -> Option<Vec<u8>>,
+    ) -> Outcome {
+        let path = entry.path.clone();
+        let version = entry.version.clone();
+        let fail = |error| Outcome::Failed {
+            path: path.clone(),
+            version: version.clone(),
+            error,
+        };
+        let Content::File { size, chunks, .. } = &entry.content else {
+            return Outcome::Waiting;
+        };
+        if let Err(e) = ensure_parents(&self.root, &path) {
+            return fail(e);
+        }
+        let tmp = temp_path(&path.to_local(&self.root));
+        let file = match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)
+        {
+            Ok(f) => f,
+            Err(e) => return fail(ApplyError::Io { path: tmp, source: e }),
+        };
+        if let Err(e) = file.set_len(*size) {
+            let _ = fs::remove_file(&tmp);
+            return fail(ApplyError::Io { path: tmp, source: e });
+        }
+        let mut missing: HashMap<Hash, Vec<u64>> = HashMap::new();
+        let mut found: HashMap<Hash, Vec<u8>> = HashMap::new();
+        for (off, c) in chunker::offsets(chunks) {
+            let data = if let Some(d) = found.get(&c.hash) {
+                Some(d.clone())
+            } else if let Some(d) = self.cache.map.get(&c.hash).cloned().or_else(|| local(&c.hash)) {
+                found.insert(c.hash, d.clone());
+                Some(d)
+            } else {
+                None
+            };
+            match data {
+                Some(d) => {
+                    if let Err(e) = file.write_all_at(&d, off) {
+                        let _ = fs::remove_file(&tmp);
+                        return fail(ApplyError::Io { path: tmp, source: e });
+                    }
+                }
+                None => missing.entry(c.hash).or_default().push(off),
+            }
+        }
+        let fetch = Fetch {
+            entry,
+            conflict_copy,
+            expected,
+            tmp,
+            file,
+            missing,
+            source: source.to_string(),
+            last_progress: Instant::now(),
+            requests: 0,
+        };
+        if fetch.missing.is_empty() {
+            return self.finish_file(fetch);
+        }
+        for h in fetch.missing.keys() {
+            self.needs.entry(*h).or_default().push(path.clone());
+        }
+        self.fetches.insert(path, fetch);
+        Outcome::Waiting
+    }
+
+    fn finish_file(&mut self, f: Fetch) -> Outcome {
+        let path = f.entry.path.clone();
+        let version = f.entry.version.clone();
+        let Content::File { mode, mtime_ns, .. } = f.entry.content else {
+            return Outcome::Waiting;
+        };
+        let res = (|| {
+            f.file
+                .set_permissions(fs::Permissions::from_mode(mode))
+                .map_err(io_err(&f.tmp))?;
+            let mtime = filetime::FileTime::from_unix_time(
+                mtime_ns.div_euclid(1_000_000_000),
+                mtime_ns.rem_euclid(1_000_000_000) as u32,
+            );
+            filetime::set_file_handle_times(&f.file, None, Some(mtime)).map_err(io_err(&f.tmp))?;
+            f.file.sync_all().map_err(io_err(&f.tmp))?;
+            self.replace(&path, &f.tmp, f.expected, f.conflict_copy.as_ref())
+        })();
+        match res {
+            Ok(meta) => Outcome::Done {
+                path,
+                version,
+                meta,
+                conflict_copy: f.conflict_copy,
+            },
+            Err(error) => {
+                let _ = fs::remove_file(&f.tmp);
+                Outcome::Failed { path, version, error }
+            }
+        }
+    }
+
+    /// Checks the target still is what the index expects, moves a conflict loser
+    /// aside, renames `tmp` over the target and makes the rename durable.
+    fn replace(
+        &self,
+        path: &RelPath,
+        tmp: &Path,
+        expected: Option<LocalMeta>,
+        conflict_copy: Option<&RelPath>,
+    ) -> Result<Option<LocalMeta>, ApplyError> {
+        let target = path.to_local(&self.root);
+        let current = current_meta(&target)?;
+        if current != expected {
+            if let (Some(cur), Some(_)) = (current, expected) {
+                tracing::debug!(?cur, ?expected, "target changed");
+            }
+            if current.is_some() {
+                return Err(ApplyError::ChangedLocally(target));
+            }
+        }
+        if current.is_some_and(|m| m.mode & libc::S_IFMT == libc::S_IFDIR) {
+            // A directory cannot be replaced by a file; the engine deletes children
+            // first, so an empty one is removed here.
+            fs::remove_dir(&target).map_err(|_| ApplyError::NotEmpty(target.clone()))?;
+        }
+        if let (Some(cc), Some(_)) = (conflict_copy, current) {
+            ensure_parents(&self.root, cc)?;
+            let to = cc.to_local(&self.root);
+            fs::rename(&target, &to).map_err(io_err(&to))?;
+        }
+        fs::rename(tmp, &target).map_err(io_err(&target))?;
+        sync_parent(&target);
+        Ok(current_meta(&target)?)
+    }
+
+    fn apply_dir(&self, path: &RelPath, mode: u32, expected: Option<LocalMeta>) -> Result<Option<LocalMeta>, ApplyError> {
+        let target = path.to_local(&self.root);
+        ensure_parents(&self.root, path)?;
+        match current_meta(&target)? {
+            Some(m) if m.mode & libc::S_IFMT == libc::S_IFDIR => {}
+            Some(m) => {
+                if Some(m) != expected {
+                    return Err(ApplyError::ChangedLocally(target));
+                }
+                fs::remove_file(&target).map_err(io_err(&target))?;
+                fs::create_dir(&target).map_err(io_err(&target))?;
+            }
+            None => fs::create_dir(&target).map_err(io_err(&target))?,
+        }
+        fs::set_permissions(&target, fs::Permissions::from_mode(mode)).map_err(io_err(&target))?;
+        sync_parent(&target);
+        current_meta(&target)
+    }
+
+    fn apply_symlink(
+        &self,
+        path: &RelPath,
+        link_target: &str,
+        expected: Option<LocalMeta>,
+        conflict_copy: Option<&RelPath>,
+    ) -> Result<Option<LocalMeta>, ApplyError> {
+        ensure_parents(&self.root, path)?;
+        let tmp = temp_path(&path.to_local(&self.root));
+        symlink(link_target, &tmp).map_err(io_err(&tmp))?;
+        self.replace(path, &tmp, expected, conflict_copy).inspect_err(|_| {
+            let _ = fs::remove_file(&tmp);
+        })
+    }
+
+    fn apply_delete(&self, path: &RelPath, expected: Option<LocalMeta>) -> Result<Option<LocalMeta>, ApplyError> {
+        let target = path.to_local(&self.root);
+        if ensure_parents_exist_safely(&self.root, path).is_err() {
+            // A parent is gone or unsafe: the path cannot be there (below the root).
+            return Ok(None);
+        }
+        match current_meta(&target)? {
+            None => Ok(None),
+            Some(m) if m.mode & libc::S_IFMT == libc::S_IFDIR => match fs::remove_dir(&target) {
+                Ok(()) => {
+                    sync_parent(&target);
+                    Ok(None)
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                Err(_) => Err(ApplyError::NotEmpty(target)),
+            },
+            Some(m) => {
+                if Some(m) != expected {
+                    return Err(ApplyError::ChangedLocally(target));
+                }
+                fs::remove_file(&target).map_err(io_err(&target))?;
+                sync_parent(&target);
+                Ok(None)
+            }
+        }
+    }
+}
+
+fn current_meta(target: &Path) -> Result<Option<LocalMeta>, ApplyError> {
+    match fs::symlink_metadata(target) {
+        Ok(md) => Ok(Some(local_meta(&md))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(ApplyError::Io {
+            path: target.to_path_buf(),
+            source: e,
+        }),
+    }
+}
+
+/// Creates missing parent directories of `rel` below `root`, refusing to pass through
+/// a symlink or a non-directory (which could lead outside the root).
+pub fn ensure_parents(root: &Path, rel: &RelPath) -> Result<(), ApplyError> {
+    let mut dir = root.to_path_buf();
+    let parts: Vec<&str> = rel.as_str().split('/').collect();
+    for part in &parts[..parts.len() - 1] {
+        dir.push(part);
+        match fs::symlink_metadata(&dir) {
+            Ok(md) if md.is_dir() => {}
+            Ok(_) => return Err(ApplyError::UnsafeParent(dir)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => match fs::create_dir(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(ApplyError::Io { path: dir, source: e }),
+            },
+            Err(e) => return Err(ApplyError::Io { path: dir, source: e }),
+        }
+    }
+    Ok(())
+}
+
+fn ensure_parents_exist_safely(root: &Path, rel: &RelPath) -> Result<(), ()> {
+    let mut dir = root.to_path_buf();
+    let parts: Vec<&str> = rel.as_str().split('/').collect();
+    for part in &parts[..parts.len() - 1] {
+        dir.push(part);
+        match fs::symlink_metadata(&dir) {
+            Ok(md) if md.is_dir() => {}
+            _ => return Err(()),
+        }
+    }
+    Ok(())
+}
+
+fn temp_path(target: &Path) -> PathBuf {
+    let name = target.file_name().and_then(|n| n.to_str()).unwrap_or("f");
+    let mut cut = name.len().min(200);
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let tag: u32 = rand::random();
+    target.with_file_name(format!(".{}{TEMP_INFIX}{tag:08x}", &name[..cut]))
+}
+
+fn sync_parent(target: &Path) {
+    if let Some(parent) = target.parent()
+        && let Ok(d) = File::open(parent)
+    {
+        let _ = d.sync_all();
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,145 @@
+use super::*;
+use crate::engine::ChunkRef;
+use std::os::unix::fs::symlink;
+
+fn entry(path: &str, content: Content) -> Entry {
+    Entry {
+        path: RelPath::new(path).unwrap(),
+        version: VersionVector::new().incremented("r"),
+        modified_by: "r".into(),
+        content,
+    }
+}
+
+fn file_content(parts: &[&[u8]], mode: u32) -> (Content, Vec<(Hash, Vec<u8>)>) {
+    let chunks: Vec<ChunkRef> = parts
+        .iter()
+        .map(|p| ChunkRef {
+            hash: chunker::hash(p),
+            len: p.len() as u32,
+        })
+        .collect();
+    let size = parts.iter().map(|p| p.len() as u64).sum();
+    let data = parts.iter().map(|p| (chunker::hash(p), p.to_vec())).collect();
+    (
+        Content::File {
+            size,
+            mode,
+            mtime_ns: 1_600_000_000_123_456_789,
+            chunks,
+        },
+        data,
+    )
+}
+
+fn none(_: &Hash) -> Option<Vec<u8>> {
+    None
+}
+
+#[test]
+fn assembles_from_chunks_in_any_order_atomically() {
+    let d = tempfile::tempdir().unwrap();
+    let mut a = Applier::new(d.path().to_path_buf());
+    let (c, data) = file_content(&[b"hello ", b"world", b"hello "], 0o755);
+    let e = entry("sub/dir/f.sh", c);
+    assert!(matches!(a.start(e, None, None, "n1", &none), Outcome::Waiting));
+    let target = d.path().join("sub/dir/f.sh");
+    assert!(!target.exists(), "nothing visible under the real name");
+    assert!(a.on_chunk([9; 32], b"junk".to_vec()).is_empty(), "bad hash dropped");
+    assert!(a.on_chunk(data[1].0, data[1].1.clone()).is_empty());
+    let done = a.on_chunk(data[0].0, data[0].1.clone());
+    assert!(matches!(done.as_slice(), [Outcome::Done { .. }]), "{done:?}");
+    assert_eq!(fs::read(&target).unwrap(), b"hello worldhello ");
+    let md = fs::metadata(&target).unwrap();
+    assert_eq!(md.permissions().mode() & 0o7777, 0o755);
+    assert_eq!(crate::scanner::mtime_ns(&md), 1_600_000_000_123_456_789);
+    let leftovers: Vec<_> = fs::read_dir(d.path().join("sub/dir")).unwrap().collect();
+    assert_eq!(leftovers.len(), 1, "no temp file left");
+}
+
+#[test]
+fn local_chunks_need_no_network() {
+    let d = tempfile::tempdir().unwrap();
+    let mut a = Applier::new(d.path().to_path_buf());
+    let (c, data) = file_content(&[b"abc", b"def"], 0o644);
+    let map: HashMap<Hash, Vec<u8>> = data.into_iter().collect();
+    let out = a.start(entry("copy", c), None, None, "n1", &|h| map.get(h).cloned());
+    assert!(matches!(out, Outcome::Done { .. }));
+    assert_eq!(fs::read(d.path().join("copy")).unwrap(), b"abcdef");
+}
+
+#[test]
+fn refuses_to_write_through_a_symlinked_parent() {
+    let d = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    symlink(outside.path(), d.path().join("evil")).unwrap();
+    let mut a = Applier::new(d.path().to_path_buf());
+    let (c, data) = file_content(&[b"x"], 0o644);
+    let map: HashMap<Hash, Vec<u8>> = data.into_iter().collect();
+    let out = a.start(entry("evil/f", c), None, None, "n1", &|h| map.get(h).cloned());
+    assert!(matches!(out, Outcome::Failed { error: ApplyError::UnsafeParent(_), .. }), "{out:?}");
+    assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn conflict_copy_moves_the_loser_aside() {
+    let d = tempfile::tempdir().unwrap();
+    fs::write(d.path().join("f.txt"), b"mine").unwrap();
+    let expected = Some(local_meta(&fs::symlink_metadata(d.path().join("f.txt")).unwrap()));
+    let mut a = Applier::new(d.path().to_path_buf());
+    let (c, data) = file_content(&[b"theirs"], 0o644);
+    let map: HashMap<Hash, Vec<u8>> = data.into_iter().collect();
+    let cc = RelPath::new("f.sync-conflict-x.txt").unwrap();
+    let out = a.start(entry("f.txt", c), Some(cc), expected, "n1", &|h| map.get(h).cloned());
+    assert!(matches!(out, Outcome::Done { .. }), "{out:?}");
+    assert_eq!(fs::read(d.path().join("f.txt")).unwrap(), b"theirs");
+    assert_eq!(fs::read(d.path().join("f.sync-conflict-x.txt")).unwrap(), b"mine");
+}
+
+#[test]
+fn never_overwrites_an_unindexed_local_change() {
+    let d = tempfile::tempdir().unwrap();
+    fs::write(d.path().join("f"), b"fresh local edit").unwrap();
+    let mut a = Applier::new(d.path().to_path_buf());
+    let (c, data) = file_content(&[b"remote"], 0o644);
+    let map: HashMap<Hash, Vec<u8>> = data.into_iter().collect();
+    let out = a.start(entry("f", c), None, None, "n1", &|h| map.get(h).cloned());
+    assert!(matches!(out, Outcome::Failed { error: ApplyError::ChangedLocally(_), .. }));
+    assert_eq!(fs::read(d.path().join("f")).unwrap(), b"fresh local edit");
+    let del = a.start(entry("f", Content::Deleted), None, None, "n1", &none);
+    assert!(matches!(del, Outcome::Failed { .. }));
+    assert!(d.path().join("f").exists());
+}
+
+#[test]
+fn dirs_symlinks_and_deletes() {
+    let d = tempfile::tempdir().unwrap();
+    let mut a = Applier::new(d.path().to_path_buf());
+    assert!(matches!(a.start(entry("e/mpty", Content::Dir { mode: 0o700 }), None, None, "n", &none), Outcome::Done { .. }));
+    assert_eq!(fs::metadata(d.path().join("e/mpty")).unwrap().permissions().mode() & 0o7777, 0o700);
+    let l = entry("e/link", Content::Symlink { target: "../../outside".into() });
+    assert!(matches!(a.start(l, None, None, "n", &none), Outcome::Done { .. }));
+    assert_eq!(fs::read_link(d.path().join("e/link")).unwrap(), Path::new("../../outside"));
+    let md = local_meta(&fs::symlink_metadata(d.path().join("e/link")).unwrap());
+    assert!(matches!(a.start(entry("e/link", Content::Deleted), None, Some(md), "n", &none), Outcome::Done { .. }));
+    assert!(matches!(a.start(entry("e/mpty", Content::Deleted), None, None, "n", &none), Outcome::Done { .. }));
+    assert!(!d.path().join("e/mpty").exists());
+    assert!(!d.path().join("e/link").exists());
+}
+
+#[test]
+fn stalled_fetches_ask_their_source_then_everyone() {
+    let d = tempfile::tempdir().unwrap();
+    let mut a = Applier::new(d.path().to_path_buf());
+    let (c, _) = file_content(&[b"zzz"], 0o644);
+    a.start(entry("f", c), None, None, "n7", &none);
+    let t0 = Instant::now();
+    assert!(a.stalled(t0, Duration::from_secs(3600)).is_empty());
+    let later = t0 + Duration::from_secs(10);
+    assert_eq!(a.stalled(later, Duration::from_secs(1))[0].0, "n7");
+    assert_eq!(a.stalled(later + Duration::from_secs(10), Duration::from_secs(1))[0].0, "n7");
+    assert_eq!(a.stalled(later + Duration::from_secs(20), Duration::from_secs(1))[0].0, "*");
+    a.cancel(&RelPath::new("f").unwrap());
+    assert_eq!(a.in_flight(), 0);
+    assert_eq!(fs::read_dir(d.path()).unwrap().count(), 0, "temp removed on cancel");
+}
