@@ -1,1 +1,212 @@
-fn main() {}
+//! The `mqsync` command line: parses arguments, loads the configuration, sets up
+//! logging and calls into the library. `anyhow` lives only here.
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use mqsync::config::{Config, LogFormat};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use tokio::sync::watch;
+
+#[derive(Parser)]
+#[command(name = "mqsync", version, about = "Multi-master folder sync over an MQTT-over-TLS broker")]
+struct Cli {
+    /// Log filter (tracing EnvFilter syntax), e.g. `debug` or `mqsync=debug`.
+    #[arg(long, global = true, env = "MQSYNC_LOG", default_value = "info,rumqttd=warn,rumqttc=warn")]
+    log: String,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the daemon: sync every configured folder.
+    Run(RunArgs),
+    /// Run the embedded MQTT-over-TLS broker (mutual TLS) on its own.
+    Broker(BrokerArgs),
+    /// Create certificates and the group key.
+    #[command(subcommand)]
+    Certs(CertsCmd),
+    /// A local demo: embedded broker plus three nodes syncing sub-folders of DIR.
+    Demo {
+        /// Demo directory (folders DIR/a, DIR/b, DIR/c; state in DIR/.state).
+        #[arg(default_value = "mqsync-demo")]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Configuration file (TOML). Without it: defaults plus MQSYNC_* variables.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Override `node_id`.
+    #[arg(long)]
+    node_id: Option<String>,
+    /// Override `state_dir`.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Override `broker.url` (mqtts://HOST:PORT).
+    #[arg(long)]
+    broker_url: Option<String>,
+    /// Allow a plain-TCP `mqtt://` broker URL (logs a warning).
+    #[arg(long)]
+    insecure_plaintext: bool,
+}
+
+#[derive(Args)]
+struct BrokerArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0:8883", conflicts_with = "config")]
+    listen: std::net::SocketAddr,
+    /// Directory written by `mqsync certs init` (ca.pem, broker.pem, broker.key).
+    #[arg(long, required_unless_present = "config")]
+    certs: Option<PathBuf>,
+    /// A rumqttd-style TOML file instead (see broker/rumqttd.toml).
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum CertsCmd {
+    /// Write a CA, a broker certificate, one client certificate per node and a group
+    /// key into DIR (an existing CA there is reused).
+    Init {
+        #[arg(long)]
+        out: PathBuf,
+        /// Node ids, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        nodes: Vec<String>,
+        /// Names and addresses clients use to reach the broker.
+        #[arg(long, value_delimiter = ',', default_value = "localhost,127.0.0.1")]
+        hosts: Vec<String>,
+    },
+}
+
+fn init_logging(filter: &str, format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => b.json().init(),
+        LogFormat::Text => b.init(),
+    }
+}
+
+fn load_config(path: Option<&Path>, overrides: HashMap<&'static str, String>) -> Result<Config> {
+    let env = |k: &str| overrides.get(k).cloned().or_else(|| std::env::var(k).ok());
+    let cfg = match path {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).with_context(|| format!("cannot read config file {}", p.display()))?;
+            Config::from_toml(&text, p, &env)?
+        }
+        None => Config::from_env_only(&env)?,
+    };
+    Ok(cfg)
+}
+
+/// Resolves on Ctrl-C or SIGTERM (what `docker stop` sends).
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    match cli.cmd {
+        Cmd::Run(a) => {
+            let mut o = HashMap::new();
+            if let Some(v) = a.node_id {
+                o.insert("MQSYNC_NODE_ID", v);
+            }
+            if let Some(v) = a.state_dir {
+                o.insert("MQSYNC_STATE_DIR", v.display().to_string());
+            }
+            if let Some(v) = a.broker_url {
+                o.insert("MQSYNC_BROKER_URL", v);
+            }
+            if a.insecure_plaintext {
+                o.insert("MQSYNC_BROKER_INSECURE_PLAINTEXT", "true".into());
+            }
+            let cfg = load_config(a.config.as_deref(), o)?;
+            cfg.validate_for_run()?;
+            init_logging(&cli.log, cfg.log_format);
+            tracing::info!(node = %cfg.node_id, folders = cfg.folders.len(), "mqsync {} starting", env!("CARGO_PKG_VERSION"));
+            rt.block_on(async {
+                let (tx, rx) = watch::channel(false);
+                let daemon = tokio::spawn(mqsync::daemon::run(cfg, rx));
+                tokio::select! {
+                    r = daemon => return r?.map_err(anyhow::Error::from),
+                    _ = shutdown_signal() => {}
+                }
+                tracing::info!("shutting down");
+                let _ = tx.send(true);
+                // Give folders a moment to remove temp files and say goodbye.
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                Ok(())
+            })
+        }
+        Cmd::Broker(a) => {
+            init_logging(&cli.log, LogFormat::Text);
+            let handle = match (&a.config, &a.certs) {
+                (Some(c), _) => mqsync::broker::start_from_file(c)?,
+                (None, Some(dir)) => mqsync::broker::start(&mqsync::broker::BrokerSettings::with_certs_dir(a.listen, dir))?,
+                (None, None) => bail!("give --certs DIR or --config FILE"),
+            };
+            for addr in handle.listen_addrs() {
+                tracing::info!(%addr, "broker listening (MQTT 3.1.1 over TLS, client certificates required)");
+            }
+            rt.block_on(shutdown_signal());
+            Ok(())
+        }
+        Cmd::Certs(CertsCmd::Init { out, nodes, hosts }) => {
+            mqsync::certs::init(&out, &nodes, &hosts)?;
+            println!("wrote certificates for {} into {}", nodes.join(", "), out.display());
+            println!("  ca.pem            CA certificate (give to every node and the broker)");
+            println!("  broker.pem/.key   broker certificate for: {}", hosts.join(", "));
+            for n in &nodes {
+                println!("  {n}.pem/.key       client certificate of node {n}");
+            }
+            println!("  group.key         shared secret that authenticates sync messages");
+            Ok(())
+        }
+        Cmd::Demo { dir } => {
+            init_logging(&cli.log, LogFormat::Text);
+            let dir = std::env::current_dir()?.join(dir);
+            rt.block_on(async {
+                let (tx, rx) = watch::channel(false);
+                let (layout, tasks) = mqsync::demo::start(&dir, rx).await?;
+                let f = &layout.folders;
+                println!();
+                println!("mqsync demo: broker on mqtts://{} with three nodes", layout.listen);
+                for (n, p) in mqsync::demo::DEMO_NODES.iter().zip(f) {
+                    println!("  node {n}: {}", p.display());
+                }
+                println!();
+                println!("Try, in another terminal:");
+                println!("  echo hello > {}/hello.txt && cat {}/hello.txt", f[0].display(), f[1].display());
+                println!("  mkdir -p {}/docs && cp /etc/os-release {}/docs/", f[1].display(), f[1].display());
+                println!("  mv {}/hello.txt {}/renamed.txt; ls {}", f[2].display(), f[2].display(), f[0].display());
+                println!("  rm -r {}/docs; ls {}", f[0].display(), f[2].display());
+                println!("Ctrl-C stops the demo (the files stay in {}).", layout.dir.display());
+                shutdown_signal().await;
+                let _ = tx.send(true);
+                for t in tasks {
+                    let _ = t.await;
+                }
+                Ok(())
+            })
+        }
+    }
+}

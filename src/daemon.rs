@@ -1,0 +1,159 @@
+//! `mqsync run` as a library call: turns a validated `Config` into running folders,
+//! starting the embedded broker (with certificates made on first start in
+//! `state_dir/certs`) when no broker URL is configured.
+
+use crate::broker::{self, BrokerHandle, BrokerSettings};
+use crate::certs;
+use crate::config::{Config, FolderMode};
+use crate::engine::Mode;
+use crate::node::{self, FolderSettings, NodeSettings};
+use crate::transport::ConnectSettings;
+use crate::wire::Keys;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Certs(#[from] certs::CertError),
+    #[error("embedded broker: {0}")]
+    Broker(#[from] broker::BrokerError),
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("security.group_key_file {path}: {source}")]
+    GroupKey {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("security.group_key_file {0} is empty")]
+    EmptyGroupKey(PathBuf),
+    #[error(
+        "security.group_key_file is required with an external broker: every node of a folder needs the same key (mqsync certs init writes one)"
+    )]
+    MissingGroupKey,
+    #[error("broker.ca_file is required with mqtts:// (the CA that signed the broker's certificate)")]
+    MissingCa,
+    #[error("cannot create state_dir {path}: {source}")]
+    StateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Node(#[from] node::NodeError),
+}
+
+/// Largest MQTT packet the nodes send or accept: a chunk message plus headroom.
+pub const MAX_PACKET: usize = broker::DEFAULT_MAX_PACKET_BYTES;
+
+pub fn engine_mode(m: FolderMode) -> Mode {
+    match m {
+        FolderMode::SendReceive => Mode::SendReceive,
+        FolderMode::SendOnly => Mode::SendOnly,
+        FolderMode::ReceiveOnly => Mode::ReceiveOnly,
+    }
+}
+
+pub fn read_group_key(path: &Path) -> Result<Keys, DaemonError> {
+    let text = std::fs::read(path).map_err(|source| DaemonError::GroupKey {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if text.trim_ascii().is_empty() {
+        return Err(DaemonError::EmptyGroupKey(path.to_path_buf()));
+    }
+    // Several lines: rotation. The first key signs, all verify.
+    let keys: Vec<[u8; 32]> = text
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.trim_ascii().is_empty())
+        .map(Keys::derive)
+        .collect();
+    Keys::new(keys).ok_or_else(|| DaemonError::EmptyGroupKey(path.to_path_buf()))
+}
+
+/// Prepares everything `run` needs; starts the embedded broker when configured so.
+pub fn prepare(cfg: &Config) -> Result<(NodeSettings, Option<BrokerHandle>), DaemonError> {
+    std::fs::create_dir_all(&cfg.state_dir).map_err(|source| DaemonError::StateDir {
+        path: cfg.state_dir.clone(),
+        source,
+    })?;
+    let b = &cfg.broker;
+    let (host, port, tls, keys, handle) = match &b.url {
+        Some(url) => {
+            let tls = if url.tls {
+                let ca = b.ca_file.as_deref().ok_or(DaemonError::MissingCa)?;
+                Some(Arc::new(crate::tls::client_config(
+                    ca,
+                    b.cert_file.as_deref(),
+                    b.key_file.as_deref(),
+                )?))
+            } else {
+                tracing::warn!("broker.url uses plain TCP (insecure_plaintext): traffic is not encrypted");
+                None
+            };
+            let key_file = cfg.security.group_key_file.as_deref().ok_or(DaemonError::MissingGroupKey)?;
+            (url.host.clone(), url.port, tls, read_group_key(key_file)?, None)
+        }
+        None => {
+            let dir = cfg.state_dir.join("certs");
+            let hosts = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+            let paths = certs::ensure_node_certs(&dir, &cfg.node_id, &hosts)?;
+            let settings = BrokerSettings::with_certs_dir(cfg.broker.embedded_listen, &dir);
+            let handle = broker::start(&settings)?;
+            tracing::info!(listen = %cfg.broker.embedded_listen, certs = %dir.display(), "embedded broker started");
+            let tls = crate::tls::client_config(&paths.ca, Some(&paths.node_cert), Some(&paths.node_key))?;
+            let key_file = cfg.security.group_key_file.clone().unwrap_or(paths.group_key);
+            let host = match cfg.broker.embedded_listen.ip() {
+                ip if ip.is_unspecified() => "127.0.0.1".to_string(),
+                ip => ip.to_string(),
+            };
+            (
+                host,
+                cfg.broker.embedded_listen.port(),
+                Some(Arc::new(tls)),
+                read_group_key(&key_file)?,
+                Some(handle),
+            )
+        }
+    };
+    let folders = cfg
+        .folders
+        .iter()
+        .map(|f| FolderSettings {
+            id: f.id.clone(),
+            path: f.path.clone(),
+            mode: engine_mode(f.mode),
+            ignore: f.ignore.clone(),
+            debounce: Duration::from_millis(f.debounce_ms),
+            rescan_interval: Duration::from_secs(3600),
+            digest_interval: Duration::from_secs(30),
+            status_interval: Duration::from_secs(10),
+        })
+        .collect();
+    let settings = NodeSettings {
+        node_id: cfg.node_id.clone(),
+        state_dir: cfg.state_dir.clone(),
+        topic_prefix: b.topic_prefix.clone(),
+        connect: ConnectSettings {
+            host,
+            port,
+            tls,
+            client_id: cfg.client_id(),
+            keepalive: Duration::from_secs(b.keepalive_s),
+            max_packet: MAX_PACKET,
+        },
+        keys,
+        folders,
+    };
+    Ok((settings, handle))
+}
+
+/// Runs the daemon until `shutdown` turns true.
+pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<(), DaemonError> {
+    let (settings, _broker) = prepare(&cfg)?;
+    node::run(settings, shutdown).await?;
+    Ok(())
+}

@@ -1,0 +1,832 @@
+//! The runtime of one node: for each folder, a task that owns the engine and drives it
+//! from the watcher, the scanner, the MQTT transport and the applier, carrying out the
+//! engine's effects (publish, store, apply). All I/O of the sync path meets here; the
+//! decisions stay in `engine`.
+
+use crate::applier::{Applier, ApplyError, Outcome};
+use crate::chunker;
+use crate::engine::{Content, Digest, Effect, Engine, Entry, Hash, Mode};
+use crate::index::{Index, IndexError, LocalMeta, Record};
+use crate::relpath::RelPath;
+use crate::scanner::{Ignore, MARKER, Observed, Scanner};
+use crate::status::{FolderStatus, State, Topics};
+use crate::transport::{self, ConnectSettings, NetEvent, Publisher};
+use crate::watcher::{self, FsEvent};
+use crate::wire::{self, ChunkData, Envelope, Keys, Message};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::watch;
+use tracing::{debug, error, info, warn};
+
+/// Chunk bytes per Chunks message before another message is started.
+const CHUNK_MSG_BYTES: usize = 1 << 20;
+/// Serialized entry bytes per manifest message.
+const MANIFEST_MSG_BYTES: usize = 512 << 10;
+/// Bytes the folder may have queued for publishing before it stops reading chunks.
+const MAX_QUEUED_BYTES: usize = 16 << 20;
+/// How long a fetch may wait for pushed chunks before asking for them.
+const FETCH_STALL: Duration = Duration::from_secs(3);
+
+#[derive(Clone)]
+pub struct FolderSettings {
+    pub id: String,
+    pub path: PathBuf,
+    pub mode: Mode,
+    pub ignore: Vec<String>,
+    pub debounce: Duration,
+    pub rescan_interval: Duration,
+    pub digest_interval: Duration,
+    pub status_interval: Duration,
+}
+
+#[derive(Clone)]
+pub struct NodeSettings {
+    pub node_id: String,
+    pub state_dir: PathBuf,
+    pub topic_prefix: String,
+    pub connect: ConnectSettings,
+    pub keys: Keys,
+    pub folders: Vec<FolderSettings>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("folder {folder}: {source}")]
+    Index {
+        folder: String,
+        #[source]
+        source: IndexError,
+    },
+    #[error("folder {folder}: bad ignore pattern: {source}")]
+    Ignore {
+        folder: String,
+        #[source]
+        source: globset::Error,
+    },
+    #[error("folder {folder}: {path}: {source}")]
+    Io {
+        folder: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Runs every folder until `shutdown` turns true.
+pub async fn run(settings: NodeSettings, shutdown: watch::Receiver<bool>) -> Result<(), NodeError> {
+    let mut tasks = Vec::new();
+    for f in &settings.folders {
+        let folder = Folder::open(&settings, f)?;
+        let sd = shutdown.clone();
+        tasks.push(tokio::spawn(async move { folder.run(sd).await }));
+    }
+    for t in tasks {
+        if let Ok(Err(e)) = t.await {
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+struct Retry {
+    entry: Entry,
+    conflict_copy: Option<RelPath>,
+    at: Instant,
+}
+
+struct Folder {
+    node: String,
+    cfg: FolderSettings,
+    topics: Topics,
+    keys: Keys,
+    connect: ConnectSettings,
+    index: Index,
+    engine: Engine,
+    /// Disk metadata last reported to the engine, per path.
+    known: BTreeMap<RelPath, LocalMeta>,
+    /// Where each chunk can be read locally (verified on read).
+    locations: HashMap<Hash, (RelPath, u64, u32)>,
+    applier: Applier,
+    ignore: Ignore,
+    publisher: Option<Publisher>,
+    connected: bool,
+    /// Paths the watcher named, waiting for the debounce.
+    dirty: BTreeSet<RelPath>,
+    dirty_due: Option<Instant>,
+    full_rescan_due: bool,
+    /// Chunks to publish, with a set to skip duplicates.
+    push: VecDeque<Hash>,
+    pushing: HashSet<Hash>,
+    /// Chunks new to this node in the latest scan: sent right after their manifest.
+    fresh: HashSet<Hash>,
+    announce: Vec<Entry>,
+    answer: Vec<Entry>,
+    store: Vec<Record>,
+    retries: HashMap<RelPath, Retry>,
+    /// Node whose message caused the effects being processed (chunk source).
+    source: String,
+    source_live: bool,
+    last_error: Option<String>,
+    paused: Option<String>,
+    last_status: Option<FolderStatus>,
+}
+
+impl Folder {
+    fn open(s: &NodeSettings, f: &FolderSettings) -> Result<Self, NodeError> {
+        let dir = s.state_dir.join("folders");
+        std::fs::create_dir_all(&dir).map_err(|source| NodeError::Io {
+            folder: f.id.clone(),
+            path: dir.clone(),
+            source,
+        })?;
+        let index = Index::open(&dir.join(format!("{}.redb", f.id))).map_err(|source| NodeError::Index {
+            folder: f.id.clone(),
+            source,
+        })?;
+        let records = index.load().map_err(|source| NodeError::Index {
+            folder: f.id.clone(),
+            source,
+        })?;
+        let ignore = Ignore::new(&f.ignore).map_err(|source| NodeError::Ignore {
+            folder: f.id.clone(),
+            source,
+        })?;
+        let mut known = BTreeMap::new();
+        let mut entries = Vec::with_capacity(records.len());
+        for r in records {
+            if let Some(m) = r.local {
+                known.insert(r.entry.path.clone(), m);
+            }
+            entries.push(r.entry);
+        }
+        let mut folder = Folder {
+            node: s.node_id.clone(),
+            topics: Topics {
+                prefix: s.topic_prefix.clone(),
+                folder: f.id.clone(),
+            },
+            keys: s.keys.clone(),
+            connect: ConnectSettings {
+                client_id: format!("{}-{}", s.connect.client_id, f.id),
+                ..s.connect.clone()
+            },
+            index,
+            engine: Engine::new(s.node_id.clone(), f.mode, entries),
+            known,
+            locations: HashMap::new(),
+            applier: Applier::new(f.path.clone()),
+            ignore,
+            publisher: None,
+            connected: false,
+            dirty: BTreeSet::new(),
+            dirty_due: None,
+            full_rescan_due: false,
+            push: VecDeque::new(),
+            pushing: HashSet::new(),
+            fresh: HashSet::new(),
+            announce: vec![],
+            answer: vec![],
+            store: vec![],
+            retries: HashMap::new(),
+            source: "*".into(),
+            source_live: false,
+            last_error: None,
+            paused: None,
+            last_status: None,
+            cfg: f.clone(),
+        };
+        let entries: Vec<Entry> = folder.engine.entries().cloned().collect();
+        for e in &entries {
+            if folder.known.contains_key(&e.path) {
+                folder.add_locations(&e.path, &e.content);
+            }
+        }
+        Ok(folder)
+    }
+
+    /// Checks the folder root and its marker. A folder that has synced before but whose
+    /// root or marker is gone is paused: it may be an unmounted volume, and mirroring it
+    /// would delete everything everywhere.
+    fn check_root(&mut self) -> bool {
+        let root = &self.cfg.path;
+        let marker = root.join(MARKER);
+        let has_history = self.engine.entries().next().is_some();
+        let problem = if !root.is_dir() {
+            if has_history {
+                Some(format!("folder root {} is missing (unmounted volume?); paused", root.display()))
+            } else {
+                std::fs::create_dir_all(root)
+                    .err()
+                    .map(|e| format!("cannot create folder root {}: {e}", root.display()))
+            }
+        } else {
+            None
+        };
+        let problem = problem.or_else(|| {
+            if marker.exists() {
+                None
+            } else if has_history {
+                Some(format!(
+                    "marker {} is missing (unmounted or replaced volume?); paused. Recreate it to resume.",
+                    marker.display()
+                ))
+            } else {
+                std::fs::write(&marker, b"")
+                    .err()
+                    .map(|e| format!("cannot create marker {}: {e}", marker.display()))
+            }
+        });
+        if let Some(p) = &problem {
+            if self.paused.as_ref() != Some(p) {
+                error!(folder = %self.cfg.id, "{p}");
+            }
+        }
+        self.paused = problem;
+        self.paused.is_none()
+    }
+
+    async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Result<(), NodeError> {
+        let will = serde_json::to_vec(&self.status_doc(State::Offline)).unwrap_or_default();
+        let (publisher, mut net) = transport::connect(
+            &self.connect,
+            vec![self.topics.data_filter()],
+            Some((self.topics.status(&self.node), will)),
+        );
+        self.publisher = Some(publisher);
+        self.publish_status(State::Starting);
+
+        while !self.check_root() {
+            self.publish_status(State::Error);
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                _ = shutdown.changed() => return Ok(()),
+            }
+        }
+        let (_watcher, mut fs_rx) = match watcher::watch(&self.cfg.path) {
+            Ok((w, rx)) => (Some(w), rx),
+            Err(e) => {
+                self.last_error = Some(format!("watcher unavailable ({e}); relying on periodic scans"));
+                warn!(folder = %self.cfg.id, "{}", self.last_error.as_deref().unwrap_or_default());
+                (None, tokio::sync::mpsc::unbounded_channel().1)
+            }
+        };
+        self.publish_status(State::Scanning);
+        self.full_scan(true);
+        self.process();
+        info!(folder = %self.cfg.id, files = self.engine.entries().count(), "initial scan done");
+
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        let mut last_digest = Instant::now();
+        let mut last_rescan = Instant::now();
+        let mut last_status = Instant::now();
+        loop {
+            let publisher = self.publisher.clone();
+            let want_room = !self.push.is_empty();
+            tokio::select! {
+                ev = net.recv() => match ev {
+                    Some(ev) => self.on_net(ev),
+                    None => break,
+                },
+                ev = fs_rx.recv() => if let Some(ev) = ev { self.on_fs(ev) },
+                _ = async { if let Some(p) = &publisher { p.drained().await } }, if want_room => {}
+                _ = tick.tick() => {
+                    let now = Instant::now();
+                    if self.connected && now.duration_since(last_digest) >= self.cfg.digest_interval {
+                        last_digest = now;
+                        self.send_digest(false);
+                    }
+                    if now.duration_since(last_rescan) >= self.cfg.rescan_interval {
+                        last_rescan = now;
+                        self.full_rescan_due = true;
+                    }
+                    self.on_tick(now);
+                    if now.duration_since(last_status) >= self.cfg.status_interval {
+                        last_status = now;
+                        self.last_status = None;
+                    }
+                }
+                _ = shutdown.changed() => break,
+            }
+            // Drain what else is already queued before the expensive steps.
+            while let Ok(ev) = fs_rx.try_recv() {
+                self.on_fs(ev);
+            }
+            if self.full_rescan_due {
+                self.full_rescan_due = false;
+                if self.check_root() {
+                    self.full_scan(false);
+                }
+            }
+            if self.dirty_due.is_some_and(|d| Instant::now() >= d) {
+                self.scan_dirty();
+            }
+            self.process();
+            self.pump_chunks();
+            let state = if self.paused.is_some() {
+                State::Error
+            } else if self.engine.pending_count() > 0 || self.applier.in_flight() > 0 {
+                State::Syncing
+            } else {
+                State::Idle
+            };
+            self.publish_status(state);
+        }
+        // Leave no temp files and say goodbye so peers do not wait for us.
+        let paths: Vec<RelPath> = self.retries.keys().cloned().collect();
+        for p in paths {
+            self.applier.cancel(&p);
+        }
+        self.flush_store();
+        let doc = self.status_doc(State::Offline);
+        if let (Some(p), Ok(bytes)) = (&self.publisher, serde_json::to_vec(&doc)) {
+            p.publish(self.topics.status(&self.node), bytes, true);
+            p.disconnect().await;
+        }
+        Ok(())
+    }
+
+    fn on_net(&mut self, ev: NetEvent) {
+        match ev {
+            NetEvent::Connected => {
+                info!(folder = %self.cfg.id, "connected to broker");
+                self.connected = true;
+                if self.last_error.as_deref().is_some_and(|e| e.starts_with("broker:")) {
+                    self.last_error = None;
+                }
+                self.last_status = None;
+                // Compare full state with every peer: catch-up never relies on the
+                // broker having queued anything for us.
+                self.send_digest(true);
+            }
+            NetEvent::Disconnected { reason, fatal } => {
+                if fatal {
+                    error!(folder = %self.cfg.id, "{reason}");
+                } else if self.connected {
+                    warn!(folder = %self.cfg.id, "{reason}");
+                } else {
+                    debug!(folder = %self.cfg.id, "{reason}");
+                }
+                self.connected = false;
+                self.last_error = Some(format!("broker: {reason}"));
+            }
+            NetEvent::Message { topic, payload } => {
+                let Some(sender) = self.topics.data_sender(&topic) else { return };
+                if sender == self.node {
+                    return;
+                }
+                match wire::decode(&payload, &topic, sender, &self.keys) {
+                    Ok(env) => self.on_message(env),
+                    Err(e) => warn!(folder = %self.cfg.id, %topic, bytes = payload.len(), "dropping message: {e}"),
+                }
+            }
+        }
+    }
+
+    fn on_message(&mut self, env: Envelope) {
+        if self.paused.is_some() {
+            return;
+        }
+        self.source = env.from.clone();
+        match env.msg {
+            Message::Manifest { live, entries } => {
+                self.source_live = live;
+                for e in entries {
+                    if self.ignore.is_ignored(&e.path) {
+                        continue;
+                    }
+                    self.engine.handle_remote(e);
+                }
+                self.process();
+            }
+            Message::Chunks { chunks } => {
+                for c in chunks {
+                    let outcomes = self.applier.on_chunk(c.hash, c.data);
+                    for o in outcomes {
+                        self.on_outcome(o);
+                    }
+                }
+                self.process();
+            }
+            Message::Digest { reply, buckets } => {
+                if let Some(d) = Digest::from_buckets(buckets) {
+                    self.engine.handle_digest(&d, reply);
+                    self.process();
+                }
+            }
+            Message::Request { to, hashes } => {
+                if to == self.node || to == "*" {
+                    for h in hashes {
+                        if self.locations.contains_key(&h) && self.pushing.insert(h) {
+                            self.push.push_back(h);
+                        }
+                    }
+                }
+            }
+        }
+        self.source = "*".into();
+        self.source_live = false;
+    }
+
+    fn on_fs(&mut self, ev: FsEvent) {
+        match ev {
+            FsEvent::Paths { paths, urgent } => {
+                let now = Instant::now();
+                for p in paths {
+                    if !self.ignore.is_ignored(&p) {
+                        self.dirty.insert(p);
+                    }
+                }
+                if !self.dirty.is_empty() {
+                    let due = if urgent { now } else { now + self.cfg.debounce };
+                    self.dirty_due = Some(self.dirty_due.map_or(due, |d| d.min(due)));
+                }
+            }
+            FsEvent::Rescan => self.full_rescan_due = true,
+            FsEvent::Error(e) => {
+                warn!(folder = %self.cfg.id, "watcher: {e}; falling back to periodic scans");
+                self.last_error = Some(format!("watcher: {e}"));
+            }
+        }
+    }
+
+    fn on_tick(&mut self, now: Instant) {
+        for (to, hashes) in self.applier.stalled(now, FETCH_STALL) {
+            self.request(to, hashes);
+        }
+        let due: Vec<RelPath> = self
+            .retries
+            .iter()
+            .filter(|(_, r)| now >= r.at)
+            .map(|(p, _)| p.clone())
+            .collect();
+        for p in due {
+            if let Some(r) = self.retries.remove(&p)
+                && self.engine.is_pending(&p)
+            {
+                self.start_apply(r.entry, r.conflict_copy);
+            }
+        }
+        self.process();
+    }
+
+    fn full_scan(&mut self, remove_temps: bool) {
+        let res = tokio::task::block_in_place(|| {
+            Scanner {
+                root: &self.cfg.path,
+                ignore: &self.ignore,
+                known: &self.known,
+            }
+            .full(remove_temps)
+        });
+        self.take_scan(res);
+    }
+
+    fn scan_dirty(&mut self) {
+        self.dirty_due = None;
+        let paths: Vec<RelPath> = std::mem::take(&mut self.dirty)
+            .into_iter()
+            .filter(|p| !self.applier.is_fetching(p))
+            .collect();
+        self.scan_paths(&paths);
+    }
+
+    fn scan_paths(&mut self, paths: &[RelPath]) {
+        if paths.is_empty() || self.paused.is_some() {
+            return;
+        }
+        let res = tokio::task::block_in_place(|| {
+            Scanner {
+                root: &self.cfg.path,
+                ignore: &self.ignore,
+                known: &self.known,
+            }
+            .paths(paths)
+        });
+        self.take_scan(res);
+    }
+
+    fn take_scan(&mut self, res: crate::scanner::ScanResult) {
+        for (path, e) in &res.errors {
+            warn!(folder = %self.cfg.id, path = %path.display(), "scan: {e}");
+            self.last_error = Some(format!("{}: {e}", path.display()));
+        }
+        if !res.unstable.is_empty() {
+            let due = Instant::now() + self.cfg.debounce.max(Duration::from_millis(200));
+            self.dirty.extend(res.unstable);
+            self.dirty_due = Some(self.dirty_due.map_or(due, |d| d.min(due)));
+        }
+        let mut changed = res.changed;
+        // Parents before children, so a created tree arrives in order.
+        changed.sort_by(|a, b| a.path.cmp(&b.path));
+        for Observed { path, content, meta } in changed {
+            if let Content::File { chunks, .. } = &content {
+                for c in chunks {
+                    if !self.locations.contains_key(&c.hash) {
+                        self.fresh.insert(c.hash);
+                    }
+                }
+            }
+            match meta {
+                Some(m) => {
+                    self.known.insert(path.clone(), m);
+                    self.add_locations(&path, &content);
+                }
+                None => {
+                    self.known.remove(&path);
+                }
+            }
+            self.engine.handle_local(path, content);
+        }
+    }
+
+    fn add_locations(&mut self, path: &RelPath, content: &Content) {
+        if let Content::File { chunks, .. } = content {
+            for (off, c) in chunker::offsets(chunks) {
+                self.locations.insert(c.hash, (path.clone(), off, c.len));
+            }
+        }
+    }
+
+    fn read_local(&self, hash: &Hash) -> Option<Vec<u8>> {
+        let (path, off, len) = self.locations.get(hash)?;
+        chunker::read_verified(&path.to_local(&self.cfg.path), *off, *len, hash)
+    }
+
+    /// Carries out the engine's effects until it has nothing more to say.
+    fn process(&mut self) {
+        while let Some(eff) = self.engine.poll_effect() {
+            match eff {
+                Effect::Announce(e) => self.announce.push(e),
+                Effect::Store(e) => {
+                    let local = if e.content.is_deleted() {
+                        None
+                    } else {
+                        self.known.get(&e.path).copied()
+                    };
+                    self.store.push(Record { entry: e, local });
+                }
+                Effect::Apply {
+                    entry,
+                    conflict_copy,
+                } => {
+                    self.retries.remove(&entry.path);
+                    self.start_apply(entry, conflict_copy);
+                }
+                Effect::Cancel(p) => {
+                    self.retries.remove(&p);
+                    self.applier.cancel(&p);
+                }
+                Effect::SendEntries(es) => self.answer.extend(es),
+                Effect::SendDigest { reply } => self.send_digest(reply),
+            }
+        }
+        self.flush_store();
+        let announce = std::mem::take(&mut self.announce);
+        if !announce.is_empty() {
+            self.publish_entries(announce, true);
+        }
+        let answer = std::mem::take(&mut self.answer);
+        if !answer.is_empty() {
+            self.publish_entries(answer, false);
+        }
+        self.fresh.clear();
+    }
+
+    fn flush_store(&mut self) {
+        if self.store.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.store);
+        for r in &batch {
+            if r.local.is_some() {
+                self.add_locations(&r.entry.path, &r.entry.content);
+            }
+        }
+        if let Err(e) = tokio::task::block_in_place(|| self.index.put(&batch)) {
+            // The disk is the truth: the next start rescans what was not recorded.
+            error!(folder = %self.cfg.id, "index write failed: {e}");
+            self.last_error = Some(format!("index: {e}"));
+        }
+    }
+
+    fn start_apply(&mut self, entry: Entry, conflict_copy: Option<RelPath>) {
+        let expected = self.known.get(&entry.path).copied();
+        let path = entry.path.clone();
+        let source = self.source.clone();
+        let outcome = tokio::task::block_in_place(|| {
+            let locations = &self.locations;
+            let root = &self.cfg.path;
+            let local = |h: &Hash| {
+                let (p, off, len) = locations.get(h)?;
+                chunker::read_verified(&p.to_local(root), *off, *len, h)
+            };
+            self.applier
+                .start(entry.clone(), conflict_copy.clone(), expected, &source, &local)
+        });
+        if matches!(outcome, Outcome::Waiting) {
+            // Chunks of a live change follow their manifest; anything else is asked for.
+            if !self.source_live {
+                let missing = self.applier.missing(&path);
+                self.request(source, missing);
+            }
+            return;
+        }
+        if let Outcome::Failed { error, .. } = &outcome
+            && error.retryable()
+        {
+            self.retries.insert(
+                path,
+                Retry {
+                    entry,
+                    conflict_copy,
+                    at: Instant::now() + Duration::from_secs(2),
+                },
+            );
+        }
+        self.on_outcome(outcome);
+    }
+
+    fn on_outcome(&mut self, o: Outcome) {
+        match o {
+            Outcome::Waiting => {}
+            Outcome::Done {
+                path,
+                version,
+                meta,
+                conflict_copy,
+            } => {
+                match meta {
+                    Some(m) => self.known.insert(path.clone(), m),
+                    None => self.known.remove(&path),
+                };
+                self.engine.handle_applied(&path, &version, true);
+                if let Some(cc) = conflict_copy {
+                    info!(folder = %self.cfg.id, %path, copy = %cc, "conflict: kept the local version as a copy");
+                    self.scan_paths(&[cc]);
+                }
+            }
+            Outcome::Failed { path, version, error } => match error {
+                ApplyError::ChangedLocally(_) => {
+                    debug!(folder = %self.cfg.id, %path, "changed locally during apply; rescanning");
+                    self.scan_paths(std::slice::from_ref(&path));
+                    self.engine.handle_applied(&path, &version, false);
+                }
+                e if e.retryable() => {
+                    if !matches!(e, ApplyError::NotEmpty(_)) {
+                        warn!(folder = %self.cfg.id, %path, "apply failed, will retry: {e}");
+                        self.last_error = Some(e.to_string());
+                    }
+                }
+                e => {
+                    error!(folder = %self.cfg.id, %path, "apply refused: {e}");
+                    self.last_error = Some(e.to_string());
+                    self.engine.handle_applied(&path, &version, false);
+                }
+            },
+        }
+    }
+
+    fn request(&mut self, to: String, hashes: Vec<Hash>) {
+        for part in hashes.chunks(wire::MAX_REQUEST_HASHES) {
+            self.send(Message::Request {
+                to: to.clone(),
+                hashes: part.to_vec(),
+            });
+        }
+    }
+
+    fn send_digest(&mut self, reply: bool) {
+        let buckets = self.engine.digest().buckets().to_vec();
+        self.send(Message::Digest { reply, buckets });
+    }
+
+    /// Publishes entries in manifests (parents first, deletions deepest first, so the
+    /// receiver can apply them in order), then the new chunks of a live change.
+    fn publish_entries(&mut self, mut entries: Vec<Entry>, live: bool) {
+        entries.sort_by(|a, b| {
+            let (ad, bd) = (a.content.is_deleted(), b.content.is_deleted());
+            ad.cmp(&bd).then_with(|| {
+                if ad {
+                    b.path.depth().cmp(&a.path.depth()).then(a.path.cmp(&b.path))
+                } else {
+                    a.path.cmp(&b.path)
+                }
+            })
+        });
+        let mut chunks = Vec::new();
+        if live {
+            debug!(folder = %self.cfg.id, entries = entries.len(), "announce");
+            for e in &entries {
+                if let Content::File { chunks: cs, .. } = &e.content {
+                    for c in cs {
+                        if self.fresh.remove(&c.hash) {
+                            chunks.push(c.hash);
+                        }
+                    }
+                }
+            }
+        }
+        let mut batch = Vec::new();
+        let mut size = 0;
+        for e in entries {
+            let len = postcard::experimental::serialized_size(&e).unwrap_or(256);
+            if !batch.is_empty() && (size + len > MANIFEST_MSG_BYTES || batch.len() >= wire::MAX_ENTRIES) {
+                self.send(Message::Manifest {
+                    live,
+                    entries: std::mem::take(&mut batch),
+                });
+                size = 0;
+            }
+            size += len;
+            batch.push(e);
+        }
+        if !batch.is_empty() {
+            self.send(Message::Manifest { live, entries: batch });
+        }
+        for h in chunks {
+            if self.pushing.insert(h) {
+                self.push.push_back(h);
+            }
+        }
+        self.pump_chunks();
+    }
+
+    /// Publishes queued chunks while the outgoing queue has room.
+    fn pump_chunks(&mut self) {
+        let Some(p) = self.publisher.clone() else { return };
+        while !self.push.is_empty() && p.queued_bytes() < MAX_QUEUED_BYTES {
+            let mut msg = Vec::new();
+            let mut bytes = 0;
+            while bytes < CHUNK_MSG_BYTES {
+                let Some(h) = self.push.pop_front() else { break };
+                self.pushing.remove(&h);
+                if let Some(data) = tokio::task::block_in_place(|| self.read_local(&h)) {
+                    bytes += data.len();
+                    msg.push(ChunkData { hash: h, data });
+                }
+            }
+            if msg.is_empty() {
+                break;
+            }
+            self.send(Message::Chunks { chunks: msg });
+        }
+    }
+
+    fn send(&mut self, msg: Message) {
+        let Some(p) = &self.publisher else { return };
+        let topic = self.topics.data(&self.node);
+        let env = Envelope {
+            from: self.node.clone(),
+            msg,
+        };
+        match wire::encode(&env, &topic, &self.keys) {
+            Ok(bytes) => p.publish(topic, bytes, false),
+            Err(e) => error!(folder = %self.cfg.id, "cannot encode message: {e}"),
+        }
+    }
+
+    fn status_doc(&self, state: State) -> FolderStatus {
+        let (mut files, mut bytes) = (0u64, 0u64);
+        for e in self.engine.entries() {
+            if !e.content.is_deleted() {
+                files += 1;
+                bytes += e.content.size();
+            }
+        }
+        FolderStatus {
+            node: self.node.clone(),
+            folder: self.cfg.id.clone(),
+            state,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            files,
+            bytes,
+            pending: self.engine.pending_count() as u64,
+            digest: self.engine.digest().root(),
+            local_changes: self.engine.local_change_count() as u64,
+            last_error: self.paused.clone().or_else(|| self.last_error.clone()),
+            updated_ms: 0,
+        }
+    }
+
+    /// Publishes the retained status when it changed (or was invalidated by the timer).
+    fn publish_status(&mut self, state: State) {
+        let doc = self.status_doc(state);
+        if self.last_status.as_ref() == Some(&doc) {
+            return;
+        }
+        self.last_status = Some(doc.clone());
+        let mut doc = doc;
+        doc.updated_ms = now_ms();
+        if let (Some(p), Ok(bytes)) = (&self.publisher, serde_json::to_vec(&doc)) {
+            p.publish(self.topics.status(&self.node), bytes, true);
+        }
+    }
+}

@@ -1,0 +1,67 @@
+//! Turns inotify events (through `notify`) into folder-relative paths to rescan.
+//! Events are hints, never the truth: the scanner looks at the disk itself. A file
+//! closed after writing or moved into place is flagged urgent (scanned at once);
+//! everything else waits for the folder's debounce.
+
+use crate::relpath::RelPath;
+use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RenameMode};
+use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
+use std::path::{Path, PathBuf};
+use tokio::sync::mpsc;
+
+#[derive(Debug)]
+pub enum FsEvent {
+    Paths { paths: Vec<RelPath>, urgent: bool },
+    /// The kernel queue overflowed: only a full rescan is trustworthy.
+    Rescan,
+    /// The watcher failed (e.g. out of inotify watches); periodic scans cover it.
+    Error(String),
+}
+
+/// Keeps the watch alive; dropping it stops watching.
+pub struct FolderWatcher {
+    _inner: RecommendedWatcher,
+}
+
+pub fn watch(root: &Path) -> Result<(FolderWatcher, mpsc::UnboundedReceiver<FsEvent>), notify::Error> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let root_buf: PathBuf = root.to_path_buf();
+    let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        let ev = match res {
+            Ok(ev) if ev.need_rescan() => FsEvent::Rescan,
+            Ok(ev) => {
+                if matches!(ev.kind, EventKind::Access(AccessKind::Open(_)) | EventKind::Access(AccessKind::Read)) {
+                    return;
+                }
+                let urgent = matches!(
+                    ev.kind,
+                    EventKind::Access(AccessKind::Close(AccessMode::Write))
+                        | EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Both))
+                        | EventKind::Create(CreateKind::Folder)
+                ) || is_symlink_create(&ev);
+                let paths: Vec<RelPath> = ev
+                    .paths
+                    .iter()
+                    .filter_map(|p| RelPath::from_local(&root_buf, p).ok())
+                    .collect();
+                if paths.is_empty() {
+                    return;
+                }
+                FsEvent::Paths { paths, urgent }
+            }
+            Err(e) => FsEvent::Error(e.to_string()),
+        };
+        let _ = tx.send(ev);
+    })?;
+    w.watch(root, RecursiveMode::Recursive)?;
+    Ok((FolderWatcher { _inner: w }, rx))
+}
+
+/// A new symlink gets no close event: it is complete as soon as it exists.
+fn is_symlink_create(ev: &notify::Event) -> bool {
+    matches!(ev.kind, EventKind::Create(_))
+        && ev
+            .paths
+            .iter()
+            .any(|p| std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_symlink()))
+}

@@ -1,0 +1,307 @@
+//! Shared fixtures of the integration tests: real `mqsync` processes (broker and
+//! nodes) on 127.0.0.1 with certificates made by `mqsync certs init`, stopped on drop,
+//! and helpers to compare trees and poll with deadlines.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Read;
+use std::net::TcpListener;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_mqsync");
+
+/// A child process killed (and reaped) when dropped, on every exit path of a test.
+pub struct Proc {
+    pub child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(args: &[&str], log: &Path) -> Proc {
+        let out = fs::File::create(log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        let child = Command::new(BIN)
+            .args(args)
+            .env("MQSYNC_LOG", "info,mqsync=debug,rumqttd=warn,rumqttc=warn")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("spawn mqsync");
+        Proc {
+            child: Some(child),
+            log: log.to_path_buf(),
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, then wait (SIGKILL after 10 s).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            unsafe {
+                libc::kill(c.id() as i32, libc::SIGTERM);
+            }
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Polls `cond` every 100 ms until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// What a synced tree holds, path by path: type, permission bits and content hash
+/// (or link target). The marker file is per node and not compared.
+pub fn snapshot(root: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            let p = e.path();
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().to_string();
+            if rel == ".mqsync" {
+                continue;
+            }
+            let Ok(md) = fs::symlink_metadata(&p) else { continue };
+            let mode = md.permissions().mode() & 0o7777;
+            let v = if md.file_type().is_symlink() {
+                format!("link -> {}", fs::read_link(&p).map(|t| t.display().to_string()).unwrap_or_default())
+            } else if md.is_dir() {
+                stack.push(p.clone());
+                format!("dir {mode:o}")
+            } else {
+                let mut h = blake3::Hasher::new();
+                let mut f = match fs::File::open(&p) {
+                    Ok(f) => f,
+                    Err(_) => continue,
+                };
+                let mut buf = vec![0u8; 1 << 20];
+                loop {
+                    let n = f.read(&mut buf).unwrap_or(0);
+                    if n == 0 {
+                        break;
+                    }
+                    h.update(&buf[..n]);
+                }
+                format!("file {mode:o} {} {} mtime {}", md.len(), &h.finalize().to_hex()[..16], md.mtime())
+            };
+            out.insert(rel, v);
+        }
+    }
+    out
+}
+
+/// Describes how two snapshots differ (first few paths), for failure messages.
+pub fn diff(a: &BTreeMap<String, String>, b: &BTreeMap<String, String>) -> String {
+    let mut lines = vec![];
+    for (k, v) in a {
+        match b.get(k) {
+            None => lines.push(format!("only in first: {k} ({v})")),
+            Some(w) if w != v => lines.push(format!("differs: {k}: {v} vs {w}")),
+            _ => {}
+        }
+    }
+    for (k, v) in b {
+        if !a.contains_key(k) {
+            lines.push(format!("only in second: {k} ({v})"));
+        }
+    }
+    let n = lines.len();
+    lines.truncate(10);
+    format!("{n} differences: {}", lines.join("; "))
+}
+
+/// A test cluster: certificates, one broker process and node processes.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pub broker: Option<Proc>,
+    pub nodes: Vec<Option<Proc>>,
+    pub names: Vec<String>,
+}
+
+impl Cluster {
+    /// Makes certificates for `n` nodes (n1..nN) and starts the embedded broker as its
+    /// own process.
+    pub fn new(n: usize) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let names: Vec<String> = (1..=n).map(|i| format!("n{i}")).collect();
+        let certs = dir.path().join("certs");
+        let st = Command::new(BIN)
+            .args(["certs", "init", "--out", certs.to_str().unwrap(), "--nodes", &names.join(",")])
+            .output()
+            .unwrap();
+        assert!(st.status.success(), "certs init: {}", String::from_utf8_lossy(&st.stderr));
+        let mut c = Cluster {
+            port: free_port(),
+            dir,
+            broker: None,
+            nodes: (0..n).map(|_| None).collect(),
+            names,
+        };
+        c.start_broker();
+        c
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn folder(&self, i: usize) -> PathBuf {
+        self.path(&format!("data/{}", self.names[i]))
+    }
+
+    pub fn start_broker(&mut self) {
+        let listen = format!("127.0.0.1:{}", self.port);
+        let certs = self.path("certs");
+        let p = Proc::spawn(
+            &["broker", "--listen", &listen, "--certs", certs.to_str().unwrap()],
+            &self.path("broker.log"),
+        );
+        self.broker = Some(p);
+        let port = self.port;
+        assert!(
+            wait_until(Duration::from_secs(20), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()),
+            "broker did not start"
+        );
+    }
+
+    /// Writes node i's config; `tweak` may edit the TOML text.
+    pub fn write_config(&self, i: usize, tweak: impl Fn(String) -> String) -> PathBuf {
+        let name = &self.names[i];
+        let certs = self.path("certs");
+        let text = format!(
+            r#"node_id = "{name}"
+state_dir = "{state}"
+
+[broker]
+url = "mqtts://127.0.0.1:{port}"
+ca_file = "{certs}/ca.pem"
+cert_file = "{certs}/{name}.pem"
+key_file = "{certs}/{name}.key"
+
+[security]
+group_key_file = "{certs}/group.key"
+
+[[folder]]
+id = "shared"
+path = "{folder}"
+ignore = ["*.swp"]
+"#,
+            state = self.path(&format!("state/{name}")).display(),
+            port = self.port,
+            certs = certs.display(),
+            folder = self.folder(i).display(),
+        );
+        let path = self.path(&format!("{name}.toml"));
+        fs::write(&path, tweak(text)).unwrap();
+        path
+    }
+
+    pub fn start_node(&mut self, i: usize) {
+        let cfg = self.path(&format!("{}.toml", self.names[i]));
+        if !cfg.exists() {
+            self.write_config(i, |t| t);
+        }
+        // One log per start, so a restart keeps the earlier logs.
+        let k = (0..1000)
+            .find(|k| !self.path(&format!("{}.{k}.log", self.names[i])).exists())
+            .unwrap_or(0);
+        let log = self.path(&format!("{}.{k}.log", self.names[i]));
+        self.nodes[i] = Some(Proc::spawn(&["run", "--config", cfg.to_str().unwrap()], &log));
+    }
+
+    pub fn stop_node(&mut self, i: usize) {
+        if let Some(mut p) = self.nodes[i].take() {
+            p.stop();
+        }
+    }
+
+    /// Waits until every running node's folder equals node `reference`'s and the
+    /// reference tree satisfies `check`. Panics with a diff on timeout.
+    pub fn converge(&self, nodes: &[usize], timeout: Duration, check: impl Fn(&BTreeMap<String, String>) -> bool) {
+        let mut last = String::new();
+        let ok = wait_until(timeout, || {
+            let snaps: Vec<_> = nodes.iter().map(|&i| snapshot(&self.folder(i))).collect();
+            if !check(&snaps[0]) {
+                last = format!("check not yet satisfied on node {}: {} paths", nodes[0], snaps[0].len());
+                return false;
+            }
+            for (k, s) in snaps.iter().enumerate().skip(1) {
+                if s != &snaps[0] {
+                    last = format!("node {} vs node {}: {}", nodes[0], nodes[k], diff(&snaps[0], s));
+                    return false;
+                }
+            }
+            true
+        });
+        if !ok {
+            for (i, n) in self.nodes.iter().enumerate() {
+                if let Some(p) = n {
+                    let log = p.log_text();
+                    let tail: String = log.lines().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+                    eprintln!("--- log of node {i} (tail) ---\n{tail}");
+                }
+            }
+            panic!("trees did not converge within {timeout:?}: {last}");
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for n in self.nodes.iter_mut().flatten() {
+            n.kill();
+        }
+        if let Some(b) = &mut self.broker {
+            b.kill();
+        }
+    }
+}
