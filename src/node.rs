@@ -121,6 +121,8 @@ struct Folder {
     /// Paths the watcher named, waiting for the debounce.
     dirty: BTreeSet<RelPath>,
     dirty_due: Option<Instant>,
+    /// New directories to scan again once the watcher surely covers them.
+    recheck: Vec<(RelPath, Instant)>,
     full_rescan_due: bool,
     /// Chunks to publish, with a set to skip duplicates.
     push: VecDeque<Hash>,
@@ -188,6 +190,7 @@ impl Folder {
             connected: false,
             dirty: BTreeSet::new(),
             dirty_due: None,
+            recheck: Vec::new(),
             full_rescan_due: false,
             push: VecDeque::new(),
             pushing: HashSet::new(),
@@ -423,6 +426,7 @@ impl Folder {
             }
             Message::Request { to, hashes } => {
                 if to == self.node || to == "*" {
+                    debug!(folder = %self.cfg.id, from = %self.source, chunks = hashes.len(), "serving chunks");
                     for h in hashes {
                         if self.locations.contains_key(&h) && self.pushing.insert(h) {
                             self.push.push_back(h);
@@ -449,6 +453,18 @@ impl Folder {
                     self.dirty_due = Some(self.dirty_due.map_or(due, |d| d.min(due)));
                 }
             }
+            FsEvent::NewDirs(dirs) => {
+                let now = Instant::now();
+                for d in dirs {
+                    if self.ignore.is_ignored(&d) {
+                        continue;
+                    }
+                    self.recheck.push((d.clone(), now + Duration::from_millis(250)));
+                    self.recheck.push((d.clone(), now + Duration::from_secs(2)));
+                    self.dirty.insert(d);
+                }
+                self.dirty_due = Some(now);
+            }
             FsEvent::Rescan => self.full_rescan_due = true,
             FsEvent::Error(e) => {
                 warn!(folder = %self.cfg.id, "watcher: {e}; falling back to periodic scans");
@@ -458,6 +474,14 @@ impl Folder {
     }
 
     fn on_tick(&mut self, now: Instant) {
+        if self.recheck.iter().any(|(_, at)| now >= *at) {
+            let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.recheck)
+                .into_iter()
+                .partition(|(_, at)| now >= *at);
+            self.recheck = later;
+            self.dirty.extend(due.into_iter().map(|(p, _)| p));
+            self.dirty_due = Some(now);
+        }
         for (to, hashes) in self.applier.stalled(now, FETCH_STALL) {
             self.request(to, hashes);
         }
@@ -632,6 +656,7 @@ impl Folder {
                 .start(entry.clone(), conflict_copy.clone(), expected, &source, &local)
         });
         if matches!(outcome, Outcome::Waiting) {
+            debug!(folder = %self.cfg.id, %path, from = %source, live = self.source_live, "fetching");
             // Chunks of a live change follow their manifest; anything else is asked for.
             if !self.source_live {
                 let missing = self.applier.missing(&path);
@@ -663,6 +688,7 @@ impl Folder {
                 meta,
                 conflict_copy,
             } => {
+                debug!(folder = %self.cfg.id, %path, "applied");
                 match meta {
                     Some(m) => self.known.insert(path.clone(), m),
                     None => self.known.remove(&path),
@@ -695,6 +721,7 @@ impl Folder {
     }
 
     fn request(&mut self, to: String, hashes: Vec<Hash>) {
+        debug!(folder = %self.cfg.id, %to, chunks = hashes.len(), "requesting chunks");
         for part in hashes.chunks(wire::MAX_REQUEST_HASHES) {
             self.send(Message::Request {
                 to: to.clone(),
@@ -768,9 +795,12 @@ impl Folder {
             while bytes < CHUNK_MSG_BYTES {
                 let Some(h) = self.push.pop_front() else { break };
                 self.pushing.remove(&h);
-                if let Some(data) = tokio::task::block_in_place(|| self.read_local(&h)) {
-                    bytes += data.len();
-                    msg.push(ChunkData { hash: h, data });
+                match tokio::task::block_in_place(|| self.read_local(&h)) {
+                    Some(data) => {
+                        bytes += data.len();
+                        msg.push(ChunkData { hash: h, data });
+                    }
+                    None => debug!(folder = %self.cfg.id, "chunk no longer available locally"),
                 }
             }
             if msg.is_empty() {

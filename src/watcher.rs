@@ -12,6 +12,10 @@ use tokio::sync::mpsc;
 #[derive(Debug)]
 pub enum FsEvent {
     Paths { paths: Vec<RelPath>, urgent: bool },
+    /// New directories. notify emits this event before it watches the directory, so
+    /// files created in between produce no event: the directory must be scanned again
+    /// once the watch is in place.
+    NewDirs(Vec<RelPath>),
     /// The kernel queue overflowed: only a full rescan is trustworthy.
     Rescan,
     /// The watcher failed (e.g. out of inotify watches); periodic scans cover it.
@@ -47,7 +51,11 @@ pub fn watch(root: &Path) -> Result<(FolderWatcher, mpsc::UnboundedReceiver<FsEv
                 if paths.is_empty() {
                     return;
                 }
-                FsEvent::Paths { paths, urgent }
+                if ev.kind == EventKind::Create(CreateKind::Folder) {
+                    FsEvent::NewDirs(paths)
+                } else {
+                    FsEvent::Paths { paths, urgent }
+                }
             }
             Err(e) => FsEvent::Error(e.to_string()),
         };

@@ -97,7 +97,8 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
 }
 
 /// What a synced tree holds, path by path: type, permission bits and content hash
-/// (or link target). The marker file is per node and not compared.
+/// (or link target). The marker file is per node and `*.swp` is ignored by the test
+/// configuration, so neither is compared.
 pub fn snapshot(root: &Path) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     let mut stack = vec![root.to_path_buf()];
@@ -106,7 +107,7 @@ pub fn snapshot(root: &Path) -> BTreeMap<String, String> {
         for e in rd.flatten() {
             let p = e.path();
             let rel = p.strip_prefix(root).unwrap().to_string_lossy().to_string();
-            if rel == ".mqsync" {
+            if rel == ".mqsync" || rel.ends_with(".swp") {
                 continue;
             }
             let Ok(md) = fs::symlink_metadata(&p) else { continue };
@@ -171,7 +172,16 @@ impl Cluster {
     /// Makes certificates for `n` nodes (n1..nN) and starts the embedded broker as its
     /// own process.
     pub fn new(n: usize) -> Cluster {
-        let dir = tempfile::tempdir().unwrap();
+        // MQSYNC_TEST_KEEP=1 keeps the directory (logs, trees) for a post-mortem.
+        let keep = std::env::var_os("MQSYNC_TEST_KEEP").is_some();
+        let dir = tempfile::Builder::new()
+            .prefix("mqsync-test-")
+            .disable_cleanup(keep)
+            .tempdir()
+            .unwrap();
+        if keep {
+            eprintln!("test directory kept: {}", dir.path().display());
+        }
         let names: Vec<String> = (1..=n).map(|i| format!("n{i}")).collect();
         let certs = dir.path().join("certs");
         let st = Command::new(BIN)
