@@ -396,7 +396,7 @@ impl Applier {
         }
         fs::rename(tmp, &target).map_err(io_err(&target))?;
         sync_parent(&target);
-        Ok(current_meta(&target)?)
+        current_meta(&target)
     }
 
     fn apply_dir(&self, path: &RelPath, mode: u32, expected: Option<LocalMeta>) -> Result<Option<LocalMeta>, ApplyError> {

@@ -149,7 +149,7 @@ mod tests {
         }
         let idx = Index::open(&path).unwrap();
         assert_eq!(idx.load().unwrap(), vec![rec.clone()]);
-        idx.remove(&[rec.entry.path.clone()]).unwrap();
+        idx.remove(std::slice::from_ref(&rec.entry.path)).unwrap();
         assert!(idx.load().unwrap().is_empty());
     }
 }

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 #[command(name = "mqsync", version, about = "Multi-master folder sync over an MQTT-over-TLS broker")]
 struct Cli {
     /// Log filter (tracing EnvFilter syntax), e.g. `debug` or `mqsync=debug`.
-    #[arg(long, global = true, env = "MQSYNC_LOG", default_value = "info,rumqttd=warn,rumqttc=warn")]
+    #[arg(long, global = true, env = "MQSYNC_LOG", default_value = "info,rumqttd=warn,rumqttc=warn,notify=warn")]
     log: String,
     #[command(subcommand)]
     cmd: Cmd,

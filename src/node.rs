@@ -315,6 +315,7 @@ impl Folder {
                         last_status = now;
                         self.last_status = None;
                     }
+                    self.publish_status(self.current_state());
                 }
                 _ = shutdown.changed() => break,
             }
@@ -333,14 +334,6 @@ impl Folder {
             }
             self.process();
             self.pump_chunks();
-            let state = if self.paused.is_some() {
-                State::Error
-            } else if self.engine.pending_count() > 0 || self.applier.in_flight() > 0 {
-                State::Syncing
-            } else {
-                State::Idle
-            };
-            self.publish_status(state);
         }
         // Leave no temp files and say goodbye so peers do not wait for us.
         let paths: Vec<RelPath> = self.retries.keys().cloned().collect();
@@ -823,14 +816,18 @@ impl Folder {
         }
     }
 
-    fn status_doc(&self, state: State) -> FolderStatus {
-        let (mut files, mut bytes) = (0u64, 0u64);
-        for e in self.engine.entries() {
-            if !e.content.is_deleted() {
-                files += 1;
-                bytes += e.content.size();
-            }
+    fn current_state(&self) -> State {
+        if self.paused.is_some() {
+            State::Error
+        } else if self.engine.pending_count() > 0 || self.applier.in_flight() > 0 {
+            State::Syncing
+        } else {
+            State::Idle
         }
+    }
+
+    fn status_doc(&self, state: State) -> FolderStatus {
+        let (files, bytes) = self.engine.present();
         FolderStatus {
             node: self.node.clone(),
             folder: self.cfg.id.clone(),

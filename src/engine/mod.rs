@@ -65,6 +65,9 @@ pub struct Engine {
     entries: BTreeMap<RelPath, Entry>,
     pending: BTreeMap<RelPath, Pending>,
     digest: Digest,
+    /// Present (non-deleted) entries and their bytes, kept up to date for status.
+    present: u64,
+    present_bytes: u64,
     /// Paths changed locally on a receive-only folder (reported, not sent).
     local_changes: BTreeMap<RelPath, ()>,
     effects: VecDeque<Effect>,
@@ -74,10 +77,15 @@ impl Engine {
     /// An engine over the confirmed entries loaded from the index.
     pub fn new(node: impl Into<String>, mode: Mode, entries: impl IntoIterator<Item = Entry>) -> Self {
         let mut digest = Digest::default();
+        let (mut present, mut present_bytes) = (0, 0);
         let entries: BTreeMap<_, _> = entries
             .into_iter()
             .map(|e| {
                 digest.toggle(&e);
+                if !e.content.is_deleted() {
+                    present += 1;
+                    present_bytes += e.content.size();
+                }
                 (e.path.clone(), e)
             })
             .collect();
@@ -87,6 +95,8 @@ impl Engine {
             entries,
             pending: BTreeMap::new(),
             digest,
+            present,
+            present_bytes,
             local_changes: BTreeMap::new(),
             effects: VecDeque::new(),
         }
@@ -111,6 +121,11 @@ impl Engine {
             .take_while(move |(p, _)| p.as_str().starts_with(path.as_str()))
             .filter(move |(p, _)| p.starts_with(path))
             .map(|(_, e)| e)
+    }
+
+    /// Files, directories and symlinks present, and the bytes of the files.
+    pub fn present(&self) -> (u64, u64) {
+        (self.present, self.present_bytes)
     }
 
     pub fn pending_count(&self) -> usize {
@@ -259,8 +274,16 @@ impl Engine {
     fn confirm(&mut self, entry: Entry) {
         if let Some(old) = self.entries.get(&entry.path) {
             self.digest.toggle(old);
+            if !old.content.is_deleted() {
+                self.present -= 1;
+                self.present_bytes -= old.content.size();
+            }
         }
         self.digest.toggle(&entry);
+        if !entry.content.is_deleted() {
+            self.present += 1;
+            self.present_bytes += entry.content.size();
+        }
         self.entries.insert(entry.path.clone(), entry.clone());
         self.effects.push_back(Effect::Store(entry));
     }

@@ -26,6 +26,9 @@ struct Node {
     disk: BTreeMap<RelPath, Content>,
 }
 
+/// A published message: sender, entries, digest with its reply flag.
+type Msg = (usize, Vec<Entry>, Option<(Digest, bool)>);
+
 struct Net {
     nodes: Vec<Node>,
 }
@@ -55,7 +58,7 @@ impl Net {
     /// Delivers every effect until quiet; `connected[i]` false drops node i's traffic.
     fn run(&mut self, connected: &[bool]) {
         for _ in 0..1000 {
-            let mut msgs: Vec<(usize, Vec<Entry>, Option<(Digest, bool)>)> = vec![];
+            let mut msgs: Vec<Msg> = vec![];
             let mut any = false;
             for i in 0..self.nodes.len() {
                 while let Some(eff) = self.nodes[i].engine.poll_effect() {
@@ -93,15 +96,15 @@ impl Net {
                 if !connected[from] {
                     continue;
                 }
-                for j in 0..self.nodes.len() {
+                for (j, node) in self.nodes.iter_mut().enumerate() {
                     if j == from || !connected[j] {
                         continue;
                     }
                     for e in &entries {
-                        self.nodes[j].engine.handle_remote(e.clone());
+                        node.engine.handle_remote(e.clone());
                     }
                     if let Some((d, reply)) = &digest {
-                        self.nodes[j].engine.handle_digest(d, *reply);
+                        node.engine.handle_digest(d, *reply);
                     }
                 }
             }
@@ -121,6 +124,8 @@ impl Net {
     fn assert_converged(&self) {
         let d0 = &self.nodes[0].disk;
         for (i, n) in self.nodes.iter().enumerate() {
+            let files = n.disk.len() as u64;
+            assert_eq!(n.engine.present().0, files, "present count of node {i}");
             assert_eq!(&n.disk, d0, "disk of node {i} differs");
             assert_eq!(
                 n.engine.digest(),

@@ -26,7 +26,7 @@ impl Proc {
         let err = out.try_clone().expect("log file");
         let child = Command::new(BIN)
             .args(args)
-            .env("MQSYNC_LOG", "info,mqsync=debug,rumqttd=warn,rumqttc=warn")
+            .env("MQSYNC_LOG", "info,mqsync=debug,rumqttd=warn,rumqttc=warn,notify=warn")
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
