@@ -36,7 +36,10 @@ pub enum ApplyError {
 impl ApplyError {
     /// Worth trying again later without new information (e.g. a full disk).
     pub fn retryable(&self) -> bool {
-        !matches!(self, ApplyError::ChangedLocally(_) | ApplyError::UnsafeParent(_))
+        !matches!(
+            self,
+            ApplyError::ChangedLocally(_) | ApplyError::UnsafeParent(_)
+        )
     }
 }
 
@@ -96,7 +99,9 @@ impl ChunkCache {
         self.map.insert(hash, data);
         self.order.push_back(hash);
         while self.bytes > self.limit {
-            let Some(old) = self.order.pop_front() else { break };
+            let Some(old) = self.order.pop_front() else {
+                break;
+            };
             if let Some(d) = self.map.remove(&old) {
                 self.bytes -= d.len();
             }
@@ -151,9 +156,13 @@ impl Applier {
         let path = entry.path.clone();
         let version = entry.version.clone();
         let res = match &entry.content {
-            Content::File { .. } => return self.start_file(entry, conflict_copy, expected, source, local),
+            Content::File { .. } => {
+                return self.start_file(entry, conflict_copy, expected, source, local);
+            }
             Content::Dir { mode } => self.apply_dir(&path, *mode, expected),
-            Content::Symlink { target } => self.apply_symlink(&path, target, expected, conflict_copy.as_ref()),
+            Content::Symlink { target } => {
+                self.apply_symlink(&path, target, expected, conflict_copy.as_ref())
+            }
             Content::Deleted => self.apply_delete(&path, expected),
         };
         match res {
@@ -163,7 +172,11 @@ impl Applier {
                 meta,
                 conflict_copy,
             },
-            Err(error) => Outcome::Failed { path, version, error },
+            Err(error) => Outcome::Failed {
+                path,
+                version,
+                error,
+            },
         }
     }
 
@@ -193,8 +206,12 @@ impl Applier {
         };
         let mut out = vec![];
         for p in paths {
-            let Some(f) = self.fetches.get_mut(&p) else { continue };
-            let Some(offsets) = f.missing.remove(&hash) else { continue };
+            let Some(f) = self.fetches.get_mut(&p) else {
+                continue;
+            };
+            let Some(offsets) = f.missing.remove(&hash) else {
+                continue;
+            };
             let mut failed = None;
             for off in offsets {
                 if let Err(e) = f.file.write_all_at(&data, off) {
@@ -210,7 +227,10 @@ impl Applier {
                     out.push(Outcome::Failed {
                         path: p,
                         version,
-                        error: ApplyError::Io { path: tmp, source: e },
+                        error: ApplyError::Io {
+                            path: tmp,
+                            source: e,
+                        },
                     });
                 }
                 continue;
@@ -234,8 +254,15 @@ impl Applier {
             }
             f.last_progress = now;
             f.requests += 1;
-            let to = if f.requests > 2 { "*".to_string() } else { f.source.clone() };
-            by_source.entry(to).or_default().extend(f.missing.keys().copied());
+            let to = if f.requests > 2 {
+                "*".to_string()
+            } else {
+                f.source.clone()
+            };
+            by_source
+                .entry(to)
+                .or_default()
+                .extend(f.missing.keys().copied());
         }
         by_source
             .into_iter()
@@ -285,18 +312,32 @@ impl Applier {
             .open(&tmp)
         {
             Ok(f) => f,
-            Err(e) => return fail(ApplyError::Io { path: tmp, source: e }),
+            Err(e) => {
+                return fail(ApplyError::Io {
+                    path: tmp,
+                    source: e,
+                });
+            }
         };
         if let Err(e) = file.set_len(*size) {
             let _ = fs::remove_file(&tmp);
-            return fail(ApplyError::Io { path: tmp, source: e });
+            return fail(ApplyError::Io {
+                path: tmp,
+                source: e,
+            });
         }
         let mut missing: HashMap<Hash, Vec<u64>> = HashMap::new();
         let mut found: HashMap<Hash, Vec<u8>> = HashMap::new();
         for (off, c) in chunker::offsets(chunks) {
             let data = if let Some(d) = found.get(&c.hash) {
                 Some(d.clone())
-            } else if let Some(d) = self.cache.map.get(&c.hash).cloned().or_else(|| local(&c.hash)) {
+            } else if let Some(d) = self
+                .cache
+                .map
+                .get(&c.hash)
+                .cloned()
+                .or_else(|| local(&c.hash))
+            {
                 found.insert(c.hash, d.clone());
                 Some(d)
             } else {
@@ -306,7 +347,10 @@ impl Applier {
                 Some(d) => {
                     if let Err(e) = file.write_all_at(&d, off) {
                         let _ = fs::remove_file(&tmp);
-                        return fail(ApplyError::Io { path: tmp, source: e });
+                        return fail(ApplyError::Io {
+                            path: tmp,
+                            source: e,
+                        });
                     }
                 }
                 None => missing.entry(c.hash).or_default().push(off),
@@ -360,7 +404,11 @@ impl Applier {
             },
             Err(error) => {
                 let _ = fs::remove_file(&f.tmp);
-                Outcome::Failed { path, version, error }
+                Outcome::Failed {
+                    path,
+                    version,
+                    error,
+                }
             }
         }
     }
@@ -399,7 +447,12 @@ impl Applier {
         current_meta(&target)
     }
 
-    fn apply_dir(&self, path: &RelPath, mode: u32, expected: Option<LocalMeta>) -> Result<Option<LocalMeta>, ApplyError> {
+    fn apply_dir(
+        &self,
+        path: &RelPath,
+        mode: u32,
+        expected: Option<LocalMeta>,
+    ) -> Result<Option<LocalMeta>, ApplyError> {
         let target = path.to_local(&self.root);
         ensure_parents(&self.root, path)?;
         match current_meta(&target)? {
@@ -428,12 +481,17 @@ impl Applier {
         ensure_parents(&self.root, path)?;
         let tmp = temp_path(&path.to_local(&self.root));
         symlink(link_target, &tmp).map_err(io_err(&tmp))?;
-        self.replace(path, &tmp, expected, conflict_copy).inspect_err(|_| {
-            let _ = fs::remove_file(&tmp);
-        })
+        self.replace(path, &tmp, expected, conflict_copy)
+            .inspect_err(|_| {
+                let _ = fs::remove_file(&tmp);
+            })
     }
 
-    fn apply_delete(&self, path: &RelPath, expected: Option<LocalMeta>) -> Result<Option<LocalMeta>, ApplyError> {
+    fn apply_delete(
+        &self,
+        path: &RelPath,
+        expected: Option<LocalMeta>,
+    ) -> Result<Option<LocalMeta>, ApplyError> {
         let target = path.to_local(&self.root);
         if ensure_parents_exist_safely(&self.root, path).is_err() {
             // A parent is gone or unsafe: the path cannot be there (below the root).
@@ -485,9 +543,19 @@ pub fn ensure_parents(root: &Path, rel: &RelPath) -> Result<(), ApplyError> {
             Err(e) if e.kind() == io::ErrorKind::NotFound => match fs::create_dir(&dir) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(ApplyError::Io { path: dir, source: e }),
+                Err(e) => {
+                    return Err(ApplyError::Io {
+                        path: dir,
+                        source: e,
+                    });
+                }
             },
-            Err(e) => return Err(ApplyError::Io { path: dir, source: e }),
+            Err(e) => {
+                return Err(ApplyError::Io {
+                    path: dir,
+                    source: e,
+                });
+            }
         }
     }
     Ok(())

@@ -79,7 +79,9 @@ mod tests {
     }
 
     /// Sizes around the chunking bounds, where off-by-one errors live.
-    const SIZES: &[usize] = &[0, 1, 65_535, 65_536, 65_537, 262_144, 1_048_575, 1_048_576, 1_048_577, 3_000_001];
+    const SIZES: &[usize] = &[
+        0, 1, 65_535, 65_536, 65_537, 262_144, 1_048_575, 1_048_576, 1_048_577, 3_000_001,
+    ];
 
     #[test]
     fn chunks_cover_the_file_within_bounds() {

@@ -34,7 +34,9 @@ pub enum DaemonError {
         "security.group_key_file is required with an external broker: every node of a folder needs the same key (mqsync certs init writes one)"
     )]
     MissingGroupKey,
-    #[error("broker.ca_file is required with mqtts:// (the CA that signed the broker's certificate)")]
+    #[error(
+        "broker.ca_file is required with mqtts:// (the CA that signed the broker's certificate)"
+    )]
     MissingCa,
     #[error("cannot create state_dir {path}: {source}")]
     StateDir {
@@ -91,11 +93,23 @@ pub fn prepare(cfg: &Config) -> Result<(NodeSettings, Option<BrokerHandle>), Dae
                     b.key_file.as_deref(),
                 )?))
             } else {
-                tracing::warn!("broker.url uses plain TCP (insecure_plaintext): traffic is not encrypted");
+                tracing::warn!(
+                    "broker.url uses plain TCP (insecure_plaintext): traffic is not encrypted"
+                );
                 None
             };
-            let key_file = cfg.security.group_key_file.as_deref().ok_or(DaemonError::MissingGroupKey)?;
-            (url.host.clone(), url.port, tls, read_group_key(key_file)?, None)
+            let key_file = cfg
+                .security
+                .group_key_file
+                .as_deref()
+                .ok_or(DaemonError::MissingGroupKey)?;
+            (
+                url.host.clone(),
+                url.port,
+                tls,
+                read_group_key(key_file)?,
+                None,
+            )
         }
         None => {
             let dir = cfg.state_dir.join("certs");
@@ -104,8 +118,16 @@ pub fn prepare(cfg: &Config) -> Result<(NodeSettings, Option<BrokerHandle>), Dae
             let settings = BrokerSettings::with_certs_dir(cfg.broker.embedded_listen, &dir);
             let handle = broker::start(&settings)?;
             tracing::info!(listen = %cfg.broker.embedded_listen, certs = %dir.display(), "embedded broker started");
-            let tls = crate::tls::client_config(&paths.ca, Some(&paths.node_cert), Some(&paths.node_key))?;
-            let key_file = cfg.security.group_key_file.clone().unwrap_or(paths.group_key);
+            let tls = crate::tls::client_config(
+                &paths.ca,
+                Some(&paths.node_cert),
+                Some(&paths.node_key),
+            )?;
+            let key_file = cfg
+                .security
+                .group_key_file
+                .clone()
+                .unwrap_or(paths.group_key);
             let host = match cfg.broker.embedded_listen.ip() {
                 ip if ip.is_unspecified() => "127.0.0.1".to_string(),
                 ip => ip.to_string(),

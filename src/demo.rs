@@ -44,7 +44,11 @@ pub async fn start(
     let state = dir.join(".state");
     let certs_dir = state.join("certs");
     let nodes: Vec<String> = DEMO_NODES.iter().map(|s| s.to_string()).collect();
-    certs::init(&certs_dir, &nodes, &["localhost".into(), "127.0.0.1".into()])?;
+    certs::init(
+        &certs_dir,
+        &nodes,
+        &["localhost".into(), "127.0.0.1".into()],
+    )?;
     let listen: SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let _broker = broker::start(&BrokerSettings::with_certs_dir(listen, &certs_dir))?;
     let keys = read_group_key(&certs_dir.join(certs::GROUP_KEY))?;

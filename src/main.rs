@@ -9,10 +9,19 @@ use std::path::{Path, PathBuf};
 use tokio::sync::watch;
 
 #[derive(Parser)]
-#[command(name = "mqsync", version, about = "Multi-master folder sync over an MQTT-over-TLS broker")]
+#[command(
+    name = "mqsync",
+    version,
+    about = "Multi-master folder sync over an MQTT-over-TLS broker"
+)]
 struct Cli {
     /// Log filter (tracing EnvFilter syntax), e.g. `debug` or `mqsync=debug`.
-    #[arg(long, global = true, env = "MQSYNC_LOG", default_value = "info,rumqttd=warn,rumqttc=warn,notify=warn")]
+    #[arg(
+        long,
+        global = true,
+        env = "MQSYNC_LOG",
+        default_value = "info,rumqttd=warn,rumqttc=warn,notify=warn"
+    )]
     log: String,
     #[command(subcommand)]
     cmd: Cmd,
@@ -86,7 +95,9 @@ enum CertsCmd {
 fn init_logging(filter: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => b.json().init(),
         LogFormat::Text => b.init(),
@@ -97,7 +108,8 @@ fn load_config(path: Option<&Path>, overrides: HashMap<&'static str, String>) ->
     let env = |k: &str| overrides.get(k).cloned().or_else(|| std::env::var(k).ok());
     let cfg = match path {
         Some(p) => {
-            let text = std::fs::read_to_string(p).with_context(|| format!("cannot read config file {}", p.display()))?;
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read config file {}", p.display()))?;
             Config::from_toml(&text, p, &env)?
         }
         None => Config::from_env_only(&env)?,
@@ -123,7 +135,9 @@ async fn shutdown_signal() {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     match cli.cmd {
         Cmd::Run(a) => {
             let mut o = HashMap::new();
@@ -161,7 +175,9 @@ fn main() -> Result<()> {
             init_logging(&cli.log, LogFormat::Text);
             let handle = match (&a.config, &a.certs) {
                 (Some(c), _) => mqsync::broker::start_from_file(c)?,
-                (None, Some(dir)) => mqsync::broker::start(&mqsync::broker::BrokerSettings::with_certs_dir(a.listen, dir))?,
+                (None, Some(dir)) => mqsync::broker::start(
+                    &mqsync::broker::BrokerSettings::with_certs_dir(a.listen, dir),
+                )?,
                 (None, None) => bail!("give --certs DIR or --config FILE"),
             };
             for addr in handle.listen_addrs() {
@@ -172,9 +188,16 @@ fn main() -> Result<()> {
         }
         Cmd::Certs(CertsCmd::Init { out, nodes, hosts }) => {
             mqsync::certs::init(&out, &nodes, &hosts)?;
-            println!("wrote certificates for {} into {}", nodes.join(", "), out.display());
+            println!(
+                "wrote certificates for {} into {}",
+                nodes.join(", "),
+                out.display()
+            );
             println!("  ca.pem            CA certificate (give to every node and the broker)");
-            println!("  broker.pem/.key   broker certificate for: {}", hosts.join(", "));
+            println!(
+                "  broker.pem/.key   broker certificate for: {}",
+                hosts.join(", ")
+            );
             for n in &nodes {
                 println!("  {n}.pem/.key       client certificate of node {n}");
             }
@@ -189,17 +212,36 @@ fn main() -> Result<()> {
                 let (layout, tasks) = mqsync::demo::start(&dir, rx).await?;
                 let f = &layout.folders;
                 println!();
-                println!("mqsync demo: broker on mqtts://{} with three nodes", layout.listen);
+                println!(
+                    "mqsync demo: broker on mqtts://{} with three nodes",
+                    layout.listen
+                );
                 for (n, p) in mqsync::demo::DEMO_NODES.iter().zip(f) {
                     println!("  node {n}: {}", p.display());
                 }
                 println!();
                 println!("Try, in another terminal:");
-                println!("  echo hello > {}/hello.txt && cat {}/hello.txt", f[0].display(), f[1].display());
-                println!("  mkdir -p {}/docs && cp /etc/os-release {}/docs/", f[1].display(), f[1].display());
-                println!("  mv {}/hello.txt {}/renamed.txt; ls {}", f[2].display(), f[2].display(), f[0].display());
+                println!(
+                    "  echo hello > {}/hello.txt && cat {}/hello.txt",
+                    f[0].display(),
+                    f[1].display()
+                );
+                println!(
+                    "  mkdir -p {}/docs && cp /etc/os-release {}/docs/",
+                    f[1].display(),
+                    f[1].display()
+                );
+                println!(
+                    "  mv {}/hello.txt {}/renamed.txt; ls {}",
+                    f[2].display(),
+                    f[2].display(),
+                    f[0].display()
+                );
                 println!("  rm -r {}/docs; ls {}", f[0].display(), f[2].display());
-                println!("Ctrl-C stops the demo (the files stay in {}).", layout.dir.display());
+                println!(
+                    "Ctrl-C stops the demo (the files stay in {}).",
+                    layout.dir.display()
+                );
                 shutdown_signal().await;
                 let _ = tx.send(true);
                 for t in tasks {

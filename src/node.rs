@@ -149,9 +149,11 @@ impl Folder {
             path: dir.clone(),
             source,
         })?;
-        let index = Index::open(&dir.join(format!("{}.redb", f.id))).map_err(|source| NodeError::Index {
-            folder: f.id.clone(),
-            source,
+        let index = Index::open(&dir.join(format!("{}.redb", f.id))).map_err(|source| {
+            NodeError::Index {
+                folder: f.id.clone(),
+                source,
+            }
         })?;
         let records = index.load().map_err(|source| NodeError::Index {
             folder: f.id.clone(),
@@ -224,7 +226,10 @@ impl Folder {
         let has_history = self.engine.entries().next().is_some();
         let problem = if !root.is_dir() {
             if has_history {
-                Some(format!("folder root {} is missing (unmounted volume?); paused", root.display()))
+                Some(format!(
+                    "folder root {} is missing (unmounted volume?); paused",
+                    root.display()
+                ))
             } else {
                 std::fs::create_dir_all(root)
                     .err()
@@ -276,7 +281,9 @@ impl Folder {
         let (_watcher, mut fs_rx) = match watcher::watch(&self.cfg.path) {
             Ok((w, rx)) => (Some(w), rx),
             Err(e) => {
-                self.last_error = Some(format!("watcher unavailable ({e}); relying on periodic scans"));
+                self.last_error = Some(format!(
+                    "watcher unavailable ({e}); relying on periodic scans"
+                ));
                 warn!(folder = %self.cfg.id, "{}", self.last_error.as_deref().unwrap_or_default());
                 (None, tokio::sync::mpsc::unbounded_channel().1)
             }
@@ -354,7 +361,11 @@ impl Folder {
             NetEvent::Connected => {
                 info!(folder = %self.cfg.id, "connected to broker");
                 self.connected = true;
-                if self.last_error.as_deref().is_some_and(|e| e.starts_with("broker:")) {
+                if self
+                    .last_error
+                    .as_deref()
+                    .is_some_and(|e| e.starts_with("broker:"))
+                {
                     self.last_error = None;
                 }
                 self.last_status = None;
@@ -374,13 +385,17 @@ impl Folder {
                 self.last_error = Some(format!("broker: {reason}"));
             }
             NetEvent::Message { topic, payload } => {
-                let Some(sender) = self.topics.data_sender(&topic) else { return };
+                let Some(sender) = self.topics.data_sender(&topic) else {
+                    return;
+                };
                 if sender == self.node {
                     return;
                 }
                 match wire::decode(&payload, &topic, sender, &self.keys) {
                     Ok(env) => self.on_message(env),
-                    Err(e) => warn!(folder = %self.cfg.id, %topic, bytes = payload.len(), "dropping message: {e}"),
+                    Err(e) => {
+                        warn!(folder = %self.cfg.id, %topic, bytes = payload.len(), "dropping message: {e}")
+                    }
                 }
             }
         }
@@ -452,7 +467,8 @@ impl Folder {
                     if self.ignore.is_ignored(&d) {
                         continue;
                     }
-                    self.recheck.push((d.clone(), now + Duration::from_millis(250)));
+                    self.recheck
+                        .push((d.clone(), now + Duration::from_millis(250)));
                     self.recheck.push((d.clone(), now + Duration::from_secs(2)));
                     self.dirty.insert(d);
                 }
@@ -543,7 +559,12 @@ impl Folder {
         let mut changed = res.changed;
         // Parents before children, so a created tree arrives in order.
         changed.sort_by(|a, b| a.path.cmp(&b.path));
-        for Observed { path, content, meta } in changed {
+        for Observed {
+            path,
+            content,
+            meta,
+        } in changed
+        {
             if let Content::File { chunks, .. } = &content {
                 for c in chunks {
                     if !self.locations.contains_key(&c.hash) {
@@ -645,8 +666,13 @@ impl Folder {
                 let (p, off, len) = locations.get(h)?;
                 chunker::read_verified(&p.to_local(root), *off, *len, h)
             };
-            self.applier
-                .start(entry.clone(), conflict_copy.clone(), expected, &source, &local)
+            self.applier.start(
+                entry.clone(),
+                conflict_copy.clone(),
+                expected,
+                &source,
+                &local,
+            )
         });
         if matches!(outcome, Outcome::Waiting) {
             debug!(folder = %self.cfg.id, %path, from = %source, live = self.source_live, "fetching");
@@ -692,7 +718,11 @@ impl Folder {
                     self.scan_paths(&[cc]);
                 }
             }
-            Outcome::Failed { path, version, error } => match error {
+            Outcome::Failed {
+                path,
+                version,
+                error,
+            } => match error {
                 ApplyError::ChangedLocally(_) => {
                     debug!(folder = %self.cfg.id, %path, "changed locally during apply; rescanning");
                     self.scan_paths(std::slice::from_ref(&path));
@@ -735,7 +765,10 @@ impl Folder {
             let (ad, bd) = (a.content.is_deleted(), b.content.is_deleted());
             ad.cmp(&bd).then_with(|| {
                 if ad {
-                    b.path.depth().cmp(&a.path.depth()).then(a.path.cmp(&b.path))
+                    b.path
+                        .depth()
+                        .cmp(&a.path.depth())
+                        .then(a.path.cmp(&b.path))
                 } else {
                     a.path.cmp(&b.path)
                 }
@@ -758,7 +791,9 @@ impl Folder {
         let mut size = 0;
         for e in entries {
             let len = postcard::experimental::serialized_size(&e).unwrap_or(256);
-            if !batch.is_empty() && (size + len > MANIFEST_MSG_BYTES || batch.len() >= wire::MAX_ENTRIES) {
+            if !batch.is_empty()
+                && (size + len > MANIFEST_MSG_BYTES || batch.len() >= wire::MAX_ENTRIES)
+            {
                 self.send(Message::Manifest {
                     live,
                     entries: std::mem::take(&mut batch),
@@ -769,7 +804,10 @@ impl Folder {
             batch.push(e);
         }
         if !batch.is_empty() {
-            self.send(Message::Manifest { live, entries: batch });
+            self.send(Message::Manifest {
+                live,
+                entries: batch,
+            });
         }
         for h in chunks {
             if self.pushing.insert(h) {
@@ -781,12 +819,16 @@ impl Folder {
 
     /// Publishes queued chunks while the outgoing queue has room.
     fn pump_chunks(&mut self) {
-        let Some(p) = self.publisher.clone() else { return };
+        let Some(p) = self.publisher.clone() else {
+            return;
+        };
         while !self.push.is_empty() && p.queued_bytes() < MAX_QUEUED_BYTES {
             let mut msg = Vec::new();
             let mut bytes = 0;
             while bytes < CHUNK_MSG_BYTES {
-                let Some(h) = self.push.pop_front() else { break };
+                let Some(h) = self.push.pop_front() else {
+                    break;
+                };
                 self.pushing.remove(&h);
                 match tokio::task::block_in_place(|| self.read_local(&h)) {
                     Some(data) => {

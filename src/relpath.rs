@@ -180,7 +180,11 @@ mod tests {
         let a = RelPath::new("a/b/c").unwrap();
         assert!(a.starts_with(&RelPath::new("a/b").unwrap()));
         assert!(!a.starts_with(&RelPath::new("a/bc").unwrap()));
-        assert!(!RelPath::new("a/bc").unwrap().starts_with(&RelPath::new("a/b").unwrap()));
+        assert!(
+            !RelPath::new("a/bc")
+                .unwrap()
+                .starts_with(&RelPath::new("a/b").unwrap())
+        );
         assert_eq!(a.parent().unwrap().as_str(), "a/b");
         assert_eq!(a.file_name(), "c");
         assert_eq!(RelPath::new("x").unwrap().parent(), None);

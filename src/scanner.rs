@@ -80,7 +80,9 @@ pub fn local_meta(md: &Metadata) -> LocalMeta {
 }
 
 pub fn mtime_ns(md: &Metadata) -> i64 {
-    md.mtime().saturating_mul(1_000_000_000).saturating_add(md.mtime_nsec())
+    md.mtime()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(md.mtime_nsec())
 }
 
 impl Scanner<'_> {
@@ -127,7 +129,13 @@ impl Scanner<'_> {
         res
     }
 
-    fn walk(&self, dir: &Path, seen: &mut HashSet<RelPath>, res: &mut ScanResult, remove_temps: bool) {
+    fn walk(
+        &self,
+        dir: &Path,
+        seen: &mut HashSet<RelPath>,
+        res: &mut ScanResult,
+        remove_temps: bool,
+    ) {
         let mut stack = vec![dir.to_path_buf()];
         while let Some(d) = stack.pop() {
             let rd = match fs::read_dir(&d) {
@@ -140,7 +148,8 @@ impl Scanner<'_> {
             for de in rd.flatten() {
                 let full = de.path();
                 let Ok(rel) = RelPath::from_local(self.root, &full) else {
-                    res.errors.push((full, "name is not valid UTF-8 or too long".into()));
+                    res.errors
+                        .push((full, "name is not valid UTF-8 or too long".into()));
                     continue;
                 };
                 if is_temp_name(rel.file_name()) {
@@ -207,7 +216,8 @@ impl Scanner<'_> {
                 Ok(t) => match t.into_os_string().into_string() {
                     Ok(target) => Content::Symlink { target },
                     Err(_) => {
-                        res.errors.push((full.into(), "symlink target is not UTF-8".into()));
+                        res.errors
+                            .push((full.into(), "symlink target is not UTF-8".into()));
                         return;
                     }
                 },
@@ -247,7 +257,11 @@ impl Scanner<'_> {
     }
 
     /// Chunks a file; `None` when it changed while being read.
-    fn hash_stable(&self, full: &Path, before: &Metadata) -> io::Result<Option<(Vec<crate::engine::ChunkRef>, u64)>> {
+    fn hash_stable(
+        &self,
+        full: &Path,
+        before: &Metadata,
+    ) -> io::Result<Option<(Vec<crate::engine::ChunkRef>, u64)>> {
         let f = fs::File::open(full)?;
         let (chunks, size) = chunker::chunk_file(&f)?;
         let after = f.metadata()?;
@@ -268,7 +282,17 @@ mod tests {
         let mut v: Vec<_> = r
             .changed
             .iter()
-            .map(|o| format!("{}{}", o.path, if o.content.is_deleted() { " (deleted)" } else { "" }))
+            .map(|o| {
+                format!(
+                    "{}{}",
+                    o.path,
+                    if o.content.is_deleted() {
+                        " (deleted)"
+                    } else {
+                        ""
+                    }
+                )
+            })
             .collect();
         v.sort();
         v
@@ -286,16 +310,37 @@ mod tests {
         symlink("../nowhere", root.join("link")).unwrap();
         let ignore = Ignore::new(&["*.swp".into()]).unwrap();
         let mut known = BTreeMap::new();
-        let r = Scanner { root, ignore: &ignore, known: &known }.full(true);
+        let r = Scanner {
+            root,
+            ignore: &ignore,
+            known: &known,
+        }
+        .full(true);
         assert_eq!(names(&r), ["a", "a/empty", "a/f.txt", "link"]);
-        assert!(!root.join(".f.txt.mqsync-tmp-1").exists(), "stale temp removed");
+        assert!(
+            !root.join(".f.txt.mqsync-tmp-1").exists(),
+            "stale temp removed"
+        );
         for o in &r.changed {
             known.insert(o.path.clone(), o.meta.unwrap());
         }
-        let r = Scanner { root, ignore: &ignore, known: &known }.full(false);
+        let r = Scanner {
+            root,
+            ignore: &ignore,
+            known: &known,
+        }
+        .full(false);
         assert!(r.changed.is_empty(), "nothing re-hashed: {:?}", names(&r));
         fs::remove_dir_all(root.join("a")).unwrap();
-        let r = Scanner { root, ignore: &ignore, known: &known }.paths(&[RelPath::new("a").unwrap()]);
-        assert_eq!(names(&r), ["a (deleted)", "a/empty (deleted)", "a/f.txt (deleted)"]);
+        let r = Scanner {
+            root,
+            ignore: &ignore,
+            known: &known,
+        }
+        .paths(&[RelPath::new("a").unwrap()]);
+        assert_eq!(
+            names(&r),
+            ["a (deleted)", "a/empty (deleted)", "a/f.txt (deleted)"]
+        );
     }
 }

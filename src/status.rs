@@ -63,8 +63,12 @@ impl Topics {
 
     /// The sending node of a data topic, if `topic` is one of this folder's.
     pub fn data_sender<'a>(&self, topic: &'a str) -> Option<&'a str> {
-        let rest = topic.strip_prefix(self.prefix.as_str())?.strip_prefix('/')?;
-        let rest = rest.strip_prefix(self.folder.as_str())?.strip_prefix("/v1/")?;
+        let rest = topic
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix('/')?;
+        let rest = rest
+            .strip_prefix(self.folder.as_str())?
+            .strip_prefix("/v1/")?;
         (!rest.is_empty() && !rest.contains('/')).then_some(rest)
     }
 }

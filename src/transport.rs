@@ -4,7 +4,9 @@
 //! task, so the folder never blocks on the event loop (which would deadlock), and the
 //! folder limits what it puts in flight by watching `queued_bytes`.
 
-use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
+use rumqttc::{
+    AsyncClient, Event, LastWill, MqttOptions, Packet, QoS, TlsConfiguration, Transport,
+};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -28,8 +30,14 @@ pub enum NetEvent {
     Connected,
     /// Lost or refused connection; `fatal` when retrying cannot help until an
     /// operator fixes the configuration (it is retried anyway, more slowly).
-    Disconnected { reason: String, fatal: bool },
-    Message { topic: String, payload: bytes::Bytes },
+    Disconnected {
+        reason: String,
+        fatal: bool,
+    },
+    Message {
+        topic: String,
+        payload: bytes::Bytes,
+    },
 }
 
 struct Outgoing {
@@ -94,7 +102,9 @@ pub fn connect(
         opts.set_last_will(LastWill::new(topic, payload, QoS::AtLeastOnce, true));
     }
     if let Some(tls) = &s.tls {
-        opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls.clone())));
+        opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+            tls.clone(),
+        )));
     }
     let (client, mut eventloop) = AsyncClient::new(opts, 64);
     let (ev_tx, ev_rx) = mpsc::channel(64);
@@ -167,7 +177,11 @@ pub fn connect(
                     if ev_tx.send(ev).await.is_err() {
                         return;
                     }
-                    let wait = if fatal.is_some() { Duration::from_secs(10) } else { backoff };
+                    let wait = if fatal.is_some() {
+                        Duration::from_secs(10)
+                    } else {
+                        backoff
+                    };
                     tokio::time::sleep(wait).await;
                     backoff = (backoff * 2).min(Duration::from_secs(10));
                 }

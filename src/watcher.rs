@@ -11,7 +11,10 @@ use tokio::sync::mpsc;
 
 #[derive(Debug)]
 pub enum FsEvent {
-    Paths { paths: Vec<RelPath>, urgent: bool },
+    Paths {
+        paths: Vec<RelPath>,
+        urgent: bool,
+    },
     /// New directories. notify emits this event before it watches the directory, so
     /// files created in between produce no event: the directory must be scanned again
     /// once the watch is in place.
@@ -27,14 +30,19 @@ pub struct FolderWatcher {
     _inner: RecommendedWatcher,
 }
 
-pub fn watch(root: &Path) -> Result<(FolderWatcher, mpsc::UnboundedReceiver<FsEvent>), notify::Error> {
+pub fn watch(
+    root: &Path,
+) -> Result<(FolderWatcher, mpsc::UnboundedReceiver<FsEvent>), notify::Error> {
     let (tx, rx) = mpsc::unbounded_channel();
     let root_buf: PathBuf = root.to_path_buf();
     let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         let ev = match res {
             Ok(ev) if ev.need_rescan() => FsEvent::Rescan,
             Ok(ev) => {
-                if matches!(ev.kind, EventKind::Access(AccessKind::Open(_)) | EventKind::Access(AccessKind::Read)) {
+                if matches!(
+                    ev.kind,
+                    EventKind::Access(AccessKind::Open(_)) | EventKind::Access(AccessKind::Read)
+                ) {
                     return;
                 }
                 let urgent = matches!(

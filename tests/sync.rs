@@ -25,7 +25,9 @@ fn three_nodes_keep_one_folder_identical() {
         c.start_node(i);
     }
     let (a, b, n3) = (c.folder(0), c.folder(1), c.folder(2));
-    assert!(wait_until(T, || a.join(".mqsync").exists() && b.join(".mqsync").exists() && n3.join(".mqsync").exists()));
+    assert!(wait_until(T, || a.join(".mqsync").exists()
+        && b.join(".mqsync").exists()
+        && n3.join(".mqsync").exists()));
 
     // Create on node 1: nested dirs, an empty dir, a symlink, an executable, ignored file.
     write(&a.join("docs/readme.txt"), b"hello from n1\n");
@@ -37,27 +39,44 @@ fn three_nodes_keep_one_folder_identical() {
     fs::set_permissions(a.join("run.sh"), fs::Permissions::from_mode(0o755)).unwrap();
     write(&a.join("notes.swp"), b"ignored");
     c.converge(&[0, 1, 2], T, |s| {
-        s.contains_key("docs/deep/er/file.bin") && s.contains_key("empty/link") && s.contains_key("run.sh")
+        s.contains_key("docs/deep/er/file.bin")
+            && s.contains_key("empty/link")
+            && s.contains_key("run.sh")
     });
     let snap = snapshot(&n3);
-    assert!(snap["run.sh"].starts_with("file 755"), "{:?}", snap["run.sh"]);
+    assert!(
+        snap["run.sh"].starts_with("file 755"),
+        "{:?}",
+        snap["run.sh"]
+    );
     assert_eq!(snap["empty/link"], "link -> ../docs/readme.txt");
     assert_eq!(snap["abs-link"], "link -> /etc/passwd");
     assert!(snap["empty/dir"].starts_with("dir"));
-    assert!(!b.join("notes.swp").exists(), "ignored file must not be sent");
+    assert!(
+        !b.join("notes.swp").exists(),
+        "ignored file must not be sent"
+    );
     assert!(a.join("notes.swp").exists());
 
     // Modify on node 2, delete on node 3.
     write(&b.join("docs/readme.txt"), b"edited on n2\n");
     fs::remove_dir_all(n3.join("docs/deep")).unwrap();
-    c.converge(&[0, 1, 2], T, |s| !s.contains_key("docs/deep") && s.get("docs/readme.txt").is_some_and(|v| v.contains(" 13 ")));
-    assert_eq!(fs::read(a.join("docs/readme.txt")).unwrap(), b"edited on n2\n");
+    c.converge(&[0, 1, 2], T, |s| {
+        !s.contains_key("docs/deep") && s.get("docs/readme.txt").is_some_and(|v| v.contains(" 13 "))
+    });
+    assert_eq!(
+        fs::read(a.join("docs/readme.txt")).unwrap(),
+        b"edited on n2\n"
+    );
 
     // Rename a file and a directory on node 1.
     fs::rename(a.join("run.sh"), a.join("start.sh")).unwrap();
     fs::rename(a.join("docs"), a.join("documents")).unwrap();
     c.converge(&[0, 1, 2], T, |s| {
-        s.contains_key("start.sh") && !s.contains_key("run.sh") && s.contains_key("documents/readme.txt") && !s.contains_key("docs")
+        s.contains_key("start.sh")
+            && !s.contains_key("run.sh")
+            && s.contains_key("documents/readme.txt")
+            && !s.contains_key("docs")
     });
 
     // A 100 MiB file of random bytes on node 2.
@@ -66,20 +85,47 @@ fn three_nodes_keep_one_folder_identical() {
     write(&b.join("big/random.bin"), &big);
     drop(big);
     c.converge(&[0, 1, 2], Duration::from_secs(300), |s| {
-        s.get("big/random.bin").is_some_and(|v| v.contains(&format!(" {} ", 100u64 << 20)))
+        s.get("big/random.bin")
+            .is_some_and(|v| v.contains(&format!(" {} ", 100u64 << 20)))
     });
 
     // 2,000 small files on node 3.
     for i in 0..2000 {
         let data = format!("small file {i}\n").repeat(1 + i % 50);
-        write(&n3.join(format!("many/d{:02}/f{i:04}.txt", i % 20)), data.as_bytes());
+        write(
+            &n3.join(format!("many/d{:02}/f{i:04}.txt", i % 20)),
+            data.as_bytes(),
+        );
     }
-    c.converge(&[0, 1, 2], Duration::from_secs(300), |s| s.keys().filter(|k| k.starts_with("many/") && k.ends_with(".txt")).count() == 2000);
+    c.converge(&[0, 1, 2], Duration::from_secs(300), |s| {
+        s.keys()
+            .filter(|k| k.starts_with("many/") && k.ends_with(".txt"))
+            .count()
+            == 2000
+    });
 
     // Nothing ping-pongs: after convergence no node keeps publishing changes.
-    let before: Vec<_> = (0..3).map(|i| c.nodes[i].as_ref().unwrap().log_text().matches("announce").count()).collect();
+    let before: Vec<_> = (0..3)
+        .map(|i| {
+            c.nodes[i]
+                .as_ref()
+                .unwrap()
+                .log_text()
+                .matches("announce")
+                .count()
+        })
+        .collect();
     std::thread::sleep(Duration::from_secs(2));
-    let after: Vec<_> = (0..3).map(|i| c.nodes[i].as_ref().unwrap().log_text().matches("announce").count()).collect();
+    let after: Vec<_> = (0..3)
+        .map(|i| {
+            c.nodes[i]
+                .as_ref()
+                .unwrap()
+                .log_text()
+                .matches("announce")
+                .count()
+        })
+        .collect();
     assert_eq!(before, after, "nodes keep announcing after convergence");
 }
 
@@ -96,16 +142,31 @@ fn a_node_that_was_down_catches_up_and_sends_its_offline_writes() {
     // Node 3 is down while node 1 changes the folder.
     c.stop_node(2);
     for i in 0..200 {
-        write(&a.join(format!("while-down/{i}.txt")), format!("{i}").as_bytes());
+        write(
+            &a.join(format!("while-down/{i}.txt")),
+            format!("{i}").as_bytes(),
+        );
     }
     fs::remove_file(a.join("before.txt")).unwrap();
-    c.converge(&[0, 1], T, |s| s.keys().filter(|k| k.starts_with("while-down/")).count() == 200 && !s.contains_key("before.txt"));
+    c.converge(&[0, 1], T, |s| {
+        s.keys().filter(|k| k.starts_with("while-down/")).count() == 200
+            && !s.contains_key("before.txt")
+    });
     // Meanwhile someone edits node 3's folder with its daemon stopped.
-    write(&n3.join("offline-edit.txt"), b"written while the daemon was stopped");
+    write(
+        &n3.join("offline-edit.txt"),
+        b"written while the daemon was stopped",
+    );
     c.start_node(2);
-    c.converge(&[0, 1, 2], T, |s| s.contains_key("offline-edit.txt") && s.keys().filter(|k| k.starts_with("while-down/")).count() == 200);
+    c.converge(&[0, 1, 2], T, |s| {
+        s.contains_key("offline-edit.txt")
+            && s.keys().filter(|k| k.starts_with("while-down/")).count() == 200
+    });
     assert!(!n3.join("before.txt").exists());
-    assert_eq!(fs::read(b.join("offline-edit.txt")).unwrap(), b"written while the daemon was stopped");
+    assert_eq!(
+        fs::read(b.join("offline-edit.txt")).unwrap(),
+        b"written while the daemon was stopped"
+    );
 }
 
 #[test]
@@ -115,12 +176,24 @@ fn nodes_with_a_wrong_ca_or_no_client_certificate_are_refused() {
     // Node 2 trusts a CA that did not sign the broker's certificate.
     let other = c.path("other-certs");
     let st = std::process::Command::new(BIN)
-        .args(["certs", "init", "--out", other.to_str().unwrap(), "--nodes", "n2"])
+        .args([
+            "certs",
+            "init",
+            "--out",
+            other.to_str().unwrap(),
+            "--nodes",
+            "n2",
+        ])
         .output()
         .unwrap();
     assert!(st.status.success());
     let certs = c.path("certs");
-    c.write_config(1, |t| t.replace(&format!("{}/ca.pem", certs.display()), &format!("{}/ca.pem", other.display())));
+    c.write_config(1, |t| {
+        t.replace(
+            &format!("{}/ca.pem", certs.display()),
+            &format!("{}/ca.pem", other.display()),
+        )
+    });
     c.start_node(1);
     // Node 3 sends no client certificate.
     c.write_config(2, |t| {
@@ -139,10 +212,21 @@ fn nodes_with_a_wrong_ca_or_no_client_certificate_are_refused() {
             words.iter().all(|w| log.contains(w))
         })
     };
-    assert!(refused(1, &["certificate", "ca"]), "node 2 log: {}", c.nodes[1].as_ref().unwrap().log_text());
-    assert!(refused(2, &["certificate"]), "node 3 log: {}", c.nodes[2].as_ref().unwrap().log_text());
+    assert!(
+        refused(1, &["certificate", "ca"]),
+        "node 2 log: {}",
+        c.nodes[1].as_ref().unwrap().log_text()
+    );
+    assert!(
+        refused(2, &["certificate"]),
+        "node 3 log: {}",
+        c.nodes[2].as_ref().unwrap().log_text()
+    );
     std::thread::sleep(Duration::from_secs(3));
     assert!(!c.folder(1).join("secret.txt").exists());
     assert!(!c.folder(2).join("secret.txt").exists());
-    assert!(c.nodes[1].as_mut().unwrap().is_running(), "a refused node keeps retrying, it does not crash");
+    assert!(
+        c.nodes[1].as_mut().unwrap().is_running(),
+        "a refused node keeps retrying, it does not crash"
+    );
 }

@@ -20,7 +20,10 @@ fn file_content(parts: &[&[u8]], mode: u32) -> (Content, Vec<(Hash, Vec<u8>)>) {
         })
         .collect();
     let size = parts.iter().map(|p| p.len() as u64).sum();
-    let data = parts.iter().map(|p| (chunker::hash(p), p.to_vec())).collect();
+    let data = parts
+        .iter()
+        .map(|p| (chunker::hash(p), p.to_vec()))
+        .collect();
     (
         Content::File {
             size,
@@ -42,13 +45,22 @@ fn assembles_from_chunks_in_any_order_atomically() {
     let mut a = Applier::new(d.path().to_path_buf());
     let (c, data) = file_content(&[b"hello ", b"world", b"hello "], 0o755);
     let e = entry("sub/dir/f.sh", c);
-    assert!(matches!(a.start(e, None, None, "n1", &none), Outcome::Waiting));
+    assert!(matches!(
+        a.start(e, None, None, "n1", &none),
+        Outcome::Waiting
+    ));
     let target = d.path().join("sub/dir/f.sh");
     assert!(!target.exists(), "nothing visible under the real name");
-    assert!(a.on_chunk([9; 32], b"junk".to_vec()).is_empty(), "bad hash dropped");
+    assert!(
+        a.on_chunk([9; 32], b"junk".to_vec()).is_empty(),
+        "bad hash dropped"
+    );
     assert!(a.on_chunk(data[1].0, data[1].1.clone()).is_empty());
     let done = a.on_chunk(data[0].0, data[0].1.clone());
-    assert!(matches!(done.as_slice(), [Outcome::Done { .. }]), "{done:?}");
+    assert!(
+        matches!(done.as_slice(), [Outcome::Done { .. }]),
+        "{done:?}"
+    );
     assert_eq!(fs::read(&target).unwrap(), b"hello worldhello ");
     let md = fs::metadata(&target).unwrap();
     assert_eq!(md.permissions().mode() & 0o7777, 0o755);
@@ -76,8 +88,19 @@ fn refuses_to_write_through_a_symlinked_parent() {
     let mut a = Applier::new(d.path().to_path_buf());
     let (c, data) = file_content(&[b"x"], 0o644);
     let map: HashMap<Hash, Vec<u8>> = data.into_iter().collect();
-    let out = a.start(entry("evil/f", c), None, None, "n1", &|h| map.get(h).cloned());
-    assert!(matches!(out, Outcome::Failed { error: ApplyError::UnsafeParent(_), .. }), "{out:?}");
+    let out = a.start(entry("evil/f", c), None, None, "n1", &|h| {
+        map.get(h).cloned()
+    });
+    assert!(
+        matches!(
+            out,
+            Outcome::Failed {
+                error: ApplyError::UnsafeParent(_),
+                ..
+            }
+        ),
+        "{out:?}"
+    );
     assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 0);
 }
 
@@ -85,15 +108,22 @@ fn refuses_to_write_through_a_symlinked_parent() {
 fn conflict_copy_moves_the_loser_aside() {
     let d = tempfile::tempdir().unwrap();
     fs::write(d.path().join("f.txt"), b"mine").unwrap();
-    let expected = Some(local_meta(&fs::symlink_metadata(d.path().join("f.txt")).unwrap()));
+    let expected = Some(local_meta(
+        &fs::symlink_metadata(d.path().join("f.txt")).unwrap(),
+    ));
     let mut a = Applier::new(d.path().to_path_buf());
     let (c, data) = file_content(&[b"theirs"], 0o644);
     let map: HashMap<Hash, Vec<u8>> = data.into_iter().collect();
     let cc = RelPath::new("f.sync-conflict-x.txt").unwrap();
-    let out = a.start(entry("f.txt", c), Some(cc), expected, "n1", &|h| map.get(h).cloned());
+    let out = a.start(entry("f.txt", c), Some(cc), expected, "n1", &|h| {
+        map.get(h).cloned()
+    });
     assert!(matches!(out, Outcome::Done { .. }), "{out:?}");
     assert_eq!(fs::read(d.path().join("f.txt")).unwrap(), b"theirs");
-    assert_eq!(fs::read(d.path().join("f.sync-conflict-x.txt")).unwrap(), b"mine");
+    assert_eq!(
+        fs::read(d.path().join("f.sync-conflict-x.txt")).unwrap(),
+        b"mine"
+    );
 }
 
 #[test]
@@ -104,7 +134,13 @@ fn never_overwrites_an_unindexed_local_change() {
     let (c, data) = file_content(&[b"remote"], 0o644);
     let map: HashMap<Hash, Vec<u8>> = data.into_iter().collect();
     let out = a.start(entry("f", c), None, None, "n1", &|h| map.get(h).cloned());
-    assert!(matches!(out, Outcome::Failed { error: ApplyError::ChangedLocally(_), .. }));
+    assert!(matches!(
+        out,
+        Outcome::Failed {
+            error: ApplyError::ChangedLocally(_),
+            ..
+        }
+    ));
     assert_eq!(fs::read(d.path().join("f")).unwrap(), b"fresh local edit");
     let del = a.start(entry("f", Content::Deleted), None, None, "n1", &none);
     assert!(matches!(del, Outcome::Failed { .. }));
@@ -115,14 +151,53 @@ fn never_overwrites_an_unindexed_local_change() {
 fn dirs_symlinks_and_deletes() {
     let d = tempfile::tempdir().unwrap();
     let mut a = Applier::new(d.path().to_path_buf());
-    assert!(matches!(a.start(entry("e/mpty", Content::Dir { mode: 0o700 }), None, None, "n", &none), Outcome::Done { .. }));
-    assert_eq!(fs::metadata(d.path().join("e/mpty")).unwrap().permissions().mode() & 0o7777, 0o700);
-    let l = entry("e/link", Content::Symlink { target: "../../outside".into() });
-    assert!(matches!(a.start(l, None, None, "n", &none), Outcome::Done { .. }));
-    assert_eq!(fs::read_link(d.path().join("e/link")).unwrap(), Path::new("../../outside"));
+    assert!(matches!(
+        a.start(
+            entry("e/mpty", Content::Dir { mode: 0o700 }),
+            None,
+            None,
+            "n",
+            &none
+        ),
+        Outcome::Done { .. }
+    ));
+    assert_eq!(
+        fs::metadata(d.path().join("e/mpty"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777,
+        0o700
+    );
+    let l = entry(
+        "e/link",
+        Content::Symlink {
+            target: "../../outside".into(),
+        },
+    );
+    assert!(matches!(
+        a.start(l, None, None, "n", &none),
+        Outcome::Done { .. }
+    ));
+    assert_eq!(
+        fs::read_link(d.path().join("e/link")).unwrap(),
+        Path::new("../../outside")
+    );
     let md = local_meta(&fs::symlink_metadata(d.path().join("e/link")).unwrap());
-    assert!(matches!(a.start(entry("e/link", Content::Deleted), None, Some(md), "n", &none), Outcome::Done { .. }));
-    assert!(matches!(a.start(entry("e/mpty", Content::Deleted), None, None, "n", &none), Outcome::Done { .. }));
+    assert!(matches!(
+        a.start(
+            entry("e/link", Content::Deleted),
+            None,
+            Some(md),
+            "n",
+            &none
+        ),
+        Outcome::Done { .. }
+    ));
+    assert!(matches!(
+        a.start(entry("e/mpty", Content::Deleted), None, None, "n", &none),
+        Outcome::Done { .. }
+    ));
     assert!(!d.path().join("e/mpty").exists());
     assert!(!d.path().join("e/link").exists());
 }
@@ -137,9 +212,19 @@ fn stalled_fetches_ask_their_source_then_everyone() {
     assert!(a.stalled(t0, Duration::from_secs(3600)).is_empty());
     let later = t0 + Duration::from_secs(10);
     assert_eq!(a.stalled(later, Duration::from_secs(1))[0].0, "n7");
-    assert_eq!(a.stalled(later + Duration::from_secs(10), Duration::from_secs(1))[0].0, "n7");
-    assert_eq!(a.stalled(later + Duration::from_secs(20), Duration::from_secs(1))[0].0, "*");
+    assert_eq!(
+        a.stalled(later + Duration::from_secs(10), Duration::from_secs(1))[0].0,
+        "n7"
+    );
+    assert_eq!(
+        a.stalled(later + Duration::from_secs(20), Duration::from_secs(1))[0].0,
+        "*"
+    );
     a.cancel(&RelPath::new("f").unwrap());
     assert_eq!(a.in_flight(), 0);
-    assert_eq!(fs::read_dir(d.path()).unwrap().count(), 0, "temp removed on cancel");
+    assert_eq!(
+        fs::read_dir(d.path()).unwrap().count(),
+        0,
+        "temp removed on cancel"
+    );
 }

@@ -27,9 +27,13 @@ pub enum Content {
     },
     /// Directory mtimes are not synced: they change with every child and would make
     /// every node publish every directory after every write.
-    Dir { mode: u32 },
+    Dir {
+        mode: u32,
+    },
     /// The link target is stored as text and never followed.
-    Symlink { target: String },
+    Symlink {
+        target: String,
+    },
     Deleted,
 }
 

@@ -75,7 +75,11 @@ pub struct Engine {
 
 impl Engine {
     /// An engine over the confirmed entries loaded from the index.
-    pub fn new(node: impl Into<String>, mode: Mode, entries: impl IntoIterator<Item = Entry>) -> Self {
+    pub fn new(
+        node: impl Into<String>,
+        mode: Mode,
+        entries: impl IntoIterator<Item = Entry>,
+    ) -> Self {
         let mut digest = Digest::default();
         let (mut present, mut present_bytes) = (0, 0);
         let entries: BTreeMap<_, _> = entries
@@ -223,7 +227,9 @@ impl Engine {
 
     /// The applier finished (or gave up on) making the disk hold `version` at `path`.
     pub fn handle_applied(&mut self, path: &RelPath, version: &VersionVector, ok: bool) {
-        let Some(p) = self.pending.get(path) else { return };
+        let Some(p) = self.pending.get(path) else {
+            return;
+        };
         if &p.entry.version != version {
             return;
         }

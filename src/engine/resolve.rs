@@ -311,15 +311,25 @@ mod tests {
         let at_a = resolve(Some(&a), &b);
         let at_b = resolve(Some(&b), &a);
         match (at_a, at_b) {
-            (Decision::Install { entry, .. }, Decision::Ignore) => assert_eq!(entry.modified_by, "b"),
-            (Decision::Ignore, Decision::Install { entry, .. }) => assert_eq!(entry.modified_by, "a"),
+            (Decision::Install { entry, .. }, Decision::Ignore) => {
+                assert_eq!(entry.modified_by, "b")
+            }
+            (Decision::Ignore, Decision::Install { entry, .. }) => {
+                assert_eq!(entry.modified_by, "a")
+            }
             other => panic!("sides disagree: {other:?}"),
         }
     }
 
     #[test]
     fn conflict_names() {
-        let mut e = file("dir/photo.tar.gz", vv(&[("a", 1)]), "node-2", 1, 1_700_000_000);
+        let mut e = file(
+            "dir/photo.tar.gz",
+            vv(&[("a", 1)]),
+            "node-2",
+            1,
+            1_700_000_000,
+        );
         assert_eq!(
             conflict_name(&e).unwrap().as_str(),
             "dir/photo.tar.sync-conflict-20231114-221320-node-2.gz"

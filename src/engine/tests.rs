@@ -117,7 +117,9 @@ impl Net {
 
     fn gossip(&mut self) {
         for n in &mut self.nodes {
-            n.engine.effects.push_back(Effect::SendDigest { reply: true });
+            n.engine
+                .effects
+                .push_back(Effect::SendDigest { reply: true });
         }
     }
 
@@ -158,7 +160,14 @@ fn delete_propagates_as_tombstone() {
     net.run(&[true; 3]);
     net.assert_converged();
     assert!(net.nodes[0].disk.is_empty());
-    assert!(net.nodes[0].engine.entry(&p("a.txt")).unwrap().content.is_deleted());
+    assert!(
+        net.nodes[0]
+            .engine
+            .entry(&p("a.txt"))
+            .unwrap()
+            .content
+            .is_deleted()
+    );
 }
 
 #[test]
@@ -176,7 +185,11 @@ fn concurrent_edits_keep_a_conflict_copy_everywhere() {
     net.run(&[true; 3]);
     net.assert_converged();
     let disk = &net.nodes[2].disk;
-    assert_eq!(disk.get(&p("doc.txt")), Some(&file(3, 30)), "later edit wins");
+    assert_eq!(
+        disk.get(&p("doc.txt")),
+        Some(&file(3, 30)),
+        "later edit wins"
+    );
     let copy = p("doc.sync-conflict-19700101-000020-n0.txt");
     assert_eq!(disk.get(&copy), Some(&file(2, 20)), "loser kept: {disk:?}");
     assert_eq!(disk.len(), 2);
@@ -222,7 +235,10 @@ fn offline_node_catches_up_through_digests() {
     net.run(&[true, true, false]);
     assert_ne!(net.nodes[2].disk, net.nodes[0].disk);
     // Node 2 reconnects and asks for a comparison.
-    net.nodes[2].engine.effects.push_back(Effect::SendDigest { reply: true });
+    net.nodes[2]
+        .engine
+        .effects
+        .push_back(Effect::SendDigest { reply: true });
     net.run(&[true; 3]);
     net.assert_converged();
 }

@@ -34,7 +34,14 @@ impl VersionVector {
     /// vector so that a node whose index was lost can never reuse an old number.
     pub fn incremented(&self, node: &str) -> Self {
         let mut v = self.clone();
-        let next = self.0.values().copied().max().unwrap_or(0).max(self.get(node)) + 1;
+        let next = self
+            .0
+            .values()
+            .copied()
+            .max()
+            .unwrap_or(0)
+            .max(self.get(node))
+            + 1;
         v.0.insert(node.to_string(), next);
         v
     }
@@ -96,7 +103,11 @@ mod tests {
             (vv(&[("a", 2)]), vv(&[("a", 1)]), Greater),
             (vv(&[("a", 1), ("b", 1)]), vv(&[("a", 1)]), Greater),
             (vv(&[("a", 1)]), vv(&[("b", 1)]), Concurrent),
-            (vv(&[("a", 2), ("b", 1)]), vv(&[("a", 1), ("b", 2)]), Concurrent),
+            (
+                vv(&[("a", 2), ("b", 1)]),
+                vv(&[("a", 1), ("b", 2)]),
+                Concurrent,
+            ),
             (vv(&[("a", 0)]), vv(&[]), Equal),
         ];
         for (a, b, want) in cases {

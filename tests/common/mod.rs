@@ -26,7 +26,10 @@ impl Proc {
         let err = out.try_clone().expect("log file");
         let child = Command::new(BIN)
             .args(args)
-            .env("MQSYNC_LOG", "info,mqsync=debug,rumqttd=warn,rumqttc=warn,notify=warn")
+            .env(
+                "MQSYNC_LOG",
+                "info,mqsync=debug,rumqttd=warn,rumqttc=warn,notify=warn",
+            )
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -68,7 +71,9 @@ impl Proc {
     }
 
     pub fn is_running(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 }
 
@@ -79,7 +84,11 @@ impl Drop for Proc {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Polls `cond` every 100 ms until it holds or `timeout` passes.
@@ -110,10 +119,17 @@ pub fn snapshot(root: &Path) -> BTreeMap<String, String> {
             if rel == ".mqsync" || rel.ends_with(".swp") {
                 continue;
             }
-            let Ok(md) = fs::symlink_metadata(&p) else { continue };
+            let Ok(md) = fs::symlink_metadata(&p) else {
+                continue;
+            };
             let mode = md.permissions().mode() & 0o7777;
             let v = if md.file_type().is_symlink() {
-                format!("link -> {}", fs::read_link(&p).map(|t| t.display().to_string()).unwrap_or_default())
+                format!(
+                    "link -> {}",
+                    fs::read_link(&p)
+                        .map(|t| t.display().to_string())
+                        .unwrap_or_default()
+                )
             } else if md.is_dir() {
                 stack.push(p.clone());
                 format!("dir {mode:o}")
@@ -131,7 +147,12 @@ pub fn snapshot(root: &Path) -> BTreeMap<String, String> {
                     }
                     h.update(&buf[..n]);
                 }
-                format!("file {mode:o} {} {} mtime {}", md.len(), &h.finalize().to_hex()[..16], md.mtime())
+                format!(
+                    "file {mode:o} {} {} mtime {}",
+                    md.len(),
+                    &h.finalize().to_hex()[..16],
+                    md.mtime()
+                )
             };
             out.insert(rel, v);
         }
@@ -185,10 +206,21 @@ impl Cluster {
         let names: Vec<String> = (1..=n).map(|i| format!("n{i}")).collect();
         let certs = dir.path().join("certs");
         let st = Command::new(BIN)
-            .args(["certs", "init", "--out", certs.to_str().unwrap(), "--nodes", &names.join(",")])
+            .args([
+                "certs",
+                "init",
+                "--out",
+                certs.to_str().unwrap(),
+                "--nodes",
+                &names.join(","),
+            ])
             .output()
             .unwrap();
-        assert!(st.status.success(), "certs init: {}", String::from_utf8_lossy(&st.stderr));
+        assert!(
+            st.status.success(),
+            "certs init: {}",
+            String::from_utf8_lossy(&st.stderr)
+        );
         let mut c = Cluster {
             port: free_port(),
             dir,
@@ -212,13 +244,23 @@ impl Cluster {
         let listen = format!("127.0.0.1:{}", self.port);
         let certs = self.path("certs");
         let p = Proc::spawn(
-            &["broker", "--listen", &listen, "--certs", certs.to_str().unwrap()],
+            &[
+                "broker",
+                "--listen",
+                &listen,
+                "--certs",
+                certs.to_str().unwrap(),
+            ],
             &self.path("broker.log"),
         );
         self.broker = Some(p);
         let port = self.port;
         assert!(
-            wait_until(Duration::from_secs(20), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()),
+            wait_until(Duration::from_secs(20), || std::net::TcpStream::connect((
+                "127.0.0.1",
+                port
+            ))
+            .is_ok()),
             "broker did not start"
         );
     }
@@ -265,7 +307,10 @@ ignore = ["*.swp"]
             .find(|k| !self.path(&format!("{}.{k}.log", self.names[i])).exists())
             .unwrap_or(0);
         let log = self.path(&format!("{}.{k}.log", self.names[i]));
-        self.nodes[i] = Some(Proc::spawn(&["run", "--config", cfg.to_str().unwrap()], &log));
+        self.nodes[i] = Some(Proc::spawn(
+            &["run", "--config", cfg.to_str().unwrap()],
+            &log,
+        ));
     }
 
     pub fn stop_node(&mut self, i: usize) {
@@ -276,17 +321,31 @@ ignore = ["*.swp"]
 
     /// Waits until every running node's folder equals node `reference`'s and the
     /// reference tree satisfies `check`. Panics with a diff on timeout.
-    pub fn converge(&self, nodes: &[usize], timeout: Duration, check: impl Fn(&BTreeMap<String, String>) -> bool) {
+    pub fn converge(
+        &self,
+        nodes: &[usize],
+        timeout: Duration,
+        check: impl Fn(&BTreeMap<String, String>) -> bool,
+    ) {
         let mut last = String::new();
         let ok = wait_until(timeout, || {
             let snaps: Vec<_> = nodes.iter().map(|&i| snapshot(&self.folder(i))).collect();
             if !check(&snaps[0]) {
-                last = format!("check not yet satisfied on node {}: {} paths", nodes[0], snaps[0].len());
+                last = format!(
+                    "check not yet satisfied on node {}: {} paths",
+                    nodes[0],
+                    snaps[0].len()
+                );
                 return false;
             }
             for (k, s) in snaps.iter().enumerate().skip(1) {
                 if s != &snaps[0] {
-                    last = format!("node {} vs node {}: {}", nodes[0], nodes[k], diff(&snaps[0], s));
+                    last = format!(
+                        "node {} vs node {}: {}",
+                        nodes[0],
+                        nodes[k],
+                        diff(&snaps[0], s)
+                    );
                     return false;
                 }
             }
@@ -296,7 +355,15 @@ ignore = ["*.swp"]
             for (i, n) in self.nodes.iter().enumerate() {
                 if let Some(p) = n {
                     let log = p.log_text();
-                    let tail: String = log.lines().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+                    let tail: String = log
+                        .lines()
+                        .rev()
+                        .take(30)
+                        .collect::<Vec<_>>()
+                        .into_iter()
+                        .rev()
+                        .collect::<Vec<_>>()
+                        .join("\n");
                     eprintln!("--- log of node {i} (tail) ---\n{tail}");
                 }
             }

@@ -1,0 +1,199 @@
+//! The command line as a user meets it: the demo, `run` with the embedded broker,
+//! configuration errors, and hostile messages on the internal topics.
+
+mod common;
+
+use common::*;
+use std::fs;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(60);
+
+#[test]
+fn demo_syncs_its_folders_and_stops_on_ctrl_c() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo = dir.path().join("demo");
+    let mut p = Proc::spawn(
+        &["demo", demo.to_str().unwrap()],
+        &dir.path().join("demo.log"),
+    );
+    let (a, b, c) = (demo.join("a"), demo.join("b"), demo.join("c"));
+    assert!(
+        wait_until(T, || p.log_text().contains("Ctrl-C stops the demo")),
+        "demo did not start: {}",
+        p.log_text()
+    );
+    assert!(wait_until(T, || c.join(".mqsync").exists()));
+    fs::write(a.join("hello.txt"), b"hello").unwrap();
+    assert!(wait_until(T, || fs::read(b.join("hello.txt"))
+        .is_ok_and(|d| d == b"hello")));
+    assert!(wait_until(T, || fs::read(c.join("hello.txt"))
+        .is_ok_and(|d| d == b"hello")));
+    let child = p.child.as_mut().unwrap();
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let mut status = None;
+    assert!(wait_until(Duration::from_secs(20), || {
+        status = child.try_wait().ok().flatten();
+        status.is_some()
+    }));
+    assert!(
+        status.unwrap().success(),
+        "demo exit: {status:?}\n{}",
+        p.log_text()
+    );
+}
+
+#[test]
+fn run_without_a_broker_url_starts_the_embedded_broker() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let port = free_port();
+    fs::write(
+        d.join("a.toml"),
+        format!(
+            "node_id = \"a\"\nstate_dir = \"state-a\"\n[broker]\nembedded_listen = \"127.0.0.1:{port}\"\n[[folder]]\nid = \"f\"\npath = \"data-a\"\n"
+        ),
+    )
+    .unwrap();
+    let mut a = Proc::spawn(
+        &["run", "--config", d.join("a.toml").to_str().unwrap()],
+        &d.join("a.log"),
+    );
+    let certs = d.join("state-a/certs");
+    assert!(wait_until(T, || certs.join("group.key").exists()
+        && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()));
+    // A second node joins with a certificate from the same CA.
+    let st = Command::new(BIN)
+        .args([
+            "certs",
+            "init",
+            "--out",
+            certs.to_str().unwrap(),
+            "--nodes",
+            "b",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let c = certs.display();
+    fs::write(
+        d.join("b.toml"),
+        format!(
+            "node_id = \"b\"\nstate_dir = \"state-b\"\n[broker]\nurl = \"mqtts://localhost:{port}\"\nca_file = \"{c}/ca.pem\"\ncert_file = \"{c}/b.pem\"\nkey_file = \"{c}/b.key\"\n[security]\ngroup_key_file = \"{c}/group.key\"\n[[folder]]\nid = \"f\"\npath = \"data-b\"\n"
+        ),
+    )
+    .unwrap();
+    let _b = Proc::spawn(
+        &["run", "--config", d.join("b.toml").to_str().unwrap()],
+        &d.join("b.log"),
+    );
+    assert!(wait_until(T, || d.join("data-b/.mqsync").exists()));
+    fs::write(d.join("data-a/from-a.txt"), b"a").unwrap();
+    fs::write(d.join("data-b/from-b.txt"), b"b").unwrap();
+    let ok = wait_until(T, || {
+        d.join("data-b/from-a.txt").exists() && d.join("data-a/from-b.txt").exists()
+    });
+    assert!(ok, "a: {}\nb: {}", a.log_text(), _b.log_text());
+    assert!(a.is_running());
+}
+
+#[test]
+fn a_bad_config_is_refused_naming_file_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("bad.toml");
+    fs::write(
+        &cfg,
+        "node_id = \"x\"\n[[folder]]\nid = \"f\"\npath = \"/tmp/x\"\nmode = \"sendonly\"\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["run", "--config", cfg.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("folder[0].mode") && err.contains("bad.toml") && err.contains("sendonly"),
+        "{err}"
+    );
+
+    fs::write(&cfg, "node_id = \"x\"\n[brokr]\nurl = \"mqtts://h:1\"\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["run", "--config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("brokr"));
+}
+
+#[test]
+fn malformed_and_forged_messages_are_logged_and_dropped() {
+    let mut c = Cluster::new(3);
+    c.start_node(0);
+    c.start_node(1);
+    assert!(wait_until(T, || c.folder(1).join(".mqsync").exists()));
+    // A client holding a valid broker certificate (n3's) but not speaking for the group.
+    let certs = c.path("certs");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let tls = mqsync::tls::client_config(
+            &certs.join("ca.pem"),
+            Some(&certs.join("n3.pem")),
+            Some(&certs.join("n3.key")),
+        )
+        .unwrap();
+        let mut opts = rumqttc::MqttOptions::new("rogue", "127.0.0.1", c.port);
+        opts.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(std::sync::Arc::new(tls)),
+        ));
+        opts.set_max_packet_size(8 << 20, 8 << 20);
+        let (client, mut el) = rumqttc::AsyncClient::new(opts, 10);
+        let poll = tokio::spawn(async move { while el.poll().await.is_ok() {} });
+        let topic = "mqsync/shared/v1/n3";
+        let forged_key =
+            mqsync::wire::Keys::new(vec![mqsync::wire::Keys::derive(b"not the group key")])
+                .unwrap();
+        let forged = mqsync::wire::encode(
+            &mqsync::wire::Envelope {
+                from: "n3".into(),
+                msg: mqsync::wire::Message::Request {
+                    to: "*".into(),
+                    hashes: vec![],
+                },
+            },
+            topic,
+            &forged_key,
+        )
+        .unwrap();
+        // Larger than any mqsync message but within the broker's packet limit.
+        let oversized = vec![0u8; mqsync::wire::MAX_MESSAGE_BYTES + 1000];
+        for payload in [b"garbage".to_vec(), forged, oversized] {
+            client
+                .publish(topic, rumqttc::QoS::AtLeastOnce, false, payload)
+                .await
+                .unwrap();
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        poll.abort();
+    });
+    assert!(
+        wait_until(T, || {
+            let log = c.nodes[1].as_ref().unwrap().log_text();
+            log.contains("dropping message")
+                && log.contains("MAC does not verify")
+                && log.contains("exceeds")
+        }),
+        "{}",
+        c.nodes[1].as_ref().unwrap().log_text()
+    );
+    fs::write(c.folder(0).join("after.txt"), b"still syncing").unwrap();
+    c.converge(&[0, 1], T, |s| s.contains_key("after.txt"));
+}
