@@ -266,6 +266,7 @@ impl Folder {
         let (publisher, mut net) = transport::connect(
             &self.connect,
             vec![self.topics.data_filter()],
+            Some(self.topics.data(&self.node)),
             Some((self.topics.status(&self.node), will)),
         );
         self.publisher = Some(publisher);
@@ -434,11 +435,15 @@ impl Folder {
             }
             Message::Request { to, hashes } => {
                 if to == self.node || to == "*" {
-                    debug!(folder = %self.cfg.id, from = %self.source, chunks = hashes.len(), "serving chunks");
+                    let mut n = 0;
                     for h in hashes {
                         if self.locations.contains_key(&h) && self.pushing.insert(h) {
                             self.push.push_back(h);
+                            n += 1;
                         }
+                    }
+                    if n > 0 {
+                        debug!(folder = %self.cfg.id, from = %self.source, chunks = n, "serving chunks");
                     }
                 }
             }

@@ -1,11 +1,16 @@
-//! The MQTT side of a folder: one rumqttc connection (MQTT 3.1.1, TLS by default) whose
-//! event loop runs in its own task and hands incoming publishes to the folder over a
-//! bounded channel. Outgoing messages go through an unbounded queue drained by another
-//! task, so the folder never blocks on the event loop (which would deadlock), and the
-//! folder limits what it puts in flight by watching `queued_bytes`.
+//! The MQTT side of a folder: two rumqttc connections (MQTT 3.1.1, TLS by default), one
+//! that only publishes and one that only subscribes. A single connection that both
+//! publishes large messages and receives the echo of its own wildcard subscription
+//! deadlocks against brokers that write and read a connection in turn (rumqttd): both
+//! ends block writing until rumqttc's 5 s flush timeout drops the connection. Each event
+//! loop runs in its own task; incoming publishes reach the folder over a bounded
+//! channel, and outgoing messages go through an unbounded queue drained by another task,
+//! so the folder never blocks on an event loop and limits what it puts in flight by
+//! watching `queued_bytes`.
 
 use rumqttc::{
-    AsyncClient, Event, LastWill, MqttOptions, Packet, QoS, TlsConfiguration, Transport,
+    AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, QoS, SubscribeFilter,
+    TlsConfiguration, Transport,
 };
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -87,31 +92,30 @@ impl Publisher {
     }
 }
 
-/// Connects (and keeps reconnecting) with `subscriptions` renewed on every connect.
+/// Connects (and keeps reconnecting) both connections. `subscriptions` are renewed on
+/// every connect of the subscribing connection, and `NetEvent::Connected` is sent once
+/// they are acknowledged, so whatever the folder publishes then gets its answers.
+/// Messages on `own_topic` (our own publications, echoed by a wildcard) are dropped in
+/// the event loop. The will goes on the publishing connection.
 pub fn connect(
     s: &ConnectSettings,
     subscriptions: Vec<String>,
+    own_topic: Option<String>,
     will: Option<(String, Vec<u8>)>,
 ) -> (Publisher, mpsc::Receiver<NetEvent>) {
-    let mut opts = MqttOptions::new(s.client_id.clone(), s.host.clone(), s.port);
-    opts.set_keep_alive(s.keepalive);
-    opts.set_max_packet_size(s.max_packet, s.max_packet);
-    opts.set_clean_session(true);
-    opts.set_inflight(100);
-    if let Some((topic, payload)) = will {
-        opts.set_last_will(LastWill::new(topic, payload, QoS::AtLeastOnce, true));
-    }
-    if let Some(tls) = &s.tls {
-        opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-            tls.clone(),
-        )));
-    }
-    let (client, mut eventloop) = AsyncClient::new(opts, 64);
     let (ev_tx, ev_rx) = mpsc::channel(64);
+    let host = format!("{}:{}", s.host, s.port);
+
+    let mut pub_opts = options(s, format!("{}-pub", s.client_id));
+    if let Some((topic, payload)) = will {
+        pub_opts.set_last_will(LastWill::new(topic, payload, QoS::AtLeastOnce, true));
+    }
+    let (client, pub_loop) = AsyncClient::new(pub_opts, 64);
+    let (sub_client, sub_loop) = AsyncClient::new(options(s, format!("{}-sub", s.client_id)), 64);
+
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Outgoing>();
     let queued = Arc::new(AtomicUsize::new(0));
     let drained = Arc::new(Notify::new());
-
     let pub_client = client.clone();
     let q = queued.clone();
     let d = drained.clone();
@@ -130,64 +134,22 @@ pub fn connect(
         }
     });
 
-    let sub_client = client.clone();
-    let host = format!("{}:{}", s.host, s.port);
-    tokio::spawn(async move {
-        let mut backoff = Duration::from_millis(250);
-        loop {
-            match eventloop.poll().await {
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    let ev = NetEvent::Message {
-                        topic: p.topic,
-                        payload: p.payload,
-                    };
-                    if ev_tx.send(ev).await.is_err() {
-                        return;
-                    }
-                }
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    backoff = Duration::from_millis(250);
-                    let c = sub_client.clone();
-                    let subs = subscriptions.clone();
-                    // Subscribing from this task could deadlock on a full request queue.
-                    tokio::spawn(async move {
-                        for t in subs {
-                            let _ = c.subscribe(t, QoS::AtLeastOnce).await;
-                        }
-                    });
-                    if ev_tx.send(NetEvent::Connected).await.is_err() {
-                        return;
-                    }
-                }
-                Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => {}
-                Ok(_) => {}
-                Err(e) => {
-                    let fatal = crate::tls::describe_fatal(&e);
-                    let reason = match &fatal {
-                        Some(msg) => msg.clone(),
-                        None => format!("connection to {host} failed: {e}"),
-                    };
-                    if matches!(e, rumqttc::ConnectionError::RequestsDone) {
-                        return;
-                    }
-                    let ev = NetEvent::Disconnected {
-                        reason,
-                        fatal: fatal.is_some(),
-                    };
-                    if ev_tx.send(ev).await.is_err() {
-                        return;
-                    }
-                    let wait = if fatal.is_some() {
-                        Duration::from_secs(10)
-                    } else {
-                        backoff
-                    };
-                    tokio::time::sleep(wait).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
-                }
-            }
-        }
-    });
+    tokio::spawn(drive(
+        pub_loop,
+        None,
+        Vec::new(),
+        None,
+        ev_tx.clone(),
+        host.clone(),
+    ));
+    tokio::spawn(drive(
+        sub_loop,
+        Some(sub_client),
+        subscriptions,
+        own_topic,
+        ev_tx,
+        host,
+    ));
 
     (
         Publisher {
@@ -198,4 +160,92 @@ pub fn connect(
         },
         ev_rx,
     )
+}
+
+fn options(s: &ConnectSettings, client_id: String) -> MqttOptions {
+    let mut opts = MqttOptions::new(client_id, s.host.clone(), s.port);
+    opts.set_keep_alive(s.keepalive);
+    opts.set_max_packet_size(s.max_packet, s.max_packet);
+    opts.set_clean_session(true);
+    opts.set_inflight(100);
+    if let Some(tls) = &s.tls {
+        opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+            tls.clone(),
+        )));
+    }
+    opts
+}
+
+/// Polls one event loop forever (until the folder goes away), reconnecting with
+/// backoff. With a `sub_client`, subscribes after every ConnAck and reports
+/// `Connected` on the SubAck; without one, only reports errors.
+async fn drive(
+    mut eventloop: EventLoop,
+    sub_client: Option<AsyncClient>,
+    subscriptions: Vec<String>,
+    own_topic: Option<String>,
+    ev_tx: mpsc::Sender<NetEvent>,
+    host: String,
+) {
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                if own_topic.as_deref() == Some(p.topic.as_str()) {
+                    continue;
+                }
+                let ev = NetEvent::Message {
+                    topic: p.topic,
+                    payload: p.payload,
+                };
+                if ev_tx.send(ev).await.is_err() {
+                    return;
+                }
+            }
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                backoff = Duration::from_millis(250);
+                if let Some(c) = &sub_client {
+                    let c = c.clone();
+                    let subs: Vec<SubscribeFilter> = subscriptions
+                        .iter()
+                        .map(|t| SubscribeFilter::new(t.clone(), QoS::AtLeastOnce))
+                        .collect();
+                    // Subscribing from this task could deadlock on a full request queue.
+                    tokio::spawn(async move {
+                        let _ = c.subscribe_many(subs).await;
+                    });
+                }
+            }
+            Ok(Event::Incoming(Packet::SubAck(_))) => {
+                if ev_tx.send(NetEvent::Connected).await.is_err() {
+                    return;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                if matches!(e, rumqttc::ConnectionError::RequestsDone) {
+                    return;
+                }
+                let fatal = crate::tls::describe_fatal(&e);
+                let reason = match &fatal {
+                    Some(msg) => msg.clone(),
+                    None => format!("connection to {host} failed: {e}"),
+                };
+                let ev = NetEvent::Disconnected {
+                    reason,
+                    fatal: fatal.is_some(),
+                };
+                if ev_tx.send(ev).await.is_err() {
+                    return;
+                }
+                let wait = if fatal.is_some() {
+                    Duration::from_secs(10)
+                } else {
+                    backoff
+                };
+                tokio::time::sleep(wait).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
 }
