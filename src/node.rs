@@ -814,6 +814,9 @@ impl Folder {
                 entries: batch,
             });
         }
+        if !chunks.is_empty() {
+            debug!(folder = %self.cfg.id, chunks = chunks.len(), "pushing new chunks");
+        }
         for h in chunks {
             if self.pushing.insert(h) {
                 self.push.push_back(h);

@@ -89,6 +89,47 @@ fn three_nodes_keep_one_folder_identical() {
             .is_some_and(|v| v.contains(&format!(" {} ", 100u64 << 20)))
     });
 
+    // Renaming and copying the big file moves no content: every node rebuilds it from
+    // its own chunks (the writer pushes nothing, nobody requests anything).
+    let log_count = |c: &Cluster, i: usize, what: &str| {
+        c.nodes[i]
+            .as_ref()
+            .unwrap()
+            .log_text()
+            .matches(what)
+            .count()
+    };
+    let pushes: Vec<_> = (0..3)
+        .map(|i| log_count(&c, i, "pushing new chunks"))
+        .collect();
+    let requests: Vec<_> = (0..3)
+        .map(|i| log_count(&c, i, "requesting chunks"))
+        .collect();
+    // (Copied beside the folder and moved in, so no half-written copy is ever scanned.)
+    fs::copy(a.join("big/random.bin"), c.path("staging.bin")).unwrap();
+    fs::rename(c.path("staging.bin"), a.join("big-copy.bin")).unwrap();
+    c.converge(&[0, 1, 2], Duration::from_secs(300), |s| {
+        s.contains_key("big-copy.bin")
+    });
+    fs::rename(n3.join("big/random.bin"), n3.join("big/renamed.bin")).unwrap();
+    c.converge(&[0, 1, 2], Duration::from_secs(300), |s| {
+        s.contains_key("big/renamed.bin") && !s.contains_key("big/random.bin")
+    });
+    assert_eq!(
+        pushes,
+        (0..3)
+            .map(|i| log_count(&c, i, "pushing new chunks"))
+            .collect::<Vec<_>>(),
+        "content was re-sent"
+    );
+    assert_eq!(
+        requests,
+        (0..3)
+            .map(|i| log_count(&c, i, "requesting chunks"))
+            .collect::<Vec<_>>(),
+        "content was requested"
+    );
+
     // 2,000 small files on node 3.
     for i in 0..2000 {
         let data = format!("small file {i}\n").repeat(1 + i % 50);
