@@ -493,7 +493,7 @@ impl Applier {
         expected: Option<LocalMeta>,
     ) -> Result<Option<LocalMeta>, ApplyError> {
         let target = path.to_local(&self.root);
-        if ensure_parents_exist_safely(&self.root, path).is_err() {
+        if check_parents(&self.root, path, false).is_err() {
             // A parent is gone or unsafe: the path cannot be there (below the root).
             return Ok(None);
         }
@@ -533,6 +533,12 @@ fn current_meta(target: &Path) -> Result<Option<LocalMeta>, ApplyError> {
 /// Creates missing parent directories of `rel` below `root`, refusing to pass through
 /// a symlink or a non-directory (which could lead outside the root).
 pub fn ensure_parents(root: &Path, rel: &RelPath) -> Result<(), ApplyError> {
+    check_parents(root, rel, true)
+}
+
+/// Checks every parent of `rel` is a real directory below `root`; creates missing ones
+/// when `create` is set, and fails on them otherwise.
+fn check_parents(root: &Path, rel: &RelPath, create: bool) -> Result<(), ApplyError> {
     let mut dir = root.to_path_buf();
     let parts: Vec<&str> = rel.as_str().split('/').collect();
     for part in &parts[..parts.len() - 1] {
@@ -540,7 +546,7 @@ pub fn ensure_parents(root: &Path, rel: &RelPath) -> Result<(), ApplyError> {
         match fs::symlink_metadata(&dir) {
             Ok(md) if md.is_dir() => {}
             Ok(_) => return Err(ApplyError::UnsafeParent(dir)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => match fs::create_dir(&dir) {
+            Err(e) if create && e.kind() == io::ErrorKind::NotFound => match fs::create_dir(&dir) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                 Err(e) => {
@@ -556,19 +562,6 @@ pub fn ensure_parents(root: &Path, rel: &RelPath) -> Result<(), ApplyError> {
                     source: e,
                 });
             }
-        }
-    }
-    Ok(())
-}
-
-fn ensure_parents_exist_safely(root: &Path, rel: &RelPath) -> Result<(), ()> {
-    let mut dir = root.to_path_buf();
-    let parts: Vec<&str> = rel.as_str().split('/').collect();
-    for part in &parts[..parts.len() - 1] {
-        dir.push(part);
-        match fs::symlink_metadata(&dir) {
-            Ok(md) if md.is_dir() => {}
-            _ => return Err(()),
         }
     }
     Ok(())
