@@ -22,9 +22,13 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(args: &[&str], log: &Path) -> Proc {
+        Proc::spawn_program(BIN, args, log)
+    }
+
+    pub fn spawn_program(program: &str, args: &[&str], log: &Path) -> Proc {
         let out = fs::File::create(log).expect("log file");
         let err = out.try_clone().expect("log file");
-        let child = Command::new(BIN)
+        let child = Command::new(program)
             .args(args)
             .env(
                 "MQSYNC_LOG",
@@ -34,7 +38,7 @@ impl Proc {
             .stdout(out)
             .stderr(err)
             .spawn()
-            .expect("spawn mqsync");
+            .unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
         Proc {
             child: Some(child),
             log: log.to_path_buf(),
@@ -180,8 +184,34 @@ pub fn diff(a: &BTreeMap<String, String>, b: &BTreeMap<String, String>) -> Strin
     format!("{n} differences: {}", lines.join("; "))
 }
 
+/// Which broker a cluster runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerKind {
+    /// `mqsync broker` (rumqttd) as its own process.
+    Embedded,
+    /// Mosquitto from Debian with TLS and `require_certificate` (scripts/test installs it).
+    Mosquitto,
+}
+
+/// The mosquitto binary (Debian installs it in /usr/sbin, often not on PATH).
+pub fn mosquitto_bin() -> String {
+    for p in [
+        "/usr/sbin/mosquitto",
+        "/usr/bin/mosquitto",
+        "/usr/local/sbin/mosquitto",
+    ] {
+        if Path::new(p).exists() {
+            return p.to_string();
+        }
+    }
+    panic!(
+        "mosquitto is not installed: run scripts/test, which installs it (apt-get install -y mosquitto)"
+    );
+}
+
 /// A test cluster: certificates, one broker process and node processes.
 pub struct Cluster {
+    pub kind: BrokerKind,
     pub dir: tempfile::TempDir,
     pub port: u16,
     pub broker: Option<Proc>,
@@ -193,6 +223,10 @@ impl Cluster {
     /// Makes certificates for `n` nodes (n1..nN) and starts the embedded broker as its
     /// own process.
     pub fn new(n: usize) -> Cluster {
+        Cluster::with_broker(n, BrokerKind::Embedded)
+    }
+
+    pub fn with_broker(n: usize, kind: BrokerKind) -> Cluster {
         // MQSYNC_TEST_KEEP=1 keeps the directory (logs, trees) for a post-mortem.
         let keep = std::env::var_os("MQSYNC_TEST_KEEP").is_some();
         let dir = tempfile::Builder::new()
@@ -222,6 +256,7 @@ impl Cluster {
             String::from_utf8_lossy(&st.stderr)
         );
         let mut c = Cluster {
+            kind,
             port: free_port(),
             dir,
             broker: None,
