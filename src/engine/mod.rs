@@ -180,15 +180,18 @@ impl Engine {
         };
         if let Some(p) = self.pending.remove(&path) {
             // The disk changed under an unfinished apply: the two versions conflict.
-            if beats(&p.entry, &local) {
-                if let Decision::Install {
+            if beats(&p.entry, &local)
+                && let Decision::Install {
                     entry,
                     conflict_copy,
-                } = resolve(Some(&local), &p.entry)
-                {
-                    self.start_apply(entry, conflict_copy);
-                    return;
-                }
+                } = resolve(&self.node, Some(&local), &p.entry)
+            {
+                // The disk holds `local` now: record it, so that the confirmed state
+                // never claims data the disk lost, but do not announce it (it lost);
+                // then install the winner, keeping `local` as a conflict copy.
+                self.confirm(local);
+                self.start_apply(entry, conflict_copy);
+                return;
             }
             self.effects.push_back(Effect::Cancel(path.clone()));
         }
@@ -212,7 +215,7 @@ impl Engine {
                 }
             }
         }
-        match resolve(self.entries.get(&entry.path), &entry) {
+        match resolve(&self.node, self.entries.get(&entry.path), &entry) {
             Decision::Ignore => {}
             Decision::Adopt(e) => self.confirm(e),
             Decision::Install {

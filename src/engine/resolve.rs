@@ -41,8 +41,13 @@ pub fn beats(a: &Entry, b: &Entry) -> bool {
     a.fingerprint() > b.fingerprint()
 }
 
-/// Decides what an incoming `remote` entry means for a node whose disk holds `local`.
-pub fn resolve(local: Option<&Entry>, remote: &Entry) -> Decision {
+/// Decides what an incoming `remote` entry means for a node (`node`) whose disk holds
+/// `local`.
+///
+/// A resolved conflict gets the merged vector plus a fresh counter of the resolving
+/// node: without it, two nodes resolving different pairs could produce the same vector
+/// for different data, and versions would no longer identify content.
+pub fn resolve(node: &str, local: Option<&Entry>, remote: &Entry) -> Decision {
     let Some(local) = local else {
         return if remote.content.is_deleted() {
             Decision::Adopt(remote.clone())
@@ -87,7 +92,7 @@ pub fn resolve(local: Option<&Entry>, remote: &Entry) -> Decision {
                 return Decision::Ignore;
             }
             let entry = Entry {
-                version,
+                version: version.incremented(node),
                 ..remote.clone()
             };
             let conflict_copy = match local.content {
@@ -252,7 +257,7 @@ mod tests {
                 remote: remote_conc_later.clone(),
                 want: Decision::Install {
                     entry: Entry {
-                        version: a1b1.clone(),
+                        version: a1b1.incremented("a"),
                         ..remote_conc_later.clone()
                     },
                     conflict_copy: Some(
@@ -287,7 +292,7 @@ mod tests {
                 remote: remote_conc_earlier_clone(&b1),
                 want: Decision::Install {
                     entry: Entry {
-                        version: a1b1.clone(),
+                        version: a1b1.incremented("a"),
                         ..remote_conc_earlier_clone(&b1)
                     },
                     conflict_copy: None,
@@ -295,7 +300,12 @@ mod tests {
             },
         ];
         for c in cases {
-            assert_eq!(resolve(c.local.as_ref(), &c.remote), c.want, "{}", c.name);
+            assert_eq!(
+                resolve("a", c.local.as_ref(), &c.remote),
+                c.want,
+                "{}",
+                c.name
+            );
         }
     }
 
@@ -308,8 +318,8 @@ mod tests {
         // Each side resolving the other's entry must agree on the winner.
         let a = file("f", vv(&[("a", 1)]), "a", 1, 100);
         let b = file("f", vv(&[("b", 1)]), "b", 2, 100);
-        let at_a = resolve(Some(&a), &b);
-        let at_b = resolve(Some(&b), &a);
+        let at_a = resolve("a", Some(&a), &b);
+        let at_b = resolve("b", Some(&b), &a);
         match (at_a, at_b) {
             (Decision::Install { entry, .. }, Decision::Ignore) => {
                 assert_eq!(entry.modified_by, "b")
