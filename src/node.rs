@@ -279,16 +279,7 @@ impl Folder {
                 _ = shutdown.changed() => return Ok(()),
             }
         }
-        let (_watcher, mut fs_rx) = match watcher::watch(&self.cfg.path) {
-            Ok((w, rx)) => (Some(w), rx),
-            Err(e) => {
-                self.last_error = Some(format!(
-                    "watcher unavailable ({e}); relying on periodic scans"
-                ));
-                warn!(folder = %self.cfg.id, "{}", self.last_error.as_deref().unwrap_or_default());
-                (None, tokio::sync::mpsc::unbounded_channel().1)
-            }
-        };
+        let (mut _watcher, mut fs_rx) = self.start_watcher();
         self.publish_status(State::Scanning);
         self.full_scan(true);
         self.process();
@@ -298,6 +289,7 @@ impl Folder {
         let mut last_digest = Instant::now();
         let mut last_rescan = Instant::now();
         let mut last_status = Instant::now();
+        let mut last_root_check = Instant::now();
         loop {
             let publisher = self.publisher.clone();
             let want_room = !self.push.is_empty();
@@ -310,6 +302,16 @@ impl Folder {
                 _ = async { if let Some(p) = &publisher { p.drained().await } }, if want_room => {}
                 _ = tick.tick() => {
                     let now = Instant::now();
+                    if self.paused.is_some() && now.duration_since(last_root_check) >= Duration::from_secs(2) {
+                        last_root_check = now;
+                        if self.check_root() {
+                            // The volume is back (a remount replaces the watched inode).
+                            info!(folder = %self.cfg.id, "folder root and marker are back; resuming");
+                            (_watcher, fs_rx) = self.start_watcher();
+                            self.full_rescan_due = true;
+                            self.send_digest(true);
+                        }
+                    }
                     if self.connected && now.duration_since(last_digest) >= self.cfg.digest_interval {
                         last_digest = now;
                         self.send_digest(false);
@@ -355,6 +357,23 @@ impl Folder {
             p.disconnect().await;
         }
         Ok(())
+    }
+
+    fn start_watcher(
+        &mut self,
+    ) -> (
+        Option<watcher::FolderWatcher>,
+        tokio::sync::mpsc::UnboundedReceiver<FsEvent>,
+    ) {
+        match watcher::watch(&self.cfg.path) {
+            Ok((w, rx)) => (Some(w), rx),
+            Err(e) => {
+                let msg = format!("watcher unavailable ({e}); relying on periodic scans");
+                warn!(folder = %self.cfg.id, "{msg}");
+                self.last_error = Some(msg);
+                (None, tokio::sync::mpsc::unbounded_channel().1)
+            }
+        }
     }
 
     fn on_net(&mut self, ev: NetEvent) {
@@ -516,6 +535,10 @@ impl Folder {
     }
 
     fn full_scan(&mut self, remove_temps: bool) {
+        // Never mirror a vanished volume as a mass delete.
+        if !self.check_root() {
+            return;
+        }
         let res = tokio::task::block_in_place(|| {
             Scanner {
                 root: &self.cfg.path,
@@ -537,7 +560,7 @@ impl Folder {
     }
 
     fn scan_paths(&mut self, paths: &[RelPath]) {
-        if paths.is_empty() || self.paused.is_some() {
+        if paths.is_empty() || !self.check_root() {
             return;
         }
         let res = tokio::task::block_in_place(|| {

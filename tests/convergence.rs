@@ -123,3 +123,126 @@ fn offline_node_catches_up_on_3000_files_embedded_broker() {
 fn offline_node_catches_up_on_3000_files_mosquitto() {
     offline_catch_up(BrokerKind::Mosquitto, 3000);
 }
+
+fn random_file(path: &std::path::Path, mib: usize, seed: u64) -> Vec<u8> {
+    use rand::{RngCore, SeedableRng};
+    let mut data = vec![0u8; mib << 20];
+    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut data);
+    fs::write(path, &data).unwrap();
+    data
+}
+
+fn has_temp_files(root: &std::path::Path) -> bool {
+    snapshot(root).keys().any(|k| k.contains(".mqsync-tmp-"))
+}
+
+#[test]
+fn a_broker_restart_in_the_middle_of_a_200_mib_transfer_completes() {
+    let mut c = Cluster::new(3);
+    for i in 0..3 {
+        c.start_node(i);
+    }
+    assert!(wait_until(T, || (0..3).all(|i| c.folder(i).join(".mqsync").exists())));
+    let staging = c.path("big.bin");
+    let data = random_file(&staging, 200, 5);
+    fs::rename(&staging, c.folder(0).join("big.bin")).unwrap();
+    // Restart as soon as the receivers have started assembling (or after 300 ms).
+    let b = c.folder(1);
+    wait_until(Duration::from_millis(300), || {
+        fs::read_dir(&b).map(|r| r.count() > 1).unwrap_or(false)
+    });
+    c.kill_broker();
+    std::thread::sleep(Duration::from_millis(500));
+    c.start_broker();
+    let len = data.len() as u64;
+    c.converge(&[0, 1, 2], Duration::from_secs(300), |s| {
+        s.get("big.bin")
+            .is_some_and(|v| v.contains(&format!(" {len} ")))
+    });
+    for i in 1..3 {
+        assert_eq!(
+            fs::read(c.folder(i).join("big.bin")).unwrap(),
+            data,
+            "content on node {i}"
+        );
+        assert!(!has_temp_files(&c.folder(i)));
+    }
+}
+
+#[test]
+fn a_node_killed_during_an_apply_recovers_and_converges() {
+    let mut c = Cluster::new(3);
+    for i in 0..3 {
+        c.start_node(i);
+    }
+    assert!(wait_until(T, || (0..3).all(|i| c.folder(i).join(".mqsync").exists())));
+    let staging = c.path("big.bin");
+    let data = random_file(&staging, 120, 6);
+    fs::rename(&staging, c.folder(0).join("big.bin")).unwrap();
+    let victim = c.folder(2);
+    // Kill node 3 while it assembles the file (a temp file exists), or after 2 s.
+    wait_until(Duration::from_secs(2), || has_temp_files(&victim));
+    c.kill_node(2);
+    assert!(
+        fs::read(victim.join("big.bin"))
+            .map(|d| d == data)
+            .unwrap_or(true),
+        "a partial file is visible under its real name"
+    );
+    fs::write(
+        c.folder(1).join("after-crash.txt"),
+        b"written while node 3 was dead",
+    )
+    .unwrap();
+    c.start_node(2);
+    let len = data.len() as u64;
+    c.converge(&[0, 1, 2], Duration::from_secs(300), |s| {
+        s.contains_key("after-crash.txt")
+            && s.get("big.bin")
+                .is_some_and(|v| v.contains(&format!(" {len} ")))
+    });
+    assert!(
+        !has_temp_files(&victim),
+        "temp files of the killed apply were cleaned up"
+    );
+}
+
+#[test]
+fn an_unmounted_volume_deletes_nothing_anywhere() {
+    let mut c = Cluster::new(3);
+    for i in 0..3 {
+        c.start_node(i);
+    }
+    let a = c.folder(0);
+    assert!(wait_until(T, || (0..3).all(|i| c.folder(i).join(".mqsync").exists())));
+    for i in 0..20 {
+        fs::write(a.join(format!("f{i}.txt")), format!("{i}")).unwrap();
+    }
+    c.converge(&[0, 1, 2], T, |s| s.len() == 20);
+    // The volume of node 2 disappears entirely; node 3's is replaced by an empty one.
+    fs::remove_dir_all(c.folder(1)).unwrap();
+    let n3 = c.folder(2);
+    for e in fs::read_dir(&n3).unwrap().flatten() {
+        fs::remove_file(e.path()).unwrap();
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        snapshot(&a).len(),
+        20,
+        "node 1 lost files: {:?}",
+        snapshot(&a).keys()
+    );
+    let paused = |i: usize| c.nodes[i].as_ref().unwrap().log_text().contains("paused");
+    assert!(
+        wait_until(T, || paused(1) && paused(2)),
+        "nodes did not report the pause"
+    );
+    // Meanwhile node 1 keeps working, and the remounted volume catches up.
+    fs::write(a.join("new.txt"), b"new").unwrap();
+    fs::create_dir_all(c.folder(1)).unwrap();
+    for e in fs::read_dir(&a).unwrap().flatten() {
+        fs::copy(e.path(), c.folder(1).join(e.file_name())).unwrap();
+    }
+    c.converge(&[0, 1], T, |s| s.len() == 21);
+    assert_eq!(snapshot(&a).len(), 21);
+}

@@ -348,6 +348,19 @@ ignore = ["*.swp"]
         ));
     }
 
+    /// SIGKILL: no chance to clean up.
+    pub fn kill_node(&mut self, i: usize) {
+        if let Some(mut p) = self.nodes[i].take() {
+            p.kill();
+        }
+    }
+
+    pub fn kill_broker(&mut self) {
+        if let Some(mut b) = self.broker.take() {
+            b.kill();
+        }
+    }
+
     pub fn stop_node(&mut self, i: usize) {
         if let Some(mut p) = self.nodes[i].take() {
             p.stop();
