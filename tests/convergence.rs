@@ -246,3 +246,99 @@ fn an_unmounted_volume_deletes_nothing_anywhere() {
     c.converge(&[0, 1], T, |s| s.len() == 21);
     assert_eq!(snapshot(&a).len(), 21);
 }
+
+#[test]
+fn a_partitioned_node_converges_after_the_link_heals() {
+    let mut c = Cluster::new(3);
+    let proxy = Proxy::start(c.port);
+    // Node 3 reaches the broker only through the proxy.
+    c.write_config(2, |t| {
+        t.replace(
+            &format!("127.0.0.1:{}", c.port),
+            &format!("127.0.0.1:{}", proxy.port),
+        )
+    });
+    for i in 0..3 {
+        c.start_node(i);
+    }
+    let (a, n3) = (c.folder(0), c.folder(2));
+    assert!(wait_until(T, || (0..3).all(|i| c.folder(i).join(".mqsync").exists())));
+    fs::write(a.join("shared.txt"), b"v1").unwrap();
+    c.converge(&[0, 1, 2], T, |s| s.contains_key("shared.txt"));
+
+    proxy.cut();
+    std::thread::sleep(Duration::from_millis(500));
+    for i in 0..50 {
+        fs::write(a.join(format!("side-a-{i}.txt")), format!("{i}")).unwrap();
+    }
+    fs::write(n3.join("side-b.txt"), b"written during the partition").unwrap();
+    fs::remove_file(a.join("shared.txt")).unwrap();
+    c.converge(&[0, 1], T, |s| {
+        s.contains_key("side-a-49.txt") && !s.contains_key("shared.txt")
+    });
+    assert!(
+        !n3.join("side-a-0.txt").exists(),
+        "the partition did not hold"
+    );
+
+    let healed = std::time::Instant::now();
+    proxy.heal();
+    c.converge(&[0, 1, 2], T, |s| {
+        s.contains_key("side-b.txt")
+            && s.contains_key("side-a-49.txt")
+            && !s.contains_key("shared.txt")
+    });
+    eprintln!(
+        "converged {:.2?} after the partition healed",
+        healed.elapsed()
+    );
+}
+
+#[test]
+fn nodes_on_two_bridged_mosquitto_brokers_converge() {
+    let mut c = Cluster::with_broker(3, BrokerKind::Mosquitto);
+    // A second site: its broker bridges every mqsync topic to the first one.
+    let certs = c.path("certs");
+    let st = std::process::Command::new(BIN)
+        .args([
+            "certs",
+            "init",
+            "--out",
+            certs.to_str().unwrap(),
+            "--nodes",
+            "bridge",
+        ])
+        .output()
+        .unwrap();
+    assert!(st.status.success());
+    let site_b = free_port();
+    let cd = certs.display();
+    let bridge = format!(
+        "connection site-a\naddress 127.0.0.1:{}\ntopic mqsync/# both 1\nbridge_protocol_version mqttv311\ntry_private true\nbridge_cafile {cd}/ca.pem\nbridge_certfile {cd}/bridge.pem\nbridge_keyfile {cd}/bridge.key\n",
+        c.port
+    );
+    let _site_b = c.spawn_mosquitto("site-b", site_b, &bridge);
+    c.write_config(2, |t| {
+        t.replace(
+            &format!("127.0.0.1:{}", c.port),
+            &format!("127.0.0.1:{site_b}"),
+        )
+    });
+    for i in 0..3 {
+        c.start_node(i);
+    }
+    let (a, n3) = (c.folder(0), c.folder(2));
+    assert!(wait_until(T, || (0..3).all(|i| c.folder(i).join(".mqsync").exists())));
+    fs::write(a.join("from-site-a.txt"), b"a").unwrap();
+    fs::create_dir_all(n3.join("dir")).unwrap();
+    fs::write(n3.join("dir/from-site-b.txt"), b"b").unwrap();
+    random_file(&n3.join("dir/big.bin"), 20, 7);
+    c.converge(&[0, 1, 2], T, |s| {
+        s.contains_key("from-site-a.txt")
+            && s.contains_key("dir/from-site-b.txt")
+            && s.get("dir/big.bin")
+                .is_some_and(|v| v.contains(&format!(" {} ", 20u64 << 20)))
+    });
+    fs::remove_file(a.join("from-site-a.txt")).unwrap();
+    c.converge(&[0, 1, 2], T, |s| !s.contains_key("from-site-a.txt"));
+}

@@ -278,16 +278,19 @@ impl Cluster {
     pub fn start_broker(&mut self) {
         let listen = format!("127.0.0.1:{}", self.port);
         let certs = self.path("certs");
-        let p = Proc::spawn(
-            &[
-                "broker",
-                "--listen",
-                &listen,
-                "--certs",
-                certs.to_str().unwrap(),
-            ],
-            &self.path("broker.log"),
-        );
+        let p = match self.kind {
+            BrokerKind::Embedded => Proc::spawn(
+                &[
+                    "broker",
+                    "--listen",
+                    &listen,
+                    "--certs",
+                    certs.to_str().unwrap(),
+                ],
+                &self.path("broker.log"),
+            ),
+            BrokerKind::Mosquitto => self.spawn_mosquitto("broker", self.port, ""),
+        };
         self.broker = Some(p);
         let port = self.port;
         assert!(
@@ -298,6 +301,32 @@ impl Cluster {
             .is_ok()),
             "broker did not start"
         );
+    }
+
+    /// Starts a Mosquitto with TLS and required client certificates on `port`, with
+    /// `extra` appended to its configuration (e.g. a bridge).
+    pub fn spawn_mosquitto(&self, name: &str, port: u16, extra: &str) -> Proc {
+        let c = self.path("certs");
+        let c = c.display();
+        let conf = format!(
+            "user root\nlistener {port} 127.0.0.1\ncafile {c}/ca.pem\ncertfile {c}/broker.pem\nkeyfile {c}/broker.key\nrequire_certificate true\nuse_identity_as_username true\nallow_anonymous false\n{extra}"
+        );
+        let path = self.path(&format!("{name}.conf"));
+        fs::write(&path, conf).unwrap();
+        let p = Proc::spawn_program(
+            &mosquitto_bin(),
+            &["-c", path.to_str().unwrap()],
+            &self.path(&format!("{name}.log")),
+        );
+        assert!(
+            wait_until(Duration::from_secs(20), || std::net::TcpStream::connect((
+                "127.0.0.1",
+                port
+            ))
+            .is_ok()),
+            "mosquitto {name} did not start"
+        );
+        p
     }
 
     /// Writes node i's config; `tweak` may edit the TOML text.
@@ -427,6 +456,95 @@ impl Drop for Cluster {
         }
         if let Some(b) = &mut self.broker {
             b.kill();
+        }
+    }
+}
+
+/// An in-test TCP proxy between a node and the broker, to cut and heal its link.
+pub struct Proxy {
+    pub port: u16,
+    state: std::sync::Arc<ProxyState>,
+    accept: Option<std::thread::JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct ProxyState {
+    cut: std::sync::atomic::AtomicBool,
+    stop: std::sync::atomic::AtomicBool,
+    conns: std::sync::Mutex<Vec<std::net::TcpStream>>,
+}
+
+impl Proxy {
+    pub fn start(upstream: u16) -> Proxy {
+        use std::sync::atomic::Ordering;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let state = std::sync::Arc::new(ProxyState::default());
+        let st = state.clone();
+        let accept = std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if st.stop.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(down) = conn else { continue };
+                if st.cut.load(Ordering::SeqCst) {
+                    continue; // dropped: the link is down
+                }
+                let Ok(up) = std::net::TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
+                let pairs = [
+                    (down.try_clone(), up.try_clone()),
+                    (up.try_clone(), down.try_clone()),
+                ];
+                if let Ok(mut conns) = st.conns.lock() {
+                    conns.extend([down.try_clone(), up.try_clone()].into_iter().flatten());
+                }
+                for (r, w) in pairs {
+                    if let (Ok(mut r), Ok(mut w)) = (r, w) {
+                        std::thread::spawn(move || {
+                            let _ = std::io::copy(&mut r, &mut w);
+                            let _ = w.shutdown(std::net::Shutdown::Both);
+                        });
+                    }
+                }
+            }
+        });
+        Proxy {
+            port,
+            state,
+            accept: Some(accept),
+        }
+    }
+
+    /// Cuts every open connection and refuses new ones.
+    pub fn cut(&self) {
+        self.state
+            .cut
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Ok(mut conns) = self.state.conns.lock() {
+            for c in conns.drain(..) {
+                let _ = c.shutdown(std::net::Shutdown::Both);
+            }
+        }
+    }
+
+    pub fn heal(&self) {
+        self.state
+            .cut
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.cut();
+        self.state
+            .stop
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(t) = self.accept.take() {
+            let _ = t.join();
         }
     }
 }
