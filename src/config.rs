@@ -67,6 +67,8 @@ pub const DEFAULT_PLAIN_PORT: u16 = 1883;
 pub const DEFAULT_DEBOUNCE_MS: u64 = 100;
 /// Largest accepted `folder.debounce_ms`.
 pub const MAX_DEBOUNCE_MS: u64 = 60_000;
+/// Default `folder.max_delete_percent`.
+pub const DEFAULT_MAX_DELETE_PERCENT: u64 = 50;
 /// Environment variable declaring whole folders (`id=path,id=path`).
 pub const ENV_FOLDERS: &str = "MQSYNC_FOLDERS";
 
@@ -143,6 +145,9 @@ pub struct FolderConfig {
     pub ignore: Vec<String>,
     /// Delay before sending ordinary changes, in milliseconds (0..=60000).
     pub debounce_ms: u64,
+    /// A local scan that would delete more than this share of the folder (percent,
+    /// 1..=100; 100 disables the guard) waits for a resync command.
+    pub max_delete_percent: u64,
 }
 
 /// Direction of sync of a folder.
@@ -457,6 +462,7 @@ struct RawFolder {
     mode: Option<String>,
     ignore: Option<Vec<String>>,
     debounce_ms: Option<u64>,
+    max_delete_percent: Option<u64>,
 }
 
 /// Collects every problem found.
@@ -634,6 +640,11 @@ impl RawConfig {
             env.u64(
                 &format!("{prefix}DEBOUNCE_MS"),
                 &mut folder.debounce_ms,
+                errors,
+            );
+            env.u64(
+                &format!("{prefix}MAX_DELETE_PERCENT"),
+                &mut folder.max_delete_percent,
                 errors,
             );
         }
@@ -862,12 +873,20 @@ fn validate_folder(raw: RawFolder, key: &str, base: &Path, errors: &mut Errors) 
             format!("{debounce_ms} is above the maximum of {MAX_DEBOUNCE_MS}"),
         );
     }
+    let max_delete_percent = raw.max_delete_percent.unwrap_or(DEFAULT_MAX_DELETE_PERCENT);
+    if !(1..=100).contains(&max_delete_percent) {
+        errors.push(
+            format!("{key}.max_delete_percent"),
+            format!("{max_delete_percent} is not a percentage from 1 to 100"),
+        );
+    }
     FolderConfig {
         id,
         path,
         mode,
         ignore,
         debounce_ms,
+        max_delete_percent,
     }
 }
 

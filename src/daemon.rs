@@ -76,14 +76,12 @@ pub fn read_group_key(path: &Path) -> Result<Keys, DaemonError> {
     Keys::new(keys).ok_or_else(|| DaemonError::EmptyGroupKey(path.to_path_buf()))
 }
 
-/// Prepares everything `run` needs; starts the embedded broker when configured so.
-pub fn prepare(cfg: &Config) -> Result<(NodeSettings, Option<BrokerHandle>), DaemonError> {
-    std::fs::create_dir_all(&cfg.state_dir).map_err(|source| DaemonError::StateDir {
-        path: cfg.state_dir.clone(),
-        source,
-    })?;
+/// How to reach the broker and sign messages, without starting anything. With no
+/// broker URL this uses the embedded broker's certificates in `state_dir/certs`, which
+/// `mqsync run` makes on its first start.
+pub fn client(cfg: &Config) -> Result<(ConnectSettings, Keys), DaemonError> {
     let b = &cfg.broker;
-    let (host, port, tls, keys, handle) = match &b.url {
+    let (host, port, tls, keys) = match &b.url {
         Some(url) => {
             let tls = if url.tls {
                 let ca = b.ca_file.as_deref().ok_or(DaemonError::MissingCa)?;
@@ -103,44 +101,62 @@ pub fn prepare(cfg: &Config) -> Result<(NodeSettings, Option<BrokerHandle>), Dae
                 .group_key_file
                 .as_deref()
                 .ok_or(DaemonError::MissingGroupKey)?;
-            (
-                url.host.clone(),
-                url.port,
-                tls,
-                read_group_key(key_file)?,
-                None,
-            )
+            (url.host.clone(), url.port, tls, read_group_key(key_file)?)
         }
         None => {
             let dir = cfg.state_dir.join("certs");
-            let hosts = vec!["localhost".to_string(), "127.0.0.1".to_string()];
-            let paths = certs::ensure_node_certs(&dir, &cfg.node_id, &hosts)?;
-            let settings = BrokerSettings::with_certs_dir(cfg.broker.embedded_listen, &dir);
-            let handle = broker::start(&settings)?;
-            tracing::info!(listen = %cfg.broker.embedded_listen, certs = %dir.display(), "embedded broker started");
             let tls = crate::tls::client_config(
-                &paths.ca,
-                Some(&paths.node_cert),
-                Some(&paths.node_key),
+                &dir.join(certs::CA_CERT),
+                Some(&dir.join(format!("{}.pem", cfg.node_id))),
+                Some(&dir.join(format!("{}.key", cfg.node_id))),
             )?;
             let key_file = cfg
                 .security
                 .group_key_file
                 .clone()
-                .unwrap_or(paths.group_key);
-            let host = match cfg.broker.embedded_listen.ip() {
+                .unwrap_or_else(|| dir.join(certs::GROUP_KEY));
+            let host = match b.embedded_listen.ip() {
                 ip if ip.is_unspecified() => "127.0.0.1".to_string(),
                 ip => ip.to_string(),
             };
             (
                 host,
-                cfg.broker.embedded_listen.port(),
+                b.embedded_listen.port(),
                 Some(Arc::new(tls)),
                 read_group_key(&key_file)?,
-                Some(handle),
             )
         }
     };
+    let connect = ConnectSettings {
+        host,
+        port,
+        tls,
+        client_id: cfg.client_id(),
+        keepalive: Duration::from_secs(b.keepalive_s),
+        max_packet: MAX_PACKET,
+    };
+    Ok((connect, keys))
+}
+
+/// Prepares everything `run` needs; starts the embedded broker when configured so.
+pub fn prepare(cfg: &Config) -> Result<(NodeSettings, Option<BrokerHandle>), DaemonError> {
+    std::fs::create_dir_all(&cfg.state_dir).map_err(|source| DaemonError::StateDir {
+        path: cfg.state_dir.clone(),
+        source,
+    })?;
+    let handle = match &cfg.broker.url {
+        Some(_) => None,
+        None => {
+            let dir = cfg.state_dir.join("certs");
+            let hosts = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+            certs::ensure_node_certs(&dir, &cfg.node_id, &hosts)?;
+            let settings = BrokerSettings::with_certs_dir(cfg.broker.embedded_listen, &dir);
+            let handle = broker::start(&settings)?;
+            tracing::info!(listen = %cfg.broker.embedded_listen, certs = %dir.display(), "embedded broker started");
+            Some(handle)
+        }
+    };
+    let (connect, keys) = client(cfg)?;
     let folders = cfg
         .folders
         .iter()
@@ -153,20 +169,14 @@ pub fn prepare(cfg: &Config) -> Result<(NodeSettings, Option<BrokerHandle>), Dae
             rescan_interval: Duration::from_secs(3600),
             digest_interval: Duration::from_secs(30),
             status_interval: Duration::from_secs(10),
+            max_delete_percent: f.max_delete_percent,
         })
         .collect();
     let settings = NodeSettings {
         node_id: cfg.node_id.clone(),
         state_dir: cfg.state_dir.clone(),
-        topic_prefix: b.topic_prefix.clone(),
-        connect: ConnectSettings {
-            host,
-            port,
-            tls,
-            client_id: cfg.client_id(),
-            keepalive: Duration::from_secs(b.keepalive_s),
-            max_packet: MAX_PACKET,
-        },
+        topic_prefix: cfg.broker.topic_prefix.clone(),
+        connect,
         keys,
         folders,
     };

@@ -84,6 +84,7 @@ pub async fn start(
                 rescan_interval: Duration::from_secs(3600),
                 digest_interval: Duration::from_secs(30),
                 status_interval: Duration::from_secs(10),
+                max_delete_percent: crate::config::DEFAULT_MAX_DELETE_PERCENT,
             }],
         };
         let sd = shutdown.clone();

@@ -6,6 +6,7 @@ pub mod broker;
 pub mod certs;
 pub mod chunker;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod demo;
 pub mod engine;

@@ -36,6 +36,20 @@ enum Cmd {
     /// Create certificates and the group key.
     #[command(subcommand)]
     Certs(CertsCmd),
+    /// Ask nodes to compare complete state with their peers and repair every
+    /// difference; also applies deletions held by the mass-delete guard and reverts
+    /// local changes on receive-only folders.
+    Resync {
+        /// A node's configuration file, for the broker address and credentials.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Folder id (default: every folder of the configuration).
+        #[arg(long)]
+        folder: Option<String>,
+        /// Node id to resync (default: every node).
+        #[arg(long, default_value = "*")]
+        node: String,
+    },
     /// A local demo: embedded broker plus three nodes syncing sub-folders of DIR.
     Demo {
         /// Demo directory (folders DIR/a, DIR/b, DIR/c; state in DIR/.state).
@@ -170,6 +184,33 @@ fn main() -> Result<()> {
                 tokio::time::sleep(std::time::Duration::from_millis(300)).await;
                 Ok(())
             })
+        }
+        Cmd::Resync {
+            config,
+            folder,
+            node,
+        } => {
+            let cfg = load_config(config.as_deref(), HashMap::new())?;
+            init_logging(&cli.log, cfg.log_format);
+            let folders: Vec<String> = match folder {
+                Some(f) => vec![f],
+                None => cfg.folders.iter().map(|f| f.id.clone()).collect(),
+            };
+            if folders.is_empty() {
+                bail!("no folder: give --folder ID or a configuration with [[folder]] tables");
+            }
+            let (connect, _keys) = mqsync::daemon::client(&cfg)?;
+            let topics: Vec<String> = folders
+                .iter()
+                .map(|f| format!("{}/{f}/cmd", cfg.broker.topic_prefix))
+                .collect();
+            let payload = mqsync::control::resync_command(&node);
+            rt.block_on(mqsync::control::publish(&connect, &topics, &payload))?;
+            println!(
+                "resync requested for node {node} on folder(s) {}",
+                folders.join(", ")
+            );
+            Ok(())
         }
         Cmd::Broker(a) => {
             init_logging(&cli.log, LogFormat::Text);

@@ -38,6 +38,25 @@ pub struct FolderSettings {
     pub rescan_interval: Duration,
     pub digest_interval: Duration,
     pub status_interval: Duration,
+    /// Percent of the folder's files a local scan may delete before it is held.
+    pub max_delete_percent: u64,
+}
+
+/// A held mass deletion needs at least this many files: deleting 1 of 2 files is normal.
+const MASS_DELETE_MIN_FILES: usize = 10;
+/// Least time between two resyncs of a folder (the cmd topic needs no key).
+const RESYNC_MIN_INTERVAL: Duration = Duration::from_secs(10);
+
+/// A command on the public `{prefix}/{folder}/cmd` topic.
+#[derive(Debug, serde::Deserialize)]
+struct Command {
+    op: String,
+    #[serde(default = "any_node")]
+    node: String,
+}
+
+fn any_node() -> String {
+    "*".into()
 }
 
 #[derive(Clone)]
@@ -139,6 +158,11 @@ struct Folder {
     last_error: Option<String>,
     paused: Option<String>,
     last_status: Option<FolderStatus>,
+    /// Local deletions held back by the mass-delete guard, until a resync.
+    held_deletes: usize,
+    /// Set during a resync: the operator confirmed that mass deletions are wanted.
+    allow_mass_delete: bool,
+    last_resync: Option<Instant>,
 }
 
 impl Folder {
@@ -206,6 +230,9 @@ impl Folder {
             last_error: None,
             paused: None,
             last_status: None,
+            held_deletes: 0,
+            allow_mass_delete: false,
+            last_resync: None,
             cfg: f.clone(),
         };
         let entries: Vec<Entry> = folder.engine.entries().cloned().collect();
@@ -265,7 +292,7 @@ impl Folder {
         let will = serde_json::to_vec(&self.status_doc(State::Offline)).unwrap_or_default();
         let (publisher, mut net) = transport::connect(
             &self.connect,
-            vec![self.topics.data_filter()],
+            vec![self.topics.data_filter(), self.topics.cmd()],
             Some(self.topics.data(&self.node)),
             Some((self.topics.status(&self.node), will)),
         );
@@ -404,6 +431,9 @@ impl Folder {
                 self.connected = false;
                 self.last_error = Some(format!("broker: {reason}"));
             }
+            NetEvent::Message { topic, payload } if topic == self.topics.cmd() => {
+                self.on_command(&payload);
+            }
             NetEvent::Message { topic, payload } => {
                 let Some(sender) = self.topics.data_sender(&topic) else {
                     return;
@@ -419,6 +449,52 @@ impl Folder {
                 }
             }
         }
+    }
+
+    /// A JSON command from the public cmd topic. Only `resync` exists: it can only make
+    /// nodes compare and repair, so it needs no key, but it is rate-limited.
+    fn on_command(&mut self, payload: &[u8]) {
+        let cmd: Command = match serde_json::from_slice(payload) {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(folder = %self.cfg.id, "ignoring malformed command: {e}");
+                return;
+            }
+        };
+        if cmd.node != "*" && cmd.node != self.node {
+            return;
+        }
+        if cmd.op != "resync" {
+            warn!(folder = %self.cfg.id, op = %cmd.op, "ignoring unknown command");
+            return;
+        }
+        let now = Instant::now();
+        if self
+            .last_resync
+            .is_some_and(|t| now.duration_since(t) < RESYNC_MIN_INTERVAL)
+        {
+            warn!(folder = %self.cfg.id, "resync ignored: the last one was less than {RESYNC_MIN_INTERVAL:?} ago");
+            return;
+        }
+        self.last_resync = Some(now);
+        self.resync();
+    }
+
+    /// Rescans everything (applying held mass deletions, which the operator's command
+    /// confirms), reverts local changes of a receive-only folder, and compares full state
+    /// with every peer.
+    fn resync(&mut self) {
+        info!(folder = %self.cfg.id, held_deletes = self.held_deletes, "resync requested");
+        if self.held_deletes > 0 {
+            self.last_error = None;
+        }
+        self.allow_mass_delete = true;
+        self.full_scan(false);
+        self.allow_mass_delete = false;
+        self.engine.handle_resync();
+        self.process();
+        self.send_digest(true);
+        self.last_status = None;
     }
 
     fn on_message(&mut self, env: Envelope) {
@@ -587,6 +663,7 @@ impl Folder {
         let mut changed = res.changed;
         // Parents before children, so a created tree arrives in order.
         changed.sort_by(|a, b| a.path.cmp(&b.path));
+        self.guard_mass_delete(&mut changed);
         for Observed {
             path,
             content,
@@ -611,6 +688,43 @@ impl Folder {
             }
             self.engine.handle_local(path, content);
         }
+    }
+
+    /// Holds back the deletions of a scan that would remove more than
+    /// `max_delete_percent` of the folder: a wiped or swapped volume must not be
+    /// mirrored everywhere. They stay out of the index, so every scan finds them again
+    /// until a resync confirms them.
+    fn guard_mass_delete(&mut self, changed: &mut Vec<Observed>) {
+        if self.allow_mass_delete || self.cfg.max_delete_percent >= 100 {
+            self.held_deletes = 0;
+            return;
+        }
+        let deletes = changed
+            .iter()
+            .filter(|o| {
+                o.content.is_deleted()
+                    && self
+                        .engine
+                        .entry(&o.path)
+                        .is_some_and(|e| !e.content.is_deleted())
+            })
+            .count();
+        let (present, _) = self.engine.present();
+        if deletes < MASS_DELETE_MIN_FILES
+            || (deletes as u64) * 100 <= self.cfg.max_delete_percent * present
+        {
+            return;
+        }
+        changed.retain(|o| !o.content.is_deleted());
+        if deletes != self.held_deletes {
+            let msg = format!(
+                "{deletes} of {present} files were deleted locally, more than max_delete_percent = {}%; holding the deletions. If they are wanted, run `mqsync resync --folder {}`",
+                self.cfg.max_delete_percent, self.cfg.id
+            );
+            warn!(folder = %self.cfg.id, "{msg}");
+            self.last_error = Some(msg);
+        }
+        self.held_deletes = deletes;
     }
 
     fn add_locations(&mut self, path: &RelPath, content: &Content) {

@@ -342,3 +342,76 @@ fn nodes_on_two_bridged_mosquitto_brokers_converge() {
     fs::remove_file(a.join("from-site-a.txt")).unwrap();
     c.converge(&[0, 1, 2], T, |s| !s.contains_key("from-site-a.txt"));
 }
+
+fn resync(c: &Cluster, config_of: usize, args: &[&str]) {
+    let cfg = c.path(&format!("{}.toml", c.names[config_of]));
+    let mut all = vec!["resync", "--config", cfg.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let out = std::process::Command::new(BIN).args(&all).output().unwrap();
+    assert!(
+        out.status.success(),
+        "resync failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_mass_delete_waits_for_a_resync_command() {
+    let mut c = Cluster::new(3);
+    for i in 0..3 {
+        c.start_node(i);
+    }
+    let (a, b) = (c.folder(0), c.folder(1));
+    assert!(wait_until(T, || (0..3).all(|i| c.folder(i).join(".mqsync").exists())));
+    for i in 0..30 {
+        fs::write(a.join(format!("f{i:02}.txt")), format!("{i}")).unwrap();
+    }
+    c.converge(&[0, 1, 2], T, |s| s.len() == 30);
+    // Two thirds of the folder vanish on node 2 (the marker stays): held, not mirrored.
+    for i in 0..20 {
+        fs::remove_file(b.join(format!("f{i:02}.txt"))).unwrap();
+    }
+    let n2 = c.nodes[1].as_ref().unwrap();
+    assert!(
+        wait_until(T, || n2.log_text().contains("holding the deletions")),
+        "{}",
+        n2.log_text()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        snapshot(&a).len(),
+        30,
+        "deletions were mirrored without a resync"
+    );
+    assert_eq!(snapshot(&c.folder(2)).len(), 30);
+    // The operator confirms.
+    resync(&c, 1, &["--folder", "shared", "--node", "n2"]);
+    c.converge(&[0, 1, 2], T, |s| s.len() == 10);
+}
+
+#[test]
+fn a_receive_only_replica_reports_local_edits_and_a_resync_reverts_them() {
+    let mut c = Cluster::new(3);
+    c.write_config(2, |t| {
+        t.replace("ignore = [", "mode = \"receive-only\"\nignore = [")
+    });
+    for i in 0..3 {
+        c.start_node(i);
+    }
+    let (a, r) = (c.folder(0), c.folder(2));
+    assert!(wait_until(T, || (0..3).all(|i| c.folder(i).join(".mqsync").exists())));
+    fs::write(a.join("conf.txt"), b"from the masters").unwrap();
+    c.converge(&[0, 1, 2], T, |s| s.contains_key("conf.txt"));
+    fs::write(r.join("conf.txt"), b"edited on the replica").unwrap();
+    fs::write(r.join("stray.txt"), b"created on the replica").unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        fs::read(a.join("conf.txt")).unwrap(),
+        b"from the masters",
+        "a replica's edit was sent"
+    );
+    assert!(!a.join("stray.txt").exists());
+    resync(&c, 0, &[]);
+    c.converge(&[0, 1, 2], T, |s| !s.contains_key("stray.txt"));
+    assert_eq!(fs::read(r.join("conf.txt")).unwrap(), b"from the masters");
+}

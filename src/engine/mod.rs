@@ -228,6 +228,28 @@ impl Engine {
         }
     }
 
+    /// An operator asked for a resync. On a receive-only folder this puts back the
+    /// confirmed version of every path changed locally (removing files created
+    /// locally). Comparing with peers is the runtime's part (a digest with reply).
+    pub fn handle_resync(&mut self) {
+        if self.mode != Mode::ReceiveOnly {
+            return;
+        }
+        let paths: Vec<RelPath> = std::mem::take(&mut self.local_changes)
+            .into_keys()
+            .collect();
+        for p in paths {
+            let entry = self.entries.get(&p).cloned().unwrap_or_else(|| Entry {
+                path: p.clone(),
+                // An empty version marks a revert that is not itself a state to record.
+                version: VersionVector::new(),
+                modified_by: self.node.clone(),
+                content: Content::Deleted,
+            });
+            self.start_apply(entry, None);
+        }
+    }
+
     /// The applier finished (or gave up on) making the disk hold `version` at `path`.
     pub fn handle_applied(&mut self, path: &RelPath, version: &VersionVector, ok: bool) {
         let Some(p) = self.pending.get(path) else {
@@ -236,10 +258,11 @@ impl Engine {
         if &p.entry.version != version {
             return;
         }
-        if let Some(p) = self.pending.remove(path) {
-            if ok {
-                self.confirm(p.entry);
-            }
+        if let Some(p) = self.pending.remove(path)
+            && ok
+            && !p.entry.version.is_empty()
+        {
+            self.confirm(p.entry);
         }
     }
 

@@ -281,3 +281,47 @@ fn receive_only_does_not_announce_and_send_only_does_not_apply() {
     }
     assert!(s.poll_effect().is_none());
 }
+
+#[test]
+fn resync_reverts_local_changes_of_a_replica() {
+    let mut r = Engine::new("r", Mode::ReceiveOnly, []);
+    let mut a = Engine::new("a", Mode::SendReceive, []);
+    a.handle_local(p("f"), file(1, 1));
+    while let Some(eff) = a.poll_effect() {
+        if let Effect::Announce(en) = eff {
+            r.handle_remote(en);
+        }
+    }
+    let mut applied = vec![];
+    while let Some(eff) = r.poll_effect() {
+        if let Effect::Apply { entry, .. } = eff {
+            applied.push(entry);
+        }
+    }
+    let e = applied.pop().unwrap();
+    r.handle_applied(&e.path, &e.version, true);
+    while r.poll_effect().is_some() {}
+    // The replica's disk is edited, and a stray file created.
+    r.handle_local(p("f"), file(9, 9));
+    r.handle_local(p("stray"), file(8, 8));
+    assert_eq!(r.local_change_count(), 2);
+    r.handle_resync();
+    let mut reverts: Vec<Entry> = std::iter::from_fn(|| r.poll_effect())
+        .filter_map(|x| match x {
+            Effect::Apply { entry, .. } => Some(entry),
+            _ => None,
+        })
+        .collect();
+    reverts.sort_by(|x, y| x.path.cmp(&y.path));
+    assert_eq!(
+        reverts[0].content,
+        file(1, 1),
+        "the synced version comes back"
+    );
+    assert!(reverts[1].content.is_deleted(), "the stray file goes");
+    let digest = r.digest().clone();
+    for e in &reverts {
+        r.handle_applied(&e.path, &e.version, true);
+    }
+    assert_eq!(r.digest(), &digest, "a revert changes no recorded state");
+}
