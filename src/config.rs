@@ -69,6 +69,8 @@ pub const DEFAULT_DEBOUNCE_MS: u64 = 100;
 pub const MAX_DEBOUNCE_MS: u64 = 60_000;
 /// Default `folder.max_delete_percent`.
 pub const DEFAULT_MAX_DELETE_PERCENT: u64 = 50;
+/// Default `folder.tombstone_days`.
+pub const DEFAULT_TOMBSTONE_DAYS: u64 = 30;
 /// Environment variable declaring whole folders (`id=path,id=path`).
 pub const ENV_FOLDERS: &str = "MQSYNC_FOLDERS";
 
@@ -148,6 +150,8 @@ pub struct FolderConfig {
     /// A local scan that would delete more than this share of the folder (percent,
     /// 1..=100; 100 disables the guard) waits for a resync command.
     pub max_delete_percent: u64,
+    /// Days a deletion record is kept before it is forgotten (1..=36500).
+    pub tombstone_days: u64,
 }
 
 /// Direction of sync of a folder.
@@ -463,6 +467,7 @@ struct RawFolder {
     ignore: Option<Vec<String>>,
     debounce_ms: Option<u64>,
     max_delete_percent: Option<u64>,
+    tombstone_days: Option<u64>,
 }
 
 /// Collects every problem found.
@@ -645,6 +650,11 @@ impl RawConfig {
             env.u64(
                 &format!("{prefix}MAX_DELETE_PERCENT"),
                 &mut folder.max_delete_percent,
+                errors,
+            );
+            env.u64(
+                &format!("{prefix}TOMBSTONE_DAYS"),
+                &mut folder.tombstone_days,
                 errors,
             );
         }
@@ -880,6 +890,13 @@ fn validate_folder(raw: RawFolder, key: &str, base: &Path, errors: &mut Errors) 
             format!("{max_delete_percent} is not a percentage from 1 to 100"),
         );
     }
+    let tombstone_days = raw.tombstone_days.unwrap_or(DEFAULT_TOMBSTONE_DAYS);
+    if !(1..=36_500).contains(&tombstone_days) {
+        errors.push(
+            format!("{key}.tombstone_days"),
+            format!("{tombstone_days} is not a number of days from 1 to 36500"),
+        );
+    }
     FolderConfig {
         id,
         path,
@@ -887,6 +904,7 @@ fn validate_folder(raw: RawFolder, key: &str, base: &Path, errors: &mut Errors) 
         ignore,
         debounce_ms,
         max_delete_percent,
+        tombstone_days,
     }
 }
 

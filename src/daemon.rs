@@ -170,6 +170,7 @@ pub fn prepare(cfg: &Config) -> Result<(NodeSettings, Option<BrokerHandle>), Dae
             digest_interval: Duration::from_secs(30),
             status_interval: Duration::from_secs(10),
             max_delete_percent: f.max_delete_percent,
+            tombstone_ttl: Some(Duration::from_secs(f.tombstone_days * 86_400)),
         })
         .collect();
     let settings = NodeSettings {

@@ -85,6 +85,9 @@ pub async fn start(
                 digest_interval: Duration::from_secs(30),
                 status_interval: Duration::from_secs(10),
                 max_delete_percent: crate::config::DEFAULT_MAX_DELETE_PERCENT,
+                tombstone_ttl: Some(Duration::from_secs(
+                    crate::config::DEFAULT_TOMBSTONE_DAYS * 86_400,
+                )),
             }],
         };
         let sd = shutdown.clone();

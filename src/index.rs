@@ -134,6 +134,7 @@ mod tests {
                 path: RelPath::new("a/b").unwrap(),
                 version: VersionVector::new().incremented("n"),
                 modified_by: "n".into(),
+                changed_ms: 0,
                 content: Content::Dir { mode: 0o755 },
             },
             local: Some(LocalMeta {

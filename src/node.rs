@@ -40,6 +40,8 @@ pub struct FolderSettings {
     pub status_interval: Duration,
     /// Percent of the folder's files a local scan may delete before it is held.
     pub max_delete_percent: u64,
+    /// How long deletion records are kept (`None`: forever).
+    pub tombstone_ttl: Option<Duration>,
 }
 
 /// A held mass deletion needs at least this many files: deleting 1 of 2 files is normal.
@@ -151,6 +153,7 @@ struct Folder {
     announce: Vec<Entry>,
     answer: Vec<Entry>,
     store: Vec<Record>,
+    forget: Vec<RelPath>,
     retries: HashMap<RelPath, Retry>,
     /// Node whose message caused the effects being processed (chunk source).
     source: String,
@@ -207,7 +210,13 @@ impl Folder {
                 ..s.connect.clone()
             },
             index,
-            engine: Engine::new(s.node_id.clone(), f.mode, entries),
+            engine: {
+                let e = Engine::new(s.node_id.clone(), f.mode, entries);
+                match f.tombstone_ttl {
+                    Some(ttl) => e.with_tombstone_ttl(ttl.as_millis() as u64),
+                    None => e,
+                }
+            },
             known,
             locations: HashMap::new(),
             applier: Applier::new(f.path.clone()),
@@ -224,6 +233,7 @@ impl Folder {
             announce: vec![],
             answer: vec![],
             store: vec![],
+            forget: vec![],
             retries: HashMap::new(),
             source: "*".into(),
             source_live: false,
@@ -308,6 +318,8 @@ impl Folder {
         }
         let (mut _watcher, mut fs_rx) = self.start_watcher();
         self.publish_status(State::Scanning);
+        self.engine.set_clock(now_ms());
+        self.engine.collect_tombstones();
         self.full_scan(true);
         self.process();
         info!(folder = %self.cfg.id, files = self.engine.entries().count(), "initial scan done");
@@ -318,6 +330,7 @@ impl Folder {
         let mut last_status = Instant::now();
         let mut last_root_check = Instant::now();
         loop {
+            self.engine.set_clock(now_ms());
             let publisher = self.publisher.clone();
             let want_room = !self.push.is_empty();
             tokio::select! {
@@ -346,6 +359,8 @@ impl Folder {
                     if now.duration_since(last_rescan) >= self.cfg.rescan_interval {
                         last_rescan = now;
                         self.full_rescan_due = true;
+                        self.engine.set_clock(now_ms());
+                        self.engine.collect_tombstones();
                     }
                     self.on_tick(now);
                     if now.duration_since(last_status) >= self.cfg.status_interval {
@@ -764,6 +779,10 @@ impl Folder {
                     self.retries.remove(&p);
                     self.applier.cancel(&p);
                 }
+                Effect::Forget(p) => {
+                    self.known.remove(&p);
+                    self.forget.push(p);
+                }
                 Effect::SendEntries(es) => self.answer.extend(es),
                 Effect::SendDigest { reply } => self.send_digest(reply),
             }
@@ -781,6 +800,12 @@ impl Folder {
     }
 
     fn flush_store(&mut self) {
+        if !self.forget.is_empty() {
+            let paths = std::mem::take(&mut self.forget);
+            if let Err(e) = tokio::task::block_in_place(|| self.index.remove(&paths)) {
+                error!(folder = %self.cfg.id, "index write failed: {e}");
+            }
+        }
         if self.store.is_empty() {
             return;
         }

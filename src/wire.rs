@@ -235,6 +235,7 @@ mod tests {
                     path: RelPath::new("a/b.txt").unwrap(),
                     version: VersionVector::new().incremented("n1"),
                     modified_by: "n1".into(),
+                    changed_ms: 0,
                     content: Content::Symlink {
                         target: "../x".into(),
                     },

@@ -150,6 +150,9 @@ impl Sim {
                     });
                 }
                 Effect::Cancel(p) => self.nodes[i].applies.retain(|a| a.entry.path != p),
+                Effect::Forget(p) => {
+                    self.nodes[i].persisted.remove(&p);
+                }
             }
         }
     }

@@ -7,6 +7,7 @@ fn entry(path: &str, content: Content) -> Entry {
         path: RelPath::new(path).unwrap(),
         version: VersionVector::new().incremented("r"),
         modified_by: "r".into(),
+        changed_ms: 0,
         content,
     }
 }

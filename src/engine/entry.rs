@@ -90,6 +90,9 @@ pub struct Entry {
     pub version: VersionVector,
     /// The node whose change produced this version; names conflict copies.
     pub modified_by: String,
+    /// Wall-clock time of that change on its author, in ms since the epoch (0:
+    /// unknown). Ages tombstones for garbage collection; never used to order versions.
+    pub changed_ms: u64,
     pub content: Content,
 }
 

@@ -47,6 +47,8 @@ pub enum Effect {
     },
     /// Abandon an unfinished `Apply` for this path.
     Cancel(RelPath),
+    /// Drop this expired tombstone from the index.
+    Forget(RelPath),
     /// Publish these entries (an answer to a digest that differs from ours).
     SendEntries(Vec<Entry>),
     /// Publish our digest; `reply` asks peers to answer with theirs.
@@ -71,6 +73,10 @@ pub struct Engine {
     /// Paths changed locally on a receive-only folder (reported, not sent).
     local_changes: BTreeMap<RelPath, ()>,
     effects: VecDeque<Effect>,
+    /// The runtime's wall clock, given as input (`set_clock`): stamps changes.
+    now_ms: u64,
+    /// How long tombstones are kept; `None` keeps them forever.
+    tombstone_ttl_ms: Option<u64>,
 }
 
 impl Engine {
@@ -103,7 +109,52 @@ impl Engine {
             present_bytes,
             local_changes: BTreeMap::new(),
             effects: VecDeque::new(),
+            now_ms: 0,
+            tombstone_ttl_ms: None,
         }
+    }
+
+    /// Keeps deletion records for `ttl_ms`, then forgets them (see `collect_tombstones`).
+    pub fn with_tombstone_ttl(mut self, ttl_ms: u64) -> Self {
+        self.tombstone_ttl_ms = Some(ttl_ms);
+        self
+    }
+
+    /// The current wall-clock time, in ms since the epoch. The engine reads no clock
+    /// itself; the runtime sets it before feeding inputs.
+    pub fn set_clock(&mut self, now_ms: u64) {
+        self.now_ms = now_ms;
+    }
+
+    fn expired(&self, e: &Entry) -> bool {
+        match self.tombstone_ttl_ms {
+            Some(ttl) => {
+                e.content.is_deleted()
+                    && e.changed_ms > 0
+                    && e.changed_ms.saturating_add(ttl) < self.now_ms
+            }
+            None => false,
+        }
+    }
+
+    /// Forgets tombstones older than the TTL: every node does so at about the same time
+    /// (the age comes from the entry, not from when each node learned it), and an
+    /// expired tombstone offered by a peer is not taken back. A node that was offline
+    /// for longer than the TTL may bring a deleted file back, as in Syncthing.
+    pub fn collect_tombstones(&mut self) -> usize {
+        let expired: Vec<RelPath> = self
+            .entries
+            .values()
+            .filter(|e| self.expired(e))
+            .map(|e| e.path.clone())
+            .collect();
+        for p in &expired {
+            if let Some(old) = self.entries.remove(p) {
+                self.digest.toggle(&old);
+            }
+            self.effects.push_back(Effect::Forget(p.clone()));
+        }
+        expired.len()
     }
 
     pub fn node(&self) -> &str {
@@ -176,6 +227,7 @@ impl Engine {
             path: path.clone(),
             version,
             modified_by: self.node.clone(),
+            changed_ms: self.now_ms,
             content,
         };
         if let Some(p) = self.pending.remove(&path) {
@@ -202,6 +254,9 @@ impl Engine {
     /// A peer published `entry` (in a live manifest or in answer to a digest).
     pub fn handle_remote(&mut self, entry: Entry) {
         if self.mode == Mode::SendOnly {
+            return;
+        }
+        if self.expired(&entry) && !self.entries.contains_key(&entry.path) {
             return;
         }
         if let Some(p) = self.pending.get(&entry.path) {
@@ -244,6 +299,7 @@ impl Engine {
                 // An empty version marks a revert that is not itself a state to record.
                 version: VersionVector::new(),
                 modified_by: self.node.clone(),
+                changed_ms: self.now_ms,
                 content: Content::Deleted,
             });
             self.start_apply(entry, None);

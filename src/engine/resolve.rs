@@ -176,6 +176,7 @@ mod tests {
             path: RelPath::new(path).unwrap(),
             version: v,
             modified_by: by.into(),
+            changed_ms: 0,
             content: Content::File {
                 size: 1,
                 mode: 0o644,
@@ -193,6 +194,7 @@ mod tests {
             path: RelPath::new(path).unwrap(),
             version: v,
             modified_by: by.into(),
+            changed_ms: 0,
             content: Content::Deleted,
         }
     }

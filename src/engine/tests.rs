@@ -70,7 +70,7 @@ impl Net {
                             let d = self.nodes[i].engine.digest().clone();
                             msgs.push((i, vec![], Some((d, reply))))
                         }
-                        Effect::Store(_) | Effect::Cancel(_) => {}
+                        Effect::Store(_) | Effect::Cancel(_) | Effect::Forget(_) => {}
                         Effect::Apply {
                             entry,
                             conflict_copy,
@@ -324,4 +324,27 @@ fn resync_reverts_local_changes_of_a_replica() {
         r.handle_applied(&e.path, &e.version, true);
     }
     assert_eq!(r.digest(), &digest, "a revert changes no recorded state");
+}
+
+#[test]
+fn tombstones_expire_by_their_own_age_and_are_not_taken_back() {
+    const DAY: u64 = 86_400_000;
+    let mut a = Engine::new("a", Mode::SendReceive, []).with_tombstone_ttl(30 * DAY);
+    let mut b = Engine::new("b", Mode::SendReceive, []).with_tombstone_ttl(30 * DAY);
+    a.set_clock(DAY);
+    a.handle_local(p("f"), file(1, 1));
+    a.set_clock(2 * DAY);
+    a.handle_local(p("f"), Content::Deleted);
+    let tomb = a.entry(&p("f")).unwrap().clone();
+    assert_eq!(tomb.changed_ms, 2 * DAY);
+    a.set_clock(20 * DAY);
+    assert_eq!(a.collect_tombstones(), 0, "young tombstones stay");
+    a.set_clock(40 * DAY);
+    assert_eq!(a.collect_tombstones(), 1);
+    assert!(a.entry(&p("f")).is_none());
+    assert!(std::iter::from_fn(|| a.poll_effect()).any(|e| e == Effect::Forget(p("f"))));
+    // A peer offering the expired tombstone does not bring it back.
+    b.set_clock(40 * DAY);
+    b.handle_remote(tomb);
+    assert!(b.entry(&p("f")).is_none());
 }
