@@ -626,17 +626,25 @@ impl Folder {
     }
 
     fn full_scan(&mut self, remove_temps: bool) {
+        self.scan(None, remove_temps);
+    }
+
+    /// Scans `paths` (everything when `None`) and feeds the result to the engine.
+    fn scan(&mut self, paths: Option<&[RelPath]>, remove_temps: bool) {
         // Never mirror a vanished volume as a mass delete.
-        if !self.check_root() {
+        if paths.is_some_and(|p| p.is_empty()) || !self.check_root() {
             return;
         }
         let res = tokio::task::block_in_place(|| {
-            Scanner {
+            let scanner = Scanner {
                 root: &self.cfg.path,
                 ignore: &self.ignore,
                 known: &self.known,
+            };
+            match paths {
+                Some(p) => scanner.paths(p),
+                None => scanner.full(remove_temps),
             }
-            .full(remove_temps)
         });
         self.take_scan(res);
     }
@@ -651,18 +659,7 @@ impl Folder {
     }
 
     fn scan_paths(&mut self, paths: &[RelPath]) {
-        if paths.is_empty() || !self.check_root() {
-            return;
-        }
-        let res = tokio::task::block_in_place(|| {
-            Scanner {
-                root: &self.cfg.path,
-                ignore: &self.ignore,
-                known: &self.known,
-            }
-            .paths(paths)
-        });
-        self.take_scan(res);
+        self.scan(Some(paths), false);
     }
 
     fn take_scan(&mut self, res: crate::scanner::ScanResult) {

@@ -66,22 +66,7 @@ fn run_without_a_broker_url_starts_the_embedded_broker() {
     assert!(wait_until(T, || certs.join("group.key").exists()
         && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()));
     // A second node joins with a certificate from the same CA.
-    let st = Command::new(BIN)
-        .args([
-            "certs",
-            "init",
-            "--out",
-            certs.to_str().unwrap(),
-            "--nodes",
-            "b",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        st.status.success(),
-        "{}",
-        String::from_utf8_lossy(&st.stderr)
-    );
+    certs_init(&certs, "b");
     let c = certs.display();
     fs::write(
         d.join("b.toml"),

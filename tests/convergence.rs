@@ -299,18 +299,7 @@ fn nodes_on_two_bridged_mosquitto_brokers_converge() {
     let mut c = Cluster::with_broker(3, BrokerKind::Mosquitto);
     // A second site: its broker bridges every mqsync topic to the first one.
     let certs = c.path("certs");
-    let st = std::process::Command::new(BIN)
-        .args([
-            "certs",
-            "init",
-            "--out",
-            certs.to_str().unwrap(),
-            "--nodes",
-            "bridge",
-        ])
-        .output()
-        .unwrap();
-    assert!(st.status.success());
+    certs_init(&certs, "bridge");
     let site_b = free_port();
     let cd = certs.display();
     let bridge = format!(

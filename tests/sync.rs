@@ -216,18 +216,7 @@ fn nodes_with_a_wrong_ca_or_no_client_certificate_are_refused() {
     c.start_node(0);
     // Node 2 trusts a CA that did not sign the broker's certificate.
     let other = c.path("other-certs");
-    let st = std::process::Command::new(BIN)
-        .args([
-            "certs",
-            "init",
-            "--out",
-            other.to_str().unwrap(),
-            "--nodes",
-            "n2",
-        ])
-        .output()
-        .unwrap();
-    assert!(st.status.success());
+    certs_init(&other, "n2");
     let certs = c.path("certs");
     c.write_config(1, |t| {
         t.replace(

@@ -87,6 +87,26 @@ impl Drop for Proc {
     }
 }
 
+/// `mqsync certs init --out DIR --nodes NODES` (an existing CA in DIR is reused).
+pub fn certs_init(dir: &Path, nodes: &str) {
+    let out = Command::new(BIN)
+        .args([
+            "certs",
+            "init",
+            "--out",
+            dir.to_str().unwrap(),
+            "--nodes",
+            nodes,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "certs init: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -239,22 +259,7 @@ impl Cluster {
         }
         let names: Vec<String> = (1..=n).map(|i| format!("n{i}")).collect();
         let certs = dir.path().join("certs");
-        let st = Command::new(BIN)
-            .args([
-                "certs",
-                "init",
-                "--out",
-                certs.to_str().unwrap(),
-                "--nodes",
-                &names.join(","),
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            st.status.success(),
-            "certs init: {}",
-            String::from_utf8_lossy(&st.stderr)
-        );
+        certs_init(&certs, &names.join(","));
         let mut c = Cluster {
             kind,
             port: free_port(),
