@@ -1,10 +1,15 @@
-//! Operator commands sent over the broker (`mqsync resync`): a short-lived MQTT client
-//! that publishes one command on a folder's public cmd topic, waits for the broker's
-//! acknowledgement and disconnects.
+//! Operator commands over the broker: `mqsync resync` publishes one command on a
+//! folder's public cmd topic; `mqsync status` and `mqsync wait` read the retained status
+//! topics. Each is a short-lived MQTT client of its own.
 
+use crate::status::FolderStatus;
 use crate::transport::ConnectSettings;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
+use rumqttc::{
+    AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS, TlsConfiguration, Transport,
+};
+use std::collections::BTreeMap;
 use std::time::Duration;
+use tokio::sync::mpsc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -74,4 +79,125 @@ pub async fn publish(
     tokio::time::timeout(timeout, work)
         .await
         .map_err(|_| ControlError::Timeout(timeout))?
+}
+
+fn short_client(s: &ConnectSettings, role: &str) -> (AsyncClient, EventLoop) {
+    let id = format!("{}-{role}-{}", s.client_id, std::process::id());
+    let mut opts = MqttOptions::new(id, s.host.clone(), s.port);
+    opts.set_keep_alive(Duration::from_secs(30));
+    opts.set_max_packet_size(1 << 20, 1 << 20);
+    if let Some(tls) = &s.tls {
+        opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+            tls.clone(),
+        )));
+    }
+    AsyncClient::new(opts, 16)
+}
+
+/// The latest status of every (folder, node), kept up to date by `watch_status`.
+pub type StatusMap = BTreeMap<(String, String), FolderStatus>;
+
+/// Subscribes to every status topic under `prefix` and sends the map of statuses on
+/// `tx` after each change. Retained messages arrive at once, so the first map after a
+/// short quiet period is complete. Ends with an error when the connection fails.
+pub async fn watch_status(
+    s: &ConnectSettings,
+    prefix: &str,
+    tx: mpsc::Sender<StatusMap>,
+) -> Result<(), ControlError> {
+    let (client, mut el) = short_client(s, "status");
+    let filter = crate::status::Topics::all_status_filter(prefix);
+    let mut map = StatusMap::new();
+    loop {
+        match el.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                client
+                    .try_subscribe(filter.clone(), QoS::AtLeastOnce)
+                    .map_err(|e| ControlError::Connection(e.to_string()))?;
+            }
+            Ok(Event::Incoming(Packet::SubAck(_))) => {
+                if tx.send(map.clone()).await.is_err() {
+                    return Ok(());
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                if let Ok(doc) = serde_json::from_slice::<FolderStatus>(&p.payload) {
+                    map.insert((doc.folder.clone(), doc.node.clone()), doc);
+                    if tx.send(map.clone()).await.is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                return Err(match crate::tls::describe_fatal(&e) {
+                    Some(msg) => ControlError::Refused(msg),
+                    None => ControlError::Connection(e.to_string()),
+                });
+            }
+        }
+    }
+}
+
+/// Reads the current statuses: everything that arrives until `quiet` passes without a
+/// new message (retained statuses come in a burst right after subscribing).
+pub async fn read_status(
+    s: &ConnectSettings,
+    prefix: &str,
+    quiet: Duration,
+) -> Result<StatusMap, ControlError> {
+    let (tx, mut rx) = mpsc::channel(64);
+    let settings = s.clone();
+    let prefix = prefix.to_string();
+    let task = tokio::spawn(async move { watch_status(&settings, &prefix, tx).await });
+    let deadline = Duration::from_secs(15);
+    let mut latest = None;
+    let first = tokio::time::timeout(deadline, rx.recv()).await;
+    match first {
+        Ok(Some(m)) => latest = Some(m),
+        Ok(None) => {}
+        Err(_) => {
+            task.abort();
+            return Err(ControlError::Timeout(deadline));
+        }
+    }
+    while let Ok(Some(m)) = tokio::time::timeout(quiet, rx.recv()).await {
+        latest = Some(m);
+    }
+    task.abort();
+    match latest {
+        Some(m) => Ok(m),
+        None => match task.await {
+            Ok(Err(e)) => Err(e),
+            _ => Err(ControlError::Connection("no answer from the broker".into())),
+        },
+    }
+}
+
+/// Whether the online nodes of `folder` agree: same digest, nothing pending. Returns
+/// a reason when they do not.
+pub fn folder_in_sync(map: &StatusMap, folder: &str) -> Result<usize, String> {
+    let online: Vec<&FolderStatus> = map
+        .values()
+        .filter(|d| d.folder == folder && d.state != crate::status::State::Offline)
+        .collect();
+    if online.is_empty() {
+        return Err(format!("no online node reports folder {folder}"));
+    }
+    let digest = &online[0].digest;
+    for d in &online {
+        if &d.digest != digest {
+            return Err(format!(
+                "folder {folder}: node {} has state {} but node {} has {}",
+                online[0].node, digest, d.node, d.digest
+            ));
+        }
+        if d.pending > 0 || d.state != crate::status::State::Idle {
+            return Err(format!(
+                "folder {folder}: node {} is {:?} with {} pending",
+                d.node, d.state, d.pending
+            ));
+        }
+    }
+    Ok(online.len())
 }

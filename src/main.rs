@@ -50,6 +50,36 @@ enum Cmd {
         #[arg(long, default_value = "*")]
         node: String,
     },
+    /// A table of every node of every folder, read from the retained status topics.
+    Status {
+        /// A node's configuration file, for the broker address and credentials.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Print JSON (an array of status documents) instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Keep updating until Ctrl-C.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Block until every online node of the folder(s) reports the same state with
+    /// nothing pending (for deploy scripts); exit 1 with the reason on timeout.
+    Wait {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Folder id (default: every folder of the configuration).
+        #[arg(long)]
+        folder: Option<String>,
+        /// Seconds to wait at most.
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+    },
+    /// Exit 0 when the local daemon is connected and not failing (Docker HEALTHCHECK);
+    /// reads the status files the daemon keeps in state_dir/health.
+    Healthcheck {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
     /// A local demo: embedded broker plus three nodes syncing sub-folders of DIR.
     Demo {
         /// Demo directory (folders DIR/a, DIR/b, DIR/c; state in DIR/.state).
@@ -212,6 +242,152 @@ fn main() -> Result<()> {
             );
             Ok(())
         }
+        Cmd::Status {
+            config,
+            json,
+            watch,
+        } => {
+            let cfg = load_config(config.as_deref(), HashMap::new())?;
+            init_logging(&cli.log, cfg.log_format);
+            let (connect, _) = mqsync::daemon::client(&cfg)?;
+            let prefix = cfg.broker.topic_prefix.clone();
+            rt.block_on(async {
+                if !watch {
+                    let map = mqsync::control::read_status(
+                        &connect,
+                        &prefix,
+                        std::time::Duration::from_millis(500),
+                    )
+                    .await?;
+                    print_status(&map, json)?;
+                    return Ok(());
+                }
+                let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+                let task = tokio::spawn(async move {
+                    mqsync::control::watch_status(&connect, &prefix, tx).await
+                });
+                let clear = std::io::IsTerminal::is_terminal(&std::io::stdout()) && !json;
+                loop {
+                    tokio::select! {
+                        m = rx.recv() => match m {
+                            Some(map) => {
+                                if clear {
+                                    print!("\x1b[2J\x1b[H");
+                                }
+                                print_status(&map, json)?;
+                            }
+                            None => break,
+                        },
+                        _ = shutdown_signal() => return Ok(()),
+                    }
+                }
+                match task.await {
+                    Ok(Err(e)) => Err(e.into()),
+                    _ => Ok(()),
+                }
+            })
+        }
+        Cmd::Wait {
+            config,
+            folder,
+            timeout,
+        } => {
+            let cfg = load_config(config.as_deref(), HashMap::new())?;
+            init_logging(&cli.log, cfg.log_format);
+            let folders: Vec<String> = match folder {
+                Some(f) => vec![f],
+                None => cfg.folders.iter().map(|f| f.id.clone()).collect(),
+            };
+            if folders.is_empty() {
+                bail!("no folder: give --folder ID or a configuration with [[folder]] tables");
+            }
+            let (connect, _) = mqsync::daemon::client(&cfg)?;
+            let prefix = cfg.broker.topic_prefix.clone();
+            let limit = std::time::Duration::from_secs(timeout);
+            rt.block_on(async {
+                let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+                let task = tokio::spawn(async move { mqsync::control::watch_status(&connect, &prefix, tx).await });
+                let deadline = tokio::time::Instant::now() + limit;
+                // In sync must hold for a moment: a change may not have reached anyone.
+                let settle = std::time::Duration::from_secs(1);
+                let mut last = String::from("no status received yet");
+                let mut map = mqsync::control::StatusMap::new();
+                loop {
+                    let check = folders
+                        .iter()
+                        .map(|f| mqsync::control::folder_in_sync(&map, f))
+                        .collect::<Result<Vec<_>, _>>();
+                    let wait = match &check {
+                        Ok(_) => settle,
+                        Err(e) => {
+                            last = e.clone();
+                            std::time::Duration::from_secs(3600)
+                        }
+                    };
+                    tokio::select! {
+                        m = rx.recv() => match m {
+                            Some(m) => map = m,
+                            None => break,
+                        },
+                        _ = tokio::time::sleep(wait) => {
+                            if let Ok(counts) = check {
+                                println!("in sync: {}", folders.iter().zip(counts).map(|(f, n)| format!("{f} ({n} nodes)")).collect::<Vec<_>>().join(", "));
+                                task.abort();
+                                return Ok(());
+                            }
+                        }
+                        _ = tokio::time::sleep_until(deadline) => {
+                            task.abort();
+                            bail!("not in sync after {timeout} s: {last}");
+                        }
+                    }
+                }
+                match task.await {
+                    Ok(Err(e)) => Err(e.into()),
+                    _ => bail!("status subscription ended: {last}"),
+                }
+            })
+        }
+        Cmd::Healthcheck { config } => {
+            let cfg = load_config(config.as_deref(), HashMap::new())?;
+            if cfg.folders.is_empty() {
+                bail!("no [[folder]] in the configuration: nothing to check");
+            }
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
+            let mut problems = vec![];
+            for f in &cfg.folders {
+                let path = mqsync::status::health_file(&cfg.state_dir, &f.id);
+                let doc = std::fs::read(&path)
+                    .map_err(|e| {
+                        format!(
+                            "folder {}: {}: {e} (is the daemon running?)",
+                            f.id,
+                            path.display()
+                        )
+                    })
+                    .and_then(|b| {
+                        serde_json::from_slice::<mqsync::status::FolderStatus>(&b)
+                            .map_err(|e| format!("folder {}: {}: {e}", f.id, path.display()))
+                    });
+                match doc {
+                    Ok(d) => {
+                        if let Some(p) = mqsync::status::unhealthy(&d, now) {
+                            problems.push(p);
+                        }
+                    }
+                    Err(e) => problems.push(e),
+                }
+            }
+            if problems.is_empty() {
+                println!("healthy: {} folder(s)", cfg.folders.len());
+                Ok(())
+            } else {
+                bail!("unhealthy:\n  {}", problems.join("\n  "))
+            }
+        }
         Cmd::Broker(a) => {
             init_logging(&cli.log, LogFormat::Text);
             let handle = match (&a.config, &a.certs) {
@@ -292,4 +468,59 @@ fn main() -> Result<()> {
             })
         }
     }
+}
+
+/// Prints statuses as a table (or JSON), marking nodes whose digest differs from the
+/// most common one among the folder's online nodes.
+fn print_status(map: &mqsync::control::StatusMap, json: bool) -> Result<()> {
+    if json {
+        let docs: Vec<_> = map.values().collect();
+        println!("{}", serde_json::to_string_pretty(&docs)?);
+        return Ok(());
+    }
+    let mut majority: HashMap<&str, &str> = HashMap::new();
+    let mut counts: HashMap<(&str, &str), usize> = HashMap::new();
+    for d in map
+        .values()
+        .filter(|d| d.state != mqsync::status::State::Offline)
+    {
+        *counts
+            .entry((d.folder.as_str(), d.digest.as_str()))
+            .or_default() += 1;
+    }
+    for ((f, dg), n) in &counts {
+        let best = majority.get(f).map(|b| counts[&(*f, *b)]).unwrap_or(0);
+        if *n > best || (*n == best && majority.get(f).is_some_and(|b| dg < b)) {
+            majority.insert(f, dg);
+        }
+    }
+    println!(
+        "{:<16} {:<16} {:<9} {:>8} {:>12} {:>8} {:<8} {:<17} LAST ERROR",
+        "FOLDER", "NODE", "STATE", "FILES", "BYTES", "PENDING", "IN SYNC", "DIGEST"
+    );
+    for d in map.values() {
+        let state = serde_json::to_value(d.state)?
+            .as_str()
+            .unwrap_or("?")
+            .to_string();
+        let in_sync = d.state != mqsync::status::State::Offline
+            && d.pending == 0
+            && majority.get(d.folder.as_str()) == Some(&d.digest.as_str());
+        println!(
+            "{:<16} {:<16} {:<9} {:>8} {:>12} {:>8} {:<8} {:<17} {}",
+            d.folder,
+            d.node,
+            state,
+            d.files,
+            d.bytes,
+            d.pending,
+            if in_sync { "yes" } else { "no" },
+            d.digest,
+            d.last_error.as_deref().unwrap_or("")
+        );
+    }
+    if map.is_empty() {
+        println!("(no status received: no node has published under this topic prefix yet)");
+    }
+    Ok(())
 }

@@ -125,6 +125,7 @@ struct Retry {
 
 struct Folder {
     node: String,
+    state_dir: PathBuf,
     cfg: FolderSettings,
     topics: Topics,
     keys: Keys,
@@ -200,6 +201,7 @@ impl Folder {
         }
         let mut folder = Folder {
             node: s.node_id.clone(),
+            state_dir: s.state_dir.clone(),
             topics: Topics {
                 prefix: s.topic_prefix.clone(),
                 folder: f.id.clone(),
@@ -393,10 +395,14 @@ impl Folder {
             self.applier.cancel(&p);
         }
         self.flush_store();
-        let doc = self.status_doc(State::Offline);
-        if let (Some(p), Ok(bytes)) = (&self.publisher, serde_json::to_vec(&doc)) {
-            p.publish(self.topics.status(&self.node), bytes, true);
-            p.disconnect().await;
+        let mut doc = self.status_doc(State::Offline);
+        doc.updated_ms = now_ms();
+        if let Ok(bytes) = serde_json::to_vec(&doc) {
+            self.write_health(&bytes);
+            if let Some(p) = &self.publisher {
+                p.publish(self.topics.status(&self.node), bytes, true);
+                p.disconnect().await;
+            }
         }
         Ok(())
     }
@@ -1048,6 +1054,7 @@ impl Folder {
             digest: self.engine.digest().root(),
             local_changes: self.engine.local_change_count() as u64,
             last_error: self.paused.clone().or_else(|| self.last_error.clone()),
+            connected: self.connected,
             updated_ms: 0,
         }
     }
@@ -1061,8 +1068,24 @@ impl Folder {
         self.last_status = Some(doc.clone());
         let mut doc = doc;
         doc.updated_ms = now_ms();
-        if let (Some(p), Ok(bytes)) = (&self.publisher, serde_json::to_vec(&doc)) {
+        let Ok(bytes) = serde_json::to_vec(&doc) else {
+            return;
+        };
+        self.write_health(&bytes);
+        if let Some(p) = &self.publisher {
             p.publish(self.topics.status(&self.node), bytes, true);
+        }
+    }
+
+    /// The local copy of the status for `mqsync healthcheck` (written atomically).
+    fn write_health(&self, bytes: &[u8]) {
+        let path = crate::status::health_file(&self.state_dir, &self.cfg.id);
+        let tmp = path.with_extension("json.tmp");
+        let res = std::fs::create_dir_all(path.parent().unwrap_or(&self.state_dir))
+            .and_then(|()| std::fs::write(&tmp, bytes))
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = res {
+            debug!(folder = %self.cfg.id, "cannot write {}: {e}", path.display());
         }
     }
 }

@@ -32,8 +32,43 @@ pub struct FolderStatus {
     /// Local changes not sent (receive-only folders).
     pub local_changes: u64,
     pub last_error: Option<String>,
+    /// Whether the node's connections to the broker are up.
+    pub connected: bool,
     /// Milliseconds since the Unix epoch.
     pub updated_ms: u64,
+}
+
+/// Where a node writes its latest status per folder for `mqsync healthcheck`.
+pub fn health_file(state_dir: &std::path::Path, folder: &str) -> std::path::PathBuf {
+    state_dir.join("health").join(format!("{folder}.json"))
+}
+
+/// A node counts as healthy while its status file is this fresh.
+pub const HEALTH_MAX_AGE_MS: u64 = 30_000;
+
+/// Why a folder's status is unhealthy, if it is.
+pub fn unhealthy(doc: &FolderStatus, now_ms: u64) -> Option<String> {
+    if now_ms.saturating_sub(doc.updated_ms) > HEALTH_MAX_AGE_MS {
+        return Some(format!(
+            "folder {}: status is {} s old (daemon not running or stuck)",
+            doc.folder,
+            now_ms.saturating_sub(doc.updated_ms) / 1000
+        ));
+    }
+    match doc.state {
+        State::Error | State::Offline => Some(format!(
+            "folder {}: state {:?}: {}",
+            doc.folder,
+            doc.state,
+            doc.last_error.as_deref().unwrap_or("no detail")
+        )),
+        _ if !doc.connected => Some(format!(
+            "folder {}: not connected to the broker: {}",
+            doc.folder,
+            doc.last_error.as_deref().unwrap_or("no detail")
+        )),
+        _ => None,
+    }
 }
 
 /// Topic names for one folder.
@@ -55,6 +90,11 @@ impl Topics {
 
     pub fn status(&self, node: &str) -> String {
         format!("{}/{}/status/{}", self.prefix, self.folder, node)
+    }
+
+    /// All status topics under `prefix` (every folder, every node).
+    pub fn all_status_filter(prefix: &str) -> String {
+        format!("{prefix}/+/status/+")
     }
 
     pub fn cmd(&self) -> String {

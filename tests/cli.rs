@@ -182,3 +182,86 @@ fn malformed_and_forged_messages_are_logged_and_dropped() {
     fs::write(c.folder(0).join("after.txt"), b"still syncing").unwrap();
     c.converge(&[0, 1], T, |s| s.contains_key("after.txt"));
 }
+
+fn mqsync(args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn status_wait_and_healthcheck_report_the_cluster() {
+    let mut c = Cluster::new(2);
+    c.start_node(0);
+    c.start_node(1);
+    assert!(wait_until(T, || c.folder(0).join(".mqsync").exists()
+        && c.folder(1).join(".mqsync").exists()));
+    let cfg = c.path("n1.toml");
+    let cfg = cfg.to_str().unwrap();
+    for i in 0..50 {
+        fs::write(c.folder(0).join(format!("f{i}.txt")), vec![b'x'; 1000 + i]).unwrap();
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let out = mqsync(&["wait", "--config", cfg, "--timeout", "120"]);
+    assert!(
+        out.status.success(),
+        "wait: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        snapshot(&c.folder(0)),
+        snapshot(&c.folder(1)),
+        "wait returned before the trees were equal"
+    );
+
+    let out = mqsync(&["status", "--config", cfg, "--json"]);
+    assert!(
+        out.status.success(),
+        "status: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let docs: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(docs.len(), 2, "{docs:?}");
+    assert!(
+        docs.iter()
+            .all(|d| d["files"] == 50 && d["state"] == "idle" && d["connected"] == true),
+        "{docs:?}"
+    );
+    assert_eq!(docs[0]["digest"], docs[1]["digest"]);
+    let table = mqsync(&["status", "--config", cfg]);
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.contains("IN SYNC") && table.lines().filter(|l| l.contains(" yes ")).count() == 2,
+        "{table}"
+    );
+
+    let out = mqsync(&["healthcheck", "--config", cfg]);
+    assert!(
+        out.status.success(),
+        "healthcheck: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    c.stop_node(0);
+    let out = mqsync(&["healthcheck", "--config", cfg]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Offline"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The stopped node's last will / goodbye marks it offline for everyone.
+    let out = mqsync(&[
+        "status",
+        "--config",
+        c.path("n2.toml").to_str().unwrap(),
+        "--json",
+    ]);
+    let docs: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        docs.iter()
+            .any(|d| d["node"] == "n1" && d["state"] == "offline"),
+        "{docs:?}"
+    );
+}
