@@ -152,6 +152,9 @@ pub struct FolderConfig {
     pub max_delete_percent: u64,
     /// Days a deletion record is kept before it is forgotten (1..=36500).
     pub tombstone_days: u64,
+    /// Command run with `sh -c` after a batch of remote changes was applied, with the
+    /// changed paths on stdin, one per line.
+    pub on_change: Option<String>,
 }
 
 /// Direction of sync of a folder.
@@ -468,6 +471,7 @@ struct RawFolder {
     debounce_ms: Option<u64>,
     max_delete_percent: Option<u64>,
     tombstone_days: Option<u64>,
+    on_change: Option<String>,
 }
 
 /// Collects every problem found.
@@ -657,6 +661,7 @@ impl RawConfig {
                 &mut folder.tombstone_days,
                 errors,
             );
+            env.optional_string(&format!("{prefix}ON_CHANGE"), &mut folder.on_change);
         }
     }
 
@@ -905,6 +910,7 @@ fn validate_folder(raw: RawFolder, key: &str, base: &Path, errors: &mut Errors) 
         debounce_ms,
         max_delete_percent,
         tombstone_days,
+        on_change: raw.on_change.filter(|c| !c.trim().is_empty()),
     }
 }
 

@@ -171,6 +171,7 @@ pub fn prepare(cfg: &Config) -> Result<(NodeSettings, Option<BrokerHandle>), Dae
             status_interval: Duration::from_secs(10),
             max_delete_percent: f.max_delete_percent,
             tombstone_ttl: Some(Duration::from_secs(f.tombstone_days * 86_400)),
+            on_change: f.on_change.clone(),
         })
         .collect();
     let settings = NodeSettings {

@@ -88,6 +88,7 @@ pub async fn start(
                 tombstone_ttl: Some(Duration::from_secs(
                     crate::config::DEFAULT_TOMBSTONE_DAYS * 86_400,
                 )),
+                on_change: None,
             }],
         };
         let sd = shutdown.clone();

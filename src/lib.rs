@@ -10,6 +10,7 @@ pub mod control;
 pub mod daemon;
 pub mod demo;
 pub mod engine;
+pub mod hook;
 pub mod index;
 pub mod node;
 pub mod relpath;

@@ -42,6 +42,8 @@ pub struct FolderSettings {
     pub max_delete_percent: u64,
     /// How long deletion records are kept (`None`: forever).
     pub tombstone_ttl: Option<Duration>,
+    /// Run with `sh -c` after a batch of remote changes was applied.
+    pub on_change: Option<String>,
 }
 
 /// A held mass deletion needs at least this many files: deleting 1 of 2 files is normal.
@@ -167,6 +169,9 @@ struct Folder {
     /// Set during a resync: the operator confirmed that mass deletions are wanted.
     allow_mass_delete: bool,
     last_resync: Option<Instant>,
+    /// Paths changed by remote applies since the hook last ran.
+    hook_paths: BTreeSet<RelPath>,
+    hook_running: bool,
 }
 
 impl Folder {
@@ -245,6 +250,8 @@ impl Folder {
             held_deletes: 0,
             allow_mass_delete: false,
             last_resync: None,
+            hook_paths: BTreeSet::new(),
+            hook_running: false,
             cfg: f.clone(),
         };
         let entries: Vec<Entry> = folder.engine.entries().cloned().collect();
@@ -331,6 +338,7 @@ impl Folder {
         let mut last_rescan = Instant::now();
         let mut last_status = Instant::now();
         let mut last_root_check = Instant::now();
+        let (hook_tx, mut hook_rx) = tokio::sync::mpsc::unbounded_channel::<Result<(), String>>();
         loop {
             self.engine.set_clock(now_ms());
             let publisher = self.publisher.clone();
@@ -371,8 +379,16 @@ impl Folder {
                     }
                     self.publish_status(self.current_state());
                 }
+                Some(res) = hook_rx.recv() => {
+                    self.hook_running = false;
+                    if let Err(e) = res {
+                        warn!(folder = %self.cfg.id, "{e}");
+                        self.last_error = Some(e);
+                    }
+                }
                 _ = shutdown.changed() => break,
             }
+            self.maybe_run_hook(&hook_tx);
             // Drain what else is already queued before the expensive steps.
             while let Ok(ev) = fs_rx.try_recv() {
                 self.on_fs(ev);
@@ -422,6 +438,34 @@ impl Folder {
                 (None, tokio::sync::mpsc::unbounded_channel().1)
             }
         }
+    }
+
+    /// Starts the on_change hook once a batch of remote changes is complete (nothing
+    /// pending) and no earlier run is still going.
+    fn maybe_run_hook(&mut self, tx: &tokio::sync::mpsc::UnboundedSender<Result<(), String>>) {
+        let Some(cmd) = self.cfg.on_change.clone() else {
+            return;
+        };
+        if self.hook_running
+            || self.hook_paths.is_empty()
+            || self.engine.pending_count() > 0
+            || self.applier.in_flight() > 0
+        {
+            return;
+        }
+        self.hook_running = true;
+        let paths: Vec<RelPath> = std::mem::take(&mut self.hook_paths).into_iter().collect();
+        debug!(folder = %self.cfg.id, paths = paths.len(), "running on_change hook");
+        let (root, folder, node, tx) = (
+            self.cfg.path.clone(),
+            self.cfg.id.clone(),
+            self.node.clone(),
+            tx.clone(),
+        );
+        tokio::spawn(async move {
+            let res = crate::hook::run(&cmd, &root, &folder, &node, &paths).await;
+            let _ = tx.send(res);
+        });
     }
 
     fn on_net(&mut self, ev: NetEvent) {
@@ -878,6 +922,9 @@ impl Folder {
                 conflict_copy,
             } => {
                 debug!(folder = %self.cfg.id, %path, "applied");
+                if self.cfg.on_change.is_some() {
+                    self.hook_paths.insert(path.clone());
+                }
                 match meta {
                     Some(m) => self.known.insert(path.clone(), m),
                     None => self.known.remove(&path),

@@ -265,3 +265,39 @@ fn status_wait_and_healthcheck_report_the_cluster() {
         "{docs:?}"
     );
 }
+
+#[test]
+fn the_on_change_hook_gets_the_changed_paths_and_its_failure_is_not_fatal() {
+    let mut c = Cluster::new(2);
+    let hook_log = c.path("hook.log");
+    let hook = format!("cat >> {}; test ! -e fail", hook_log.display());
+    c.write_config(1, |t| {
+        t.replace("ignore = [", &format!("on_change = \"{hook}\"\nignore = ["))
+    });
+    c.start_node(0);
+    c.start_node(1);
+    let (a, b) = (c.folder(0), c.folder(1));
+    assert!(wait_until(T, || a.join(".mqsync").exists()
+        && b.join(".mqsync").exists()));
+    fs::create_dir_all(a.join("conf")).unwrap();
+    fs::write(a.join("conf/app.yml"), b"x: 1").unwrap();
+    fs::write(a.join("top.txt"), b"t").unwrap();
+    let seen = || fs::read_to_string(&hook_log).unwrap_or_default();
+    assert!(
+        wait_until(T, || seen().contains("conf/app.yml\n")
+            && seen().contains("top.txt\n")),
+        "hook saw: {:?}",
+        seen()
+    );
+    // A failing hook is reported and syncing goes on.
+    fs::write(a.join("fail"), b"make the hook fail").unwrap();
+    let n2 = c.nodes[1].as_ref().unwrap();
+    assert!(
+        wait_until(T, || n2.log_text().contains("on_change hook failed")),
+        "{}",
+        n2.log_text()
+    );
+    fs::write(a.join("after.txt"), b"still syncing").unwrap();
+    c.converge(&[0, 1], T, |s| s.contains_key("after.txt"));
+    assert!(c.nodes[1].as_mut().unwrap().is_running());
+}
