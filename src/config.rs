@@ -83,6 +83,8 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// Log output format.
     pub log_format: LogFormat,
+    /// Address of the optional Prometheus metrics listener (`GET /metrics`).
+    pub metrics_listen: Option<SocketAddr>,
     /// How to reach (or start) the MQTT broker.
     pub broker: BrokerConfig,
     /// Keys.
@@ -433,6 +435,7 @@ struct RawConfig {
     node_id: Option<String>,
     state_dir: Option<PathBuf>,
     log_format: Option<String>,
+    metrics_listen: Option<String>,
     #[serde(default)]
     broker: RawBroker,
     #[serde(default)]
@@ -589,6 +592,7 @@ impl RawConfig {
         env.string("MQSYNC_NODE_ID", &mut self.node_id);
         env.path("MQSYNC_STATE_DIR", &mut self.state_dir);
         env.string("MQSYNC_LOG_FORMAT", &mut self.log_format);
+        env.optional_string("MQSYNC_METRICS_LISTEN", &mut self.metrics_listen);
 
         let b = &mut self.broker;
         env.optional_string("MQSYNC_BROKER_URL", &mut b.url);
@@ -719,6 +723,12 @@ impl RawConfig {
             }),
         };
 
+        let metrics_listen = self.metrics_listen.as_deref().and_then(|s| {
+            s.parse::<SocketAddr>()
+                .map_err(|e| errors.push("metrics_listen", format!("{s:?} is not IP:PORT: {e}")))
+                .ok()
+        });
+
         let broker = validate_broker(self.broker, base, errors);
         let security = SecurityConfig {
             group_key_file: self.security.group_key_file.map(|p| resolve(base, p)),
@@ -738,6 +748,7 @@ impl RawConfig {
             node_id,
             state_dir,
             log_format,
+            metrics_listen,
             broker,
             security,
             folders,

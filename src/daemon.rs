@@ -46,6 +46,8 @@ pub enum DaemonError {
     },
     #[error(transparent)]
     Node(#[from] node::NodeError),
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
 }
 
 /// Largest MQTT packet the nodes send or accept: a chunk message plus headroom.
@@ -187,6 +189,10 @@ pub fn prepare(cfg: &Config) -> Result<(NodeSettings, Option<BrokerHandle>), Dae
 
 /// Runs the daemon until `shutdown` turns true.
 pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<(), DaemonError> {
+    if let Some(addr) = cfg.metrics_listen {
+        crate::metrics::install(addr)?;
+        tracing::info!(%addr, "Prometheus metrics on http://{addr}/metrics");
+    }
     let (settings, _broker) = prepare(&cfg)?;
     node::run(settings, shutdown).await?;
     Ok(())

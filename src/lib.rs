@@ -12,6 +12,7 @@ pub mod demo;
 pub mod engine;
 pub mod hook;
 pub mod index;
+pub mod metrics;
 pub mod node;
 pub mod relpath;
 pub mod scanner;

@@ -172,6 +172,8 @@ struct Folder {
     /// Paths changed by remote applies since the hook last ran.
     hook_paths: BTreeSet<RelPath>,
     hook_running: bool,
+    /// When each in-flight apply started, for the latency histogram.
+    apply_started: HashMap<RelPath, Instant>,
 }
 
 impl Folder {
@@ -252,6 +254,7 @@ impl Folder {
             last_resync: None,
             hook_paths: BTreeSet::new(),
             hook_running: false,
+            apply_started: HashMap::new(),
             cfg: f.clone(),
         };
         let entries: Vec<Entry> = folder.engine.entries().cloned().collect();
@@ -506,9 +509,16 @@ impl Folder {
                 if sender == self.node {
                     return;
                 }
+                let folder = self.cfg.id.clone();
+                metrics::counter!("mqsync_messages_received_total", "folder" => folder.clone())
+                    .increment(1);
+                metrics::counter!("mqsync_bytes_received_total", "folder" => folder.clone())
+                    .increment(payload.len() as u64);
                 match wire::decode(&payload, &topic, sender, &self.keys) {
                     Ok(env) => self.on_message(env),
                     Err(e) => {
+                        metrics::counter!("mqsync_messages_rejected_total", "folder" => folder)
+                            .increment(1);
                         warn!(folder = %self.cfg.id, %topic, bytes = payload.len(), "dropping message: {e}")
                     }
                 }
@@ -870,6 +880,9 @@ impl Folder {
     }
 
     fn start_apply(&mut self, entry: Entry, conflict_copy: Option<RelPath>) {
+        self.apply_started
+            .entry(entry.path.clone())
+            .or_insert_with(Instant::now);
         let expected = self.known.get(&entry.path).copied();
         let path = entry.path.clone();
         let source = self.source.clone();
@@ -922,6 +935,15 @@ impl Folder {
                 conflict_copy,
             } => {
                 debug!(folder = %self.cfg.id, %path, "applied");
+                let folder = self.cfg.id.clone();
+                metrics::counter!("mqsync_applied_total", "folder" => folder.clone()).increment(1);
+                if let Some(t) = self.apply_started.remove(&path) {
+                    metrics::histogram!("mqsync_apply_seconds", "folder" => folder.clone())
+                        .record(t.elapsed().as_secs_f64());
+                }
+                if conflict_copy.is_some() {
+                    metrics::counter!("mqsync_conflicts_total", "folder" => folder).increment(1);
+                }
                 if self.cfg.on_change.is_some() {
                     self.hook_paths.insert(path.clone());
                 }
@@ -941,17 +963,22 @@ impl Folder {
                 error,
             } => match error {
                 ApplyError::ChangedLocally(_) => {
+                    self.apply_started.remove(&path);
                     debug!(folder = %self.cfg.id, %path, "changed locally during apply; rescanning");
                     self.scan_paths(std::slice::from_ref(&path));
                     self.engine.handle_applied(&path, &version, false);
                 }
                 e if e.retryable() => {
                     if !matches!(e, ApplyError::NotEmpty(_)) {
+                        metrics::counter!("mqsync_apply_errors_total", "folder" => self.cfg.id.clone()).increment(1);
                         warn!(folder = %self.cfg.id, %path, "apply failed, will retry: {e}");
                         self.last_error = Some(e.to_string());
                     }
                 }
                 e => {
+                    self.apply_started.remove(&path);
+                    metrics::counter!("mqsync_apply_errors_total", "folder" => self.cfg.id.clone())
+                        .increment(1);
                     error!(folder = %self.cfg.id, %path, "apply refused: {e}");
                     self.last_error = Some(e.to_string());
                     self.engine.handle_applied(&path, &version, false);
@@ -1072,8 +1099,20 @@ impl Folder {
             from: self.node.clone(),
             msg,
         };
+        let kind = match &env.msg {
+            Message::Manifest { .. } => "manifest",
+            Message::Chunks { .. } => "chunks",
+            Message::Digest { .. } => "digest",
+            Message::Request { .. } => "request",
+        };
         match wire::encode(&env, &topic, &self.keys) {
-            Ok(bytes) => p.publish(topic, bytes, false),
+            Ok(bytes) => {
+                let folder = self.cfg.id.clone();
+                metrics::counter!("mqsync_messages_sent_total", "folder" => folder.clone(), "kind" => kind).increment(1);
+                metrics::counter!("mqsync_bytes_sent_total", "folder" => folder)
+                    .increment(bytes.len() as u64);
+                p.publish(topic, bytes, false)
+            }
             Err(e) => error!(folder = %self.cfg.id, "cannot encode message: {e}"),
         }
     }
@@ -1115,6 +1154,15 @@ impl Folder {
         self.last_status = Some(doc.clone());
         let mut doc = doc;
         doc.updated_ms = now_ms();
+        let folder = self.cfg.id.clone();
+        metrics::gauge!("mqsync_files", "folder" => folder.clone()).set(doc.files as f64);
+        metrics::gauge!("mqsync_bytes", "folder" => folder.clone()).set(doc.bytes as f64);
+        metrics::gauge!("mqsync_pending", "folder" => folder.clone()).set(doc.pending as f64);
+        metrics::gauge!("mqsync_connected", "folder" => folder).set(if doc.connected {
+            1.0
+        } else {
+            0.0
+        });
         let Ok(bytes) = serde_json::to_vec(&doc) else {
             return;
         };

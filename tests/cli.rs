@@ -301,3 +301,47 @@ fn the_on_change_hook_gets_the_changed_paths_and_its_failure_is_not_fatal() {
     c.converge(&[0, 1], T, |s| s.contains_key("after.txt"));
     assert!(c.nodes[1].as_mut().unwrap().is_running());
 }
+
+#[test]
+fn prometheus_metrics_count_what_was_synced() {
+    let mut c = Cluster::new(2);
+    let port = free_port();
+    c.write_config(1, |t| format!("metrics_listen = \"127.0.0.1:{port}\"\n{t}"));
+    c.start_node(0);
+    c.start_node(1);
+    assert!(wait_until(T, || c.folder(1).join(".mqsync").exists()));
+    for i in 0..5 {
+        fs::write(c.folder(0).join(format!("m{i}.txt")), b"metric").unwrap();
+    }
+    c.converge(&[0, 1], T, |s| s.len() == 5);
+    let scrape = || -> String {
+        use std::io::{Read, Write};
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+            return String::new();
+        };
+        let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let mut body = String::new();
+        let _ = s.read_to_string(&mut body);
+        body
+    };
+    let applied = |m: &str| {
+        m.lines()
+            .find(|l| l.starts_with("mqsync_applied_total{folder=\"shared\"}"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    assert!(wait_until(T, || applied(&scrape()) >= 5.0), "{}", scrape());
+    // Gauges follow the status, refreshed a few times a second.
+    assert!(wait_until(T, || scrape().contains("mqsync_files{folder=\"shared\"} 5")), "{}", scrape());
+    let m = scrape();
+    for name in [
+        "mqsync_messages_received_total",
+        "mqsync_bytes_received_total",
+        "mqsync_apply_seconds",
+        "mqsync_files{folder=\"shared\"} 5",
+        "mqsync_connected{folder=\"shared\"} 1",
+    ] {
+        assert!(m.contains(name), "{name} missing from:\n{m}");
+    }
+}
