@@ -203,7 +203,13 @@ fn status_wait_and_healthcheck_report_the_cluster() {
     for i in 0..50 {
         fs::write(c.folder(0).join(format!("f{i}.txt")), vec![b'x'; 1000 + i]).unwrap();
     }
-    std::thread::sleep(Duration::from_secs(1));
+    // Once the writer reports its new state, `wait` must hold out for the other node.
+    let writer_reports_50 = || {
+        let out = mqsync(&["status", "--config", cfg, "--json"]);
+        let docs: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        docs.iter().any(|d| d["node"] == "n1" && d["files"] == 50)
+    };
+    assert!(wait_until(T, writer_reports_50));
     let out = mqsync(&["wait", "--config", cfg, "--timeout", "120"]);
     assert!(
         out.status.success(),
@@ -333,7 +339,11 @@ fn prometheus_metrics_count_what_was_synced() {
     };
     assert!(wait_until(T, || applied(&scrape()) >= 5.0), "{}", scrape());
     // Gauges follow the status, refreshed a few times a second.
-    assert!(wait_until(T, || scrape().contains("mqsync_files{folder=\"shared\"} 5")), "{}", scrape());
+    assert!(
+        wait_until(T, || scrape().contains("mqsync_files{folder=\"shared\"} 5")),
+        "{}",
+        scrape()
+    );
     let m = scrape();
     for name in [
         "mqsync_messages_received_total",
