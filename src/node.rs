@@ -48,6 +48,8 @@ pub struct FolderSettings {
 
 /// A held mass deletion needs at least this many files: deleting 1 of 2 files is normal.
 const MASS_DELETE_MIN_FILES: usize = 10;
+/// Local deletions are sent once no new one has been seen for this long.
+const DELETE_GRACE: Duration = Duration::from_secs(1);
 /// Least time between two resyncs of a folder (the cmd topic needs no key).
 const RESYNC_MIN_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -169,6 +171,9 @@ struct Folder {
     /// Set during a resync: the operator confirmed that mass deletions are wanted.
     allow_mass_delete: bool,
     last_resync: Option<Instant>,
+    /// Local deletions waiting for the grace period (or held), with when first seen.
+    pending_deletes: BTreeMap<RelPath, Instant>,
+    last_delete_seen: Option<Instant>,
     /// Paths changed by remote applies since the hook last ran.
     hook_paths: BTreeSet<RelPath>,
     hook_running: bool,
@@ -252,6 +257,8 @@ impl Folder {
             held_deletes: 0,
             allow_mass_delete: false,
             last_resync: None,
+            pending_deletes: BTreeMap::new(),
+            last_delete_seen: None,
             hook_paths: BTreeSet::new(),
             hook_running: false,
             apply_started: HashMap::new(),
@@ -658,6 +665,7 @@ impl Folder {
     }
 
     fn on_tick(&mut self, now: Instant) {
+        self.release_deletes(now);
         if self.recheck.iter().any(|(_, at)| now >= *at) {
             let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.recheck)
                 .into_iter()
@@ -762,41 +770,91 @@ impl Folder {
         }
     }
 
-    /// Holds back the deletions of a scan that would remove more than
-    /// `max_delete_percent` of the folder: a wiped or swapped volume must not be
-    /// mirrored everywhere. They stay out of the index, so every scan finds them again
-    /// until a resync confirms them.
+    /// Local deletions wait until no new one has been seen for `DELETE_GRACE`, so that
+    /// a large delete (a wiped or swapped volume, an `rm -rf` slower than the debounce)
+    /// is judged as a whole by `release_deletes`. A resync lets them through at once.
     fn guard_mass_delete(&mut self, changed: &mut Vec<Observed>) {
         if self.allow_mass_delete || self.cfg.max_delete_percent >= 100 {
             self.held_deletes = 0;
+            let waiting = std::mem::take(&mut self.pending_deletes);
+            changed.extend(
+                waiting
+                    .into_keys()
+                    .filter(|p| self.is_absent(p))
+                    .map(|path| Observed {
+                        path,
+                        content: Content::Deleted,
+                        meta: None,
+                    }),
+            );
             return;
         }
-        let deletes = changed
-            .iter()
-            .filter(|o| {
-                o.content.is_deleted()
-                    && self
-                        .engine
-                        .entry(&o.path)
-                        .is_some_and(|e| !e.content.is_deleted())
-            })
-            .count();
-        let (present, _) = self.engine.present();
-        if deletes < MASS_DELETE_MIN_FILES
-            || (deletes as u64) * 100 <= self.cfg.max_delete_percent * present
+        let now = Instant::now();
+        let before = changed.len();
+        let engine = &self.engine;
+        let pending = &mut self.pending_deletes;
+        changed.retain(|o| {
+            let is_delete = o.content.is_deleted()
+                && engine
+                    .entry(&o.path)
+                    .is_some_and(|e| !e.content.is_deleted());
+            if is_delete {
+                pending.entry(o.path.clone()).or_insert(now);
+            }
+            !is_delete
+        });
+        if changed.len() != before {
+            self.last_delete_seen = Some(now);
+        }
+    }
+
+    fn is_absent(&self, path: &RelPath) -> bool {
+        std::fs::symlink_metadata(path.to_local(&self.cfg.path))
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+    }
+
+    /// Sends the waiting local deletions once they have been quiet for `DELETE_GRACE`,
+    /// unless together they would delete more than `max_delete_percent` of the folder
+    /// (and at least `MASS_DELETE_MIN_FILES` files): then they are held, reported, and
+    /// wait for an operator's resync.
+    fn release_deletes(&mut self, now: Instant) {
+        if self.pending_deletes.is_empty()
+            || self
+                .last_delete_seen
+                .is_some_and(|t| now.duration_since(t) < DELETE_GRACE)
         {
             return;
         }
-        changed.retain(|o| !o.content.is_deleted());
-        if deletes != self.held_deletes {
-            let msg = format!(
-                "{deletes} of {present} files were deleted locally, more than max_delete_percent = {}%; holding the deletions. If they are wanted, run `mqsync resync --folder {}`",
-                self.cfg.max_delete_percent, self.cfg.id
-            );
-            warn!(folder = %self.cfg.id, "{msg}");
-            self.last_error = Some(msg);
+        let waiting = std::mem::take(&mut self.pending_deletes);
+        let (gone, back): (Vec<_>, Vec<_>) =
+            waiting.into_iter().partition(|(p, _)| self.is_absent(p));
+        // Paths that came back are ordinary changes again; the scan sees them.
+        self.dirty.extend(back.into_iter().map(|(p, _)| p));
+        let deletes = gone.len();
+        let (present, _) = self.engine.present();
+        if deletes >= MASS_DELETE_MIN_FILES
+            && (deletes as u64) * 100 > self.cfg.max_delete_percent * present
+        {
+            if deletes != self.held_deletes {
+                let msg = format!(
+                    "{deletes} of {present} files were deleted locally, more than max_delete_percent = {}%; holding the deletions. If they are wanted, run `mqsync resync --folder {}`",
+                    self.cfg.max_delete_percent, self.cfg.id
+                );
+                warn!(folder = %self.cfg.id, "{msg}");
+                self.last_error = Some(msg);
+            }
+            self.held_deletes = deletes;
+            self.pending_deletes = gone.into_iter().collect();
+            // Checked again at the next new deletion (or resync), not on every tick.
+            self.last_delete_seen = Some(now + Duration::from_secs(3600));
+            return;
         }
-        self.held_deletes = deletes;
+        self.held_deletes = 0;
+        for (p, _) in gone {
+            self.known.remove(&p);
+            self.engine.handle_local(p, Content::Deleted);
+        }
+        self.process();
     }
 
     fn add_locations(&mut self, path: &RelPath, content: &Content) {
