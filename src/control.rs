@@ -67,18 +67,21 @@ pub async fn publish(
                     }
                 }
                 Ok(_) => {}
-                Err(e) => {
-                    return Err(match crate::tls::describe_fatal(&e) {
-                        Some(msg) => ControlError::Refused(msg),
-                        None => ControlError::Connection(e.to_string()),
-                    });
-                }
+                Err(e) => return Err(connection_error(&e)),
             }
         }
     };
     tokio::time::timeout(timeout, work)
         .await
         .map_err(|_| ControlError::Timeout(timeout))?
+}
+
+/// A refused connection (certificates, authorisation) or another connection failure.
+fn connection_error(e: &rumqttc::ConnectionError) -> ControlError {
+    match crate::tls::describe_fatal(e) {
+        Some(msg) => ControlError::Refused(msg),
+        None => ControlError::Connection(e.to_string()),
+    }
 }
 
 fn short_client(s: &ConnectSettings, role: &str) -> (AsyncClient, EventLoop) {
@@ -129,12 +132,7 @@ pub async fn watch_status(
                 }
             }
             Ok(_) => {}
-            Err(e) => {
-                return Err(match crate::tls::describe_fatal(&e) {
-                    Some(msg) => ControlError::Refused(msg),
-                    None => ControlError::Connection(e.to_string()),
-                });
-            }
+            Err(e) => return Err(connection_error(&e)),
         }
     }
 }

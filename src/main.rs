@@ -222,13 +222,7 @@ fn main() -> Result<()> {
         } => {
             let cfg = load_config(config.as_deref(), HashMap::new())?;
             init_logging(&cli.log, cfg.log_format);
-            let folders: Vec<String> = match folder {
-                Some(f) => vec![f],
-                None => cfg.folders.iter().map(|f| f.id.clone()).collect(),
-            };
-            if folders.is_empty() {
-                bail!("no folder: give --folder ID or a configuration with [[folder]] tables");
-            }
+            let folders = folder_ids(&cfg, folder)?;
             let (connect, _keys) = mqsync::daemon::client(&cfg)?;
             let topics: Vec<String> = folders
                 .iter()
@@ -294,13 +288,7 @@ fn main() -> Result<()> {
         } => {
             let cfg = load_config(config.as_deref(), HashMap::new())?;
             init_logging(&cli.log, cfg.log_format);
-            let folders: Vec<String> = match folder {
-                Some(f) => vec![f],
-                None => cfg.folders.iter().map(|f| f.id.clone()).collect(),
-            };
-            if folders.is_empty() {
-                bail!("no folder: give --folder ID or a configuration with [[folder]] tables");
-            }
+            let folders = folder_ids(&cfg, folder)?;
             let (connect, _) = mqsync::daemon::client(&cfg)?;
             let prefix = cfg.broker.topic_prefix.clone();
             let limit = std::time::Duration::from_secs(timeout);
@@ -468,6 +456,18 @@ fn main() -> Result<()> {
             })
         }
     }
+}
+
+/// The folder given on the command line, or else every folder of the configuration.
+fn folder_ids(cfg: &Config, folder: Option<String>) -> Result<Vec<String>> {
+    let folders: Vec<String> = match folder {
+        Some(f) => vec![f],
+        None => cfg.folders.iter().map(|f| f.id.clone()).collect(),
+    };
+    if folders.is_empty() {
+        bail!("no folder: give --folder ID or a configuration with [[folder]] tables");
+    }
+    Ok(folders)
 }
 
 /// Prints statuses as a table (or JSON), marking nodes whose digest differs from the
