@@ -146,27 +146,9 @@ fn three_nodes_keep_one_folder_identical() {
     });
 
     // Nothing ping-pongs: after convergence no node keeps publishing changes.
-    let before: Vec<_> = (0..3)
-        .map(|i| {
-            c.nodes[i]
-                .as_ref()
-                .unwrap()
-                .log_text()
-                .matches("announce")
-                .count()
-        })
-        .collect();
+    let before: Vec<_> = (0..3).map(|i| log_count(&c, i, "announce")).collect();
     std::thread::sleep(Duration::from_secs(2));
-    let after: Vec<_> = (0..3)
-        .map(|i| {
-            c.nodes[i]
-                .as_ref()
-                .unwrap()
-                .log_text()
-                .matches("announce")
-                .count()
-        })
-        .collect();
+    let after: Vec<_> = (0..3).map(|i| log_count(&c, i, "announce")).collect();
     assert_eq!(before, after, "nodes keep announcing after convergence");
 }
 
