@@ -2,7 +2,8 @@
 //! target from local chunks (renames and copies cost no transfer) and received chunks,
 //! then fsynced and renamed into place, so a half-received file is never visible under
 //! its name. Every write stays below the folder root: no path component on the way may
-//! be a symlink, and the target is re-checked against what the index expects before it
+//! be a symlink (parents are opened with `O_NOFOLLOW` and held open, so one swapped in
+//! during an apply changes nothing), and the target is re-checked against what the index expects before it
 //! is replaced, so a local edit made meanwhile is never overwritten blindly.
 
 use crate::chunker;
@@ -16,6 +17,9 @@ use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+mod parent;
+use parent::ParentDir;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
@@ -74,6 +78,7 @@ struct Fetch {
     entry: Entry,
     conflict_copy: Option<RelPath>,
     expected: Option<LocalMeta>,
+    parent: ParentDir,
     tmp: PathBuf,
     file: File,
     missing: HashMap<Hash, Vec<u64>>,
@@ -221,16 +226,15 @@ impl Applier {
             }
             f.last_progress = Instant::now();
             if let Some(e) = failed {
-                let f = self.fetches.remove(&p).map(|f| (f.tmp, f.entry.version));
-                if let Some((tmp, version)) = f {
-                    let _ = fs::remove_file(&tmp);
+                if let Some(f) = self.fetches.remove(&p) {
+                    let _ = fs::remove_file(&f.tmp);
                     out.push(Outcome::Failed {
-                        path: p,
-                        version,
                         error: ApplyError::Io {
-                            path: tmp,
+                            path: f.parent.shown(p.file_name()),
                             source: e,
                         },
+                        path: p,
+                        version: f.entry.version,
                     });
                 }
                 continue;
@@ -300,10 +304,11 @@ impl Applier {
         let Content::File { size, chunks, .. } = &entry.content else {
             return Outcome::Waiting;
         };
-        if let Err(e) = ensure_parents(&self.root, &path) {
-            return fail(e);
-        }
-        let tmp = temp_path(&path.to_local(&self.root));
+        let parent = match ParentDir::open(&self.root, &path, true) {
+            Ok(p) => p,
+            Err(e) => return fail(e),
+        };
+        let tmp = temp_path(&parent.entry(path.file_name()));
         let file = match OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -360,6 +365,7 @@ impl Applier {
             entry,
             conflict_copy,
             expected,
+            parent,
             tmp,
             file,
             missing,
@@ -383,17 +389,24 @@ impl Applier {
         let Content::File { mode, mtime_ns, .. } = f.entry.content else {
             return Outcome::Waiting;
         };
+        let shown = f.parent.shown(path.file_name());
         let res = (|| {
             f.file
                 .set_permissions(fs::Permissions::from_mode(mode))
-                .map_err(io_err(&f.tmp))?;
+                .map_err(io_err(&shown))?;
             let mtime = filetime::FileTime::from_unix_time(
                 mtime_ns.div_euclid(1_000_000_000),
                 mtime_ns.rem_euclid(1_000_000_000) as u32,
             );
-            filetime::set_file_handle_times(&f.file, None, Some(mtime)).map_err(io_err(&f.tmp))?;
-            f.file.sync_all().map_err(io_err(&f.tmp))?;
-            self.replace(&path, &f.tmp, f.expected, f.conflict_copy.as_ref())
+            filetime::set_file_handle_times(&f.file, None, Some(mtime)).map_err(io_err(&shown))?;
+            f.file.sync_all().map_err(io_err(&shown))?;
+            self.replace(
+                &f.parent,
+                &path,
+                &f.tmp,
+                f.expected,
+                f.conflict_copy.as_ref(),
+            )
         })();
         match res {
             Ok(meta) => Outcome::Done {
@@ -417,34 +430,37 @@ impl Applier {
     /// aside, renames `tmp` over the target and makes the rename durable.
     fn replace(
         &self,
+        parent: &ParentDir,
         path: &RelPath,
         tmp: &Path,
         expected: Option<LocalMeta>,
         conflict_copy: Option<&RelPath>,
     ) -> Result<Option<LocalMeta>, ApplyError> {
-        let target = path.to_local(&self.root);
-        let current = current_meta(&target)?;
+        let name = path.file_name();
+        let (target, shown) = (parent.entry(name), parent.shown(name));
+        let current = current_meta(&target, &shown)?;
         if current != expected {
             if let (Some(cur), Some(_)) = (current, expected) {
                 tracing::debug!(?cur, ?expected, "target changed");
             }
             if current.is_some() {
-                return Err(ApplyError::ChangedLocally(target));
+                return Err(ApplyError::ChangedLocally(shown));
             }
         }
         if current.is_some_and(|m| m.mode & libc::S_IFMT == libc::S_IFDIR) {
             // A directory cannot be replaced by a file; the engine deletes children
             // first, so an empty one is removed here.
-            fs::remove_dir(&target).map_err(|_| ApplyError::NotEmpty(target.clone()))?;
+            fs::remove_dir(&target).map_err(|_| ApplyError::NotEmpty(shown.clone()))?;
         }
         if let (Some(cc), Some(_)) = (conflict_copy, current) {
-            ensure_parents(&self.root, cc)?;
-            let to = cc.to_local(&self.root);
-            fs::rename(&target, &to).map_err(io_err(&to))?;
+            let cc_parent = ParentDir::open(&self.root, cc, true)?;
+            let to = cc_parent.entry(cc.file_name());
+            fs::rename(&target, &to).map_err(io_err(&cc_parent.shown(cc.file_name())))?;
+            cc_parent.sync();
         }
-        fs::rename(tmp, &target).map_err(io_err(&target))?;
-        sync_parent(&target);
-        current_meta(&target)
+        fs::rename(tmp, &target).map_err(io_err(&shown))?;
+        parent.sync();
+        current_meta(&target, &shown)
     }
 
     fn apply_dir(
@@ -453,22 +469,32 @@ impl Applier {
         mode: u32,
         expected: Option<LocalMeta>,
     ) -> Result<Option<LocalMeta>, ApplyError> {
-        let target = path.to_local(&self.root);
-        ensure_parents(&self.root, path)?;
-        match current_meta(&target)? {
+        let parent = ParentDir::open(&self.root, path, true)?;
+        let (target, shown) = (
+            parent.entry(path.file_name()),
+            parent.shown(path.file_name()),
+        );
+        match current_meta(&target, &shown)? {
             Some(m) if m.mode & libc::S_IFMT == libc::S_IFDIR => {}
             Some(m) => {
                 if Some(m) != expected {
-                    return Err(ApplyError::ChangedLocally(target));
+                    return Err(ApplyError::ChangedLocally(shown));
                 }
-                fs::remove_file(&target).map_err(io_err(&target))?;
-                fs::create_dir(&target).map_err(io_err(&target))?;
+                fs::remove_file(&target).map_err(io_err(&shown))?;
+                fs::create_dir(&target).map_err(io_err(&shown))?;
             }
-            None => fs::create_dir(&target).map_err(io_err(&target))?,
+            None => fs::create_dir(&target).map_err(io_err(&shown))?,
         }
-        fs::set_permissions(&target, fs::Permissions::from_mode(mode)).map_err(io_err(&target))?;
-        sync_parent(&target);
-        current_meta(&target)
+        // Through a descriptor opened without following links: chmod on the path would
+        // follow a symlink swapped in since the check.
+        OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+            .open(&target)
+            .and_then(|d| d.set_permissions(fs::Permissions::from_mode(mode)))
+            .map_err(io_err(&shown))?;
+        parent.sync();
+        current_meta(&target, &shown)
     }
 
     fn apply_symlink(
@@ -478,10 +504,10 @@ impl Applier {
         expected: Option<LocalMeta>,
         conflict_copy: Option<&RelPath>,
     ) -> Result<Option<LocalMeta>, ApplyError> {
-        ensure_parents(&self.root, path)?;
-        let tmp = temp_path(&path.to_local(&self.root));
-        symlink(link_target, &tmp).map_err(io_err(&tmp))?;
-        self.replace(path, &tmp, expected, conflict_copy)
+        let parent = ParentDir::open(&self.root, path, true)?;
+        let tmp = temp_path(&parent.entry(path.file_name()));
+        symlink(link_target, &tmp).map_err(io_err(&parent.shown(path.file_name())))?;
+        self.replace(&parent, path, &tmp, expected, conflict_copy)
             .inspect_err(|_| {
                 let _ = fs::remove_file(&tmp);
             })
@@ -492,39 +518,42 @@ impl Applier {
         path: &RelPath,
         expected: Option<LocalMeta>,
     ) -> Result<Option<LocalMeta>, ApplyError> {
-        let target = path.to_local(&self.root);
-        if check_parents(&self.root, path, false).is_err() {
+        let Ok(parent) = ParentDir::open(&self.root, path, false) else {
             // A parent is gone or unsafe: the path cannot be there (below the root).
             return Ok(None);
-        }
-        match current_meta(&target)? {
+        };
+        let (target, shown) = (
+            parent.entry(path.file_name()),
+            parent.shown(path.file_name()),
+        );
+        match current_meta(&target, &shown)? {
             None => Ok(None),
             Some(m) if m.mode & libc::S_IFMT == libc::S_IFDIR => match fs::remove_dir(&target) {
                 Ok(()) => {
-                    sync_parent(&target);
+                    parent.sync();
                     Ok(None)
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-                Err(_) => Err(ApplyError::NotEmpty(target)),
+                Err(_) => Err(ApplyError::NotEmpty(shown)),
             },
             Some(m) => {
                 if Some(m) != expected {
-                    return Err(ApplyError::ChangedLocally(target));
+                    return Err(ApplyError::ChangedLocally(shown));
                 }
-                fs::remove_file(&target).map_err(io_err(&target))?;
-                sync_parent(&target);
+                fs::remove_file(&target).map_err(io_err(&shown))?;
+                parent.sync();
                 Ok(None)
             }
         }
     }
 }
 
-fn current_meta(target: &Path) -> Result<Option<LocalMeta>, ApplyError> {
+fn current_meta(target: &Path, shown: &Path) -> Result<Option<LocalMeta>, ApplyError> {
     match fs::symlink_metadata(target) {
         Ok(md) => Ok(Some(local_meta(&md))),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(ApplyError::Io {
-            path: target.to_path_buf(),
+            path: shown.to_path_buf(),
             source: e,
         }),
     }
@@ -533,38 +562,7 @@ fn current_meta(target: &Path) -> Result<Option<LocalMeta>, ApplyError> {
 /// Creates missing parent directories of `rel` below `root`, refusing to pass through
 /// a symlink or a non-directory (which could lead outside the root).
 pub fn ensure_parents(root: &Path, rel: &RelPath) -> Result<(), ApplyError> {
-    check_parents(root, rel, true)
-}
-
-/// Checks every parent of `rel` is a real directory below `root`; creates missing ones
-/// when `create` is set, and fails on them otherwise.
-fn check_parents(root: &Path, rel: &RelPath, create: bool) -> Result<(), ApplyError> {
-    let mut dir = root.to_path_buf();
-    let parts: Vec<&str> = rel.as_str().split('/').collect();
-    for part in &parts[..parts.len() - 1] {
-        dir.push(part);
-        match fs::symlink_metadata(&dir) {
-            Ok(md) if md.is_dir() => {}
-            Ok(_) => return Err(ApplyError::UnsafeParent(dir)),
-            Err(e) if create && e.kind() == io::ErrorKind::NotFound => match fs::create_dir(&dir) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                Err(e) => {
-                    return Err(ApplyError::Io {
-                        path: dir,
-                        source: e,
-                    });
-                }
-            },
-            Err(e) => {
-                return Err(ApplyError::Io {
-                    path: dir,
-                    source: e,
-                });
-            }
-        }
-    }
-    Ok(())
+    ParentDir::open(root, rel, true).map(|_| ())
 }
 
 fn temp_path(target: &Path) -> PathBuf {
@@ -575,14 +573,6 @@ fn temp_path(target: &Path) -> PathBuf {
     }
     let tag: u32 = rand::random();
     target.with_file_name(format!(".{}{TEMP_INFIX}{tag:08x}", &name[..cut]))
-}
-
-fn sync_parent(target: &Path) {
-    if let Some(parent) = target.parent()
-        && let Ok(d) = File::open(parent)
-    {
-        let _ = d.sync_all();
-    }
 }
 
 #[cfg(test)]

@@ -1,12 +1,16 @@
-//! The embedded MQTT-over-TLS broker (rumqttd) for clusters without one: builds its
-//! config (mTLS, MQTT 3.1.1, limits raised for chunk messages), checks files and the port
-//! up front, runs it on its own thread and waits until it accepts connections.
+//! The embedded MQTT-over-TLS broker for clusters without one: rumqttd on a loopback
+//! port (MQTT 3.1.1, limits raised for chunk messages) behind mqsync's own mTLS front,
+//! which enforces the topic rule of [`acl`]. Checks files and ports up front, runs both on
+//! their own threads and returns once they accept connections.
+
+pub mod acl;
+mod front;
 
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -95,6 +99,7 @@ impl BrokerSettings {
 pub struct BrokerHandle {
     listen: Vec<SocketAddr>,
     thread: JoinHandle<()>,
+    _fronts: Vec<JoinHandle<()>>,
 }
 
 impl BrokerHandle {
@@ -174,10 +179,33 @@ pub fn config_for(settings: &BrokerSettings) -> Config {
     }
 }
 
-fn start_config(config: Config) -> Result<BrokerHandle, BrokerError> {
+fn start_config(mut config: Config) -> Result<BrokerHandle, BrokerError> {
     let listen = check_config(&config)?;
-    for addr in &listen {
-        check_port_free(*addr)?;
+    // Every TLS listener becomes a front on its public address relaying to a plain
+    // rumqttd listener on a loopback port (see `front`). Binding the public sockets here
+    // also reports "address in use" before anything starts.
+    let mut fronts = Vec::new();
+    for server in config.v4.iter_mut().flat_map(|m| m.values_mut()) {
+        let Some(TlsConfig::Rustls {
+            capath: Some(ca),
+            certpath,
+            keypath,
+        }) = server.tls.take()
+        else {
+            return Err(BrokerError::InvalidConfig(format!(
+                "listener {:?}: TLS with a CA is required",
+                server.name
+            )));
+        };
+        let tls =
+            crate::tls::server_config(Path::new(&ca), Path::new(&certpath), Path::new(&keypath))
+                .map_err(|e| {
+                    BrokerError::InvalidConfig(format!("listener {:?}: {e}", server.name))
+                })?;
+        let public = bind(server.listen)?;
+        let backend = loopback_port()?;
+        server.listen = backend;
+        fronts.push((public, backend, Arc::new(tls)));
     }
 
     let (done_tx, done_rx) = mpsc::channel::<String>();
@@ -196,25 +224,53 @@ fn start_config(config: Config) -> Result<BrokerHandle, BrokerError> {
         .map_err(BrokerError::Thread)?;
 
     let deadline = Instant::now() + START_TIMEOUT;
-    for addr in &listen {
-        wait_listening(*addr, deadline, &done_rx)?;
+    let mut front_threads = Vec::new();
+    for (public, backend, tls) in fronts {
+        wait_listening(backend, deadline, &done_rx)?;
+        front_threads.push(front::spawn(public, backend, tls).map_err(BrokerError::Thread)?);
     }
     tracing::info!(?listen, "embedded broker listening");
-    Ok(BrokerHandle { listen, thread })
+    Ok(BrokerHandle {
+        listen,
+        thread,
+        _fronts: front_threads,
+    })
+}
+
+fn bind(addr: SocketAddr) -> Result<TcpListener, BrokerError> {
+    TcpListener::bind(addr).map_err(|source| {
+        if source.kind() == io::ErrorKind::AddrInUse {
+            BrokerError::AddressInUse { addr }
+        } else {
+            BrokerError::Bind { addr, source }
+        }
+    })
+}
+
+/// A free port on 127.0.0.1 for rumqttd's plain listener. The probe socket is closed
+/// before rumqttd binds; should another process take the port in between, rumqttd fails
+/// and [`wait_listening`] reports it.
+fn loopback_port() -> Result<SocketAddr, BrokerError> {
+    let probe = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
+    let listener = bind(probe)?;
+    listener.local_addr().map_err(|source| BrokerError::Bind {
+        addr: probe,
+        source,
+    })
 }
 
 /// Validates what rumqttd would otherwise only log (or unwrap) from its own threads, and
 /// returns the MQTT listen addresses.
 fn check_config(config: &Config) -> Result<Vec<SocketAddr>, BrokerError> {
-    let servers: Vec<&ServerSettings> = config
-        .v4
-        .iter()
-        .chain(config.v5.iter())
-        .flat_map(|m| m.values())
-        .collect();
+    let servers: Vec<&ServerSettings> = config.v4.iter().flat_map(|m| m.values()).collect();
     if servers.is_empty() {
         return Err(BrokerError::InvalidConfig(
             "no listener: add a [v4.1] section (MQTT 3.1.1 with TLS)".to_string(),
+        ));
+    }
+    if config.v5.as_ref().is_some_and(|m| !m.is_empty()) {
+        return Err(BrokerError::InvalidConfig(
+            "[v5] listeners are not supported: mqsync speaks MQTT 3.1.1 ([v4.N])".to_string(),
         ));
     }
     if config.ws.is_some() {
@@ -302,18 +358,8 @@ fn check_key(path: &Path) -> Result<(), BrokerError> {
     Ok(())
 }
 
-/// A bind attempt gives a clear "address in use" now, instead of a log line from the
-/// listener thread later. The listener is dropped at once so rumqttd can bind.
-fn check_port_free(addr: SocketAddr) -> Result<(), BrokerError> {
-    match TcpListener::bind(addr) {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::AddrInUse => Err(BrokerError::AddressInUse { addr }),
-        Err(source) => Err(BrokerError::Bind { addr, source }),
-    }
-}
-
-/// Polls with TCP connects until the listener accepts. The probe is closed before any
-/// TLS handshake, so rumqttd logs one harmless "Tls accept error" per probe.
+/// Polls rumqttd's loopback listener with TCP connects until it accepts. rumqttd may log
+/// one harmless error for the probe, which closes without sending CONNECT.
 fn wait_listening(
     addr: SocketAddr,
     deadline: Instant,
@@ -420,9 +466,6 @@ mod tests {
     fn address_in_use_is_clear() {
         let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = taken.local_addr().expect("addr");
-        assert!(matches!(
-            check_port_free(addr),
-            Err(BrokerError::AddressInUse { .. })
-        ));
+        assert!(matches!(bind(addr), Err(BrokerError::AddressInUse { .. })));
     }
 }

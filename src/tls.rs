@@ -90,6 +90,49 @@ pub fn client_config(
     }
 }
 
+/// A rustls server config for the embedded broker's TLS front: presents `cert_file`
+/// and requires every client to present a certificate that chains to `ca_file`.
+pub fn server_config(
+    ca_file: &Path,
+    cert_file: &Path,
+    key_file: &Path,
+) -> Result<rustls::ServerConfig, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in read_certs("CA file", ca_file)? {
+        roots.add(cert).map_err(|source| TlsError::BadCa {
+            path: ca_file.to_path_buf(),
+            source,
+        })?;
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .map_err(|e| TlsError::Setup(rustls::Error::General(e.to_string())))?;
+    let chain = read_certs("certificate file", cert_file)?;
+    let key = read_key(key_file)?;
+    rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(TlsError::Setup)?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|source| TlsError::ClientAuth {
+            cert: cert_file.to_path_buf(),
+            key: key_file.to_path_buf(),
+            source,
+        })
+}
+
+/// The common name of a DER certificate (the node id, for certificates made by
+/// `mqsync certs init`), or `None` when it has none or does not parse.
+pub fn common_name(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let cn = cert.subject().iter_common_name().next()?;
+    cn.as_str().ok().map(str::to_string)
+}
+
 fn read_file(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
     std::fs::read(path).map_err(|source| TlsError::Read {
         what,

@@ -80,7 +80,7 @@ async fn three_mib_qos1_roundtrip_over_mtls() {
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
         .collect();
     client
-        .subscribe("mqsync/test/big", QoS::AtLeastOnce)
+        .subscribe("mqsync/test/v1/c", QoS::AtLeastOnce)
         .await
         .expect("queue subscribe");
 
@@ -100,13 +100,13 @@ async fn three_mib_qos1_roundtrip_over_mtls() {
                 // Queued from another task: awaiting from the polling task can deadlock.
                 tokio::spawn(async move {
                     client
-                        .publish("mqsync/test/big", QoS::AtLeastOnce, false, payload)
+                        .publish("mqsync/test/v1/c", QoS::AtLeastOnce, false, payload)
                         .await
                         .expect("queue publish");
                 });
             }
             Event::Incoming(Packet::Publish(p)) => {
-                assert_eq!(p.topic, "mqsync/test/big");
+                assert_eq!(p.topic, "mqsync/test/v1/c");
                 assert_eq!(p.payload.len(), payload.len());
                 assert!(p.payload[..] == payload[..], "payload corrupted");
                 break;
