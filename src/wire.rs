@@ -18,6 +18,9 @@ pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 pub const MAX_ENTRIES: usize = 20_000;
 /// Most chunk hashes in one request.
 pub const MAX_REQUEST_HASHES: usize = 20_000;
+/// Chunks one file entry may list: 100,000 chunks of at most 1 MiB (about 100 GiB);
+/// one entry must also fit in a single message.
+pub const MAX_CHUNKS_PER_FILE: usize = 100_000;
 /// Bodies smaller than this are sent uncompressed: zstd would not pay for itself.
 const COMPRESS_MIN: usize = 512;
 const FLAG_ZSTD: u8 = 1;
@@ -105,6 +108,8 @@ pub enum DecodeError {
     TooMany(usize),
     #[error("header kind does not match body")]
     KindMismatch,
+    #[error("entry {path}: {reason}")]
+    BadEntry { path: String, reason: String },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -143,6 +148,29 @@ pub fn encode(env: &Envelope, topic: &str, keys: &Keys) -> Result<Vec<u8>, Encod
         return Err(EncodeError::TooLarge(out.len()));
     }
     Ok(out)
+}
+
+/// Signs `raw` as the body of a message of `kind` in the layout [`encode`] produces,
+/// whether or not it decodes, with `declared_len` as the header's body size. Only for
+/// tests and fuzzing of the receiving side: mqsync itself always uses [`encode`].
+#[doc(hidden)]
+pub fn sign_raw(
+    kind: u8,
+    compressed: bool,
+    declared_len: u32,
+    raw: &[u8],
+    topic: &str,
+    keys: &Keys,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_LEN + raw.len() + MAC_LEN);
+    out.extend_from_slice(MAGIC);
+    out.push(kind);
+    out.push(if compressed { FLAG_ZSTD } else { 0 });
+    out.extend_from_slice(&declared_len.to_be_bytes());
+    out.extend_from_slice(raw);
+    let mac = Keys::mac(&keys.keys[0], topic, &out);
+    out.extend_from_slice(&mac);
+    out
 }
 
 /// Decodes and authenticates a payload received on `topic`, whose last level names
@@ -210,9 +238,46 @@ pub fn decode(
         Message::Digest { buckets, .. } if buckets.len() != crate::engine::BUCKETS => {
             return Err(DecodeError::TooMany(buckets.len()));
         }
+        Message::Manifest { entries, .. } => {
+            for e in entries {
+                check_entry(e)?;
+            }
+        }
         _ => {}
     }
     Ok(env)
+}
+
+/// A file entry's size must be exactly what its chunk list covers, with chunks no larger
+/// than the chunker makes: a sender cannot make a receiver reserve space or wait for
+/// data that the manifest does not describe.
+fn check_entry(e: &crate::engine::Entry) -> Result<(), DecodeError> {
+    let crate::engine::Content::File { size, chunks, .. } = &e.content else {
+        return Ok(());
+    };
+    let bad = |reason: String| DecodeError::BadEntry {
+        path: e.path.to_string(),
+        reason,
+    };
+    if chunks.len() > MAX_CHUNKS_PER_FILE {
+        return Err(bad(format!(
+            "{} chunks, more than {MAX_CHUNKS_PER_FILE}",
+            chunks.len()
+        )));
+    }
+    let mut total = 0u64;
+    for c in chunks {
+        if c.len == 0 || c.len > crate::chunker::MAX_CHUNK {
+            return Err(bad(format!("chunk of {} bytes", c.len)));
+        }
+        total += u64::from(c.len);
+    }
+    if total != *size {
+        return Err(bad(format!(
+            "claims {size} bytes but its chunks hold {total}"
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -311,6 +376,36 @@ mod tests {
             decode(&out, T, "n1", &keys()),
             Err(DecodeError::Decompress(_))
         ));
+    }
+
+    #[test]
+    fn file_entries_must_match_their_chunks() {
+        let file = |size: u64, lens: &[u32]| {
+            let mut env = manifest();
+            if let Message::Manifest { entries, .. } = &mut env.msg {
+                entries[0].content = Content::File {
+                    size,
+                    mode: 0o644,
+                    mtime_ns: 0,
+                    chunks: lens
+                        .iter()
+                        .map(|&len| crate::engine::ChunkRef { hash: [9; 32], len })
+                        .collect(),
+                };
+            }
+            let b = encode(&env, T, &keys()).unwrap();
+            decode(&b, T, "n1", &keys())
+        };
+        assert!(file(3 << 20, &[1 << 20; 3]).is_ok());
+        assert!(file(0, &[]).is_ok());
+        for bad in [
+            file(1 << 50, &[1 << 20]),
+            file(10, &[]),
+            file(2 << 20, &[2 << 20]),
+            file(0, &[0]),
+        ] {
+            assert!(matches!(bad, Err(DecodeError::BadEntry { .. })), "{bad:?}");
+        }
     }
 
     proptest! {

@@ -106,6 +106,50 @@ fn refuses_to_write_through_a_symlinked_parent() {
 }
 
 #[test]
+fn a_symlink_swapped_in_during_an_apply_is_not_followed() {
+    let d = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let mut a = Applier::new(d.path().to_path_buf());
+    // The fetch waits for its chunk while the parent directory is swapped for a
+    // symlink to a directory outside the root.
+    let (c, data) = file_content(&[b"payload"], 0o644);
+    let out = a.start(entry("dir/sub/f", c), None, None, "n1", &none);
+    assert!(matches!(out, Outcome::Waiting), "{out:?}");
+    fs::rename(d.path().join("dir"), d.path().join("moved")).unwrap();
+    symlink(outside.path(), d.path().join("dir")).unwrap();
+    fs::create_dir(outside.path().join("sub")).unwrap();
+    let done = a.on_chunk(data[0].0, data[0].1.clone());
+    assert!(
+        matches!(done.as_slice(), [Outcome::Done { .. }]),
+        "{done:?}"
+    );
+    assert_eq!(fs::read(d.path().join("moved/sub/f")).unwrap(), b"payload");
+    assert_eq!(fs::read_dir(outside.path().join("sub")).unwrap().count(), 0);
+
+    // A directory entry: the new directory is made and chmodded where it was checked.
+    fs::remove_file(d.path().join("dir")).unwrap();
+    symlink(outside.path(), d.path().join("dir")).unwrap();
+    let out = a.start(
+        entry("dir/x", Content::Dir { mode: 0o700 }),
+        None,
+        None,
+        "n1",
+        &none,
+    );
+    assert!(
+        matches!(
+            out,
+            Outcome::Failed {
+                error: ApplyError::UnsafeParent(_),
+                ..
+            }
+        ),
+        "{out:?}"
+    );
+    assert!(!outside.path().join("x").exists());
+}
+
+#[test]
 fn conflict_copy_moves_the_loser_aside() {
     let d = tempfile::tempdir().unwrap();
     fs::write(d.path().join("f.txt"), b"mine").unwrap();
