@@ -267,6 +267,26 @@ fn main() {
     let at = input.windows(2).position(|w| w == b"xx").unwrap();
     input[at..at + 2].copy_from_slice(b"..");
     keep("hostile_traversal", input);
+    // A file entry whose size is not what its chunks hold (a huge reservation).
+    let liar = Content::File {
+        size: 1 << 50,
+        mode: 0o644,
+        mtime_ns: 0,
+        chunks: vec![ChunkRef {
+            hash: [9; 32],
+            len: 1 << 20,
+        }],
+    };
+    let msg = wire::encode(
+        &env(Message::Manifest {
+            live: true,
+            entries: vec![entry("huge.iso", liar)],
+        }),
+        TOPIC,
+        &keys,
+    )
+    .unwrap();
+    keep("hostile_file_size", signed_input_from_message(&msg));
     // A manifest claiming far more entries than it holds.
     let mut input = vec![1, 0, 0, 0, 0, 0, 0];
     input.extend_from_slice(&[2, b'n', b'1', 0, 0xff, 0xff, 0xff, 0x7f]);

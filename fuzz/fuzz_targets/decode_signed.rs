@@ -6,9 +6,12 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mqsync::engine::BUCKETS;
+use mqsync::chunker::MAX_CHUNK;
+use mqsync::engine::{BUCKETS, Content};
 use mqsync::relpath::{MAX_COMPONENT_BYTES, MAX_PATH_BYTES};
-use mqsync::wire::{self, MAX_ENTRIES, MAX_MESSAGE_BYTES, MAX_REQUEST_HASHES, Message};
+use mqsync::wire::{
+    self, MAX_CHUNKS_PER_FILE, MAX_ENTRIES, MAX_MESSAGE_BYTES, MAX_REQUEST_HASHES, Message,
+};
 use mqsync_fuzz::{NODE, TOPIC, keys, signed_message};
 use std::sync::LazyLock;
 
@@ -33,6 +36,13 @@ fuzz_target!(|data: &[u8]| {
                 for c in p.split('/') {
                     assert!(!c.is_empty() && c != "." && c != "..", "{p:?}");
                     assert!(c.len() <= MAX_COMPONENT_BYTES, "{p:?}");
+                }
+                if let Content::File { size, chunks, .. } = &e.content {
+                    // A file is exactly its chunks, each one the chunker could make.
+                    assert!(chunks.len() <= MAX_CHUNKS_PER_FILE);
+                    assert!(chunks.iter().all(|c| c.len >= 1 && c.len <= MAX_CHUNK));
+                    let total: u64 = chunks.iter().map(|c| u64::from(c.len)).sum();
+                    assert_eq!(total, *size, "{p:?}");
                 }
             }
         }
