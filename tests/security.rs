@@ -1,0 +1,553 @@
+//! Hostile input against real node processes and real brokers: a rogue MQTT client with
+//! a broker certificate but no group key, a key holder sending escaping paths and
+//! bombs, idle connections to the embedded broker, and the shipped topic ACLs.
+
+mod common;
+
+use common::*;
+use mqsync::engine::{ChunkRef, Content, Entry, VersionVector};
+use mqsync::relpath::RelPath;
+use mqsync::wire::{self, Envelope, Keys, Message};
+use rand::{Rng, SeedableRng};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, Transport};
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(120);
+
+/// An MQTT client with node certificate `cert`, polled on its own runtime, recording
+/// what it receives and how many of its QoS 1 publishes the broker acknowledged.
+struct Client {
+    rt: tokio::runtime::Runtime,
+    client: AsyncClient,
+    got: Arc<Mutex<Vec<(String, Vec<u8>)>>>,
+    acks: Arc<AtomicUsize>,
+}
+
+impl Client {
+    fn connect(c: &Cluster, port: u16, id: &str, cert: &str, subscribe: Option<&str>) -> Client {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let certs = c.path("certs");
+        let tls = mqsync::tls::client_config(
+            &certs.join("ca.pem"),
+            Some(&certs.join(format!("{cert}.pem"))),
+            Some(&certs.join(format!("{cert}.key"))),
+        )
+        .unwrap();
+        let mut opts = MqttOptions::new(id, "127.0.0.1", port);
+        opts.set_transport(Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(Arc::new(tls)),
+        ));
+        opts.set_max_packet_size(8 << 20, 8 << 20);
+        let (client, mut el) = AsyncClient::new(opts, 1000);
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let acks = Arc::new(AtomicUsize::new(0));
+        let subscribed = Arc::new(AtomicBool::new(subscribe.is_none()));
+        if let Some(filter) = subscribe {
+            let client = client.clone();
+            let filter = filter.to_string();
+            rt.block_on(async move { client.subscribe(filter, QoS::AtLeastOnce).await.unwrap() });
+        }
+        let (g, a, s) = (got.clone(), acks.clone(), subscribed.clone());
+        rt.spawn(async move {
+            loop {
+                match el.poll().await {
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        g.lock()
+                            .unwrap()
+                            .push((p.topic.clone(), p.payload.to_vec()));
+                    }
+                    Ok(Event::Incoming(Packet::PubAck(_))) => {
+                        a.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => s.store(true, Ordering::SeqCst),
+                    Ok(_) => {}
+                    Err(_) => {
+                        // rumqttc reconnects on the next poll.
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            }
+        });
+        assert!(
+            wait_until(T, || subscribed.load(Ordering::SeqCst)),
+            "{id}: no SubAck"
+        );
+        Client {
+            rt,
+            client,
+            got,
+            acks,
+        }
+    }
+
+    fn publish(&self, topic: &str, qos: QoS, payload: Vec<u8>) {
+        let client = self.client.clone();
+        let topic = topic.to_string();
+        self.rt
+            .block_on(async move { client.publish(topic, qos, false, payload).await.unwrap() });
+    }
+
+    /// Publishes everything with QoS 1 and waits until the broker acknowledged it all.
+    fn publish_acked(&self, msgs: &[(String, Vec<u8>)]) {
+        let before = self.acks.load(Ordering::SeqCst);
+        for (topic, payload) in msgs {
+            self.publish(topic, QoS::AtLeastOnce, payload.clone());
+        }
+        assert!(
+            wait_until(T, || self.acks.load(Ordering::SeqCst)
+                >= before + msgs.len()),
+            "broker did not acknowledge {} publishes",
+            msgs.len()
+        );
+    }
+
+    fn received(&self) -> Vec<(String, Vec<u8>)> {
+        self.got.lock().unwrap().clone()
+    }
+}
+
+fn data_topic(node: &str) -> String {
+    format!("mqsync/shared/v1/{node}")
+}
+
+fn log_count(p: &Proc, needle: &str) -> usize {
+    p.log_text().matches(needle).count()
+}
+
+fn node_log(c: &Cluster, i: usize) -> String {
+    c.nodes[i].as_ref().unwrap().log_text()
+}
+
+fn group_keys(c: &Cluster) -> Keys {
+    mqsync::daemon::read_group_key(&c.path("certs/group.key")).unwrap()
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+fn entry(path: &str, by: &str, counter: u64, content: Content) -> Entry {
+    let mut version = VersionVector::new();
+    for _ in 0..counter {
+        version = version.incremented(by);
+    }
+    Entry {
+        path: RelPath::new(path).unwrap(),
+        version,
+        modified_by: by.into(),
+        changed_ms: now_ms(),
+        content,
+    }
+}
+
+fn manifest(from: &str, entries: Vec<Entry>) -> Envelope {
+    Envelope {
+        from: from.into(),
+        msg: Message::Manifest {
+            live: true,
+            entries,
+        },
+    }
+}
+
+/// Resident memory high-water mark of a node process, in KiB.
+fn peak_rss_kib(p: &Proc) -> u64 {
+    let pid = p.child.as_ref().unwrap().id();
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+fn start_pair(c: &mut Cluster) {
+    c.start_node(0);
+    c.start_node(1);
+    assert!(wait_until(T, || c.folder(0).join(".mqsync").exists()
+        && c.folder(1).join(".mqsync").exists()));
+}
+
+/// Mosquitto without an ACL: a client holding a valid certificate (n3's) reaches every
+/// internal topic, so only the group key stands between it and the files.
+#[test]
+fn a_rogue_client_without_the_group_key_changes_nothing() {
+    let mut c = Cluster::with_broker(3, BrokerKind::Mosquitto);
+    start_pair(&mut c);
+    let rogue = Client::connect(&c, c.port, "rogue", "n3", Some("mqsync/#"));
+
+    fs::write(c.folder(0).join("victim.txt"), b"version one").unwrap();
+    fs::write(c.folder(0).join("other.txt"), vec![b'o'; 3000]).unwrap();
+    c.converge(&[0, 1], T, |s| s.contains_key("victim.txt"));
+    // Captured traffic of node n1: its manifests and chunks of version one.
+    assert!(wait_until(T, || rogue
+        .received()
+        .iter()
+        .any(|(t, _)| t == &data_topic("n1"))));
+    let captured: Vec<(String, Vec<u8>)> = rogue
+        .received()
+        .into_iter()
+        .filter(|(t, _)| t == &data_topic("n1"))
+        .take(10)
+        .collect();
+    fs::write(c.folder(0).join("victim.txt"), b"version two, final").unwrap();
+    assert!(wait_until(T, || fs::read(c.folder(1).join("victim.txt"))
+        .is_ok_and(|d| d == b"version two, final")));
+    c.converge(&[0, 1], T, |_| true);
+    let before = snapshot(&c.folder(1));
+
+    let forged_key = Keys::new(vec![Keys::derive(b"a guessed key")]).unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let mut bad_data: Vec<(String, Vec<u8>)> = Vec::new();
+    // Forged manifests deleting the victim with a version that dominates everything.
+    for node in ["n1", "n2", "n3"] {
+        let mut gone = entry("victim.txt", node, 1000, Content::Deleted);
+        gone.version = gone.version.incremented("n1").incremented("n2");
+        let env = manifest(node, vec![gone]);
+        let topic = data_topic(node);
+        bad_data.push((
+            topic.clone(),
+            wire::encode(&env, &topic, &forged_key).unwrap(),
+        ));
+    }
+    // Captured messages with one flipped byte: in the header, the body, the MAC.
+    for (topic, payload) in &captured {
+        for at in [4, payload.len() / 2, payload.len() - 1] {
+            let mut p = payload.clone();
+            p[at] ^= 0x20;
+            bad_data.push((topic.clone(), p));
+        }
+    }
+    // Random bytes and oversized payloads on every node's data topic.
+    for node in ["n1", "n2", "n3"] {
+        for _ in 0..3 {
+            let len = rng.random_range(1..5000);
+            let junk: Vec<u8> = (0..len).map(|_| rng.random()).collect();
+            bad_data.push((data_topic(node), junk));
+        }
+        bad_data.push((data_topic(node), vec![0x4d; wire::MAX_MESSAGE_BYTES + 1000]));
+    }
+    let expect_dropped = |me: &str| {
+        bad_data
+            .iter()
+            .filter(|(t, _)| *t != data_topic(me))
+            .count()
+    };
+    let dropped_before = [
+        log_count(c.nodes[0].as_ref().unwrap(), "dropping message"),
+        log_count(c.nodes[1].as_ref().unwrap(), "dropping message"),
+    ];
+    let mut all = bad_data.clone();
+    // Verbatim replays of version one must not roll the victim back.
+    all.extend(captured.iter().cloned());
+    // Junk on the status and command topics.
+    for topic in [
+        "mqsync/shared/status/n1",
+        "mqsync/shared/status/n2",
+        "mqsync/shared/cmd",
+    ] {
+        all.push((topic.to_string(), b"\x00\xffnot json".to_vec()));
+        all.push((topic.to_string(), br#"{"op":"delete-everything"}"#.to_vec()));
+    }
+    rogue.publish_acked(&all);
+
+    for (i, me) in ["n1", "n2"].iter().enumerate() {
+        let want = dropped_before[i] + expect_dropped(me);
+        assert!(
+            wait_until(T, || log_count(
+                c.nodes[i].as_ref().unwrap(),
+                "dropping message"
+            ) >= want),
+            "{me} logged {} of {want} rejections:\n{}",
+            log_count(c.nodes[i].as_ref().unwrap(), "dropping message"),
+            node_log(&c, i)
+        );
+        let log = node_log(&c, i);
+        for reason in [
+            "MAC does not verify",
+            "exceeds",
+            "malformed command",
+            "unknown command",
+        ] {
+            assert!(log.contains(reason), "{me}: no {reason:?} in\n{log}");
+        }
+    }
+    // The nodes keep syncing, and nothing the rogue sent changed a file.
+    fs::write(c.folder(1).join("after.txt"), b"still syncing").unwrap();
+    c.converge(&[0, 1], T, |s| s.contains_key("after.txt"));
+    let mut after = snapshot(&c.folder(0));
+    after.remove("after.txt");
+    assert_eq!(after, before, "{}", diff(&before, &after));
+    assert_eq!(
+        fs::read(c.folder(0).join("victim.txt")).unwrap(),
+        b"version two, final"
+    );
+}
+
+/// Hashes a directory tree that must not change.
+fn tree_digest(root: &Path) -> String {
+    let snap = snapshot(root);
+    format!("{:?}", blake3::hash(format!("{snap:?}").as_bytes()))
+}
+
+/// A group member (the test signs with the group key) sends paths that escape the
+/// folder, symlink tricks, a zstd bomb and a file whose size its chunks do not back.
+#[test]
+fn signed_messages_cannot_escape_the_folder_or_exhaust_memory() {
+    let mut c = Cluster::new(3);
+    start_pair(&mut c);
+    let outside = c.path("outside");
+    fs::create_dir_all(outside.join("etc")).unwrap();
+    fs::write(outside.join("etc/passwd"), b"root:x:0:0\n").unwrap();
+    let outside_before = tree_digest(&outside);
+    let keys = group_keys(&c);
+    // n3's certificate may publish on n3's topic under the broker's ACL.
+    let n3 = Client::connect(&c, c.port, "n3-test", "n3", None);
+    let topic = data_topic("n3");
+    let sign = |env: &Envelope| wire::encode(env, &topic, &keys).unwrap();
+
+    // RelPath refuses to build these, so a valid manifest is patched byte for byte.
+    let escaping = [
+        "../outside/etc/passwd",
+        "/tmp/mqsync-abs-escape",
+        "a/../../outside/x",
+        "ok/\0/nul",
+        "a//b",
+        "./dot",
+    ];
+    let mut msgs = Vec::new();
+    for evil in escaping {
+        let placeholder = "p".repeat(evil.len());
+        let env = manifest(
+            "n3",
+            vec![entry(&placeholder, "n3", 1, Content::Dir { mode: 0o755 })],
+        );
+        let mut body = postcard::to_allocvec(&env).unwrap();
+        let at = body
+            .windows(placeholder.len())
+            .position(|w| w == placeholder.as_bytes())
+            .unwrap();
+        body[at..at + evil.len()].copy_from_slice(evil.as_bytes());
+        msgs.push((
+            topic.clone(),
+            wire::sign_raw(1, false, body.len() as u32, &body, &topic, &keys),
+        ));
+    }
+    // A zstd bomb: 256 MiB of zeros in a few KiB, declared as the largest body allowed.
+    let bomb = zstd::bulk::compress(&vec![0u8; 256 << 20], 3).unwrap();
+    msgs.push((
+        topic.clone(),
+        wire::sign_raw(2, true, wire::MAX_BODY_BYTES as u32, &bomb, &topic, &keys),
+    ));
+    // A 1 PiB file backed by one chunk.
+    let huge = Content::File {
+        size: 1 << 50,
+        mode: 0o644,
+        mtime_ns: 0,
+        chunks: vec![ChunkRef {
+            hash: [3; 32],
+            len: 1 << 20,
+        }],
+    };
+    msgs.push((
+        topic.clone(),
+        sign(&manifest("n3", vec![entry("huge.bin", "n3", 1, huge)])),
+    ));
+    let rejected = msgs.len();
+    let dropped_before = log_count(c.nodes[1].as_ref().unwrap(), "dropping message");
+    n3.publish_acked(&msgs);
+    assert!(
+        wait_until(T, || log_count(
+            c.nodes[1].as_ref().unwrap(),
+            "dropping message"
+        ) >= dropped_before + rejected),
+        "{}",
+        node_log(&c, 1)
+    );
+    let log = node_log(&c, 1);
+    for reason in [
+        "malformed body",
+        "decompression failed",
+        "claims 1125899906842624 bytes",
+    ] {
+        assert!(log.contains(reason), "no {reason:?} in\n{log}");
+    }
+
+    // Valid paths through a symlink: the link itself syncs (never followed), what would
+    // be written through it is refused.
+    let link = entry(
+        "esc",
+        "n3",
+        1,
+        Content::Symlink {
+            target: outside.join("etc").display().to_string(),
+        },
+    );
+    let through = vec![
+        entry(
+            "esc/pwned.txt",
+            "n3",
+            1,
+            Content::File {
+                size: 0,
+                mode: 0o644,
+                mtime_ns: 0,
+                chunks: vec![],
+            },
+        ),
+        entry("esc/newdir", "n3", 1, Content::Dir { mode: 0o777 }),
+        entry("esc/passwd", "n3", 5, Content::Deleted),
+    ];
+    n3.publish_acked(&[(topic.clone(), sign(&manifest("n3", vec![link])))]);
+    assert!(wait_until(T, || fs::symlink_metadata(
+        c.folder(0).join("esc")
+    )
+    .is_ok()
+        && fs::symlink_metadata(c.folder(1).join("esc")).is_ok()));
+    n3.publish_acked(&[(topic.clone(), sign(&manifest("n3", through)))]);
+    assert!(
+        wait_until(T, || node_log(&c, 0)
+            .contains("refusing to write through it")
+            && node_log(&c, 1).contains("refusing to write through it")),
+        "{}",
+        node_log(&c, 1)
+    );
+
+    // Memory stayed bounded: the bomb never expanded beyond the body limit.
+    for i in 0..2 {
+        let kib = peak_rss_kib(c.nodes[i].as_ref().unwrap());
+        assert!(kib < 300 * 1024, "node {i} peaked at {kib} KiB");
+    }
+    fs::write(c.folder(0).join("after.txt"), b"still syncing").unwrap();
+    c.converge(&[0, 1], T, |s| s.contains_key("after.txt"));
+    assert_eq!(
+        fs::read(outside.join("etc/passwd")).unwrap(),
+        b"root:x:0:0\n"
+    );
+    assert_eq!(
+        tree_digest(&outside),
+        outside_before,
+        "the sibling directory changed"
+    );
+    assert!(!Path::new("/tmp/mqsync-abs-escape").exists());
+    assert_eq!(fs::read_dir(outside.join("etc")).unwrap().count(), 1);
+}
+
+/// rumqttd handshakes inside its accept loop: without mqsync's own TLS front, one idle
+/// connection would keep every node out.
+#[test]
+fn idle_and_half_open_connections_do_not_keep_nodes_out() {
+    let mut c = Cluster::new(2);
+    let mut idle = Vec::new();
+    for _ in 0..10 {
+        idle.push(std::net::TcpStream::connect(("127.0.0.1", c.port)).unwrap());
+    }
+    // One that stops in the middle of a TLS ClientHello.
+    let mut half = std::net::TcpStream::connect(("127.0.0.1", c.port)).unwrap();
+    half.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+        .unwrap();
+    idle.push(half);
+    start_pair(&mut c);
+    fs::write(c.folder(0).join("through.txt"), b"past the idle ones").unwrap();
+    c.converge(&[0, 1], T, |s| s.contains_key("through.txt"));
+    drop(idle);
+}
+
+/// broker/mosquitto.conf with its paths and port pointed at this test's files.
+fn shipped_mosquitto(c: &Cluster, port: u16) -> Proc {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let conf = fs::read_to_string(repo.join("broker/mosquitto.conf")).unwrap();
+    let certs = c.path("certs");
+    let conf = conf
+        .replace("listener 8883", &format!("listener {port} 127.0.0.1"))
+        .replace("/etc/mosquitto/certs", certs.to_str().unwrap())
+        .replace(
+            "/etc/mosquitto/mqsync.acl",
+            repo.join("broker/mosquitto.acl").to_str().unwrap(),
+        );
+    assert!(conf.contains(&format!("listener {port}")), "{conf}");
+    let path = c.path("shipped-mosquitto.conf");
+    fs::write(&path, format!("user root\n{conf}")).unwrap();
+    let p = Proc::spawn_program(
+        &mosquitto_bin(),
+        &["-c", path.to_str().unwrap()],
+        &c.path("shipped-mosquitto.log"),
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || std::net::TcpStream::connect((
+            "127.0.0.1",
+            port
+        ))
+        .is_ok()),
+        "mosquitto did not start: {}",
+        p.log_text()
+    );
+    p
+}
+
+/// n1's certificate publishes under its own id and under n2's: a subscriber sees only
+/// the first.
+fn acl_check(c: &Cluster, port: u16) {
+    let watcher = Client::connect(c, port, "watcher", "n3", Some("mqsync/#"));
+    let n1 = Client::connect(c, port, "n1-test", "n1", None);
+    n1.publish(&data_topic("n1"), QoS::AtMostOnce, b"own".to_vec());
+    assert!(wait_until(T, || watcher
+        .received()
+        .iter()
+        .any(|(_, p)| p == b"own")));
+    for topic in [data_topic("n2"), "mqsync/shared/status/n2".to_string()] {
+        n1.publish(&topic, QoS::AtMostOnce, b"as n2".to_vec());
+    }
+    // A fresh connection (the embedded broker closes one that breaks the rule) proves
+    // the rule, not a dead connection, stopped the forged ones.
+    let again = Client::connect(c, port, "n1-again", "n1", None);
+    again.publish(&data_topic("n1"), QoS::AtMostOnce, b"own again".to_vec());
+    assert!(wait_until(T, || watcher
+        .received()
+        .iter()
+        .any(|(_, p)| p == b"own again")));
+    std::thread::sleep(Duration::from_millis(500));
+    let got = watcher.received();
+    assert!(
+        !got.iter().any(|(_, p)| p == b"as n2"),
+        "a publish under n2 got through: {got:?}"
+    );
+}
+
+#[test]
+fn the_shipped_mosquitto_acl_keeps_n1_out_of_n2s_topics() {
+    let mut c = Cluster::with_broker(3, BrokerKind::Mosquitto);
+    let port = free_port();
+    let _broker = shipped_mosquitto(&c, port);
+    acl_check(&c, port);
+    // Everything mqsync itself publishes (data, status, last will) passes the ACL.
+    let other = format!("127.0.0.1:{}", c.port);
+    for i in 0..2 {
+        c.write_config(i, |t| t.replace(&other, &format!("127.0.0.1:{port}")));
+    }
+    start_pair(&mut c);
+    fs::write(c.folder(1).join("acl.txt"), b"allowed").unwrap();
+    c.converge(&[0, 1], T, |s| s.contains_key("acl.txt"));
+    let watcher = Client::connect(&c, port, "status-watcher", "n3", Some("mqsync/+/status/+"));
+    assert!(wait_until(T, || {
+        let got = watcher.received();
+        got.iter().any(|(t, _)| t.ends_with("/status/n1"))
+            && got.iter().any(|(t, _)| t.ends_with("/status/n2"))
+    }));
+}
+
+#[test]
+fn the_embedded_broker_keeps_n1_out_of_n2s_topics() {
+    let c = Cluster::new(3);
+    acl_check(&c, c.port);
+    let log = c.broker.as_ref().unwrap().log_text();
+    assert!(log.contains("outside the topics of"), "{log}");
+}
