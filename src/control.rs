@@ -1,6 +1,7 @@
 //! Operator commands over the broker: `mqsync resync` publishes one command on a
 //! folder's public cmd topic; `mqsync status` and `mqsync wait` read the retained status
-//! topics. Each is a short-lived MQTT client of its own.
+//! topics. Each is a short-lived MQTT client of its own, and none needs the group key
+//! (`daemon::connect_settings`): a resync command carries no MAC.
 
 use crate::status::FolderStatus;
 use crate::transport::ConnectSettings;

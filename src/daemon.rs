@@ -78,12 +78,32 @@ pub fn read_group_key(path: &Path) -> Result<Keys, DaemonError> {
     Keys::new(keys).ok_or_else(|| DaemonError::EmptyGroupKey(path.to_path_buf()))
 }
 
-/// How to reach the broker and sign messages, without starting anything. With no
-/// broker URL this uses the embedded broker's certificates in `state_dir/certs`, which
-/// `mqsync run` makes on its first start.
+/// How to reach the broker and sign messages, without starting anything: the
+/// connection settings of [`connect_settings`] and the group key.
 pub fn client(cfg: &Config) -> Result<(ConnectSettings, Keys), DaemonError> {
+    let connect = connect_settings(cfg)?;
+    let key_file = match &cfg.broker.url {
+        Some(_) => cfg
+            .security
+            .group_key_file
+            .clone()
+            .ok_or(DaemonError::MissingGroupKey)?,
+        None => cfg
+            .security
+            .group_key_file
+            .clone()
+            .unwrap_or_else(|| cfg.state_dir.join("certs").join(certs::GROUP_KEY)),
+    };
+    Ok((connect, read_group_key(&key_file)?))
+}
+
+/// How to reach the broker, without the group key: all that `status`, `wait` and
+/// `resync` need (a resync command carries no MAC). With no broker URL this uses the
+/// embedded broker's certificates in `state_dir/certs`, which `mqsync run` makes on
+/// its first start.
+pub fn connect_settings(cfg: &Config) -> Result<ConnectSettings, DaemonError> {
     let b = &cfg.broker;
-    let (host, port, tls, keys) = match &b.url {
+    let (host, port, tls) = match &b.url {
         Some(url) => {
             let tls = if url.tls {
                 let ca = b.ca_file.as_deref().ok_or(DaemonError::MissingCa)?;
@@ -98,12 +118,7 @@ pub fn client(cfg: &Config) -> Result<(ConnectSettings, Keys), DaemonError> {
                 );
                 None
             };
-            let key_file = cfg
-                .security
-                .group_key_file
-                .as_deref()
-                .ok_or(DaemonError::MissingGroupKey)?;
-            (url.host.clone(), url.port, tls, read_group_key(key_file)?)
+            (url.host.clone(), url.port, tls)
         }
         None => {
             let dir = cfg.state_dir.join("certs");
@@ -112,32 +127,21 @@ pub fn client(cfg: &Config) -> Result<(ConnectSettings, Keys), DaemonError> {
                 Some(&dir.join(format!("{}.pem", cfg.node_id))),
                 Some(&dir.join(format!("{}.key", cfg.node_id))),
             )?;
-            let key_file = cfg
-                .security
-                .group_key_file
-                .clone()
-                .unwrap_or_else(|| dir.join(certs::GROUP_KEY));
             let host = match b.embedded_listen.ip() {
                 ip if ip.is_unspecified() => "127.0.0.1".to_string(),
                 ip => ip.to_string(),
             };
-            (
-                host,
-                b.embedded_listen.port(),
-                Some(Arc::new(tls)),
-                read_group_key(&key_file)?,
-            )
+            (host, b.embedded_listen.port(), Some(Arc::new(tls)))
         }
     };
-    let connect = ConnectSettings {
+    Ok(ConnectSettings {
         host,
         port,
         tls,
         client_id: cfg.client_id(),
         keepalive: Duration::from_secs(b.keepalive_s),
         max_packet: MAX_PACKET,
-    };
-    Ok((connect, keys))
+    })
 }
 
 /// Prepares everything `run` needs; starts the embedded broker when configured so.

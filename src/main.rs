@@ -40,8 +40,9 @@ enum Cmd {
     /// difference; also applies deletions held by the mass-delete guard and reverts
     /// local changes on receive-only folders.
     Resync {
-        /// A node's configuration file, for the broker address and credentials.
-        #[arg(long, short)]
+        /// A node's configuration file, for the broker address and credentials (the
+        /// group key is not needed).
+        #[arg(long, short, env = "MQSYNC_CONFIG")]
         config: Option<PathBuf>,
         /// Folder id (default: every folder of the configuration).
         #[arg(long)]
@@ -52,8 +53,9 @@ enum Cmd {
     },
     /// A table of every node of every folder, read from the retained status topics.
     Status {
-        /// A node's configuration file, for the broker address and credentials.
-        #[arg(long, short)]
+        /// A node's configuration file, for the broker address and credentials (the
+        /// group key is not needed).
+        #[arg(long, short, env = "MQSYNC_CONFIG")]
         config: Option<PathBuf>,
         /// Print JSON (an array of status documents) instead of a table.
         #[arg(long)]
@@ -65,7 +67,9 @@ enum Cmd {
     /// Block until every online node of the folder(s) reports the same state with
     /// nothing pending (for deploy scripts); exit 1 with the reason on timeout.
     Wait {
-        #[arg(long, short)]
+        /// A node's configuration file, for the broker address and credentials (the
+        /// group key is not needed).
+        #[arg(long, short, env = "MQSYNC_CONFIG")]
         config: Option<PathBuf>,
         /// Folder id (default: every folder of the configuration).
         #[arg(long)]
@@ -77,7 +81,8 @@ enum Cmd {
     /// Exit 0 when the local daemon is connected and not failing (Docker HEALTHCHECK);
     /// reads the status files the daemon keeps in state_dir/health.
     Healthcheck {
-        #[arg(long, short)]
+        /// The daemon's configuration file (for state_dir and the folders).
+        #[arg(long, short, env = "MQSYNC_CONFIG")]
         config: Option<PathBuf>,
     },
     /// A local demo: embedded broker plus three nodes syncing sub-folders of DIR.
@@ -91,7 +96,7 @@ enum Cmd {
 #[derive(Args)]
 struct RunArgs {
     /// Configuration file (TOML). Without it: defaults plus MQSYNC_* variables.
-    #[arg(long, short)]
+    #[arg(long, short, env = "MQSYNC_CONFIG")]
     config: Option<PathBuf>,
     /// Override `node_id`.
     #[arg(long)]
@@ -136,11 +141,16 @@ enum CertsCmd {
     },
 }
 
+/// Logs to stderr; ANSI colours only when stderr is a terminal and `NO_COLOR` is unset
+/// or empty (<https://no-color.org>).
 fn init_logging(filter: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => b.json().init(),
@@ -223,7 +233,7 @@ fn main() -> Result<()> {
             let cfg = load_config(config.as_deref(), HashMap::new())?;
             init_logging(&cli.log, cfg.log_format);
             let folders = folder_ids(&cfg, folder)?;
-            let (connect, _keys) = mqsync::daemon::client(&cfg)?;
+            let connect = mqsync::daemon::connect_settings(&cfg)?;
             let topics: Vec<String> = folders
                 .iter()
                 .map(|f| format!("{}/{f}/cmd", cfg.broker.topic_prefix))
@@ -243,7 +253,7 @@ fn main() -> Result<()> {
         } => {
             let cfg = load_config(config.as_deref(), HashMap::new())?;
             init_logging(&cli.log, cfg.log_format);
-            let (connect, _) = mqsync::daemon::client(&cfg)?;
+            let connect = mqsync::daemon::connect_settings(&cfg)?;
             let prefix = cfg.broker.topic_prefix.clone();
             rt.block_on(async {
                 if !watch {
@@ -289,7 +299,7 @@ fn main() -> Result<()> {
             let cfg = load_config(config.as_deref(), HashMap::new())?;
             init_logging(&cli.log, cfg.log_format);
             let folders = folder_ids(&cfg, folder)?;
-            let (connect, _) = mqsync::daemon::client(&cfg)?;
+            let connect = mqsync::daemon::connect_settings(&cfg)?;
             let prefix = cfg.broker.topic_prefix.clone();
             let limit = std::time::Duration::from_secs(timeout);
             rt.block_on(async {

@@ -498,7 +498,14 @@ impl Folder {
             NetEvent::Disconnected { reason, fatal } => {
                 if fatal {
                     error!(folder = %self.cfg.id, "{reason}");
-                } else if self.connected {
+                } else if self.connected
+                    || self
+                        .last_error
+                        .as_deref()
+                        .and_then(|e| e.strip_prefix("broker: "))
+                        != Some(reason.as_str())
+                {
+                    // Losing the connection, or a failed attempt unlike the previous one.
                     warn!(folder = %self.cfg.id, "{reason}");
                 } else {
                     debug!(folder = %self.cfg.id, "{reason}");

@@ -273,6 +273,70 @@ fn status_wait_and_healthcheck_report_the_cluster() {
 }
 
 #[test]
+fn status_wait_and_resync_need_no_group_key_and_read_mqsync_config() {
+    let mut c = Cluster::new(1);
+    c.start_node(0);
+    assert!(wait_until(T, || c.folder(0).join(".mqsync").exists()));
+    // An operator's copy of the node's configuration, without the group key file.
+    let missing = c.path("certs/missing-group.key");
+    let text = fs::read_to_string(c.path("n1.toml")).unwrap().replace(
+        &c.path("certs/group.key").display().to_string(),
+        missing.to_str().unwrap(),
+    );
+    assert!(text.contains("missing-group.key") && !missing.exists());
+    let ops = c.path("ops.toml");
+    fs::write(&ops, text).unwrap();
+    let ops = ops.to_str().unwrap();
+    let reports_n1 = |out: &std::process::Output| {
+        let docs: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        out.status.success() && docs.iter().any(|d| d["node"] == "n1")
+    };
+    let mut out = None;
+    let ok = wait_until(T, || {
+        let o = mqsync(&["status", "--config", ops, "--json"]);
+        let ok = reports_n1(&o);
+        out = Some(o);
+        ok
+    });
+    let out = out.unwrap();
+    assert!(ok, "status: {}", String::from_utf8_lossy(&out.stderr));
+    // MQSYNC_CONFIG stands for --config.
+    let out = Command::new(BIN)
+        .args(["status", "--json"])
+        .env("MQSYNC_CONFIG", ops)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        reports_n1(&out),
+        "status with MQSYNC_CONFIG: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = mqsync(&["wait", "--config", ops, "--timeout", "60"]);
+    assert!(
+        out.status.success(),
+        "wait: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = mqsync(&["resync", "--config", ops]);
+    assert!(
+        out.status.success(),
+        "resync: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The daemon itself still refuses to run without its key.
+    let out = mqsync(&["run", "--config", ops]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("missing-group.key"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let help = mqsync(&["status", "--help"]);
+    assert!(String::from_utf8_lossy(&help.stdout).contains("MQSYNC_CONFIG"));
+}
+
+#[test]
 fn the_on_change_hook_gets_the_changed_paths_and_its_failure_is_not_fatal() {
     let mut c = Cluster::new(2);
     let hook_log = c.path("hook.log");
