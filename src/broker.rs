@@ -77,6 +77,9 @@ pub struct BrokerSettings {
     pub key: PathBuf,
     pub max_packet_bytes: usize,
     pub max_inflight: usize,
+    /// Nodes share one client certificate (a Swarm global service): let any client
+    /// publish as any node id instead of only as its certificate's common name.
+    pub shared_node_cert: bool,
 }
 
 impl BrokerSettings {
@@ -89,6 +92,7 @@ impl BrokerSettings {
             key: dir.join(crate::certs::BROKER_KEY),
             max_packet_bytes: DEFAULT_MAX_PACKET_BYTES,
             max_inflight: DEFAULT_MAX_INFLIGHT,
+            shared_node_cert: false,
         }
     }
 }
@@ -120,13 +124,13 @@ impl BrokerHandle {
 /// problems from its threads (or fails every connection) instead of returning an error.
 /// Port 0 is refused: rumqttd does not report the port it would pick.
 pub fn start(settings: &BrokerSettings) -> Result<BrokerHandle, BrokerError> {
-    start_config(config_for(settings))
+    start_config(config_for(settings), settings.shared_node_cert)
 }
 
 /// Loads a rumqttd-style TOML config (see `broker/rumqttd.toml`) and starts it like
 /// [`start`]. Every listener must use TLS with a CA for client certificates.
-pub fn start_from_file(path: &Path) -> Result<BrokerHandle, BrokerError> {
-    start_config(load_config(path)?)
+pub fn start_from_file(path: &Path, shared_node_cert: bool) -> Result<BrokerHandle, BrokerError> {
+    start_config(load_config(path)?, shared_node_cert)
 }
 
 /// Reads and parses a rumqttd TOML config without starting anything.
@@ -179,7 +183,7 @@ pub fn config_for(settings: &BrokerSettings) -> Config {
     }
 }
 
-fn start_config(mut config: Config) -> Result<BrokerHandle, BrokerError> {
+fn start_config(mut config: Config, shared_node_cert: bool) -> Result<BrokerHandle, BrokerError> {
     let listen = check_config(&config)?;
     // Every TLS listener becomes a front on its public address relaying to a plain
     // rumqttd listener on a loopback port (see `front`). Binding the public sockets here
@@ -227,7 +231,9 @@ fn start_config(mut config: Config) -> Result<BrokerHandle, BrokerError> {
     let mut front_threads = Vec::new();
     for (public, backend, tls) in fronts {
         wait_listening(backend, deadline, &done_rx)?;
-        front_threads.push(front::spawn(public, backend, tls).map_err(BrokerError::Thread)?);
+        front_threads.push(
+            front::spawn(public, backend, tls, shared_node_cert).map_err(BrokerError::Thread)?,
+        );
     }
     tracing::info!(?listen, "embedded broker listening");
     Ok(BrokerHandle {
@@ -358,8 +364,7 @@ fn check_key(path: &Path) -> Result<(), BrokerError> {
     Ok(())
 }
 
-/// Polls rumqttd's loopback listener with TCP connects until it accepts. rumqttd may log
-/// one harmless error for the probe, which closes without sending CONNECT.
+/// Polls rumqttd's loopback listener with TCP connects until it accepts.
 fn wait_listening(
     addr: SocketAddr,
     deadline: Instant,
@@ -370,7 +375,11 @@ fn wait_listening(
         if let Ok(reason) = done.try_recv() {
             return Err(BrokerError::Stopped(reason));
         }
-        if TcpStream::connect_timeout(&probe, Duration::from_millis(200)).is_ok() {
+        let up = match listening_in_proc(probe.port()).filter(|_| probe.is_ipv4()) {
+            Some(up) => up,
+            None => TcpStream::connect_timeout(&probe, Duration::from_millis(200)).is_ok(),
+        };
+        if up {
             return Ok(());
         }
         if Instant::now() >= deadline {
@@ -381,6 +390,24 @@ fn wait_listening(
         }
         thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Whether a socket listens on `port` on IPv4 loopback or any address, from
+/// `/proc/net/tcp`; `None` where that file cannot be read. Reading it instead of
+/// connecting spares rumqttd a client that leaves without CONNECT, which it logs as an
+/// error.
+fn listening_in_proc(port: u16) -> Option<bool> {
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    let wanted = [
+        format!("0100007F:{port:04X}"),
+        format!("00000000:{port:04X}"),
+    ];
+    Some(table.lines().skip(1).any(|line| {
+        let mut fields = line.split_whitespace();
+        let local = fields.nth(1).unwrap_or_default();
+        let state = fields.nth(1).unwrap_or_default();
+        state == "0A" && wanted.iter().any(|w| w == local)
+    }))
 }
 
 /// A wildcard listen address is probed through loopback.

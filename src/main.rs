@@ -123,6 +123,11 @@ struct BrokerArgs {
     /// A rumqttd-style TOML file instead (see broker/rumqttd.toml).
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Nodes share one client certificate (e.g. a Swarm global service): let any
+    /// client publish as any node id. By default a client may publish only under the
+    /// node id its certificate names (docs/SECURITY.md).
+    #[arg(long, env = "MQSYNC_BROKER_SHARED_NODE_CERT")]
+    shared_node_cert: bool,
 }
 
 #[derive(Subcommand)]
@@ -389,10 +394,11 @@ fn main() -> Result<()> {
         Cmd::Broker(a) => {
             init_logging(&cli.log, LogFormat::Text);
             let handle = match (&a.config, &a.certs) {
-                (Some(c), _) => mqsync::broker::start_from_file(c)?,
-                (None, Some(dir)) => mqsync::broker::start(
-                    &mqsync::broker::BrokerSettings::with_certs_dir(a.listen, dir),
-                )?,
+                (Some(c), _) => mqsync::broker::start_from_file(c, a.shared_node_cert)?,
+                (None, Some(dir)) => mqsync::broker::start(&mqsync::broker::BrokerSettings {
+                    shared_node_cert: a.shared_node_cert,
+                    ..mqsync::broker::BrokerSettings::with_certs_dir(a.listen, dir)
+                })?,
                 (None, None) => bail!("give --certs DIR or --config FILE"),
             };
             for addr in handle.listen_addrs() {

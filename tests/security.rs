@@ -19,12 +19,14 @@ use std::time::Duration;
 
 const T: Duration = Duration::from_secs(120);
 
+type Received = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
 /// An MQTT client with node certificate `cert`, polled on its own runtime, recording
 /// what it receives and how many of its QoS 1 publishes the broker acknowledged.
 struct Client {
     rt: tokio::runtime::Runtime,
     client: AsyncClient,
-    got: Arc<Mutex<Vec<(String, Vec<u8>)>>>,
+    got: Received,
     acks: Arc<AtomicUsize>,
 }
 
@@ -44,7 +46,7 @@ impl Client {
         ));
         opts.set_max_packet_size(8 << 20, 8 << 20);
         let (client, mut el) = AsyncClient::new(opts, 1000);
-        let got = Arc::new(Mutex::new(Vec::new()));
+        let got: Received = Arc::new(Mutex::new(Vec::new()));
         let acks = Arc::new(AtomicUsize::new(0));
         let subscribed = Arc::new(AtomicBool::new(subscribe.is_none()));
         if let Some(filter) = subscribe {

@@ -23,20 +23,30 @@ pub enum Verdict {
     Deny(String),
 }
 
-/// May a client whose certificate names `identity` publish to `topic`?
-pub fn may_publish(identity: &str, topic: &str) -> bool {
+/// Who a client may publish as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Identity<'a> {
+    /// Only as the node its certificate names.
+    Node(&'a str),
+    /// As any node: the broker was told that nodes share one certificate.
+    AnyNode,
+}
+
+/// May a client with `identity` publish to `topic`?
+pub fn may_publish(identity: Identity<'_>, topic: &str) -> bool {
     let levels: Vec<&str> = topic.split('/').collect();
     match levels.as_slice() {
         [_prefix @ .., folder, "cmd"] if levels.len() >= 3 => !folder.is_empty(),
-        [_prefix @ .., _folder, "v1" | "status", node] if levels.len() >= 4 => {
-            !identity.is_empty() && *node == identity
-        }
+        [_prefix @ .., _folder, "v1" | "status", node] if levels.len() >= 4 => match identity {
+            Identity::Node(id) => !id.is_empty() && *node == id,
+            Identity::AnyNode => !node.is_empty(),
+        },
         _ => false,
     }
 }
 
 /// Judges the packet at the start of `buf` for a client with `identity`.
-pub fn inspect(buf: &[u8], identity: &str) -> Verdict {
+pub fn inspect(buf: &[u8], identity: Identity<'_>) -> Verdict {
     let Some(&first) = buf.first() else {
         return Verdict::NeedMore;
     };
@@ -132,6 +142,10 @@ fn connect_will_topic(body: &[u8]) -> Result<Option<String>, String> {
 mod tests {
     use super::*;
 
+    const N1: Identity = Identity::Node("n1");
+    const N2: Identity = Identity::Node("n2");
+    const NOBODY: Identity = Identity::Node("");
+
     fn publish(topic: &str, payload_len: usize) -> Vec<u8> {
         let remaining = 2 + topic.len() + payload_len;
         let mut out = vec![0x30];
@@ -175,63 +189,63 @@ mod tests {
 
     #[test]
     fn the_rule_matches_the_mosquitto_acl() {
-        assert!(may_publish("n1", "mqsync/f/v1/n1"));
-        assert!(may_publish("n1", "mqsync/f/status/n1"));
-        assert!(may_publish("n1", "a/b/mqsync/f/v1/n1"));
-        assert!(may_publish("n1", "mqsync/f/cmd"));
-        assert!(may_publish("", "mqsync/f/cmd"));
-        assert!(!may_publish("n1", "mqsync/f/v1/n2"));
-        assert!(!may_publish("n1", "mqsync/f/status/n2"));
-        assert!(!may_publish("n1", "mqsync/f/v1/n1/extra"));
-        assert!(!may_publish("n1", "v1/n1"));
-        assert!(!may_publish("n1", "other/topic"));
-        assert!(!may_publish("", "mqsync/f/v1/"));
-        assert!(!may_publish("n1", "/cmd"));
+        assert!(may_publish(N1, "mqsync/f/v1/n1"));
+        assert!(may_publish(N1, "mqsync/f/status/n1"));
+        assert!(may_publish(N1, "a/b/mqsync/f/v1/n1"));
+        assert!(may_publish(N1, "mqsync/f/cmd"));
+        assert!(may_publish(NOBODY, "mqsync/f/cmd"));
+        assert!(!may_publish(N1, "mqsync/f/v1/n2"));
+        assert!(!may_publish(N1, "mqsync/f/status/n2"));
+        assert!(!may_publish(N1, "mqsync/f/v1/n1/extra"));
+        assert!(!may_publish(N1, "v1/n1"));
+        assert!(!may_publish(N1, "other/topic"));
+        assert!(!may_publish(NOBODY, "mqsync/f/v1/"));
+        assert!(!may_publish(N1, "/cmd"));
+        assert!(may_publish(Identity::AnyNode, "mqsync/f/v1/n2"));
+        assert!(!may_publish(Identity::AnyNode, "mqsync/f/v1/"));
+        assert!(!may_publish(Identity::AnyNode, "other/topic"));
     }
 
     #[test]
     fn publish_topics_are_judged_from_a_prefix_of_the_packet() {
         let ok = publish("mqsync/f/v1/n1", 300_000);
-        assert_eq!(inspect(&ok, "n1"), Verdict::Forward(ok.len()));
+        assert_eq!(inspect(&ok, N1), Verdict::Forward(ok.len()));
         // The topic is known long before the 300 KB payload has arrived.
-        assert_eq!(inspect(&ok[..30], "n1"), Verdict::Forward(ok.len()));
-        assert_eq!(inspect(&ok[..6], "n1"), Verdict::NeedMore);
-        assert_eq!(inspect(&ok[..1], "n1"), Verdict::NeedMore);
-        assert!(matches!(inspect(&ok, "n2"), Verdict::Deny(_)));
+        assert_eq!(inspect(&ok[..30], N1), Verdict::Forward(ok.len()));
+        assert_eq!(inspect(&ok[..6], N1), Verdict::NeedMore);
+        assert_eq!(inspect(&ok[..1], N1), Verdict::NeedMore);
+        assert!(matches!(inspect(&ok, N2), Verdict::Deny(_)));
         let bad = publish("mqsync/f/v1/n2", 10);
-        assert!(matches!(inspect(&bad, "n1"), Verdict::Deny(m) if m.contains("n2")));
+        assert!(matches!(inspect(&bad, N1), Verdict::Deny(m) if m.contains("n2")));
     }
 
     #[test]
     fn connect_will_topics_follow_the_same_rule() {
         let plain = connect(None);
-        assert_eq!(inspect(&plain, "n1"), Verdict::Forward(plain.len()));
+        assert_eq!(inspect(&plain, N1), Verdict::Forward(plain.len()));
         let own = connect(Some("mqsync/f/status/n1"));
-        assert_eq!(inspect(&own, "n1"), Verdict::Forward(own.len()));
-        assert_eq!(inspect(&own[..own.len() - 1], "n1"), Verdict::NeedMore);
+        assert_eq!(inspect(&own, N1), Verdict::Forward(own.len()));
+        assert_eq!(inspect(&own[..own.len() - 1], N1), Verdict::NeedMore);
         let other = connect(Some("mqsync/f/status/n2"));
-        assert!(matches!(inspect(&other, "n1"), Verdict::Deny(_)));
+        assert!(matches!(inspect(&other, N1), Verdict::Deny(_)));
     }
 
     #[test]
     fn other_packets_pass_and_malformed_ones_are_denied() {
         let ping = [0xc0, 0x00];
-        assert_eq!(inspect(&ping, "n1"), Verdict::Forward(2));
+        assert_eq!(inspect(&ping, N1), Verdict::Forward(2));
         let subscribe = [0x82, 0x03, 0, 1, 0];
-        assert_eq!(inspect(&subscribe, "n1"), Verdict::Forward(5));
+        assert_eq!(inspect(&subscribe, N1), Verdict::Forward(5));
         assert!(matches!(
-            inspect(&[0x30, 0xff, 0xff, 0xff, 0xff], "n1"),
+            inspect(&[0x30, 0xff, 0xff, 0xff, 0xff], N1),
             Verdict::Deny(_)
         ));
-        assert!(matches!(
-            inspect(&[0x30, 0x01, 0x00], "n1"),
-            Verdict::Deny(_)
-        ));
+        assert!(matches!(inspect(&[0x30, 0x01, 0x00], N1), Verdict::Deny(_)));
         let mut bad_utf8 = publish("mqsync/f/v1/n1", 0);
         bad_utf8[5] = 0xff;
-        assert!(matches!(inspect(&bad_utf8, "n1"), Verdict::Deny(_)));
+        assert!(matches!(inspect(&bad_utf8, N1), Verdict::Deny(_)));
         let mut huge = vec![0x10, 0xff, 0xff, 0x7f];
         huge.extend([0; 8]);
-        assert!(matches!(inspect(&huge, "n1"), Verdict::Deny(_)));
+        assert!(matches!(inspect(&huge, N1), Verdict::Deny(_)));
     }
 }

@@ -15,7 +15,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
-use super::acl::{self, Verdict};
+use super::acl::{self, Identity, Verdict};
 
 /// Time a new connection gets to finish its TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -32,6 +32,7 @@ pub fn spawn(
     listener: std::net::TcpListener,
     backend: SocketAddr,
     tls: Arc<rustls::ServerConfig>,
+    shared_node_cert: bool,
 ) -> std::io::Result<JoinHandle<()>> {
     listener.set_nonblocking(true)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -44,14 +45,21 @@ pub fn spawn(
         .spawn(move || {
             runtime.block_on(async move {
                 match TcpListener::from_std(listener) {
-                    Ok(listener) => serve(listener, backend, TlsAcceptor::from(tls)).await,
+                    Ok(listener) => {
+                        serve(listener, backend, TlsAcceptor::from(tls), shared_node_cert).await
+                    }
                     Err(e) => tracing::error!(error = %e, "broker TLS front cannot listen"),
                 }
             })
         })
 }
 
-async fn serve(listener: TcpListener, backend: SocketAddr, acceptor: TlsAcceptor) {
+async fn serve(
+    listener: TcpListener,
+    backend: SocketAddr,
+    acceptor: TlsAcceptor,
+    shared_node_cert: bool,
+) {
     let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -96,12 +104,17 @@ async fn serve(listener: TcpListener, backend: SocketAddr, acceptor: TlsAcceptor
                 }
             };
             let _ = upstream.set_nodelay(true);
-            relay(tls, upstream, &identity, peer).await;
+            let identity = if shared_node_cert {
+                Identity::AnyNode
+            } else {
+                Identity::Node(&identity)
+            };
+            relay(tls, upstream, identity, peer).await;
         });
     }
 }
 
-async fn relay<C>(client: C, upstream: TcpStream, identity: &str, peer: SocketAddr)
+async fn relay<C>(client: C, upstream: TcpStream, identity: Identity<'_>, peer: SocketAddr)
 where
     C: AsyncRead + AsyncWrite + Unpin,
 {
@@ -109,7 +122,7 @@ where
     let (up_r, mut up_w) = upstream.into_split();
     let to_broker = async {
         if let Err(reason) = forward_checked(client_r, &mut up_w, identity).await {
-            tracing::warn!(%peer, %identity, %reason, "broker: closing client connection");
+            tracing::warn!(%peer, ?identity, %reason, "broker: closing client connection");
         }
         let _ = up_w.shutdown().await;
     };
@@ -127,7 +140,11 @@ where
 
 /// Copies the client's packets to rumqttd, each only once [`acl::inspect`] allowed it.
 /// Returns `Ok` at the client's end of stream, `Err` with the reason to close otherwise.
-async fn forward_checked<R, W>(mut from: R, to: &mut W, identity: &str) -> Result<(), String>
+async fn forward_checked<R, W>(
+    mut from: R,
+    to: &mut W,
+    identity: Identity<'_>,
+) -> Result<(), String>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -177,6 +194,7 @@ mod tests {
     use super::*;
 
     async fn run(input: Vec<u8>, identity: &str) -> (Vec<u8>, Result<(), String>) {
+        let identity = Identity::Node(identity);
         let (mut client, server) = tokio::io::duplex(1024);
         let writer = tokio::spawn(async move {
             // Small pieces: the inspector must cope with packets split anywhere.
