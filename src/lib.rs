@@ -14,6 +14,7 @@ pub mod hook;
 pub mod index;
 pub mod metrics;
 pub mod node;
+pub mod progress;
 pub mod relpath;
 pub mod scanner;
 pub mod status;

@@ -216,9 +216,15 @@ fn main() -> Result<()> {
             cfg.validate_for_run()?;
             init_logging(&cli.log, cfg.log_format);
             tracing::info!(node = %cfg.node_id, folders = cfg.folders.len(), "mqsync {} starting", env!("CARGO_PKG_VERSION"));
+            let progress: Vec<_> = cfg
+                .folders
+                .iter()
+                .map(|f| (f.id.clone(), cfg.state_dir.clone(), f.id.clone()))
+                .collect();
             rt.block_on(async {
                 let (tx, rx) = watch::channel(false);
                 let daemon = tokio::spawn(mqsync::daemon::run(cfg, rx));
+                tokio::spawn(mqsync::progress::initial_sync(progress));
                 tokio::select! {
                     r = daemon => return r?.map_err(anyhow::Error::from),
                     _ = shutdown_signal() => {}
@@ -463,6 +469,15 @@ fn main() -> Result<()> {
                     "Ctrl-C stops the demo (the files stay in {}).",
                     layout.dir.display()
                 );
+                tokio::spawn(mqsync::progress::initial_sync(
+                    mqsync::demo::DEMO_NODES
+                        .iter()
+                        .map(|n| {
+                            let state = layout.dir.join(".state").join(n);
+                            (format!("{n}/demo"), state, "demo".to_string())
+                        })
+                        .collect(),
+                ));
                 shutdown_signal().await;
                 let _ = tx.send(true);
                 for t in tasks {

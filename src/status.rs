@@ -15,6 +15,20 @@ pub enum State {
     Error,
 }
 
+impl State {
+    /// The name used in the status JSON.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            State::Starting => "starting",
+            State::Scanning => "scanning",
+            State::Syncing => "syncing",
+            State::Idle => "idle",
+            State::Offline => "offline",
+            State::Error => "error",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FolderStatus {
     pub node: String,
