@@ -56,13 +56,7 @@ pub fn client_config(
     cert_file: Option<&Path>,
     key_file: Option<&Path>,
 ) -> Result<rustls::ClientConfig, TlsError> {
-    let mut roots = RootCertStore::empty();
-    for cert in read_certs("CA file", ca_file)? {
-        roots.add(cert).map_err(|source| TlsError::BadCa {
-            path: ca_file.to_path_buf(),
-            source,
-        })?;
-    }
+    let roots = read_roots(ca_file)?;
 
     // An explicit provider rather than the process default: `builder()` panics when more
     // than one provider feature ends up enabled in the dependency graph.
@@ -97,13 +91,7 @@ pub fn server_config(
     cert_file: &Path,
     key_file: &Path,
 ) -> Result<rustls::ServerConfig, TlsError> {
-    let mut roots = RootCertStore::empty();
-    for cert in read_certs("CA file", ca_file)? {
-        roots.add(cert).map_err(|source| TlsError::BadCa {
-            path: ca_file.to_path_buf(),
-            source,
-        })?;
-    }
+    let roots = read_roots(ca_file)?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
         Arc::new(roots),
@@ -131,6 +119,18 @@ pub fn common_name(der: &[u8]) -> Option<String> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
     let cn = cert.subject().iter_common_name().next()?;
     cn.as_str().ok().map(str::to_string)
+}
+
+/// The trust anchors in `ca_file`.
+fn read_roots(ca_file: &Path) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in read_certs("CA file", ca_file)? {
+        roots.add(cert).map_err(|source| TlsError::BadCa {
+            path: ca_file.to_path_buf(),
+            source,
+        })?;
+    }
+    Ok(roots)
 }
 
 fn read_file(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
