@@ -547,7 +547,12 @@ fn print_status(map: &mqsync::control::StatusMap, json: bool) -> Result<()> {
             d.pending,
             if in_sync { "yes" } else { "no" },
             d.digest,
-            d.last_error.as_deref().unwrap_or("")
+            match (&d.last_error, d.insecure_plaintext) {
+                (Some(e), true) => format!("PLAINTEXT; {e}"),
+                (Some(e), false) => e.clone(),
+                (None, true) => "PLAINTEXT (insecure_plaintext: not encrypted)".to_string(),
+                (None, false) => String::new(),
+            }
         );
     }
     if map.is_empty() {

@@ -1206,6 +1206,7 @@ impl Folder {
             local_changes: self.engine.local_change_count() as u64,
             last_error: self.paused.clone().or_else(|| self.last_error.clone()),
             connected: self.connected,
+            insecure_plaintext: self.connect.tls.is_none(),
             updated_ms: 0,
         }
     }

@@ -48,6 +48,9 @@ pub struct FolderStatus {
     pub last_error: Option<String>,
     /// Whether the node's connections to the broker are up.
     pub connected: bool,
+    /// The node talks to the broker over plain TCP (`insecure_plaintext`).
+    #[serde(default)]
+    pub insecure_plaintext: bool,
     /// Milliseconds since the Unix epoch.
     pub updated_ms: u64,
 }

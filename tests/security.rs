@@ -553,3 +553,52 @@ fn the_embedded_broker_keeps_n1_out_of_n2s_topics() {
     let log = c.broker.as_ref().unwrap().log_text();
     assert!(log.contains("outside the topics of"), "{log}");
 }
+
+/// Plain TCP only when asked for, and then said in the log and in status.
+#[test]
+fn plaintext_is_refused_unless_asked_for_and_then_reported() {
+    let mut c = Cluster::with_broker(1, BrokerKind::Mosquitto);
+    let port = free_port();
+    let conf = c.path("plain.conf");
+    fs::write(
+        &conf,
+        format!("user root\nlistener {port} 127.0.0.1\nallow_anonymous true\n"),
+    )
+    .unwrap();
+    let _plain = Proc::spawn_program(
+        &mosquitto_bin(),
+        &["-c", conf.to_str().unwrap()],
+        &c.path("plain.log"),
+    );
+    assert!(wait_until(Duration::from_secs(20), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    }));
+    let tls_url = format!("mqtts://127.0.0.1:{}", c.port);
+    let plain_url = format!("mqtt://127.0.0.1:{port}");
+    let cfg = c.write_config(0, |t| t.replace(&tls_url, &plain_url));
+    let out = std::process::Command::new(BIN)
+        .args(["run", "--config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("insecure_plaintext"), "{err}");
+
+    c.write_config(0, |t| {
+        t.replace(&tls_url, &plain_url)
+            .replace("[broker]\n", "[broker]\ninsecure_plaintext = true\n")
+    });
+    c.start_node(0);
+    let health = c.path("state/n1/health/shared.json");
+    assert!(
+        wait_until(T, || fs::read(&health)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .is_some_and(
+                |d| d["insecure_plaintext"] == true && d["connected"] == true
+            )),
+        "{}",
+        node_log(&c, 0)
+    );
+    assert!(node_log(&c, 0).contains("traffic is not encrypted"));
+}
