@@ -192,6 +192,7 @@ fn main() {
     let keys = keys();
     let decode = fresh(&root, "decode");
     let signed = fresh(&root, "decode_signed");
+    let engine = fresh(&root, "engine");
 
     for (name, e) in messages() {
         let msg = wire::encode(&e, TOPIC, &keys).unwrap();
@@ -204,6 +205,9 @@ fn main() {
             "{name}: signer differs from wire::encode"
         );
         write(&signed, name, &input);
+        if name.starts_with("manifest") || name.starts_with("digest") {
+            write(&engine, name, &input);
+        }
     }
 
     // Near misses for the raw decoder.
@@ -298,6 +302,34 @@ fn main() {
     input.extend_from_slice(b"junk");
     keep("hostile_not_zstd", input);
     let _ = CTL_COMPRESS;
+
+    // Known crashes, kept out of the seed dirs so that scripts/fuzz stays green until
+    // they are fixed (fuzz/README.md, "Known crashes").
+    let repro = Path::new(env!("CARGO_MANIFEST_DIR")).join("reproducers");
+    let engine_repro = fresh(&repro, "engine");
+    // A manifest entry whose version counter is u64::MAX: a local change to that path
+    // overflows `VersionVector::incremented`.
+    let max: std::collections::BTreeMap<String, u64> = [("n2".to_string(), u64::MAX)].into();
+    let version: VersionVector =
+        postcard::from_bytes(&postcard::to_allocvec(&max).unwrap()).unwrap();
+    let msg = wire::encode(
+        &env(Message::Manifest {
+            live: true,
+            entries: vec![Entry {
+                version,
+                ..entry("f", Content::Deleted)
+            }],
+        }),
+        TOPIC,
+        &keys,
+    )
+    .unwrap();
+    assert!(wire::decode(&msg, TOPIC, NODE, &keys).is_ok());
+    write(
+        &engine_repro,
+        "crash-version-counter-overflow",
+        &signed_input_from_message(&msg),
+    );
 
     let relpath = fresh(&root, "relpath");
     let long = "x".repeat(255);

@@ -1,0 +1,94 @@
+//! Accepted messages (same input layout as `decode_signed`) → the sync engine of a
+//! fresh node: every manifest entry is offered with `handle_remote` and applied, then
+//! changed locally, then replayed. Must never panic; a local change must produce a
+//! version that descends from the one it replaced, and a replayed old entry must not
+//! roll that change back.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use mqsync::engine::{Causality, Content, Digest, Effect, Engine, Entry, Mode};
+use mqsync::wire::{self, Message};
+use mqsync_fuzz::{NODE, TOPIC, keys, signed_message};
+use std::sync::LazyLock;
+
+static KEYS: LazyLock<wire::Keys> = LazyLock::new(keys);
+
+/// Known, reported crashes are skipped so that `scripts/fuzz` keeps finding new ones;
+/// `MQSYNC_FUZZ_KNOWN=1` runs them (fuzz/README.md, "Known crashes").
+static RUN_KNOWN: LazyLock<bool> =
+    LazyLock::new(|| std::env::var_os("MQSYNC_FUZZ_KNOWN").is_some_and(|v| v == "1"));
+
+/// Known crash: a version counter of `u64::MAX` overflows
+/// `VersionVector::incremented` on the next local change or conflict resolution
+/// (reproducer: fuzz/reproducers/engine/crash-version-counter-overflow).
+fn known_crash(entries: &[Entry]) -> bool {
+    entries
+        .iter()
+        .any(|e| e.version.iter().any(|(_, c)| c == u64::MAX))
+}
+
+/// Carries out the engine's effects as a runtime whose applies all succeed would.
+fn drain(eng: &mut Engine) -> usize {
+    let mut applies = 0;
+    while let Some(effect) = eng.poll_effect() {
+        if let Effect::Apply { entry, .. } = effect {
+            applies += 1;
+            eng.handle_applied(&entry.path, &entry.version, true);
+        }
+    }
+    applies
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some(msg) = signed_message(data) else {
+        return;
+    };
+    let Ok(env) = wire::decode(&msg, TOPIC, NODE, &KEYS) else {
+        return;
+    };
+    let mut eng = Engine::new("n0", Mode::SendReceive, []);
+    eng.set_clock(1_760_000_000_000);
+    match env.msg {
+        Message::Manifest { entries, .. } => {
+            if known_crash(&entries) && !*RUN_KNOWN {
+                return;
+            }
+            for e in &entries {
+                eng.handle_remote(e.clone());
+                drain(&mut eng);
+            }
+            for e in &entries {
+                let before = eng.entry(&e.path).map(|c| c.version.clone());
+                eng.handle_local(e.path.clone(), Content::Dir { mode: 0o700 });
+                drain(&mut eng);
+                let after = eng.entry(&e.path).expect("a local change is recorded");
+                if let Some(before) = before {
+                    assert!(
+                        after.version == before
+                            || after.version.compare(&before) == Causality::Greater,
+                        "local change at {:?}: {:?} does not descend from {:?}",
+                        e.path,
+                        after.version,
+                        before
+                    );
+                }
+            }
+            for e in &entries {
+                let mine = eng.entry(&e.path).cloned();
+                eng.handle_remote(e.clone());
+                drain(&mut eng);
+                if let Some(mine) = mine
+                    && mine.version.compare(&e.version) == Causality::Greater
+                {
+                    assert_eq!(eng.entry(&e.path), Some(&mine), "replay rolled back");
+                }
+            }
+        }
+        Message::Digest { reply, buckets } => {
+            let digest = Digest::from_buckets(buckets).expect("decode checks the count");
+            eng.handle_digest(&digest, reply);
+            drain(&mut eng);
+        }
+        Message::Chunks { .. } | Message::Request { .. } => {}
+    }
+});
