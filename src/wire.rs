@@ -21,6 +21,9 @@ pub const MAX_REQUEST_HASHES: usize = 20_000;
 /// Chunks one file entry may list: 100,000 chunks of at most 1 MiB (about 100 GiB);
 /// one entry must also fit in a single message.
 pub const MAX_CHUNKS_PER_FILE: usize = 100_000;
+/// Largest version counter accepted from the wire (2^53: a change per nanosecond for
+/// 100 days); the engine adds one to the largest counter it holds.
+pub const MAX_VERSION_COUNTER: u64 = 1 << 53;
 /// Bodies smaller than this are sent uncompressed: zstd would not pay for itself.
 const COMPRESS_MIN: usize = 512;
 const FLAG_ZSTD: u8 = 1;
@@ -248,16 +251,23 @@ pub fn decode(
     Ok(env)
 }
 
-/// A file entry's size must be exactly what its chunk list covers, with chunks no larger
+/// Version counters must be at most [`MAX_VERSION_COUNTER`]. A file entry's size must be exactly what its chunk list covers, with chunks no larger
 /// than the chunker makes: a sender cannot make a receiver reserve space or wait for
 /// data that the manifest does not describe.
 fn check_entry(e: &crate::engine::Entry) -> Result<(), DecodeError> {
-    let crate::engine::Content::File { size, chunks, .. } = &e.content else {
-        return Ok(());
-    };
     let bad = |reason: String| DecodeError::BadEntry {
         path: e.path.to_string(),
         reason,
+    };
+    // Counters grow by one per change; one near the top of u64 can only be forged, and
+    // would overflow the next increment.
+    if let Some((node, c)) = e.version.iter().find(|(_, c)| *c > MAX_VERSION_COUNTER) {
+        return Err(bad(format!(
+            "version counter {c} of {node} is out of range"
+        )));
+    }
+    let crate::engine::Content::File { size, chunks, .. } = &e.content else {
+        return Ok(());
     };
     if chunks.len() > MAX_CHUNKS_PER_FILE {
         return Err(bad(format!(
@@ -397,6 +407,15 @@ mod tests {
             decode(&b, T, "n1", &keys())
         };
         assert!(file(3 << 20, &[1 << 20; 3]).is_ok());
+        let mut forged = manifest();
+        if let Message::Manifest { entries, .. } = &mut forged.msg {
+            entries[0].version = serde_json::from_str(r#"{"n1": 18446744073709551615}"#).unwrap();
+        }
+        let b = encode(&forged, T, &keys()).unwrap();
+        assert!(matches!(
+            decode(&b, T, "n1", &keys()),
+            Err(DecodeError::BadEntry { reason, .. }) if reason.contains("out of range")
+        ));
         assert!(file(0, &[]).is_ok());
         for bad in [
             file(1 << 50, &[1 << 20]),

@@ -41,7 +41,9 @@ impl VersionVector {
             .max()
             .unwrap_or(0)
             .max(self.get(node))
-            + 1;
+            // The wire refuses counters near the top (`wire::MAX_VERSION_COUNTER`);
+            // saturating keeps an index written before that check from panicking.
+            .saturating_add(1);
         v.0.insert(node.to_string(), next);
         v
     }
