@@ -6,26 +6,12 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mqsync::engine::{Causality, Content, Digest, Effect, Engine, Entry, Mode};
+use mqsync::engine::{Causality, Content, Digest, Effect, Engine, Mode};
 use mqsync::wire::{self, Message};
 use mqsync_fuzz::{NODE, TOPIC, keys, signed_message};
 use std::sync::LazyLock;
 
 static KEYS: LazyLock<wire::Keys> = LazyLock::new(keys);
-
-/// Known, reported crashes are skipped so that `scripts/fuzz` keeps finding new ones;
-/// `MQSYNC_FUZZ_KNOWN=1` runs them (fuzz/README.md, "Known crashes").
-static RUN_KNOWN: LazyLock<bool> =
-    LazyLock::new(|| std::env::var_os("MQSYNC_FUZZ_KNOWN").is_some_and(|v| v == "1"));
-
-/// Known crash: a version counter of `u64::MAX` overflows
-/// `VersionVector::incremented` on the next local change or conflict resolution
-/// (reproducer: fuzz/reproducers/engine/crash-version-counter-overflow).
-fn known_crash(entries: &[Entry]) -> bool {
-    entries
-        .iter()
-        .any(|e| e.version.iter().any(|(_, c)| c == u64::MAX))
-}
 
 /// Carries out the engine's effects as a runtime whose applies all succeed would.
 fn drain(eng: &mut Engine) -> usize {
@@ -50,9 +36,6 @@ fuzz_target!(|data: &[u8]| {
     eng.set_clock(1_760_000_000_000);
     match env.msg {
         Message::Manifest { entries, .. } => {
-            if known_crash(&entries) && !*RUN_KNOWN {
-                return;
-            }
             for e in &entries {
                 eng.handle_remote(e.clone());
                 drain(&mut eng);
