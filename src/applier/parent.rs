@@ -3,9 +3,8 @@
 //! `/proc/self/fd/N/NAME`, so a symlink swapped into the path after the check cannot
 //! redirect a write outside the root.
 
-use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -79,9 +78,7 @@ impl ParentDir {
 
     /// Makes renames and creations in this directory durable.
     pub fn sync(&self) {
-        if let Ok(fd) = self.fd.as_fd().try_clone_to_owned() {
-            let _ = File::from(fd).sync_all();
-        }
+        let _ = rustix::fs::fsync(&self.fd);
     }
 }
 

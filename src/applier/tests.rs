@@ -36,6 +36,19 @@ fn file_content(parts: &[&[u8]], mode: u32) -> (Content, Vec<(Hash, Vec<u8>)>) {
     )
 }
 
+fn assert_unsafe_parent(out: &Outcome) {
+    assert!(
+        matches!(
+            out,
+            Outcome::Failed {
+                error: ApplyError::UnsafeParent(_),
+                ..
+            }
+        ),
+        "{out:?}"
+    );
+}
+
 fn none(_: &Hash) -> Option<Vec<u8>> {
     None
 }
@@ -92,16 +105,7 @@ fn refuses_to_write_through_a_symlinked_parent() {
     let out = a.start(entry("evil/f", c), None, None, "n1", &|h| {
         map.get(h).cloned()
     });
-    assert!(
-        matches!(
-            out,
-            Outcome::Failed {
-                error: ApplyError::UnsafeParent(_),
-                ..
-            }
-        ),
-        "{out:?}"
-    );
+    assert_unsafe_parent(&out);
     assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 0);
 }
 
@@ -136,16 +140,7 @@ fn a_symlink_swapped_in_during_an_apply_is_not_followed() {
         "n1",
         &none,
     );
-    assert!(
-        matches!(
-            out,
-            Outcome::Failed {
-                error: ApplyError::UnsafeParent(_),
-                ..
-            }
-        ),
-        "{out:?}"
-    );
+    assert_unsafe_parent(&out);
     assert!(!outside.path().join("x").exists());
 }
 
