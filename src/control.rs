@@ -1,16 +1,19 @@
 //! Operator commands over the broker: `mqsync resync` publishes one command on a
 //! folder's public cmd topic; `mqsync status` and `mqsync wait` read the retained status
 //! topics. Each is a short-lived MQTT client of its own, and none needs the group key
-//! (`daemon::connect_settings`): a resync command carries no MAC.
+//! (`daemon::connect_settings`): a resync command carries no MAC. With the key, status
+//! readers drop any status whose MAC does not verify.
 
 use crate::status::FolderStatus;
 use crate::transport::ConnectSettings;
+use crate::wire::Keys;
 use rumqttc::{
     AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS, TlsConfiguration, Transport,
 };
 use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio::sync::mpsc;
+use tracing::warn;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -103,10 +106,13 @@ pub type StatusMap = BTreeMap<(String, String), FolderStatus>;
 
 /// Subscribes to every status topic under `prefix` and sends the map of statuses on
 /// `tx` after each change. Retained messages arrive at once, so the first map after a
-/// short quiet period is complete. Ends with an error when the connection fails.
+/// short quiet period is complete. With `keys`, a status whose MAC does not verify is
+/// logged and dropped; without, statuses are taken as they come. Ends with an error
+/// when the connection fails.
 pub async fn watch_status(
     s: &ConnectSettings,
     prefix: &str,
+    keys: Option<&Keys>,
     tx: mpsc::Sender<StatusMap>,
 ) -> Result<(), ControlError> {
     let (client, mut el) = short_client(s, "status");
@@ -125,11 +131,18 @@ pub async fn watch_status(
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
-                if let Ok(doc) = serde_json::from_slice::<FolderStatus>(&p.payload) {
-                    map.insert((doc.folder.clone(), doc.node.clone()), doc);
-                    if tx.send(map.clone()).await.is_err() {
-                        return Ok(());
+                // An empty retained message clears a topic: nothing to report.
+                if p.payload.is_empty() {
+                    continue;
+                }
+                match crate::status::verify(&p.payload, &p.topic, keys) {
+                    Ok(doc) => {
+                        map.insert((doc.folder.clone(), doc.node.clone()), doc);
+                        if tx.send(map.clone()).await.is_err() {
+                            return Ok(());
+                        }
                     }
+                    Err(e) => warn!(topic = %p.topic, "dropping status: {e}"),
                 }
             }
             Ok(_) => {}
@@ -143,12 +156,15 @@ pub async fn watch_status(
 pub async fn read_status(
     s: &ConnectSettings,
     prefix: &str,
+    keys: Option<&Keys>,
     quiet: Duration,
 ) -> Result<StatusMap, ControlError> {
     let (tx, mut rx) = mpsc::channel(64);
     let settings = s.clone();
     let prefix = prefix.to_string();
-    let task = tokio::spawn(async move { watch_status(&settings, &prefix, tx).await });
+    let keys = keys.cloned();
+    let task =
+        tokio::spawn(async move { watch_status(&settings, &prefix, keys.as_ref(), tx).await });
     let deadline = Duration::from_secs(15);
     let mut latest = None;
     let first = tokio::time::timeout(deadline, rx.recv()).await;

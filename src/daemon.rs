@@ -82,19 +82,23 @@ pub fn read_group_key(path: &Path) -> Result<Keys, DaemonError> {
 /// connection settings of [`connect_settings`] and the group key.
 pub fn client(cfg: &Config) -> Result<(ConnectSettings, Keys), DaemonError> {
     let connect = connect_settings(cfg)?;
-    let key_file = match &cfg.broker.url {
-        Some(_) => cfg
-            .security
-            .group_key_file
-            .clone()
-            .ok_or(DaemonError::MissingGroupKey)?,
-        None => cfg
-            .security
-            .group_key_file
-            .clone()
-            .unwrap_or_else(|| cfg.state_dir.join("certs").join(certs::GROUP_KEY)),
-    };
-    Ok((connect, read_group_key(&key_file)?))
+    Ok((connect, read_group_key(&group_key_path(cfg)?)?))
+}
+
+/// The group key file: `security.group_key_file`, or with the embedded broker the one
+/// `mqsync run` makes in `state_dir/certs`.
+fn group_key_path(cfg: &Config) -> Result<PathBuf, DaemonError> {
+    match (&cfg.security.group_key_file, &cfg.broker.url) {
+        (Some(p), _) => Ok(p.clone()),
+        (None, Some(_)) => Err(DaemonError::MissingGroupKey),
+        (None, None) => Ok(cfg.state_dir.join("certs").join(certs::GROUP_KEY)),
+    }
+}
+
+/// The group key for checking status MACs in `status` and `wait`, or why there is
+/// none: these commands still work without it, they just cannot tell a forged status.
+pub fn status_keys(cfg: &Config) -> Result<Keys, DaemonError> {
+    read_group_key(&group_key_path(cfg)?)
 }
 
 /// How to reach the broker, without the group key: all that `status`, `wait` and

@@ -265,12 +265,14 @@ fn main() -> Result<()> {
             let cfg = load_config(config.as_deref(), HashMap::new())?;
             init_logging(&cli.log, cfg.log_format);
             let connect = mqsync::daemon::connect_settings(&cfg)?;
+            let keys = status_keys(&cfg);
             let prefix = cfg.broker.topic_prefix.clone();
             rt.block_on(async {
                 if !watch {
                     let map = mqsync::control::read_status(
                         &connect,
                         &prefix,
+                        keys.as_ref(),
                         std::time::Duration::from_millis(500),
                     )
                     .await?;
@@ -279,7 +281,7 @@ fn main() -> Result<()> {
                 }
                 let (tx, mut rx) = tokio::sync::mpsc::channel(64);
                 let task = tokio::spawn(async move {
-                    mqsync::control::watch_status(&connect, &prefix, tx).await
+                    mqsync::control::watch_status(&connect, &prefix, keys.as_ref(), tx).await
                 });
                 let clear = std::io::IsTerminal::is_terminal(&std::io::stdout()) && !json;
                 loop {
@@ -311,11 +313,14 @@ fn main() -> Result<()> {
             init_logging(&cli.log, cfg.log_format);
             let folders = folder_ids(&cfg, folder)?;
             let connect = mqsync::daemon::connect_settings(&cfg)?;
+            let keys = status_keys(&cfg);
             let prefix = cfg.broker.topic_prefix.clone();
             let limit = std::time::Duration::from_secs(timeout);
             rt.block_on(async {
                 let (tx, mut rx) = tokio::sync::mpsc::channel(64);
-                let task = tokio::spawn(async move { mqsync::control::watch_status(&connect, &prefix, tx).await });
+                let task = tokio::spawn(async move {
+                    mqsync::control::watch_status(&connect, &prefix, keys.as_ref(), tx).await
+                });
                 let deadline = tokio::time::Instant::now() + limit;
                 // In sync must hold for a moment: a change may not have reached anyone.
                 let settle = std::time::Duration::from_secs(1);
@@ -490,6 +495,18 @@ fn main() -> Result<()> {
 }
 
 /// The folder given on the command line, or else every folder of the configuration.
+/// The group key for checking status MACs, when this user can read it. Without it
+/// `status` and `wait` still work but cannot tell a forged status, so they say so.
+fn status_keys(cfg: &Config) -> Option<mqsync::wire::Keys> {
+    match mqsync::daemon::status_keys(cfg) {
+        Ok(k) => Some(k),
+        Err(e) => {
+            tracing::warn!("status MACs are not checked: {e}");
+            None
+        }
+    }
+}
+
 fn folder_ids(cfg: &Config, folder: Option<String>) -> Result<Vec<String>> {
     let folders: Vec<String> = match folder {
         Some(f) => vec![f],

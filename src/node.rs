@@ -318,7 +318,7 @@ impl Folder {
     }
 
     async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Result<(), NodeError> {
-        let will = serde_json::to_vec(&self.status_doc(State::Offline)).unwrap_or_default();
+        let will = self.signed_status(&self.status_doc(State::Offline));
         let (publisher, mut net) = transport::connect(
             &self.connect,
             vec![self.topics.data_filter(), self.topics.cmd()],
@@ -423,12 +423,11 @@ impl Folder {
         self.flush_store();
         let mut doc = self.status_doc(State::Offline);
         doc.updated_ms = now_ms();
-        if let Ok(bytes) = serde_json::to_vec(&doc) {
-            self.write_health(&bytes);
-            if let Some(p) = &self.publisher {
-                p.publish(self.topics.status(&self.node), bytes, true);
-                p.disconnect().await;
-            }
+        let bytes = self.signed_status(&doc);
+        self.write_health(&bytes);
+        if let Some(p) = &self.publisher {
+            p.publish(self.topics.status(&self.node), bytes, true);
+            p.disconnect().await;
         }
         Ok(())
     }
@@ -1229,13 +1228,17 @@ impl Folder {
         } else {
             0.0
         });
-        let Ok(bytes) = serde_json::to_vec(&doc) else {
-            return;
-        };
+        let bytes = self.signed_status(&doc);
         self.write_health(&bytes);
         if let Some(p) = &self.publisher {
             p.publish(self.topics.status(&self.node), bytes, true);
         }
+    }
+
+    /// The status JSON as published: signed under the group key (`status::signed_json`).
+    fn signed_status(&self, doc: &FolderStatus) -> Vec<u8> {
+        crate::status::signed_json(doc, &self.topics.status(&self.node), &self.keys)
+            .unwrap_or_default()
     }
 
     /// The local copy of the status for `mqsync healthcheck` (written atomically).

@@ -1,7 +1,10 @@
 //! The retained status document each node publishes per folder on
 //! `{prefix}/{folder}/status/{node}` (public, stable JSON for monitoring tools), and
-//! the topic names of the public and internal topics.
+//! the topic names of the public and internal topics. Each document ends with a MAC
+//! under the group key, so readers that hold the key can tell a node's status from a
+//! forged one while tools without it still read plain JSON.
 
+use crate::wire::Keys;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,6 +56,80 @@ pub struct FolderStatus {
     pub insecure_plaintext: bool,
     /// Milliseconds since the Unix epoch.
     pub updated_ms: u64,
+}
+
+/// The member that closes a signed document: `,"mac":"` + 64 hex digits + `"}`.
+const MAC_OPEN: &[u8] = b",\"mac\":\"";
+const MAC_SUFFIX_LEN: usize = MAC_OPEN.len() + 64 + 2;
+
+/// The JSON of `doc` for `topic`, with a last member `"mac"`: the hex BLAKE3 keyed MAC
+/// (group key) of the topic and the exact JSON bytes without that member.
+pub fn signed_json(doc: &FolderStatus, topic: &str, keys: &Keys) -> serde_json::Result<Vec<u8>> {
+    let mut bytes = serde_json::to_vec(doc)?;
+    let tag = blake3::Hash::from(keys.tag(topic, &bytes));
+    // serde_json writes a struct as one object, so the last byte is its closing brace.
+    bytes.pop();
+    bytes.extend_from_slice(MAC_OPEN);
+    bytes.extend_from_slice(tag.to_hex().as_bytes());
+    bytes.extend_from_slice(b"\"}");
+    Ok(bytes)
+}
+
+/// Why a status message was not accepted.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum StatusError {
+    #[error("not a status document: {0}")]
+    Malformed(String),
+    #[error("status of node {node:?} folder {folder:?} published on another node's topic")]
+    WrongTopic { node: String, folder: String },
+    #[error("status carries no MAC")]
+    Unsigned,
+    #[error("status MAC does not verify: sender lacks the group key or the status was altered")]
+    BadMac,
+}
+
+/// Parses a status message from `topic` (`{prefix}/{folder}/status/{node}`). The
+/// document must name the topic's folder and node; with `keys`, its MAC must verify.
+pub fn verify(
+    payload: &[u8],
+    topic: &str,
+    keys: Option<&Keys>,
+) -> Result<FolderStatus, StatusError> {
+    let doc: FolderStatus =
+        serde_json::from_slice(payload).map_err(|e| StatusError::Malformed(e.to_string()))?;
+    let mut levels = topic.rsplit('/');
+    let (node, kind, folder) = (levels.next(), levels.next(), levels.next());
+    if kind != Some("status")
+        || node != Some(doc.node.as_str())
+        || folder != Some(doc.folder.as_str())
+    {
+        return Err(StatusError::WrongTopic {
+            node: doc.node,
+            folder: doc.folder,
+        });
+    }
+    let Some(keys) = keys else {
+        return Ok(doc);
+    };
+    let n = payload.len();
+    if n < MAC_SUFFIX_LEN + 2
+        || &payload[n - MAC_SUFFIX_LEN..n - MAC_SUFFIX_LEN + MAC_OPEN.len()] != MAC_OPEN
+        || !payload.ends_with(b"\"}")
+    {
+        return Err(StatusError::Unsigned);
+    }
+    let hex = &payload[n - 66..n - 2];
+    let tag = std::str::from_utf8(hex)
+        .ok()
+        .and_then(|h| blake3::Hash::from_hex(h).ok())
+        .ok_or(StatusError::BadMac)?;
+    let mut signed = payload[..n - MAC_SUFFIX_LEN].to_vec();
+    signed.push(b'}');
+    if keys.verifies(topic, &signed, tag.as_bytes()) {
+        Ok(doc)
+    } else {
+        Err(StatusError::BadMac)
+    }
 }
 
 /// Where a node writes its latest status per folder for `mqsync healthcheck`.
@@ -127,5 +204,84 @@ impl Topics {
             .strip_prefix(self.folder.as_str())?
             .strip_prefix("/v1/")?;
         (!rest.is_empty() && !rest.contains('/')).then_some(rest)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: &str = "mqsync/docs/status/n1";
+
+    fn keys(secret: &[u8]) -> Keys {
+        Keys::new(vec![Keys::derive(secret)]).unwrap()
+    }
+
+    fn doc() -> FolderStatus {
+        FolderStatus {
+            node: "n1".into(),
+            folder: "docs".into(),
+            state: State::Idle,
+            version: "0.1.0".into(),
+            files: 3,
+            bytes: 42,
+            pending: 0,
+            digest: "abc".into(),
+            local_changes: 0,
+            last_error: Some("quote \" and } inside".into()),
+            connected: true,
+            insecure_plaintext: false,
+            updated_ms: 1,
+        }
+    }
+
+    #[test]
+    fn signed_status_is_plain_json_and_verifies() {
+        let b = signed_json(&doc(), T, &keys(b"k")).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+        assert_eq!(v["mac"].as_str().unwrap().len(), 64);
+        assert_eq!(v["files"], 3);
+        assert_eq!(verify(&b, T, Some(&keys(b"k"))), Ok(doc()));
+        assert_eq!(verify(&b, T, None), Ok(doc()));
+        // Rotation: a reader with the new key first and the old one second accepts it.
+        let both = Keys::new(vec![Keys::derive(b"new"), Keys::derive(b"k")]).unwrap();
+        assert_eq!(verify(&b, T, Some(&both)), Ok(doc()));
+    }
+
+    #[test]
+    fn forged_altered_unsigned_and_moved_statuses_are_refused() {
+        let k = keys(b"k");
+        let forged = signed_json(&doc(), T, &keys(b"other")).unwrap();
+        assert_eq!(verify(&forged, T, Some(&k)), Err(StatusError::BadMac));
+        let good = signed_json(&doc(), T, &k).unwrap();
+        let altered = String::from_utf8(good.clone())
+            .unwrap()
+            .replace("\"files\":3", "\"files\":4");
+        assert_eq!(
+            verify(altered.as_bytes(), T, Some(&k)),
+            Err(StatusError::BadMac)
+        );
+        let plain = serde_json::to_vec(&doc()).unwrap();
+        assert_eq!(verify(&plain, T, Some(&k)), Err(StatusError::Unsigned));
+        assert!(matches!(
+            verify(&good, "mqsync/docs/status/n2", Some(&k)),
+            Err(StatusError::WrongTopic { .. })
+        ));
+        let mut other = doc();
+        other.node = "n2".into();
+        let moved = signed_json(&other, T, &k).unwrap();
+        assert!(matches!(
+            verify(&moved, T, None),
+            Err(StatusError::WrongTopic { .. })
+        ));
+        assert!(matches!(
+            verify(b"\xff{", T, None),
+            Err(StatusError::Malformed(_))
+        ));
+        // A MAC member that is not hex.
+        let mut bad = good.clone();
+        let n = bad.len();
+        bad[n - 3] = b'z';
+        assert_eq!(verify(&bad, T, Some(&k)), Err(StatusError::BadMac));
     }
 }

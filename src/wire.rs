@@ -82,6 +82,20 @@ impl Keys {
         blake3::derive_key("mqsync group key v1", secret.trim_ascii())
     }
 
+    /// The MAC of `data` published on `topic`, under the signing (first) key.
+    pub fn tag(&self, topic: &str, data: &[u8]) -> [u8; 32] {
+        Self::mac(&self.keys[0], topic, data)
+    }
+
+    /// Whether `tag` is the MAC of `data` on `topic` under any of the keys (the
+    /// comparison is constant-time).
+    pub fn verifies(&self, topic: &str, data: &[u8], tag: &[u8; 32]) -> bool {
+        let given = blake3::Hash::from(*tag);
+        self.keys
+            .iter()
+            .any(|k| blake3::Hash::from(Self::mac(k, topic, data)) == given)
+    }
+
     fn mac(key: &[u8; 32], topic: &str, data: &[u8]) -> [u8; 32] {
         let mut h = blake3::Hasher::new_keyed(key);
         h.update(&(topic.len() as u64).to_le_bytes());
@@ -145,7 +159,7 @@ pub fn encode(env: &Envelope, topic: &str, keys: &Keys) -> Result<Vec<u8>, Encod
     out.push(flags);
     out.extend_from_slice(&(body.len() as u32).to_be_bytes());
     out.extend_from_slice(payload);
-    let mac = Keys::mac(&keys.keys[0], topic, &out);
+    let mac = keys.tag(topic, &out);
     out.extend_from_slice(&mac);
     if out.len() > MAX_MESSAGE_BYTES {
         return Err(EncodeError::TooLarge(out.len()));
@@ -171,7 +185,7 @@ pub fn sign_raw(
     out.push(if compressed { FLAG_ZSTD } else { 0 });
     out.extend_from_slice(&declared_len.to_be_bytes());
     out.extend_from_slice(raw);
-    let mac = Keys::mac(&keys.keys[0], topic, &out);
+    let mac = keys.tag(topic, &out);
     out.extend_from_slice(&mac);
     out
 }
@@ -191,13 +205,8 @@ pub fn decode(
         return Err(DecodeError::BadHeader);
     }
     let (signed, mac) = payload.split_at(payload.len() - MAC_LEN);
-    let given = blake3::Hash::from_slice(mac).map_err(|_| DecodeError::BadHeader)?;
-    // blake3::Hash equality is constant-time.
-    if !keys
-        .keys
-        .iter()
-        .any(|k| blake3::Hash::from(Keys::mac(k, topic, signed)) == given)
-    {
+    let given: &[u8; MAC_LEN] = mac.try_into().map_err(|_| DecodeError::BadHeader)?;
+    if !keys.verifies(topic, signed, given) {
         return Err(DecodeError::BadMac);
     }
     let kind = signed[4];

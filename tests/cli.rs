@@ -300,6 +300,12 @@ fn status_wait_and_resync_need_no_group_key_and_read_mqsync_config() {
     });
     let out = out.unwrap();
     assert!(ok, "status: {}", String::from_utf8_lossy(&out.stderr));
+    // Without the key it cannot check status MACs, and says so.
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("status MACs are not checked"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // MQSYNC_CONFIG stands for --config.
     let out = Command::new(BIN)
         .args(["status", "--json"])

@@ -7,6 +7,7 @@ mod common;
 use common::*;
 use mqsync::engine::{ChunkRef, Content, Entry, VersionVector};
 use mqsync::relpath::RelPath;
+use mqsync::status::{FolderStatus, State};
 use mqsync::wire::{self, Envelope, Keys, Message};
 use rand::{Rng, SeedableRng};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, Transport};
@@ -106,6 +107,19 @@ impl Client {
             "broker did not acknowledge {} publishes",
             msgs.len()
         );
+    }
+
+    fn publish_retained(&self, topic: &str, payload: Vec<u8>) {
+        let client = self.client.clone();
+        let topic = topic.to_string();
+        let before = self.acks.load(Ordering::SeqCst);
+        self.rt.block_on(async move {
+            client
+                .publish(topic, QoS::AtLeastOnce, true, payload)
+                .await
+                .unwrap()
+        });
+        assert!(wait_until(T, || self.acks.load(Ordering::SeqCst) > before));
     }
 
     fn received(&self) -> Vec<(String, Vec<u8>)> {
@@ -292,6 +306,69 @@ fn a_rogue_client_without_the_group_key_changes_nothing() {
         fs::read(c.folder(0).join("victim.txt")).unwrap(),
         b"version two, final"
     );
+
+    // A forged retained status for n3 (the rogue holds its certificate) claiming another
+    // state: `status` and `wait` with the group key drop it, so it can neither hide nor
+    // fake a difference.
+    let status_topic = "mqsync/shared/status/n3";
+    let fake = FolderStatus {
+        node: "n3".into(),
+        folder: "shared".into(),
+        state: State::Idle,
+        version: "0.1.0".into(),
+        files: 1,
+        bytes: 1,
+        pending: 0,
+        digest: "forged".into(),
+        local_changes: 0,
+        last_error: None,
+        connected: true,
+        insecure_plaintext: false,
+        updated_ms: now_ms(),
+    };
+    let forged = mqsync::status::signed_json(&fake, status_topic, &forged_key).unwrap();
+    rogue.publish_retained(status_topic, forged);
+    let cfg = c.path("n1.toml");
+    let out = cli(&["status", "--config", cfg.to_str().unwrap(), "--json"]);
+    let docs: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !docs.iter().any(|d| d["node"] == "n3") && docs.len() == 2,
+        "{docs:?}"
+    );
+    assert!(
+        stderr.contains("dropping status") && stderr.contains("MAC does not verify"),
+        "{stderr}"
+    );
+    let out = cli(&["wait", "--config", cfg.to_str().unwrap(), "--timeout", "60"]);
+    assert!(
+        out.status.success(),
+        "wait: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Without the key the same status is shown: it did reach the readers.
+    let text = fs::read_to_string(&cfg).unwrap().replace(
+        &c.path("certs/group.key").display().to_string(),
+        c.path("certs/absent.key").to_str().unwrap(),
+    );
+    let keyless = c.path("keyless.toml");
+    fs::write(&keyless, text).unwrap();
+    let out = cli(&["status", "--config", keyless.to_str().unwrap(), "--json"]);
+    let docs: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        docs.iter()
+            .any(|d| d["node"] == "n3" && d["digest"] == "forged"),
+        "{docs:?}"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("status MACs are not checked"));
+}
+
+fn cli(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(BIN)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap()
 }
 
 /// Hashes a directory tree that must not change.
