@@ -35,6 +35,9 @@ pub enum ApplyError {
     ChangedLocally(PathBuf),
     #[error("{0}: directory not empty yet")]
     NotEmpty(PathBuf),
+    /// Checked by the node before an apply; retried, since the twin may go away.
+    #[error("{0}")]
+    CaseCollision(crate::casefold::Collision),
 }
 
 impl ApplyError {

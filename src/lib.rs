@@ -3,6 +3,7 @@
 
 pub mod applier;
 pub mod broker;
+pub mod casefold;
 pub mod certs;
 pub mod chunker;
 pub mod config;

@@ -4,6 +4,7 @@
 //! decisions stay in `engine`.
 
 use crate::applier::{Applier, ApplyError, Outcome};
+use crate::casefold::CaseFolds;
 use crate::chunker;
 use crate::engine::{Content, Digest, Effect, Engine, Entry, Hash, Mode};
 use crate::index::{Index, IndexError, LocalMeta, Record};
@@ -138,6 +139,8 @@ struct Folder {
     engine: Engine,
     /// Disk metadata last reported to the engine, per path.
     known: BTreeMap<RelPath, LocalMeta>,
+    /// The names in `known` by folded spelling, on a case-insensitive file system only.
+    case_folds: Option<CaseFolds>,
     /// Where each chunk can be read locally (verified on read).
     locations: HashMap<Hash, (RelPath, u64, u32)>,
     applier: Applier,
@@ -164,6 +167,12 @@ struct Folder {
     source: String,
     source_live: bool,
     last_error: Option<String>,
+    /// The path whose failed apply set `last_error`, and that error: the path's success
+    /// clears it unless another error came since.
+    last_error_path: Option<(RelPath, String)>,
+    /// The error last logged per retried path, so a retry every few seconds does not
+    /// log the same warning again.
+    retry_warned: HashMap<RelPath, String>,
     paused: Option<String>,
     last_status: Option<FolderStatus>,
     /// Local deletions held back by the mass-delete guard, until a resync.
@@ -232,6 +241,7 @@ impl Folder {
                 }
             },
             known,
+            case_folds: None,
             locations: HashMap::new(),
             applier: Applier::new(f.path.clone()),
             ignore,
@@ -252,6 +262,8 @@ impl Folder {
             source: "*".into(),
             source_live: false,
             last_error: None,
+            last_error_path: None,
+            retry_warned: HashMap::new(),
             paused: None,
             last_status: None,
             held_deletes: 0,
@@ -335,6 +347,7 @@ impl Folder {
                 _ = shutdown.changed() => return Ok(()),
             }
         }
+        self.probe_case();
         let (mut _watcher, mut fs_rx) = self.start_watcher();
         self.publish_status(State::Scanning);
         self.engine.set_clock(now_ms());
@@ -696,6 +709,9 @@ impl Folder {
                 self.start_apply(r.entry, r.conflict_copy);
             }
         }
+        if self.retries.is_empty() {
+            self.retry_warned.clear();
+        }
         self.process();
     }
 
@@ -733,7 +749,49 @@ impl Folder {
     }
 
     fn scan_paths(&mut self, paths: &[RelPath]) {
-        self.scan(Some(paths), false);
+        match &self.case_folds {
+            // A name spelled differently from the one on disk would be read as that
+            // file: only the spelling on disk is scanned.
+            Some(folds) => {
+                let paths: Vec<RelPath> = paths
+                    .iter()
+                    .filter(|p| folds.collision(p).is_none())
+                    .cloned()
+                    .collect();
+                self.scan(Some(&paths), false);
+            }
+            None => self.scan(Some(paths), false),
+        }
+    }
+
+    /// Records what a scan or an apply left on disk at `path`.
+    fn know(&mut self, path: &RelPath, m: LocalMeta) {
+        self.known.insert(path.clone(), m);
+        if let Some(f) = &mut self.case_folds {
+            f.insert(path);
+        }
+    }
+
+    fn unknow(&mut self, path: &RelPath) {
+        self.known.remove(path);
+        if let Some(f) = &mut self.case_folds {
+            f.remove(path);
+        }
+    }
+
+    /// Finds out whether the folder's file system folds case (probing in its root); if so, applies are checked for case collisions from now on.
+    fn probe_case(&mut self) {
+        let dir = &self.cfg.path;
+        match crate::casefold::probe(dir) {
+            Ok(true) => {
+                info!(folder = %self.cfg.id, "case-insensitive file system: names that differ only in case will be refused and reported");
+                self.case_folds = Some(CaseFolds::new(self.known.keys()));
+            }
+            Ok(false) => self.case_folds = None,
+            Err(e) => {
+                warn!(folder = %self.cfg.id, "cannot probe case sensitivity in {}: {e}", dir.display())
+            }
+        }
     }
 
     fn take_scan(&mut self, res: crate::scanner::ScanResult) {
@@ -765,12 +823,10 @@ impl Folder {
             }
             match meta {
                 Some(m) => {
-                    self.known.insert(path.clone(), m);
+                    self.know(&path, m);
                     self.add_locations(&path, &content);
                 }
-                None => {
-                    self.known.remove(&path);
-                }
+                None => self.unknow(&path),
             }
             self.engine.handle_local(path, content);
         }
@@ -857,7 +913,7 @@ impl Folder {
         }
         self.held_deletes = 0;
         for (p, _) in gone {
-            self.known.remove(&p);
+            self.unknow(&p);
             self.engine.handle_local(p, Content::Deleted);
         }
         self.process();
@@ -899,9 +955,10 @@ impl Folder {
                 Effect::Cancel(p) => {
                     self.retries.remove(&p);
                     self.applier.cancel(&p);
+                    self.release_name(&p);
                 }
                 Effect::Forget(p) => {
-                    self.known.remove(&p);
+                    self.unknow(&p);
                     self.forget.push(p);
                 }
                 Effect::SendEntries(es) => self.answer.extend(es),
@@ -944,6 +1001,16 @@ impl Folder {
     }
 
     fn start_apply(&mut self, entry: Entry, conflict_copy: Option<RelPath>) {
+        if let Some(folds) = &mut self.case_folds {
+            if let Some(c) = folds.collision(&entry.path) {
+                return self.refuse_case_collision(entry, conflict_copy, c);
+            }
+            // Claim the name now: a twin arriving while this one fetches its chunks
+            // must see it.
+            if !entry.content.is_deleted() {
+                folds.insert(&entry.path);
+            }
+        }
         self.apply_started
             .entry(entry.path.clone())
             .or_insert_with(Instant::now);
@@ -989,6 +1056,40 @@ impl Folder {
         self.on_outcome(outcome);
     }
 
+    /// An apply whose name (or a directory on its way) exists on disk under another
+    /// spelling. A delete is done: the name on disk is the twin, not this path. Anything
+    /// else would overwrite the twin, so it is reported and retried until the twin goes.
+    fn refuse_case_collision(
+        &mut self,
+        entry: Entry,
+        conflict_copy: Option<RelPath>,
+        c: crate::casefold::Collision,
+    ) {
+        if entry.content.is_deleted() {
+            return self.on_outcome(Outcome::Done {
+                path: entry.path,
+                version: entry.version,
+                meta: None,
+                conflict_copy: None,
+            });
+        }
+        let path = entry.path.clone();
+        let version = entry.version.clone();
+        self.retries.insert(
+            path.clone(),
+            Retry {
+                entry,
+                conflict_copy,
+                at: Instant::now() + Duration::from_secs(2),
+            },
+        );
+        self.on_outcome(Outcome::Failed {
+            path,
+            version,
+            error: ApplyError::CaseCollision(c),
+        });
+    }
+
     fn on_outcome(&mut self, o: Outcome) {
         match o {
             Outcome::Waiting => {}
@@ -999,6 +1100,15 @@ impl Folder {
                 conflict_copy,
             } => {
                 debug!(folder = %self.cfg.id, %path, "applied");
+                self.retry_warned.remove(&path);
+                if let Some((p, msg)) = &self.last_error_path
+                    && p == &path
+                {
+                    if self.last_error.as_ref() == Some(msg) {
+                        self.last_error = None;
+                    }
+                    self.last_error_path = None;
+                }
                 let folder = self.cfg.id.clone();
                 metrics::counter!("mqsync_applied_total", "folder" => folder.clone()).increment(1);
                 if let Some(t) = self.apply_started.remove(&path) {
@@ -1012,9 +1122,9 @@ impl Folder {
                     self.hook_paths.insert(path.clone());
                 }
                 match meta {
-                    Some(m) => self.known.insert(path.clone(), m),
-                    None => self.known.remove(&path),
-                };
+                    Some(m) => self.know(&path, m),
+                    None => self.unknow(&path),
+                }
                 self.engine.handle_applied(&path, &version, true);
                 if let Some(cc) = conflict_copy {
                     info!(folder = %self.cfg.id, %path, copy = %cc, "conflict: kept the local version as a copy");
@@ -1025,29 +1135,60 @@ impl Folder {
                 path,
                 version,
                 error,
-            } => match error {
-                ApplyError::ChangedLocally(_) => {
-                    self.apply_started.remove(&path);
-                    debug!(folder = %self.cfg.id, %path, "changed locally during apply; rescanning");
-                    self.scan_paths(std::slice::from_ref(&path));
-                    self.engine.handle_applied(&path, &version, false);
-                }
-                e if e.retryable() => {
-                    if !matches!(e, ApplyError::NotEmpty(_)) {
-                        metrics::counter!("mqsync_apply_errors_total", "folder" => self.cfg.id.clone()).increment(1);
-                        warn!(folder = %self.cfg.id, %path, "apply failed, will retry: {e}");
-                        self.last_error = Some(e.to_string());
-                    }
-                }
-                e => {
-                    self.apply_started.remove(&path);
+            } => {
+                self.release_name(&path);
+                self.on_failed(path, version, error);
+            }
+        }
+    }
+
+    /// A name claimed in `start_apply` whose apply did not happen goes back to what
+    /// is on disk.
+    fn release_name(&mut self, path: &RelPath) {
+        if let Some(f) = &mut self.case_folds
+            && !self.known.contains_key(path)
+        {
+            f.remove(path);
+        }
+    }
+
+    fn on_failed(
+        &mut self,
+        path: RelPath,
+        version: crate::engine::VersionVector,
+        error: ApplyError,
+    ) {
+        match error {
+            ApplyError::ChangedLocally(_) => {
+                self.apply_started.remove(&path);
+                debug!(folder = %self.cfg.id, %path, "changed locally during apply; rescanning");
+                self.scan_paths(std::slice::from_ref(&path));
+                self.engine.handle_applied(&path, &version, false);
+            }
+            e if e.retryable() => {
+                if !matches!(e, ApplyError::NotEmpty(_)) {
                     metrics::counter!("mqsync_apply_errors_total", "folder" => self.cfg.id.clone())
                         .increment(1);
-                    error!(folder = %self.cfg.id, %path, "apply refused: {e}");
-                    self.last_error = Some(e.to_string());
-                    self.engine.handle_applied(&path, &version, false);
+                    let msg = e.to_string();
+                    // Retried every few seconds: say it once, not at every retry.
+                    if self.retry_warned.get(&path) != Some(&msg) {
+                        self.retry_warned.insert(path.clone(), msg.clone());
+                        warn!(folder = %self.cfg.id, %path, "apply failed, will retry: {e}");
+                    } else {
+                        debug!(folder = %self.cfg.id, %path, "apply failed again: {e}");
+                    }
+                    self.last_error = Some(msg.clone());
+                    self.last_error_path = Some((path, msg));
                 }
-            },
+            }
+            e => {
+                self.apply_started.remove(&path);
+                metrics::counter!("mqsync_apply_errors_total", "folder" => self.cfg.id.clone())
+                    .increment(1);
+                error!(folder = %self.cfg.id, %path, "apply refused: {e}");
+                self.last_error = Some(e.to_string());
+                self.engine.handle_applied(&path, &version, false);
+            }
         }
     }
 

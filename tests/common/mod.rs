@@ -134,51 +134,66 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
 /// configuration, so neither is compared.
 pub fn snapshot(root: &Path) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
+    for (rel, p) in walk(root) {
+        if rel.ends_with(".swp") {
+            continue;
+        }
+        let Ok(md) = fs::symlink_metadata(&p) else {
+            continue;
+        };
+        let mode = md.permissions().mode() & 0o7777;
+        let v = if md.file_type().is_symlink() {
+            format!(
+                "link -> {}",
+                fs::read_link(&p)
+                    .map(|t| t.display().to_string())
+                    .unwrap_or_default()
+            )
+        } else if md.is_dir() {
+            format!("dir {mode:o}")
+        } else {
+            let mut h = blake3::Hasher::new();
+            let mut f = match fs::File::open(&p) {
+                Ok(f) => f,
+                Err(_) => continue,
+            };
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = f.read(&mut buf).unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                h.update(&buf[..n]);
+            }
+            format!(
+                "file {mode:o} {} {} mtime {}",
+                md.len(),
+                &h.finalize().to_hex()[..16],
+                md.mtime()
+            )
+        };
+        out.insert(rel, v);
+    }
+    out
+}
+
+/// Every path below `root` but the marker, relative and full, as the directories list
+/// them (their real spelling); symlinks are not followed.
+pub fn walk(root: &Path) -> Vec<(String, PathBuf)> {
+    let mut out = Vec::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(d) = stack.pop() {
         let Ok(rd) = fs::read_dir(&d) else { continue };
         for e in rd.flatten() {
             let p = e.path();
             let rel = p.strip_prefix(root).unwrap().to_string_lossy().to_string();
-            if rel == ".mqsync" || rel.ends_with(".swp") {
+            if rel == ".mqsync" {
                 continue;
             }
-            let Ok(md) = fs::symlink_metadata(&p) else {
-                continue;
-            };
-            let mode = md.permissions().mode() & 0o7777;
-            let v = if md.file_type().is_symlink() {
-                format!(
-                    "link -> {}",
-                    fs::read_link(&p)
-                        .map(|t| t.display().to_string())
-                        .unwrap_or_default()
-                )
-            } else if md.is_dir() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
                 stack.push(p.clone());
-                format!("dir {mode:o}")
-            } else {
-                let mut h = blake3::Hasher::new();
-                let mut f = match fs::File::open(&p) {
-                    Ok(f) => f,
-                    Err(_) => continue,
-                };
-                let mut buf = vec![0u8; 1 << 20];
-                loop {
-                    let n = f.read(&mut buf).unwrap_or(0);
-                    if n == 0 {
-                        break;
-                    }
-                    h.update(&buf[..n]);
-                }
-                format!(
-                    "file {mode:o} {} {} mtime {}",
-                    md.len(),
-                    &h.finalize().to_hex()[..16],
-                    md.mtime()
-                )
-            };
-            out.insert(rel, v);
+            }
+            out.push((rel, p));
         }
     }
     out
