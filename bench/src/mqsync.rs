@@ -1,0 +1,183 @@
+//! mqsync under test: an `mqsync broker` process and one writer plus N receiver
+//! `mqsync run` processes (release build), each with its own folder, state and metrics
+//! port, in a fresh directory per workload.
+
+use crate::proc::{Proc, Usage, free_port, wait_for};
+use anyhow::{Context, Result, bail};
+use std::fs;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub struct Cluster {
+    bin: PathBuf,
+    dir: PathBuf,
+    broker: Option<Proc>,
+    nodes: Vec<Option<Proc>>,
+    metrics: Vec<u16>,
+}
+
+impl Cluster {
+    /// Certificates, configurations and a running broker for `1 + receivers` nodes.
+    pub fn new(bin: &Path, dir: &Path, receivers: usize) -> Result<Cluster> {
+        fs::create_dir_all(dir)?;
+        let n = 1 + receivers;
+        let names: Vec<String> = (1..=n).map(|i| format!("n{i}")).collect();
+        let certs = dir.join("certs");
+        crate::proc::run(
+            bin.to_str().context("binary path")?,
+            &[
+                "certs",
+                "init",
+                "--out",
+                certs.to_str().context("path")?,
+                "--nodes",
+                &names.join(","),
+            ],
+        )?;
+        let port = free_port()?;
+        let mut metrics = vec![];
+        for name in &names {
+            let m = free_port()?;
+            metrics.push(m);
+            let text = format!(
+                r#"node_id = "{name}"
+state_dir = "{state}"
+metrics_listen = "127.0.0.1:{m}"
+
+[broker]
+url = "mqtts://127.0.0.1:{port}"
+ca_file = "{certs}/ca.pem"
+cert_file = "{certs}/{name}.pem"
+key_file = "{certs}/{name}.key"
+
+[security]
+group_key_file = "{certs}/group.key"
+
+[[folder]]
+id = "bench"
+path = "{folder}"
+"#,
+                state = dir.join("state").join(name).display(),
+                certs = certs.display(),
+                folder = dir.join("data").join(name).display(),
+            );
+            fs::write(dir.join(format!("{name}.toml")), text)?;
+            fs::create_dir_all(dir.join("data").join(name))?;
+        }
+        let listen = format!("127.0.0.1:{port}");
+        let broker = Proc::spawn(
+            bin.to_str().context("binary path")?,
+            &[
+                "broker",
+                "--listen",
+                &listen,
+                "--certs",
+                certs.to_str().context("path")?,
+            ],
+            &dir.join("broker.log"),
+        )?;
+        wait_for(
+            "broker",
+            Duration::from_secs(30),
+            Duration::from_millis(20),
+            || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        )?;
+        Ok(Cluster {
+            bin: bin.to_path_buf(),
+            dir: dir.to_path_buf(),
+            broker: Some(broker),
+            nodes: (0..n).map(|_| None).collect(),
+            metrics,
+        })
+    }
+
+    pub fn folder(&self, i: usize) -> PathBuf {
+        self.dir.join("data").join(format!("n{}", i + 1))
+    }
+
+    pub fn start(&mut self, i: usize) -> Result<()> {
+        let name = format!("n{}", i + 1);
+        let cfg = self.dir.join(format!("{name}.toml"));
+        let p = Proc::spawn(
+            self.bin.to_str().context("binary path")?,
+            &["run", "--config", cfg.to_str().context("path")?],
+            &self.dir.join(format!("{name}.log")),
+        )?;
+        self.nodes[i] = Some(p);
+        Ok(())
+    }
+
+    /// Waits until node `i` reports itself connected and idle.
+    pub fn wait_ready(&self, i: usize) -> Result<()> {
+        let health = self
+            .dir
+            .join("state")
+            .join(format!("n{}", i + 1))
+            .join("health")
+            .join("bench.json");
+        wait_for(
+            &format!("mqsync node {} ready", i + 1),
+            Duration::from_secs(60),
+            Duration::from_millis(20),
+            || {
+                fs::read_to_string(&health).is_ok_and(|s| {
+                    s.contains("\"connected\":true") && s.contains("\"state\":\"idle\"")
+                })
+            },
+        )?;
+        Ok(())
+    }
+
+    /// A counter of node `i` from its Prometheus endpoint, summed over labels.
+    pub fn metric(&self, i: usize, name: &str) -> Result<f64> {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.metrics[i]))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+        let mut body = String::new();
+        s.read_to_string(&mut body)?;
+        let mut sum = 0.0;
+        let mut seen = false;
+        for line in body.lines() {
+            if let Some(rest) = line.strip_prefix(name)
+                && (rest.starts_with('{') || rest.starts_with(' '))
+                && let Some(v) = rest.rsplit(' ').next()
+                && let Ok(v) = v.parse::<f64>()
+            {
+                sum += v;
+                seen = true;
+            }
+        }
+        if !seen {
+            // A counter that never moved is not exported yet.
+            if body.contains("HTTP/1") {
+                return Ok(0.0);
+            }
+            bail!("no metrics from node {}", i + 1);
+        }
+        Ok(sum)
+    }
+
+    /// Stops everything; the usage of the writer (node 0), the largest receiver
+    /// figures summed, and the broker.
+    pub fn stop(mut self) -> Stopped {
+        let mut nodes: Vec<Usage> = vec![];
+        for n in self.nodes.iter_mut() {
+            nodes.push(n.take().map(Proc::stop).unwrap_or_default());
+        }
+        let broker = self.broker.take().map(Proc::stop).unwrap_or_default();
+        Stopped { nodes, broker }
+    }
+}
+
+pub struct Stopped {
+    pub nodes: Vec<Usage>,
+    pub broker: Usage,
+}
+
+impl Stopped {
+    /// All processes of the system together (CPU summed, the largest peak memory).
+    pub fn all(&self) -> Usage {
+        self.nodes.iter().fold(self.broker, |acc, u| acc.add(*u))
+    }
+}

@@ -1,0 +1,170 @@
+//! Processes under measurement, each started under GNU `/usr/bin/time`, which reports
+//! its CPU time and peak resident memory when it ends. (Reading `wait4`'s rusage here
+//! would not do: a child's peak memory starts at this process's own, inherited
+//! through fork.) Long-running processes are stopped with SIGTERM.
+
+use anyhow::{Context, Result, bail};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// CPU seconds and peak memory of one process (its reaped children included).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Usage {
+    pub cpu_s: f64,
+    pub max_rss_kib: u64,
+}
+
+impl Usage {
+    pub fn add(self, o: Usage) -> Usage {
+        Usage {
+            cpu_s: self.cpu_s + o.cpu_s,
+            max_rss_kib: self.max_rss_kib.max(o.max_rss_kib),
+        }
+    }
+}
+
+pub struct Proc {
+    /// The `time` process; the measured program is its only child.
+    child: Option<Child>,
+    report: PathBuf,
+}
+
+/// `time`'s report: user and system seconds, then the peak RSS in KiB.
+const TIME_FORMAT: &str = "%U %S %M";
+
+fn timed(program: &str, args: &[&str], report: &Path) -> Command {
+    let mut c = Command::new("/usr/bin/time");
+    c.arg("-f")
+        .arg(TIME_FORMAT)
+        .arg("-o")
+        .arg(report)
+        .arg(program)
+        .args(args);
+    c
+}
+
+/// Parses the last line of `time`'s report (the program's own output comes first
+/// when it is killed by a signal: "Command terminated by signal 15").
+fn read_report(report: &Path) -> Option<Usage> {
+    let text = std::fs::read_to_string(report).ok()?;
+    let line = text.lines().rev().find(|l| !l.trim().is_empty())?;
+    let mut f = line.split_whitespace();
+    let user: f64 = f.next()?.parse().ok()?;
+    let sys: f64 = f.next()?.parse().ok()?;
+    let rss: u64 = f.next()?.parse().ok()?;
+    Some(Usage {
+        cpu_s: user + sys,
+        max_rss_kib: rss,
+    })
+}
+
+impl Proc {
+    pub fn spawn(program: &str, args: &[&str], log: &Path) -> Result<Proc> {
+        let out = File::create(log)?;
+        let err = out.try_clone()?;
+        let report = log.with_extension("time");
+        let child = timed(program, args, &report)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .with_context(|| format!("starting {program} under /usr/bin/time"))?;
+        Ok(Proc {
+            child: Some(child),
+            report,
+        })
+    }
+
+    /// Stops the program (SIGTERM, then SIGKILL after 10 s) and returns its usage.
+    pub fn stop(mut self) -> Usage {
+        let Some(mut child) = self.child.take() else {
+            return Usage::default();
+        };
+        let time_pid = child.id();
+        let program = std::fs::read_to_string(format!("/proc/{time_pid}/task/{time_pid}/children"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<libc::pid_t>().ok());
+        let Some(pid) = program else {
+            let _ = child.wait();
+            return read_report(&self.report).unwrap_or_default();
+        };
+        // SAFETY: kill(2) on the program `time` started, which `time` has not reaped
+        // while it is still waiting for it.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(_)) = child.try_wait() {
+                break;
+            }
+            if Instant::now() > deadline {
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                let _ = child.wait();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        read_report(&self.report).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Runs a command to its end and returns its usage, wall time and standard output.
+pub fn run(program: &str, args: &[&str]) -> Result<(Usage, Duration, String)> {
+    let report = std::env::temp_dir().join(format!("mqsync-bench-{}.time", std::process::id()));
+    let start = Instant::now();
+    let out = timed(program, args, &report)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("starting {program} under /usr/bin/time"))?;
+    let wall = start.elapsed();
+    if !out.status.success() {
+        bail!(
+            "{program} {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let usage = read_report(&report).context("no report from /usr/bin/time")?;
+    let _ = std::fs::remove_file(&report);
+    Ok((
+        usage,
+        wall,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    ))
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Polls `cond` every `every` until it holds; the elapsed time, or an error after
+/// `timeout`.
+pub fn wait_for(
+    what: &str,
+    timeout: Duration,
+    every: Duration,
+    mut cond: impl FnMut() -> bool,
+) -> Result<Duration> {
+    let start = Instant::now();
+    loop {
+        if cond() {
+            return Ok(start.elapsed());
+        }
+        if start.elapsed() > timeout {
+            bail!("{what}: not done within {timeout:?}");
+        }
+        std::thread::sleep(every);
+    }
+}

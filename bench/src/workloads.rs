@@ -1,0 +1,388 @@
+//! The workloads, each run by each system into fresh directories: latency of one small
+//! file, bulk files, many small files, and a delta to a large file. Every run checks
+//! that the receivers hold exactly the source's bytes before its numbers count.
+
+use crate::data::{self, DataSet, listing, tree_hash};
+use crate::mqsync::Cluster;
+use crate::peers::{Lsyncd, RsyncDaemon};
+use crate::proc::{Usage, wait_for};
+use anyhow::{Result, bail};
+use std::fs;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// One line of the results table.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub workload: &'static str,
+    pub system: String,
+    pub receivers: usize,
+    /// The headline number: milliseconds (latency p50) or seconds.
+    pub value: f64,
+    pub unit: &'static str,
+    pub detail: String,
+    /// All processes of the system: CPU summed, largest peak memory.
+    pub usage: Option<Usage>,
+    /// The writer's CPU and peak memory, where the system has a writer process.
+    pub writer: Option<Usage>,
+    /// Bytes the writer sent.
+    pub bytes: Option<u64>,
+}
+
+pub struct Ctx {
+    pub mqsync: PathBuf,
+    pub work: PathBuf,
+    pub data: DataSet,
+    pub sizes: data::Sizes,
+    pub trials: usize,
+    pub slow_trials: usize,
+    run: std::cell::Cell<u32>,
+}
+
+impl Ctx {
+    pub fn new(
+        mqsync: PathBuf,
+        work: PathBuf,
+        (data, sizes): (DataSet, data::Sizes),
+        trials: usize,
+        slow_trials: usize,
+    ) -> Ctx {
+        Ctx {
+            mqsync,
+            work,
+            data,
+            sizes,
+            trials,
+            slow_trials,
+            run: std::cell::Cell::new(0),
+        }
+    }
+
+    /// A fresh directory for one run; this machine's page cache and file creation
+    /// are slow right after large deletes, so old runs are removed first, with a pause.
+    fn fresh(&self, name: &str) -> Result<PathBuf> {
+        let runs = self.work.join("runs");
+        if runs.exists() {
+            fs::remove_dir_all(&runs)?;
+            // SAFETY: sync(2) has no arguments and cannot fail.
+            unsafe { libc::sync() };
+            std::thread::sleep(Duration::from_secs(2));
+        }
+        self.run.set(self.run.get() + 1);
+        let dir = runs.join(format!("{}-{name}", self.run.get()));
+        fs::create_dir_all(&dir)?;
+        Ok(dir)
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+fn same(path: &Path, data: &[u8]) -> bool {
+    fs::read(path).is_ok_and(|d| d == data)
+}
+
+/// Writes `trials` small files into `src` and times each until every target holds it.
+fn latency_trials(
+    src: &Path,
+    targets: &[PathBuf],
+    prefix: &str,
+    trials: usize,
+    timeout: Duration,
+) -> Result<Vec<f64>> {
+    let mut ms = vec![];
+    for t in 0..trials {
+        let data = format!("{prefix} trial {t} {}\n", "x".repeat(200));
+        let name = format!("{prefix}-{t}.txt");
+        let start = Instant::now();
+        fs::write(src.join(&name), &data)?;
+        wait_for(
+            &format!("trial {t}"),
+            timeout,
+            Duration::from_micros(200),
+            || {
+                targets
+                    .iter()
+                    .all(|d| same(&d.join(&name), data.as_bytes()))
+            },
+        )?;
+        ms.push(start.elapsed().as_secs_f64() * 1000.0);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    ms.sort_by(f64::total_cmp);
+    Ok(ms)
+}
+
+fn latency_row(system: String, ms: &[f64], usage: Option<Usage>) -> Row {
+    Row {
+        workload: "latency",
+        system,
+        receivers: 2,
+        value: percentile(ms, 0.5),
+        unit: "ms p50",
+        detail: format!("p99 {:.1} ms, {} trials", percentile(ms, 0.99), ms.len()),
+        usage,
+        writer: None,
+        bytes: None,
+    }
+}
+
+pub fn latency_mqsync(ctx: &Ctx) -> Result<Row> {
+    let dir = ctx.fresh("latency-mqsync")?;
+    let mut c = Cluster::new(&ctx.mqsync, &dir, 2)?;
+    for i in 0..3 {
+        c.start(i)?;
+    }
+    for i in 0..3 {
+        c.wait_ready(i)?;
+    }
+    let targets = [c.folder(1), c.folder(2)];
+    let ms = latency_trials(
+        &c.folder(0),
+        &targets,
+        "lat",
+        ctx.trials,
+        Duration::from_secs(30),
+    )?;
+    let stopped = c.stop();
+    let mut row = latency_row("mqsync".into(), &ms, Some(stopped.all()));
+    row.writer = stopped.nodes.first().copied();
+    Ok(row)
+}
+
+pub fn latency_lsyncd(ctx: &Ctx, delay: u32) -> Result<Row> {
+    let dir = ctx.fresh(&format!("latency-lsyncd-{delay}"))?;
+    let src = dir.join("src");
+    fs::create_dir_all(&src)?;
+    let targets = [dir.join("t1"), dir.join("t2")];
+    let l = Lsyncd::start(&dir.join("lsyncd"), &src, &targets, delay)?;
+    // lsyncd copies everything once at start; a first file shows it is watching.
+    let warm = latency_trials(
+        &src,
+        &targets,
+        "warm",
+        1,
+        Duration::from_secs(u64::from(delay) + 60),
+    );
+    let trials = if delay > 1 {
+        ctx.slow_trials
+    } else {
+        ctx.trials
+    };
+    let ms = warm.and_then(|_| {
+        latency_trials(
+            &src,
+            &targets,
+            "lat",
+            trials,
+            Duration::from_secs(u64::from(delay) + 60),
+        )
+    });
+    let usage = l.stop();
+    let ms = ms?;
+    Ok(latency_row(
+        format!("lsyncd, delay {delay} s"),
+        &ms,
+        Some(usage),
+    ))
+}
+
+/// Waits until every receiver lists exactly `want` (names and sizes), then checks the
+/// bytes.
+fn wait_tree(
+    what: &str,
+    receivers: &[PathBuf],
+    want: &std::collections::BTreeMap<String, u64>,
+    hash: blake3::Hash,
+) -> Result<Duration> {
+    let every = if want.len() > 1000 {
+        Duration::from_millis(100)
+    } else {
+        Duration::from_millis(10)
+    };
+    let d = wait_for(what, Duration::from_secs(900), every, || {
+        receivers.iter().all(|r| &listing(r) == want)
+    })?;
+    for r in receivers {
+        if tree_hash(r)? != hash {
+            bail!("{what}: {} differs from the source", r.display());
+        }
+    }
+    Ok(d)
+}
+
+/// The bulk or small-files workload with mqsync: receivers running and idle, the
+/// writer started on a folder that already holds the data (hard links), timed until
+/// both receivers hold every byte.
+pub fn tree_mqsync(ctx: &Ctx, workload: &'static str, src: &Path, receivers: usize) -> Result<Row> {
+    let want = listing(src);
+    let hash = tree_hash(src)?;
+    let dir = ctx.fresh(&format!("{workload}-mqsync-{receivers}"))?;
+    let mut c = Cluster::new(&ctx.mqsync, &dir, receivers)?;
+    for i in 1..=receivers {
+        c.start(i)?;
+    }
+    for i in 1..=receivers {
+        c.wait_ready(i)?;
+    }
+    data::link_tree(src, &c.folder(0))?;
+    let start = Instant::now();
+    c.start(0)?;
+    let targets: Vec<PathBuf> = (1..=receivers).map(|i| c.folder(i)).collect();
+    let res = wait_tree(workload, &targets, &want, hash);
+    let wall = start.elapsed();
+    let bytes = c.metric(0, "mqsync_bytes_sent_total").ok();
+    let stopped = c.stop();
+    res?;
+    Ok(Row {
+        workload,
+        system: "mqsync".into(),
+        receivers,
+        value: wall.as_secs_f64(),
+        unit: "s",
+        detail: format!(
+            "{:.0} MB/s per receiver",
+            data::total(&want) as f64 / wall.as_secs_f64() / 1e6
+        ),
+        usage: Some(stopped.all()),
+        writer: stopped.nodes.first().copied(),
+        bytes: bytes.map(|b| b as u64),
+    })
+}
+
+/// The same through an rsync daemon on 127.0.0.1 into an empty module directory.
+pub fn tree_rsync(ctx: &Ctx, workload: &'static str, src: &Path, flags: &str) -> Result<Row> {
+    let want = listing(src);
+    let hash = tree_hash(src)?;
+    let dir = ctx.fresh(&format!("{workload}-rsync{flags}"))?;
+    let d = RsyncDaemon::start(&dir)?;
+    let res = d.push(flags, src, "run");
+    let target = d.root.join("run");
+    let daemon = d.stop();
+    let (client, wall, sent) = res?;
+    if listing(&target) != want || tree_hash(&target)? != hash {
+        bail!("rsync {flags}: the target differs from the source");
+    }
+    Ok(Row {
+        workload,
+        system: format!("rsync {flags} (daemon)"),
+        receivers: 1,
+        value: wall.as_secs_f64(),
+        unit: "s",
+        detail: format!(
+            "{:.0} MB/s",
+            data::total(&want) as f64 / wall.as_secs_f64() / 1e6
+        ),
+        usage: Some(client.add(daemon)),
+        writer: Some(client),
+        bytes: Some(sent),
+    })
+}
+
+/// Writes the changed middle of the delta file into `file` in place.
+fn apply_change(ctx: &Ctx, file: &Path) -> Result<()> {
+    let (at, len) = data::delta_change_range(ctx.sizes);
+    let mut changed = vec![0u8; len];
+    fs::File::open(ctx.data.delta_changed.join("big.bin"))?.read_exact_at(&mut changed, at)?;
+    let f = fs::OpenOptions::new().write(true).open(file)?;
+    let mtime = f.metadata()?.modified()?;
+    f.write_all_at(&changed, at)?;
+    // rsync's quick check compares whole seconds: a change within the second of the
+    // first copy would go unseen.
+    f.set_modified(mtime + Duration::from_secs(60))?;
+    f.sync_all()?;
+    Ok(())
+}
+
+pub fn delta_mqsync(ctx: &Ctx) -> Result<Row> {
+    let dir = ctx.fresh("delta-mqsync")?;
+    let mut c = Cluster::new(&ctx.mqsync, &dir, 2)?;
+    fs::copy(
+        ctx.data.delta_base.join("big.bin"),
+        c.folder(0).join("big.bin"),
+    )?;
+    for i in 0..3 {
+        c.start(i)?;
+    }
+    let targets = [c.folder(1), c.folder(2)];
+    let base_hash = tree_hash(&ctx.data.delta_base)?;
+    wait_tree(
+        "delta base",
+        &targets,
+        &listing(&ctx.data.delta_base),
+        base_hash,
+    )?;
+    for i in 0..3 {
+        c.wait_ready(i)?;
+    }
+    let before = c.metric(0, "mqsync_bytes_sent_total")?;
+    let file = c.folder(0).join("big.bin");
+    let start = Instant::now();
+    apply_change(ctx, &file)?;
+    let want_hash = tree_hash(&ctx.data.delta_changed)?;
+    let mtime = fs::metadata(&file)?.mtime_nsec() + fs::metadata(&file)?.mtime() * 1_000_000_000;
+    let res = wait_for(
+        "delta",
+        Duration::from_secs(300),
+        Duration::from_millis(5),
+        || {
+            targets.iter().all(|t| {
+                fs::metadata(t.join("big.bin"))
+                    .is_ok_and(|m| m.mtime() * 1_000_000_000 + m.mtime_nsec() == mtime)
+            })
+        },
+    );
+    let wall = start.elapsed();
+    let after = c.metric(0, "mqsync_bytes_sent_total");
+    let stopped = c.stop();
+    res?;
+    for t in &targets {
+        if tree_hash(t)? != want_hash {
+            bail!("delta: {} differs from the changed file", t.display());
+        }
+    }
+    let sent = (after? - before) as u64;
+    Ok(Row {
+        workload: "delta",
+        system: "mqsync".into(),
+        receivers: 2,
+        value: wall.as_secs_f64(),
+        unit: "s",
+        detail: format!("{:.2} MB sent for 1 MiB changed", sent as f64 / 1e6),
+        usage: Some(stopped.all()),
+        writer: stopped.nodes.first().copied(),
+        bytes: Some(sent),
+    })
+}
+
+pub fn delta_rsync(ctx: &Ctx) -> Result<Row> {
+    let dir = ctx.fresh("delta-rsync")?;
+    let src = dir.join("src");
+    fs::create_dir_all(&src)?;
+    fs::copy(ctx.data.delta_base.join("big.bin"), src.join("big.bin"))?;
+    let d = RsyncDaemon::start(&dir.join("daemon"))?;
+    let res = d.push("-a", &src, "run").and_then(|_| {
+        apply_change(ctx, &src.join("big.bin"))?;
+        d.push("-a", &src, "run")
+    });
+    let target = d.root.join("run");
+    let daemon = d.stop();
+    let (client, wall, sent) = res?;
+    if tree_hash(&target)? != tree_hash(&ctx.data.delta_changed)? {
+        bail!("rsync delta: the target differs from the changed file");
+    }
+    Ok(Row {
+        workload: "delta",
+        system: "rsync -a (daemon)".into(),
+        receivers: 1,
+        value: wall.as_secs_f64(),
+        unit: "s",
+        detail: format!("{:.2} MB sent for 1 MiB changed", sent as f64 / 1e6),
+        usage: Some(client.add(daemon)),
+        writer: Some(client),
+        bytes: Some(sent),
+    })
+}
