@@ -1,7 +1,7 @@
 //! Makes the disk hold an entry: files are assembled in a temp file next to their
 //! target from local chunks (renames and copies cost no transfer) and received chunks,
-//! then fsynced and renamed into place, so a half-received file is never visible under
-//! its name. Every write stays below the folder root: no path component on the way may
+//! then staged and, at the next commit, flushed (one `syncfs` per batch) and renamed
+//! into place, so a half-received file is never visible under its name. Every write stays below the folder root: no path component on the way may
 //! be a symlink (parents are opened with `O_NOFOLLOW` and held open, so one swapped in
 //! during an apply changes nothing), and the target is re-checked against what the index expects before it
 //! is replaced, so a local edit made meanwhile is never overwritten blindly.
@@ -75,6 +75,9 @@ pub enum Outcome {
     },
     /// Waiting for chunks from the network.
     Waiting,
+    /// Written to its temp file; [`Applier::commit`] makes it durable and renames it
+    /// into place, together with the other files staged since the last commit.
+    Staged,
 }
 
 struct Fetch {
@@ -120,6 +123,8 @@ impl ChunkCache {
 pub struct Applier {
     root: PathBuf,
     fetches: HashMap<RelPath, Fetch>,
+    /// Complete files waiting for the next [`Applier::commit`].
+    staged: Vec<Fetch>,
     needs: HashMap<Hash, Vec<RelPath>>,
     cache: ChunkCache,
 }
@@ -132,6 +137,7 @@ impl Applier {
         Applier {
             root,
             fetches: HashMap::new(),
+            staged: Vec::new(),
             needs: HashMap::new(),
             cache: ChunkCache {
                 map: HashMap::new(),
@@ -143,11 +149,11 @@ impl Applier {
     }
 
     pub fn in_flight(&self) -> usize {
-        self.fetches.len()
+        self.fetches.len() + self.staged.len()
     }
 
     pub fn is_fetching(&self, path: &RelPath) -> bool {
-        self.fetches.contains_key(path)
+        self.fetches.contains_key(path) || self.staged.iter().any(|f| &f.entry.path == path)
     }
 
     /// Starts making the disk hold `entry`. `expected` is the disk state the index
@@ -189,6 +195,10 @@ impl Applier {
     }
 
     pub fn cancel(&mut self, path: &RelPath) {
+        if let Some(i) = self.staged.iter().position(|f| &f.entry.path == path) {
+            let f = self.staged.swap_remove(i);
+            let _ = fs::remove_file(&f.tmp);
+        }
         if let Some(f) = self.fetches.remove(path) {
             let _ = fs::remove_file(&f.tmp);
             for h in f.missing.keys() {
@@ -386,13 +396,12 @@ impl Applier {
         Outcome::Waiting
     }
 
+    /// Sets the complete file's mode and time and stages it for the next commit.
     fn finish_file(&mut self, f: Fetch) -> Outcome {
-        let path = f.entry.path.clone();
-        let version = f.entry.version.clone();
         let Content::File { mode, mtime_ns, .. } = f.entry.content else {
             return Outcome::Waiting;
         };
-        let shown = f.parent.shown(path.file_name());
+        let shown = f.parent.shown(f.entry.path.file_name());
         let res = (|| {
             f.file
                 .set_permissions(fs::Permissions::from_mode(mode))
@@ -401,32 +410,79 @@ impl Applier {
                 mtime_ns.div_euclid(1_000_000_000),
                 mtime_ns.rem_euclid(1_000_000_000) as u32,
             );
-            filetime::set_file_handle_times(&f.file, None, Some(mtime)).map_err(io_err(&shown))?;
-            f.file.sync_all().map_err(io_err(&shown))?;
-            self.replace(
-                &f.parent,
-                &path,
-                &f.tmp,
-                f.expected,
-                f.conflict_copy.as_ref(),
-            )
+            filetime::set_file_handle_times(&f.file, None, Some(mtime)).map_err(io_err(&shown))
         })();
         match res {
-            Ok(meta) => Outcome::Done {
-                path,
-                version,
-                meta,
-                conflict_copy: f.conflict_copy,
-            },
+            Ok(()) => {
+                self.staged.push(f);
+                Outcome::Staged
+            }
             Err(error) => {
                 let _ = fs::remove_file(&f.tmp);
                 Outcome::Failed {
-                    path,
-                    version,
+                    path: f.entry.path,
+                    version: f.entry.version,
                     error,
                 }
             }
         }
+    }
+
+    /// Makes the staged files durable and renames them into place. One file is
+    /// fsynced on its own (the latency case); a batch is flushed with one `syncfs`
+    /// before the renames and one after, instead of two fsyncs per file. Each outcome
+    /// comes with its entry and conflict copy, to retry a failure.
+    pub fn commit(&mut self) -> Vec<(Outcome, Entry, Option<RelPath>)> {
+        let staged = std::mem::take(&mut self.staged);
+        let batch = staged.len() > 1;
+        let flushed = match staged.first() {
+            Some(f) if batch => f.parent.sync_fs(),
+            _ => Ok(()),
+        };
+        let mut out = Vec::with_capacity(staged.len());
+        for f in &staged {
+            let shown = f.parent.shown(f.entry.path.file_name());
+            let res = match &flushed {
+                Err(e) => Err(ApplyError::Io {
+                    path: shown,
+                    source: std::io::Error::new(e.kind(), e.to_string()),
+                }),
+                Ok(()) if batch => Ok(()),
+                Ok(()) => f.file.sync_all().map_err(io_err(&shown)),
+            }
+            .and_then(|()| {
+                self.replace(
+                    &f.parent,
+                    &f.entry.path,
+                    &f.tmp,
+                    f.expected,
+                    f.conflict_copy.as_ref(),
+                    !batch,
+                )
+            });
+            let outcome = match res {
+                Ok(meta) => Outcome::Done {
+                    path: f.entry.path.clone(),
+                    version: f.entry.version.clone(),
+                    meta,
+                    conflict_copy: f.conflict_copy.clone(),
+                },
+                Err(error) => {
+                    let _ = fs::remove_file(&f.tmp);
+                    Outcome::Failed {
+                        path: f.entry.path.clone(),
+                        version: f.entry.version.clone(),
+                        error,
+                    }
+                }
+            };
+            out.push((outcome, f.entry.clone(), f.conflict_copy.clone()));
+        }
+        if batch && let Some(f) = staged.first() {
+            // The renames: durable before the index records them as applied.
+            let _ = f.parent.sync_fs();
+        }
+        out
     }
 
     /// Checks the target still is what the index expects, moves a conflict loser
@@ -438,6 +494,7 @@ impl Applier {
         tmp: &Path,
         expected: Option<LocalMeta>,
         conflict_copy: Option<&RelPath>,
+        sync_dirs: bool,
     ) -> Result<Option<LocalMeta>, ApplyError> {
         let name = path.file_name();
         let (target, shown) = (parent.entry(name), parent.shown(name));
@@ -459,10 +516,14 @@ impl Applier {
             let cc_parent = ParentDir::open(&self.root, cc, true)?;
             let to = cc_parent.entry(cc.file_name());
             fs::rename(&target, &to).map_err(io_err(&cc_parent.shown(cc.file_name())))?;
-            cc_parent.sync();
+            if sync_dirs {
+                cc_parent.sync();
+            }
         }
         fs::rename(tmp, &target).map_err(io_err(&shown))?;
-        parent.sync();
+        if sync_dirs {
+            parent.sync();
+        }
         current_meta(&target, &shown)
     }
 
@@ -510,7 +571,7 @@ impl Applier {
         let parent = ParentDir::open(&self.root, path, true)?;
         let tmp = temp_path(&parent.entry(path.file_name()));
         symlink(link_target, &tmp).map_err(io_err(&parent.shown(path.file_name())))?;
-        self.replace(&parent, path, &tmp, expected, conflict_copy)
+        self.replace(&parent, path, &tmp, expected, conflict_copy, true)
             .inspect_err(|_| {
                 let _ = fs::remove_file(&tmp);
             })

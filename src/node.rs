@@ -28,6 +28,8 @@ const MANIFEST_MSG_BYTES: usize = 512 << 10;
 const MAX_QUEUED_BYTES: usize = 16 << 20;
 /// How long a fetch may wait for pushed chunks before asking for them.
 const FETCH_STALL: Duration = Duration::from_secs(3);
+/// Network events taken in one loop turn before staged files are committed.
+const MAX_BATCH_EVENTS: usize = 256;
 
 #[derive(Clone)]
 pub struct FolderSettings {
@@ -425,10 +427,20 @@ impl Folder {
             if self.dirty_due.is_some_and(|d| Instant::now() >= d) {
                 self.scan_dirty();
             }
+            // Take what else has arrived, so the files it completes commit together.
+            for _ in 0..MAX_BATCH_EVENTS {
+                match net.try_recv() {
+                    Ok(ev) => self.on_net(ev),
+                    Err(_) => break,
+                }
+            }
+            self.commit_applies();
             self.process();
             self.pump_chunks();
         }
         // Leave no temp files and say goodbye so peers do not wait for us.
+        self.commit_applies();
+        self.process();
         let paths: Vec<RelPath> = self.retries.keys().cloned().collect();
         for p in paths {
             self.applier.cancel(&p);
@@ -1056,6 +1068,27 @@ impl Folder {
         self.on_outcome(outcome);
     }
 
+    /// Renames the files staged since the last commit into place (one disk flush for
+    /// the batch) and takes their outcomes.
+    fn commit_applies(&mut self) {
+        let outcomes = tokio::task::block_in_place(|| self.applier.commit());
+        for (o, entry, conflict_copy) in outcomes {
+            if let Outcome::Failed { path, error, .. } = &o
+                && error.retryable()
+            {
+                self.retries.insert(
+                    path.clone(),
+                    Retry {
+                        entry,
+                        conflict_copy,
+                        at: Instant::now() + Duration::from_secs(2),
+                    },
+                );
+            }
+            self.on_outcome(o);
+        }
+    }
+
     /// An apply whose name (or a directory on its way) exists on disk under another
     /// spelling. A delete is done: the name on disk is the twin, not this path. Anything
     /// else would overwrite the twin, so it is reported and retried until the twin goes.
@@ -1092,7 +1125,7 @@ impl Folder {
 
     fn on_outcome(&mut self, o: Outcome) {
         match o {
-            Outcome::Waiting => {}
+            Outcome::Waiting | Outcome::Staged => {}
             Outcome::Done {
                 path,
                 version,

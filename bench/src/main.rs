@@ -177,7 +177,10 @@ fn main() -> Result<()> {
         record("delta mqsync", workloads::delta_mqsync(&ctx));
         record("delta rsync", workloads::delta_rsync(&ctx));
     }
-    let _ = std::fs::remove_dir_all(args.work.join("runs"));
+    // MQSYNC_BENCH_KEEP=1 keeps every run's directory (logs, trees) for a post-mortem.
+    if std::env::var_os("MQSYNC_BENCH_KEEP").is_none() {
+        let _ = std::fs::remove_dir_all(args.work.join("runs"));
+    }
 
     let header = format!(
         "# mqsync-bench results\n\nData: {}. Machine: {} cores. Command: `cargo run --release -p mqsync-bench --{}{}`.",

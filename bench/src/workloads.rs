@@ -63,7 +63,7 @@ impl Ctx {
     /// are slow right after large deletes, so old runs are removed first, with a pause.
     fn fresh(&self, name: &str) -> Result<PathBuf> {
         let runs = self.work.join("runs");
-        if runs.exists() {
+        if runs.exists() && std::env::var_os("MQSYNC_BENCH_KEEP").is_none() {
             fs::remove_dir_all(&runs)?;
             // SAFETY: sync(2) has no arguments and cannot fail.
             unsafe { libc::sync() };

@@ -80,6 +80,12 @@ impl ParentDir {
     pub fn sync(&self) {
         let _ = rustix::fs::fsync(&self.fd);
     }
+
+    /// Flushes everything written to this directory's file system: one call makes a
+    /// whole batch of files durable, where an fsync per file costs a disk flush each.
+    pub fn sync_fs(&self) -> std::io::Result<()> {
+        rustix::fs::syncfs(&self.fd).map_err(std::io::Error::from)
+    }
 }
 
 /// A symlink (`ELOOP` under `O_NOFOLLOW`) or a non-directory on the way is refused as

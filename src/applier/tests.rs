@@ -53,6 +53,61 @@ fn none(_: &Hash) -> Option<Vec<u8>> {
     None
 }
 
+/// Commits staged files, as the node does after each batch of events.
+fn committed(a: &mut Applier, out: Vec<Outcome>) -> Vec<Outcome> {
+    let mut res: Vec<Outcome> = out
+        .into_iter()
+        .filter(|o| !matches!(o, Outcome::Staged))
+        .collect();
+    res.extend(a.commit().into_iter().map(|(o, _, _)| o));
+    res
+}
+
+fn committed_one(a: &mut Applier, out: Outcome) -> Outcome {
+    match out {
+        Outcome::Staged => a.commit().pop().expect("one staged file").0,
+        o => o,
+    }
+}
+
+#[test]
+fn staged_files_appear_only_at_commit_and_a_batch_commits_together() {
+    let d = tempfile::tempdir().unwrap();
+    let mut a = Applier::new(d.path().to_path_buf());
+    let mut map: HashMap<Hash, Vec<u8>> = HashMap::new();
+    for i in 0..5 {
+        let body = format!("file {i}");
+        let (c, data) = file_content(&[body.as_bytes()], 0o640);
+        map.extend(data);
+        let out = a.start(entry(&format!("d/f{i}"), c), None, None, "n1", &|h| {
+            map.get(h).cloned()
+        });
+        assert!(matches!(out, Outcome::Staged), "{out:?}");
+        assert!(a.is_fetching(&RelPath::new(format!("d/f{i}")).unwrap()));
+    }
+    assert!(!d.path().join("d/f0").exists(), "visible before the commit");
+    // A staged file cancelled before the commit leaves nothing behind.
+    a.cancel(&RelPath::new("d/f4").unwrap());
+    let out: Vec<Outcome> = a.commit().into_iter().map(|(o, _, _)| o).collect();
+    assert_eq!(out.len(), 4);
+    assert!(
+        out.iter().all(|o| matches!(o, Outcome::Done { .. })),
+        "{out:?}"
+    );
+    for i in 0..4 {
+        assert_eq!(
+            fs::read(d.path().join(format!("d/f{i}"))).unwrap(),
+            format!("file {i}").as_bytes()
+        );
+    }
+    assert_eq!(
+        fs::read_dir(d.path().join("d")).unwrap().count(),
+        4,
+        "no temp file or cancelled file left"
+    );
+    assert!(a.commit().is_empty());
+}
+
 #[test]
 fn assembles_from_chunks_in_any_order_atomically() {
     let d = tempfile::tempdir().unwrap();
@@ -71,6 +126,7 @@ fn assembles_from_chunks_in_any_order_atomically() {
     );
     assert!(a.on_chunk(data[1].0, data[1].1.clone()).is_empty());
     let done = a.on_chunk(data[0].0, data[0].1.clone());
+    let done = committed(&mut a, done);
     assert!(
         matches!(done.as_slice(), [Outcome::Done { .. }]),
         "{done:?}"
@@ -90,6 +146,7 @@ fn local_chunks_need_no_network() {
     let (c, data) = file_content(&[b"abc", b"def"], 0o644);
     let map: HashMap<Hash, Vec<u8>> = data.into_iter().collect();
     let out = a.start(entry("copy", c), None, None, "n1", &|h| map.get(h).cloned());
+    let out = committed_one(&mut a, out);
     assert!(matches!(out, Outcome::Done { .. }));
     assert_eq!(fs::read(d.path().join("copy")).unwrap(), b"abcdef");
 }
@@ -123,6 +180,7 @@ fn a_symlink_swapped_in_during_an_apply_is_not_followed() {
     symlink(outside.path(), d.path().join("dir")).unwrap();
     fs::create_dir(outside.path().join("sub")).unwrap();
     let done = a.on_chunk(data[0].0, data[0].1.clone());
+    let done = committed(&mut a, done);
     assert!(
         matches!(done.as_slice(), [Outcome::Done { .. }]),
         "{done:?}"
@@ -158,6 +216,7 @@ fn conflict_copy_moves_the_loser_aside() {
     let out = a.start(entry("f.txt", c), Some(cc), expected, "n1", &|h| {
         map.get(h).cloned()
     });
+    let out = committed_one(&mut a, out);
     assert!(matches!(out, Outcome::Done { .. }), "{out:?}");
     assert_eq!(fs::read(d.path().join("f.txt")).unwrap(), b"theirs");
     assert_eq!(
@@ -174,6 +233,7 @@ fn never_overwrites_an_unindexed_local_change() {
     let (c, data) = file_content(&[b"remote"], 0o644);
     let map: HashMap<Hash, Vec<u8>> = data.into_iter().collect();
     let out = a.start(entry("f", c), None, None, "n1", &|h| map.get(h).cloned());
+    let out = committed_one(&mut a, out);
     assert!(matches!(
         out,
         Outcome::Failed {
