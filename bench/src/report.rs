@@ -108,7 +108,12 @@ pub fn chart(rows: &[Row], out: &Path) -> Result<()> {
                 .x_label_style(("sans-serif", 14))
                 .x_label_formatter(&|v| {
                     if log {
-                        format!("{:.0}", 10f64.powf(*v - 1.0))
+                        let ms = 10f64.powf(*v - 1.0);
+                        if ms < 1.0 {
+                            format!("{ms:.1}")
+                        } else {
+                            format!("{ms:.0}")
+                        }
                     } else {
                         format!("{v:.1}")
                     }
