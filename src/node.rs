@@ -175,6 +175,8 @@ struct Folder {
     /// The error last logged per retried path, so a retry every few seconds does not
     /// log the same warning again.
     retry_warned: HashMap<RelPath, String>,
+    /// When the last chunk message arrived (from anyone).
+    last_chunk_at: Option<Instant>,
     paused: Option<String>,
     last_status: Option<FolderStatus>,
     /// Local deletions held back by the mass-delete guard, until a resync.
@@ -266,6 +268,7 @@ impl Folder {
             last_error: None,
             last_error_path: None,
             retry_warned: HashMap::new(),
+            last_chunk_at: None,
             paused: None,
             last_status: None,
             held_deletes: 0,
@@ -627,6 +630,7 @@ impl Folder {
                 self.process();
             }
             Message::Chunks { chunks } => {
+                self.last_chunk_at = Some(Instant::now());
                 for c in chunks {
                     let outcomes = self.applier.on_chunk(c.hash, c.data);
                     for o in outcomes {
@@ -705,8 +709,15 @@ impl Folder {
             self.dirty.extend(due.into_iter().map(|(p, _)| p));
             self.dirty_due = Some(now);
         }
-        for (to, hashes) in self.applier.stalled(now, FETCH_STALL) {
-            self.request(to, hashes);
+        // While chunks keep arriving, a fetch without progress is only further back
+        // in the writer's queue: asking again would make the writer send it twice.
+        let streaming = self
+            .last_chunk_at
+            .is_some_and(|t| now.duration_since(t) < FETCH_STALL);
+        if !streaming {
+            for (to, hashes) in self.applier.stalled(now, FETCH_STALL) {
+                self.request(to, hashes);
+            }
         }
         let due: Vec<RelPath> = self
             .retries

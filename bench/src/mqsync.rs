@@ -129,6 +129,24 @@ path = "{folder}"
         Ok(())
     }
 
+    /// The first started process that has ended by itself, with the tail of its log.
+    pub fn dead(&mut self) -> Option<String> {
+        for (i, n) in self.nodes.iter_mut().enumerate() {
+            if let Some(p) = n
+                && p.exited()
+            {
+                let log = self.dir.join(format!("n{}.log", i + 1));
+                let text = fs::read_to_string(&log).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().take(5).collect();
+                return Some(format!("node n{} exited: {}", i + 1, tail.join(" | ")));
+            }
+        }
+        self.broker
+            .as_mut()
+            .is_some_and(Proc::exited)
+            .then(|| "the broker exited".to_string())
+    }
+
     /// A counter of node `i` from its Prometheus endpoint, summed over labels.
     pub fn metric(&self, i: usize, name: &str) -> Result<f64> {
         let mut s = std::net::TcpStream::connect(("127.0.0.1", self.metrics[i]))?;

@@ -77,6 +77,13 @@ impl Proc {
         })
     }
 
+    /// Whether the program has ended on its own (for example refused to start).
+    pub fn exited(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_none_or(|c| matches!(c.try_wait(), Ok(Some(_))))
+    }
+
     /// Stops the program (SIGTERM, then SIGKILL after 10 s) and returns its usage.
     pub fn stop(mut self) -> Usage {
         let Some(mut child) = self.child.take() else {

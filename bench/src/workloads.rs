@@ -197,15 +197,21 @@ fn wait_tree(
     receivers: &[PathBuf],
     want: &std::collections::BTreeMap<String, u64>,
     hash: blake3::Hash,
+    mut dead: impl FnMut() -> Option<String>,
 ) -> Result<Duration> {
     let every = if want.len() > 1000 {
         Duration::from_millis(100)
     } else {
         Duration::from_millis(10)
     };
+    let mut died = None;
     let d = wait_for(what, Duration::from_secs(900), every, || {
-        receivers.iter().all(|r| &listing(r) == want)
+        died = dead();
+        died.is_some() || receivers.iter().all(|r| &listing(r) == want)
     })?;
+    if let Some(why) = died {
+        bail!("{what}: {why}");
+    }
     for r in receivers {
         if tree_hash(r)? != hash {
             bail!("{what}: {} differs from the source", r.display());
@@ -232,7 +238,7 @@ pub fn tree_mqsync(ctx: &Ctx, workload: &'static str, src: &Path, receivers: usi
     let start = Instant::now();
     c.start(0)?;
     let targets: Vec<PathBuf> = (1..=receivers).map(|i| c.folder(i)).collect();
-    let res = wait_tree(workload, &targets, &want, hash);
+    let res = wait_tree(workload, &targets, &want, hash, || c.dead());
     let wall = start.elapsed();
     let bytes = c.metric(0, "mqsync_bytes_sent_total").ok();
     let stopped = c.stop();
@@ -314,6 +320,7 @@ pub fn delta_mqsync(ctx: &Ctx) -> Result<Row> {
         &targets,
         &listing(&ctx.data.delta_base),
         base_hash,
+        || c.dead(),
     )?;
     for i in 0..3 {
         c.wait_ready(i)?;
