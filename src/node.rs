@@ -1064,11 +1064,17 @@ impl Folder {
             }
             return;
         }
-        if let Outcome::Failed { error, .. } = &outcome
+        self.take_outcome(outcome, entry, conflict_copy);
+    }
+
+    /// Takes the outcome of an apply of `entry`; a failure worth retrying is tried
+    /// again in 2 s with the same entry and conflict copy.
+    fn take_outcome(&mut self, outcome: Outcome, entry: Entry, conflict_copy: Option<RelPath>) {
+        if let Outcome::Failed { path, error, .. } = &outcome
             && error.retryable()
         {
             self.retries.insert(
-                path,
+                path.clone(),
                 Retry {
                     entry,
                     conflict_copy,
@@ -1084,19 +1090,7 @@ impl Folder {
     fn commit_applies(&mut self) {
         let outcomes = tokio::task::block_in_place(|| self.applier.commit());
         for (o, entry, conflict_copy) in outcomes {
-            if let Outcome::Failed { path, error, .. } = &o
-                && error.retryable()
-            {
-                self.retries.insert(
-                    path.clone(),
-                    Retry {
-                        entry,
-                        conflict_copy,
-                        at: Instant::now() + Duration::from_secs(2),
-                    },
-                );
-            }
-            self.on_outcome(o);
+            self.take_outcome(o, entry, conflict_copy);
         }
     }
 
@@ -1117,21 +1111,12 @@ impl Folder {
                 conflict_copy: None,
             });
         }
-        let path = entry.path.clone();
-        let version = entry.version.clone();
-        self.retries.insert(
-            path.clone(),
-            Retry {
-                entry,
-                conflict_copy,
-                at: Instant::now() + Duration::from_secs(2),
-            },
-        );
-        self.on_outcome(Outcome::Failed {
-            path,
-            version,
+        let failed = Outcome::Failed {
+            path: entry.path.clone(),
+            version: entry.version.clone(),
             error: ApplyError::CaseCollision(c),
-        });
+        };
+        self.take_outcome(failed, entry, conflict_copy);
     }
 
     fn on_outcome(&mut self, o: Outcome) {
