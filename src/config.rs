@@ -19,6 +19,8 @@
 //!   `MQSYNC_BROKER_KEEPALIVE_S`, `MQSYNC_BROKER_INSECURE_PLAINTEXT`,
 //!   `MQSYNC_BROKER_EMBEDDED_LISTEN`;
 //! * `[security]`: `MQSYNC_SECURITY_GROUP_KEY_FILE`;
+//! * `[docker]`: `MQSYNC_DOCKER_VOLUME_PLUGIN`, `MQSYNC_DOCKER_VOLUMES_ROOT`,
+//!   `MQSYNC_DOCKER_PLUGIN_SOCKET`;
 //! * folders, addressed by id: `MQSYNC_FOLDER_<ID>_PATH`, `_MODE`, `_IGNORE`
 //!   (comma-separated globs, replaces the file's list), `_DEBOUNCE_MS`, where `<ID>` is
 //!   the folder id upper-cased with `-` and `.` turned into `_` (`media-2` →
@@ -73,6 +75,9 @@ pub const DEFAULT_MAX_DELETE_PERCENT: u64 = 50;
 pub const DEFAULT_TOMBSTONE_DAYS: u64 = 30;
 /// Environment variable declaring whole folders (`id=path,id=path`).
 pub const ENV_FOLDERS: &str = "MQSYNC_FOLDERS";
+/// Default `docker.plugin_socket`: where the Docker engine discovers a plugin named
+/// `mqsync`.
+pub const DEFAULT_PLUGIN_SOCKET: &str = "/run/docker/plugins/mqsync.sock";
 
 /// The validated configuration of one mqsync process.
 #[derive(Debug, Clone, PartialEq)]
@@ -91,6 +96,8 @@ pub struct Config {
     pub security: SecurityConfig,
     /// Synced folders (`[[folder]]`), ids unique, paths absolute and disjoint.
     pub folders: Vec<FolderConfig>,
+    /// The Docker volume plugin (`[docker]`).
+    pub docker: DockerConfig,
     /// Where this configuration came from (file path, or `<environment>`), for messages.
     pub source: PathBuf,
 }
@@ -136,6 +143,19 @@ pub struct SecurityConfig {
     pub group_key_file: Option<PathBuf>,
 }
 
+/// `[docker]`: the Docker volume plugin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DockerConfig {
+    /// Serve the Docker volume plugin API on `plugin_socket`.
+    pub volume_plugin: bool,
+    /// Directory holding one sub-directory per volume; absolute, disjoint from the
+    /// folders and `state_dir`. Set whenever `volume_plugin` is.
+    pub volumes_root: Option<PathBuf>,
+    /// Unix socket of the plugin API; the engine finds `/run/docker/plugins/NAME.sock`
+    /// as the driver `NAME`.
+    pub plugin_socket: PathBuf,
+}
+
 /// One `[[folder]]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FolderConfig {
@@ -160,7 +180,7 @@ pub struct FolderConfig {
 }
 
 /// Direction of sync of a folder.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum FolderMode {
     /// Send local changes and apply remote ones (default).
@@ -386,15 +406,16 @@ impl Config {
         RawConfig::default().finish(Path::new("<environment>"), &base, env)
     }
 
-    /// Extra checks for `mqsync run`: at least one folder must be configured.
+    /// Extra checks for `mqsync run`: at least one folder must be configured, unless the
+    /// node serves Docker volumes.
     pub fn validate_for_run(&self) -> Result<(), ConfigError> {
-        if self.folders.is_empty() {
+        if self.folders.is_empty() && !self.docker.volume_plugin {
             return Err(ConfigError::Invalid {
                 file: self.source.clone(),
                 errors: vec![KeyError {
                     key: "folder".into(),
                     reason: format!(
-                        "no folder configured: add a [[folder]] table with id and path, or set {ENV_FOLDERS}=\"id=/path\""
+                        "no folder configured: add a [[folder]] table with id and path, or set {ENV_FOLDERS}=\"id=/path\" (or serve Docker volumes with [docker] volume_plugin = true)"
                     ),
                 }],
             });
@@ -442,6 +463,16 @@ struct RawConfig {
     security: RawSecurity,
     #[serde(default, rename = "folder")]
     folders: Vec<RawFolder>,
+    #[serde(default)]
+    docker: RawDocker,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDocker {
+    volume_plugin: Option<bool>,
+    volumes_root: Option<PathBuf>,
+    plugin_socket: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -614,6 +645,11 @@ impl RawConfig {
             &mut self.security.group_key_file,
         );
 
+        let d = &mut self.docker;
+        env.bool("MQSYNC_DOCKER_VOLUME_PLUGIN", &mut d.volume_plugin, errors);
+        env.optional_path("MQSYNC_DOCKER_VOLUMES_ROOT", &mut d.volumes_root);
+        env.path("MQSYNC_DOCKER_PLUGIN_SOCKET", &mut d.plugin_socket);
+
         if let Some(list) = (env.get)(ENV_FOLDERS) {
             for entry in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
                 let Some((id, path)) = entry.split_once('=') else {
@@ -743,6 +779,7 @@ impl RawConfig {
             folders.push(validate_folder(raw, &key, base, errors));
         }
         check_folder_set(&folders, folder_keys, &state_dir, errors);
+        let docker = validate_docker(self.docker, base, &folders, folder_keys, &state_dir, errors);
 
         Config {
             node_id,
@@ -752,8 +789,79 @@ impl RawConfig {
             broker,
             security,
             folders,
+            docker,
             source: origin.to_owned(),
         }
+    }
+}
+
+fn validate_docker(
+    raw: RawDocker,
+    base: &Path,
+    folders: &[FolderConfig],
+    folder_keys: &[String],
+    state_dir: &Path,
+    errors: &mut Errors,
+) -> DockerConfig {
+    let volume_plugin = raw.volume_plugin.unwrap_or(false);
+    let volumes_root = raw.volumes_root.map(|p| resolve(base, p));
+    let plugin_socket = resolve(
+        base,
+        raw.plugin_socket
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_PLUGIN_SOCKET)),
+    );
+    if volume_plugin && volumes_root.is_none() {
+        errors.push(
+            "docker.volumes_root",
+            "missing: volume_plugin = true needs the directory that holds the volumes (for example /var/lib/mqsync-volumes)",
+        );
+    }
+    if let Some(root) = &volumes_root {
+        if root == Path::new("/") {
+            errors.push(
+                "docker.volumes_root",
+                "must be a dedicated directory, not `/`",
+            );
+        } else if state_dir.starts_with(root) || root.starts_with(state_dir) {
+            errors.push(
+                "docker.volumes_root",
+                format!(
+                    "{} and state_dir ({}) overlap; keep volumes out of the state directory",
+                    root.display(),
+                    state_dir.display()
+                ),
+            );
+        }
+        for (i, f) in folders.iter().enumerate() {
+            if f.path.as_os_str().is_empty() {
+                continue;
+            }
+            if f.path.starts_with(root) || root.starts_with(&f.path) {
+                let key = folder_keys
+                    .get(i)
+                    .cloned()
+                    .unwrap_or_else(|| format!("folder[{i}]"));
+                errors.push(
+                    "docker.volumes_root",
+                    format!(
+                        "{} overlaps {key} ({}); volumes and folders must not overlap",
+                        root.display(),
+                        f.path.display()
+                    ),
+                );
+            }
+        }
+    }
+    if plugin_socket.file_name().is_none() {
+        errors.push(
+            "docker.plugin_socket",
+            format!("{} is not a socket file path", plugin_socket.display()),
+        );
+    }
+    DockerConfig {
+        volume_plugin,
+        volumes_root,
+        plugin_socket,
     }
 }
 
@@ -1506,6 +1614,48 @@ path = "/data/d2"
         // "/data/ab" is not inside "/data/a".
         let text = "node_id = \"n\"\n[[folder]]\nid = \"a\"\npath = \"/data/a\"\n[[folder]]\nid = \"b\"\npath = \"/data/ab\"\n";
         assert!(load(text, &no_env).is_ok());
+    }
+
+    #[test]
+    fn docker_volume_plugin() {
+        // Volumes only: no [[folder]] needed, defaults filled in, env overrides.
+        let text = "node_id = \"n\"\nstate_dir = \"/var/lib/mqsync\"\n[docker]\nvolume_plugin = true\nvolumes_root = \"/var/lib/vols\"\n";
+        let c = load(text, &no_env).expect("valid");
+        assert!(c.docker.volume_plugin);
+        assert_eq!(
+            c.docker.volumes_root.as_deref(),
+            Some(Path::new("/var/lib/vols"))
+        );
+        assert_eq!(c.docker.plugin_socket, Path::new(DEFAULT_PLUGIN_SOCKET));
+        assert!(c.validate_for_run().is_ok());
+        let env = |k: &str| match k {
+            "MQSYNC_DOCKER_PLUGIN_SOCKET" => Some("/tmp/p.sock".to_string()),
+            "MQSYNC_DOCKER_VOLUME_PLUGIN" => Some("off".to_string()),
+            _ => None,
+        };
+        let c = load(text, &env).expect("valid");
+        assert!(!c.docker.volume_plugin);
+        assert_eq!(c.docker.plugin_socket, Path::new("/tmp/p.sock"));
+        assert!(c.validate_for_run().is_err(), "no folder and no volumes");
+
+        let errors = invalid(
+            load("node_id = \"n\"\n[docker]\nvolume_plugin = true\n", &no_env)
+                .expect_err("no root"),
+        );
+        assert!(has(&errors, "docker.volumes_root", "missing"), "{errors:?}");
+        let text = "node_id = \"n\"\nstate_dir = \"/srv/state\"\n[docker]\nvolumes_root = \"/srv\"\n[[folder]]\nid = \"a\"\npath = \"/srv/vols/a\"\n";
+        let errors = invalid(load(text, &no_env).expect_err("overlaps"));
+        assert!(
+            has(&errors, "docker.volumes_root", "state_dir"),
+            "{errors:?}"
+        );
+        assert!(
+            has(&errors, "docker.volumes_root", "folder[0]"),
+            "{errors:?}"
+        );
+        let err =
+            load("node_id = \"n\"\n[docker]\nsocket = \"x\"\n", &no_env).expect_err("unknown key");
+        assert!(err.to_string().contains("socket"), "{err}");
     }
 
     #[test]

@@ -131,8 +131,21 @@ pub async fn watch_status(
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
-                // An empty retained message clears a topic: nothing to report.
+                // An empty retained message clears a topic (a removed Docker volume's
+                // status): forget what it held.
                 if p.payload.is_empty() {
+                    let mut levels = p.topic.rsplit('/');
+                    if let (Some(node), Some("status"), Some(folder)) =
+                        (levels.next(), levels.next(), levels.next())
+                    {
+                        if map
+                            .remove(&(folder.to_string(), node.to_string()))
+                            .is_some()
+                            && tx.send(map.clone()).await.is_err()
+                        {
+                            return Ok(());
+                        }
+                    }
                     continue;
                 }
                 match crate::status::verify(&p.payload, &p.topic, keys) {

@@ -4,7 +4,7 @@
 
 use crate::broker::{self, BrokerHandle, BrokerSettings};
 use crate::certs;
-use crate::config::{Config, FolderMode};
+use crate::config::{Config, FolderConfig, FolderMode};
 use crate::engine::Mode;
 use crate::node::{self, FolderSettings, NodeSettings};
 use crate::transport::ConnectSettings;
@@ -48,6 +48,8 @@ pub enum DaemonError {
     Node(#[from] node::NodeError),
     #[error(transparent)]
     Metrics(#[from] crate::metrics::MetricsError),
+    #[error(transparent)]
+    Volumes(#[from] crate::volumes::VolumeServiceError),
 }
 
 /// Largest MQTT packet the nodes send or accept: a chunk message plus headroom.
@@ -167,23 +169,7 @@ pub fn prepare(cfg: &Config) -> Result<(NodeSettings, Option<BrokerHandle>), Dae
         }
     };
     let (connect, keys) = client(cfg)?;
-    let folders = cfg
-        .folders
-        .iter()
-        .map(|f| FolderSettings {
-            id: f.id.clone(),
-            path: f.path.clone(),
-            mode: engine_mode(f.mode),
-            ignore: f.ignore.clone(),
-            debounce: Duration::from_millis(f.debounce_ms),
-            rescan_interval: Duration::from_secs(3600),
-            digest_interval: Duration::from_secs(30),
-            status_interval: Duration::from_secs(10),
-            max_delete_percent: f.max_delete_percent,
-            tombstone_ttl: Some(Duration::from_secs(f.tombstone_days * 86_400)),
-            on_change: f.on_change.clone(),
-        })
-        .collect();
+    let folders = cfg.folders.iter().map(folder_settings).collect();
     let settings = NodeSettings {
         node_id: cfg.node_id.clone(),
         state_dir: cfg.state_dir.clone(),
@@ -195,6 +181,23 @@ pub fn prepare(cfg: &Config) -> Result<(NodeSettings, Option<BrokerHandle>), Dae
     Ok((settings, handle))
 }
 
+/// What a node runs for one configured folder (or Docker volume).
+pub fn folder_settings(f: &FolderConfig) -> FolderSettings {
+    FolderSettings {
+        id: f.id.clone(),
+        path: f.path.clone(),
+        mode: engine_mode(f.mode),
+        ignore: f.ignore.clone(),
+        debounce: Duration::from_millis(f.debounce_ms),
+        rescan_interval: Duration::from_secs(3600),
+        digest_interval: Duration::from_secs(30),
+        status_interval: Duration::from_secs(10),
+        max_delete_percent: f.max_delete_percent,
+        tombstone_ttl: Some(Duration::from_secs(f.tombstone_days * 86_400)),
+        on_change: f.on_change.clone(),
+    }
+}
+
 /// Runs the daemon until `shutdown` turns true.
 pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<(), DaemonError> {
     if let Some(addr) = cfg.metrics_listen {
@@ -202,6 +205,28 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<(), Dae
         tracing::info!(%addr, "Prometheus metrics on http://{addr}/metrics");
     }
     let (settings, _broker) = prepare(&cfg)?;
+    let volumes = match (&cfg.docker.volumes_root, cfg.docker.volume_plugin) {
+        (Some(root), true) => {
+            let v = crate::volumes::VolumeSettings {
+                root: root.clone(),
+                socket: cfg.docker.plugin_socket.clone(),
+                node: settings.clone(),
+            };
+            // Fail at start, not at shutdown, when the root or socket cannot be made.
+            let listener = crate::volumes::prepare(&v)?;
+            Some(tokio::spawn(crate::volumes::run(
+                v,
+                listener,
+                shutdown.clone(),
+            )))
+        }
+        _ => None,
+    };
     node::run(settings, shutdown).await?;
+    if let Some(v) = volumes {
+        if let Ok(Err(e)) = v.await {
+            return Err(e.into());
+        }
+    }
     Ok(())
 }

@@ -21,5 +21,6 @@ pub mod scanner;
 pub mod status;
 pub mod tls;
 pub mod transport;
+pub mod volumes;
 pub mod watcher;
 pub mod wire;

@@ -364,7 +364,12 @@ fn main() -> Result<()> {
         }
         Cmd::Healthcheck { config } => {
             let cfg = load_config(config.as_deref(), HashMap::new())?;
-            if cfg.folders.is_empty() {
+            let mut ids: Vec<String> = cfg.folders.iter().map(|f| f.id.clone()).collect();
+            if cfg.docker.volume_plugin {
+                // Docker volumes are folders `vol.NAME` that the daemon runs as they come.
+                ids.extend(mqsync::volumes::health_ids(&cfg.state_dir));
+            }
+            if ids.is_empty() && !cfg.docker.volume_plugin {
                 bail!("no [[folder]] in the configuration: nothing to check");
             }
             let now = std::time::SystemTime::now()
@@ -372,19 +377,18 @@ fn main() -> Result<()> {
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(0);
             let mut problems = vec![];
-            for f in &cfg.folders {
-                let path = mqsync::status::health_file(&cfg.state_dir, &f.id);
+            for id in &ids {
+                let path = mqsync::status::health_file(&cfg.state_dir, id);
                 let doc = std::fs::read(&path)
                     .map_err(|e| {
                         format!(
-                            "folder {}: {}: {e} (is the daemon running?)",
-                            f.id,
+                            "folder {id}: {}: {e} (is the daemon running?)",
                             path.display()
                         )
                     })
                     .and_then(|b| {
                         serde_json::from_slice::<mqsync::status::FolderStatus>(&b)
-                            .map_err(|e| format!("folder {}: {}: {e}", f.id, path.display()))
+                            .map_err(|e| format!("folder {id}: {}: {e}", path.display()))
                     });
                 match doc {
                     Ok(d) => {
@@ -396,7 +400,7 @@ fn main() -> Result<()> {
                 }
             }
             if problems.is_empty() {
-                println!("healthy: {} folder(s)", cfg.folders.len());
+                println!("healthy: {} folder(s)", ids.len());
                 Ok(())
             } else {
                 bail!("unhealthy:\n  {}", problems.join("\n  "))

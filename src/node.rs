@@ -15,7 +15,7 @@ use crate::transport::{self, ConnectSettings, NetEvent, Publisher};
 use crate::watcher::{self, FsEvent};
 use crate::wire::{self, ChunkData, Envelope, Keys, Message};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
@@ -105,13 +105,42 @@ pub enum NodeError {
 pub async fn run(settings: NodeSettings, shutdown: watch::Receiver<bool>) -> Result<(), NodeError> {
     let mut tasks = Vec::new();
     for f in &settings.folders {
-        let folder = Folder::open(&settings, f)?;
-        let sd = shutdown.clone();
-        tasks.push(tokio::spawn(async move { folder.run(sd).await }));
+        tasks.push(spawn_folder(&settings, f, shutdown.clone())?);
     }
     for t in tasks {
         if let Ok(Err(e)) = t.await {
             return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// Opens one folder (its index in `state_dir/folders`) and runs it in its own task
+/// until `shutdown` turns true. `settings.folders` is not consulted.
+pub fn spawn_folder(
+    settings: &NodeSettings,
+    folder: &FolderSettings,
+    shutdown: watch::Receiver<bool>,
+) -> Result<tokio::task::JoinHandle<Result<(), NodeError>>, NodeError> {
+    let folder = Folder::open(settings, folder)?;
+    Ok(tokio::spawn(async move { folder.run(shutdown).await }))
+}
+
+/// The index file of folder `id`.
+fn index_path(state_dir: &Path, id: &str) -> PathBuf {
+    state_dir.join("folders").join(format!("{id}.redb"))
+}
+
+/// Deletes what a stopped folder kept in `state_dir` (index, health file), so a folder
+/// of the same id starts from nothing.
+pub fn forget_folder(state_dir: &Path, id: &str) -> std::io::Result<()> {
+    for path in [
+        index_path(state_dir, id),
+        crate::status::health_file(state_dir, id),
+    ] {
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
         }
     }
     Ok(())
@@ -196,17 +225,16 @@ struct Folder {
 
 impl Folder {
     fn open(s: &NodeSettings, f: &FolderSettings) -> Result<Self, NodeError> {
-        let dir = s.state_dir.join("folders");
-        std::fs::create_dir_all(&dir).map_err(|source| NodeError::Io {
+        let path = index_path(&s.state_dir, &f.id);
+        let dir = path.parent().unwrap_or(&s.state_dir);
+        std::fs::create_dir_all(dir).map_err(|source| NodeError::Io {
             folder: f.id.clone(),
-            path: dir.clone(),
+            path: dir.to_path_buf(),
             source,
         })?;
-        let index = Index::open(&dir.join(format!("{}.redb", f.id))).map_err(|source| {
-            NodeError::Index {
-                folder: f.id.clone(),
-                source,
-            }
+        let index = Index::open(&path).map_err(|source| NodeError::Index {
+            folder: f.id.clone(),
+            source,
         })?;
         let records = index.load().map_err(|source| NodeError::Index {
             folder: f.id.clone(),

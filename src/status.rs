@@ -63,16 +63,53 @@ const MAC_OPEN: &[u8] = b",\"mac\":\"";
 const MAC_SUFFIX_LEN: usize = MAC_OPEN.len() + 64 + 2;
 
 /// The JSON of `doc` for `topic`, with a last member `"mac"`: the hex BLAKE3 keyed MAC
-/// (group key) of the topic and the exact JSON bytes without that member.
-pub fn signed_json(doc: &FolderStatus, topic: &str, keys: &Keys) -> serde_json::Result<Vec<u8>> {
+/// (group key) of the topic and the exact JSON bytes without that member. Any retained
+/// document mqsync publishes (status, volume announcements) is signed this way.
+pub fn signed_json<T: Serialize>(doc: &T, topic: &str, keys: &Keys) -> serde_json::Result<Vec<u8>> {
     let mut bytes = serde_json::to_vec(doc)?;
+    if bytes.last() != Some(&b'}') {
+        return Err(serde::ser::Error::custom(
+            "only a JSON object can be signed",
+        ));
+    }
     let tag = blake3::Hash::from(keys.tag(topic, &bytes));
-    // serde_json writes a struct as one object, so the last byte is its closing brace.
     bytes.pop();
     bytes.extend_from_slice(MAC_OPEN);
     bytes.extend_from_slice(tag.to_hex().as_bytes());
     bytes.extend_from_slice(b"\"}");
     Ok(bytes)
+}
+
+/// Why a signed document's MAC was not accepted.
+#[derive(Debug, thiserror::Error, PartialEq, Eq, Clone, Copy)]
+pub enum MacError {
+    #[error("carries no MAC")]
+    Unsigned,
+    #[error("MAC does not verify: sender lacks the group key or the document was altered")]
+    BadMac,
+}
+
+/// Checks the `"mac"` member that [`signed_json`] appended to `payload` for `topic`.
+pub fn check_mac(payload: &[u8], topic: &str, keys: &Keys) -> Result<(), MacError> {
+    let n = payload.len();
+    if n < MAC_SUFFIX_LEN + 2
+        || &payload[n - MAC_SUFFIX_LEN..n - MAC_SUFFIX_LEN + MAC_OPEN.len()] != MAC_OPEN
+        || !payload.ends_with(b"\"}")
+    {
+        return Err(MacError::Unsigned);
+    }
+    let hex = &payload[n - 66..n - 2];
+    let tag = std::str::from_utf8(hex)
+        .ok()
+        .and_then(|h| blake3::Hash::from_hex(h).ok())
+        .ok_or(MacError::BadMac)?;
+    let mut signed = payload[..n - MAC_SUFFIX_LEN].to_vec();
+    signed.push(b'}');
+    if keys.verifies(topic, &signed, tag.as_bytes()) {
+        Ok(())
+    } else {
+        Err(MacError::BadMac)
+    }
 }
 
 /// Why a status message was not accepted.
@@ -82,10 +119,8 @@ pub enum StatusError {
     Malformed(String),
     #[error("status of node {node:?} folder {folder:?} published on another node's topic")]
     WrongTopic { node: String, folder: String },
-    #[error("status carries no MAC")]
-    Unsigned,
-    #[error("status MAC does not verify: sender lacks the group key or the status was altered")]
-    BadMac,
+    #[error("status {0}")]
+    Mac(#[from] MacError),
 }
 
 /// Parses a status message from `topic` (`{prefix}/{folder}/status/{node}`). The
@@ -108,28 +143,10 @@ pub fn verify(
             folder: doc.folder,
         });
     }
-    let Some(keys) = keys else {
-        return Ok(doc);
-    };
-    let n = payload.len();
-    if n < MAC_SUFFIX_LEN + 2
-        || &payload[n - MAC_SUFFIX_LEN..n - MAC_SUFFIX_LEN + MAC_OPEN.len()] != MAC_OPEN
-        || !payload.ends_with(b"\"}")
-    {
-        return Err(StatusError::Unsigned);
+    if let Some(keys) = keys {
+        check_mac(payload, topic, keys)?;
     }
-    let hex = &payload[n - 66..n - 2];
-    let tag = std::str::from_utf8(hex)
-        .ok()
-        .and_then(|h| blake3::Hash::from_hex(h).ok())
-        .ok_or(StatusError::BadMac)?;
-    let mut signed = payload[..n - MAC_SUFFIX_LEN].to_vec();
-    signed.push(b'}');
-    if keys.verifies(topic, &signed, tag.as_bytes()) {
-        Ok(doc)
-    } else {
-        Err(StatusError::BadMac)
-    }
+    Ok(doc)
 }
 
 /// Where a node writes its latest status per folder for `mqsync healthcheck`.
@@ -252,17 +269,23 @@ mod tests {
     fn forged_altered_unsigned_and_moved_statuses_are_refused() {
         let k = keys(b"k");
         let forged = signed_json(&doc(), T, &keys(b"other")).unwrap();
-        assert_eq!(verify(&forged, T, Some(&k)), Err(StatusError::BadMac));
+        assert_eq!(
+            verify(&forged, T, Some(&k)),
+            Err(StatusError::Mac(MacError::BadMac))
+        );
         let good = signed_json(&doc(), T, &k).unwrap();
         let altered = String::from_utf8(good.clone())
             .unwrap()
             .replace("\"files\":3", "\"files\":4");
         assert_eq!(
             verify(altered.as_bytes(), T, Some(&k)),
-            Err(StatusError::BadMac)
+            Err(StatusError::Mac(MacError::BadMac))
         );
         let plain = serde_json::to_vec(&doc()).unwrap();
-        assert_eq!(verify(&plain, T, Some(&k)), Err(StatusError::Unsigned));
+        assert_eq!(
+            verify(&plain, T, Some(&k)),
+            Err(StatusError::Mac(MacError::Unsigned))
+        );
         assert!(matches!(
             verify(&good, "mqsync/docs/status/n2", Some(&k)),
             Err(StatusError::WrongTopic { .. })
@@ -282,6 +305,9 @@ mod tests {
         let mut bad = good.clone();
         let n = bad.len();
         bad[n - 3] = b'z';
-        assert_eq!(verify(&bad, T, Some(&k)), Err(StatusError::BadMac));
+        assert_eq!(
+            verify(&bad, T, Some(&k)),
+            Err(StatusError::Mac(MacError::BadMac))
+        );
     }
 }

@@ -58,6 +58,9 @@ fn full_example_sets_every_key() {
         "mode",
         "ignore",
         "debounce_ms",
+        "volume_plugin",
+        "volumes_root",
+        "plugin_socket",
     ] {
         assert!(
             text.lines()

@@ -608,13 +608,52 @@ fn the_shipped_mosquitto_acl_keeps_n1_out_of_n2s_topics() {
     let _broker = shipped_mosquitto(&c, port);
     acl_check(&c, port);
     // Everything mqsync itself publishes (data, status, last will) passes the ACL.
+    // Both nodes also serve Docker volumes, whose announcements and mount reports must
+    // pass the ACL too.
     let other = format!("127.0.0.1:{}", c.port);
-    for i in 0..2 {
-        c.write_config(i, |t| t.replace(&other, &format!("127.0.0.1:{port}")));
+    let sockets: Vec<_> = (0..2).map(|i| c.path(&format!("plugin{i}.sock"))).collect();
+    for (i, sock) in sockets.iter().enumerate() {
+        let root = c.path(&format!("volumes/{i}"));
+        c.write_config(i, |t| {
+            let t = t.replace(&other, &format!("127.0.0.1:{port}"));
+            // [docker] before the [[folder]] table it would otherwise belong to.
+            t.replacen(
+                "[[folder]]",
+                &format!(
+                    "[docker]\nvolume_plugin = true\nvolumes_root = \"{}\"\nplugin_socket = \"{}\"\n\n[[folder]]",
+                    root.display(),
+                    sock.display()
+                ),
+                1,
+            )
+        });
     }
     start_pair(&mut c);
     fs::write(c.folder(1).join("acl.txt"), b"allowed").unwrap();
     c.converge(&[0, 1], T, |s| s.contains_key("acl.txt"));
+    assert!(wait_until(T, || std::os::unix::net::UnixStream::connect(
+        &sockets[1]
+    )
+    .is_ok()));
+    let (code, _) = plugin_call(&sockets[0], "VolumeDriver.Create", r#"{"Name":"aclvol"}"#);
+    assert_eq!(code, 200);
+    assert!(
+        wait_until(T, || c.path("volumes/1/aclvol/.mqsync").exists()),
+        "the volume announcement did not pass the ACL"
+    );
+    let (code, _) = plugin_call(
+        &sockets[1],
+        "VolumeDriver.Mount",
+        r#"{"Name":"aclvol","ID":"c"}"#,
+    );
+    assert_eq!(code, 200);
+    assert!(
+        wait_until(T, || {
+            let (_, g) = plugin_call(&sockets[0], "VolumeDriver.Get", r#"{"Name":"aclvol"}"#);
+            g["Volume"]["Status"]["mounted_on_other_nodes"] == "n2"
+        }),
+        "n2's mount report did not pass the ACL"
+    );
     let watcher = Client::connect(&c, port, "status-watcher", "n3", Some("mqsync/+/status/+"));
     assert!(wait_until(T, || {
         let got = watcher.received();

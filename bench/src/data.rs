@@ -90,14 +90,23 @@ pub struct DataSet {
     pub delta_changed: PathBuf,
 }
 
-pub fn generate(root: &Path, s: Sizes) -> Result<DataSet> {
+/// Generates (or finds, from an earlier run) the parts of the data set that `wanted`
+/// names: `bulk`, `small`, `delta`.
+pub fn generate(root: &Path, s: Sizes, wanted: impl Fn(&str) -> bool) -> Result<DataSet> {
     let set = DataSet {
         bulk: root.join("bulk"),
         small: root.join("small"),
         delta_base: root.join("delta-base"),
         delta_changed: root.join("delta-changed"),
     };
-    once(&set.bulk, &format!("{s:?}"), |dir| {
+    let once = |part: &str, dir: &Path, make: &dyn Fn(&Path) -> Result<()>| {
+        if wanted(part) {
+            once(dir, &format!("{s:?}"), make)
+        } else {
+            Ok(())
+        }
+    };
+    once("bulk", &set.bulk, &|dir| {
         for i in 0..s.bulk_files {
             let mut rng = StdRng::seed_from_u64(1000 + i as u64);
             let data = if i % 2 == 0 {
@@ -109,7 +118,7 @@ pub fn generate(root: &Path, s: Sizes) -> Result<DataSet> {
         }
         Ok(())
     })?;
-    once(&set.small, &format!("{s:?}"), |dir| {
+    once("small", &set.small, &|dir| {
         let mut rng = StdRng::seed_from_u64(2);
         let per_dir = s.small_files.div_ceil(s.small_dirs);
         for i in 0..s.small_files {
@@ -127,7 +136,7 @@ pub fn generate(root: &Path, s: Sizes) -> Result<DataSet> {
         }
         Ok(())
     })?;
-    once(&set.delta_base, &format!("{s:?}"), |dir| {
+    once("delta", &set.delta_base, &|dir| {
         let mut rng = StdRng::seed_from_u64(3);
         let mut f = fs::File::create(dir.join("big.bin"))?;
         let mut left = s.delta_bytes;
@@ -138,7 +147,7 @@ pub fn generate(root: &Path, s: Sizes) -> Result<DataSet> {
         }
         Ok(())
     })?;
-    once(&set.delta_changed, &format!("{s:?}"), |dir| {
+    once("delta", &set.delta_changed, &|dir| {
         let file = dir.join("big.bin");
         fs::copy(set.delta_base.join("big.bin"), &file)?;
         let (at, len) = delta_change_range(s);
@@ -150,6 +159,40 @@ pub fn generate(root: &Path, s: Sizes) -> Result<DataSet> {
         Ok(())
     })?;
     Ok(set)
+}
+
+/// The scale workload's tree: `files` files of 100 to 200 text-like bytes, 1,000 to a
+/// directory (each directory from its own seed, so two threads write them and the bytes
+/// stay the same). Made once, in `root/scale-FILES`.
+pub fn generate_scale(root: &Path, files: usize) -> Result<PathBuf> {
+    const PER_DIR: usize = 1000;
+    let dir = root.join(format!("scale-{files}"));
+    once(
+        &dir,
+        &format!("scale {files} files, {PER_DIR} per directory"),
+        |dir| {
+            let dirs = files.div_ceil(PER_DIR);
+            let write_dir = |d: usize| -> Result<()> {
+                let mut rng = StdRng::seed_from_u64(5_000_000 + d as u64);
+                let sub = dir.join(format!("d{d:04}"));
+                fs::create_dir_all(&sub)?;
+                for i in d * PER_DIR..((d + 1) * PER_DIR).min(files) {
+                    let len = rng.random_range(100..=200);
+                    fs::write(sub.join(format!("f{i:07}.txt")), text_like(&mut rng, len))?;
+                }
+                Ok(())
+            };
+            std::thread::scope(|s| {
+                let workers: Vec<_> = (0..2)
+                    .map(|w| s.spawn(move || (w..dirs).step_by(2).try_for_each(write_dir)))
+                    .collect();
+                workers
+                    .into_iter()
+                    .try_for_each(|h| h.join().expect("scale writer panicked"))
+            })
+        },
+    )?;
+    Ok(dir)
 }
 
 /// Where the delta workload changes its file: offset and length (the middle).

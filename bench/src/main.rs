@@ -1,14 +1,15 @@
-//! `mqsync-bench`: mqsync side by side with rsync and lsyncd on the same data and the
-//! same machine in one run (issue 6). Run on demand, never part of the tests:
+//! `mqsync-bench`: mqsync side by side with rsync, lsyncd and Syncthing on the same data
+//! and the same machine in one run (issue 6). Run on demand, never part of the tests:
 //!
 //! ```text
-//! cargo run --release -p mqsync-bench -- [--quick] [--only latency,bulk,small,delta]
+//! cargo run --release -p mqsync-bench -- [--quick] [--only latency,bulk,small,delta,fanout,scale]
 //! ```
 //!
 //! It builds the release `mqsync`, installs missing peers from Debian (root), generates
 //! its data from fixed seeds, runs every workload for every system into fresh
 //! directories, checks the received bytes, and writes `bench/results/results.md` and
-//! `bench/results/chart.png`.
+//! `bench/results/chart.png` (a partial or quick run writes `results-TAG.md` and
+//! `chart-TAG.png` instead, so it never overwrites the full run's).
 
 mod data;
 mod mqsync;
@@ -29,17 +30,29 @@ struct Args {
     trials: usize,
     slow_trials: usize,
     mqsync: Option<PathBuf>,
+    systems: Vec<String>,
+    scale_files: Option<usize>,
 }
 
-const USAGE: &str = "usage: mqsync-bench [--quick] [--only latency,bulk,small,delta] \
-[--work DIR] [--out DIR] [--trials N] [--slow-trials N] [--mqsync PATH]
+const WORKLOADS: [&str; 6] = ["latency", "bulk", "small", "delta", "fanout", "scale"];
+const SYSTEMS: [&str; 4] = ["mqsync", "rsync", "lsyncd", "syncthing"];
 
-  --quick        smaller data (8 x 4 MiB, 2,000 small files, 64 MiB delta) to try the harness
+const USAGE: &str = "usage: mqsync-bench [--quick] [--only latency,bulk,small,delta,fanout,scale] \
+[--systems mqsync,rsync,lsyncd,syncthing] [--work DIR] [--out DIR] [--trials N] \
+[--slow-trials N] [--scale-files N] [--mqsync PATH]
+
+  --quick        smaller data (8 x 4 MiB, 2,000 small files, 64 MiB delta, 50,000 files
+                 for scale) to try the harness
   --only LIST    workloads to run (default: all)
+  --systems LIST systems to run (default: all; fanout and scale are mqsync only)
   --work DIR     data and run directories (default: target/mqsync-bench)
-  --out DIR      where results.md and chart.png go (default: bench/results)
+  --out DIR      where the results go (default: bench/results): results.md and chart.png
+                 for a full run of everything, results-TAG.md and chart-TAG.png for a
+                 quick or partial one (TAG: quick, the workloads, the systems)
   --trials N     latency trials per system (default 50)
-  --slow-trials N  trials for lsyncd at its default 15 s delay (default 5)
+  --slow-trials N  trials for the slow watchers: lsyncd at its default 15 s delay and
+                 Syncthing at its default 10 s (default 5)
+  --scale-files N  files for the scale workload (default 1,000,000; --quick 50,000)
   --mqsync PATH  the mqsync binary (default: build target/release/mqsync)";
 
 fn parse() -> Result<Args> {
@@ -52,6 +65,8 @@ fn parse() -> Result<Args> {
         trials: 50,
         slow_trials: 5,
         mqsync: None,
+        systems: vec![],
+        scale_files: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -67,6 +82,8 @@ fn parse() -> Result<Args> {
             "--trials" => a.trials = value()?.parse().context("--trials")?,
             "--slow-trials" => a.slow_trials = value()?.parse().context("--slow-trials")?,
             "--mqsync" => a.mqsync = Some(value()?.into()),
+            "--systems" => a.systems = value()?.split(',').map(str::to_lowercase).collect(),
+            "--scale-files" => a.scale_files = Some(value()?.parse().context("--scale-files")?),
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -75,11 +92,38 @@ fn parse() -> Result<Args> {
         }
     }
     for w in &a.only {
-        if !["latency", "bulk", "small", "delta"].contains(&w.as_str()) {
+        if !WORKLOADS.contains(&w.as_str()) {
             bail!("unknown workload {w}\n{USAGE}");
         }
     }
+    for w in &a.systems {
+        if !SYSTEMS.contains(&w.as_str()) {
+            bail!("unknown system {w}\n{USAGE}");
+        }
+    }
     Ok(a)
+}
+
+impl Args {
+    fn wants(&self, workload: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|o| o == workload)
+    }
+
+    fn runs(&self, system: &str) -> bool {
+        self.systems.is_empty() || self.systems.iter().any(|s| s == system)
+    }
+
+    /// `results`/`chart` for a full run of everything; otherwise a suffix naming what
+    /// ran, so a partial run never overwrites the committed full results.
+    fn tag(&self) -> Option<String> {
+        let mut parts = vec![];
+        if self.quick {
+            parts.push("quick".to_string());
+        }
+        parts.extend(self.only.iter().cloned());
+        parts.extend(self.systems.iter().cloned());
+        (!parts.is_empty()).then(|| parts.join("-"))
+    }
 }
 
 fn build_mqsync() -> Result<PathBuf> {
@@ -106,11 +150,23 @@ fn build_mqsync() -> Result<PathBuf> {
 
 fn main() -> Result<()> {
     let args = parse()?;
-    let wants = |w: &str| args.only.is_empty() || args.only.iter().any(|o| o == w);
-    peers::ensure_installed(&[("rsync", "rsync"), ("lsyncd", "lsyncd"), ("time", "time")])?;
+    let wants = |w: &str| args.wants(w);
+    let runs = |s: &str| args.runs(s);
+    let mut tools = vec![("time", "time")];
+    if runs("rsync") && ["bulk", "small", "delta"].iter().any(|w| wants(w)) {
+        tools.push(("rsync", "rsync"));
+    }
+    if runs("lsyncd") && wants("latency") {
+        tools.extend([("rsync", "rsync"), ("lsyncd", "lsyncd")]);
+    }
+    if runs("syncthing") && ["latency", "bulk", "small"].iter().any(|w| wants(w)) {
+        tools.push(("syncthing", "syncthing"));
+    }
+    peers::ensure_installed(&tools)?;
     let mqsync = match &args.mqsync {
         Some(p) => p.clone(),
-        None => build_mqsync()?,
+        None if runs("mqsync") => build_mqsync()?,
+        None => PathBuf::new(),
     };
     let sizes = if args.quick {
         data::Sizes::quick()
@@ -118,7 +174,20 @@ fn main() -> Result<()> {
         data::Sizes::full()
     };
     eprintln!("generating data in {} ({sizes:?})", args.work.display());
-    let set = data::generate(&args.work.join("data"), sizes)?;
+    let data_dir = args.work.join("data");
+    let set = data::generate(&data_dir, sizes, |part| match part {
+        "bulk" => wants("bulk") || (wants("fanout") && runs("mqsync")),
+        part => wants(part),
+    })?;
+    let scale_files = args
+        .scale_files
+        .unwrap_or(if args.quick { 50_000 } else { 1_000_000 });
+    let scale = if wants("scale") && runs("mqsync") {
+        eprintln!("generating {scale_files} files for the scale workload (once)");
+        Some(data::generate_scale(&data_dir, scale_files)?)
+    } else {
+        None
+    };
     let ctx = Ctx::new(
         mqsync,
         args.work.clone(),
@@ -139,43 +208,92 @@ fn main() -> Result<()> {
         }
     };
     if wants("latency") {
-        record("latency mqsync", workloads::latency_mqsync(&ctx));
-        record("latency lsyncd delay 0", workloads::latency_lsyncd(&ctx, 0));
-        record("latency lsyncd delay 1", workloads::latency_lsyncd(&ctx, 1));
-        record(
-            "latency lsyncd delay 15",
-            workloads::latency_lsyncd(&ctx, 15),
-        );
+        if runs("mqsync") {
+            record("latency mqsync", workloads::latency_mqsync(&ctx));
+        }
+        if runs("lsyncd") {
+            record("latency lsyncd delay 0", workloads::latency_lsyncd(&ctx, 0));
+            record("latency lsyncd delay 1", workloads::latency_lsyncd(&ctx, 1));
+            record(
+                "latency lsyncd delay 15",
+                workloads::latency_lsyncd(&ctx, 15),
+            );
+        }
+        if runs("syncthing") {
+            record("latency syncthing", workloads::latency_syncthing(&ctx));
+        }
     }
     if wants("bulk") {
         let src = ctx.data.bulk.clone();
-        record(
-            "bulk mqsync x2",
-            workloads::tree_mqsync(&ctx, "bulk", &src, 2),
-        );
-        record(
-            "bulk rsync -a",
-            workloads::tree_rsync(&ctx, "bulk", &src, "-a"),
-        );
-        record(
-            "bulk rsync -az",
-            workloads::tree_rsync(&ctx, "bulk", &src, "-az"),
-        );
+        if runs("mqsync") {
+            record(
+                "bulk mqsync x2",
+                workloads::tree_mqsync(&ctx, "bulk", &src, 2),
+            );
+        }
+        if runs("rsync") {
+            record(
+                "bulk rsync -a",
+                workloads::tree_rsync(&ctx, "bulk", &src, "-a"),
+            );
+            record(
+                "bulk rsync -az",
+                workloads::tree_rsync(&ctx, "bulk", &src, "-az"),
+            );
+        }
+        if runs("syncthing") {
+            record(
+                "bulk syncthing x2",
+                workloads::tree_syncthing(&ctx, "bulk", &src),
+            );
+        }
     }
     if wants("small") {
         let src = ctx.data.small.clone();
-        record(
-            "small mqsync x2",
-            workloads::tree_mqsync(&ctx, "small files", &src, 2),
-        );
-        record(
-            "small rsync -a",
-            workloads::tree_rsync(&ctx, "small files", &src, "-a"),
-        );
+        if runs("mqsync") {
+            record(
+                "small mqsync x2",
+                workloads::tree_mqsync(&ctx, "small files", &src, 2),
+            );
+        }
+        if runs("rsync") {
+            record(
+                "small rsync -a",
+                workloads::tree_rsync(&ctx, "small files", &src, "-a"),
+            );
+        }
+        if runs("syncthing") {
+            record(
+                "small syncthing x2",
+                workloads::tree_syncthing(&ctx, "small files", &src),
+            );
+        }
     }
     if wants("delta") {
-        record("delta mqsync", workloads::delta_mqsync(&ctx));
-        record("delta rsync", workloads::delta_rsync(&ctx));
+        if runs("mqsync") {
+            record("delta mqsync", workloads::delta_mqsync(&ctx));
+        }
+        if runs("rsync") {
+            record("delta rsync", workloads::delta_rsync(&ctx));
+        }
+    }
+    if wants("fanout") && runs("mqsync") {
+        for n in [1, 2, 4] {
+            record(
+                &format!("fan-out mqsync x{n}"),
+                workloads::fanout_mqsync(&ctx, n),
+            );
+        }
+    }
+    if let Some(src) = &scale {
+        match workloads::scale_mqsync(&ctx, src) {
+            Ok(rs) => {
+                for r in rs {
+                    record(&format!("scale {}", r.system), Ok(r));
+                }
+            }
+            Err(e) => record("scale mqsync", Err(e)),
+        }
     }
     // MQSYNC_BENCH_KEEP=1 keeps every run's directory (logs, trees) for a post-mortem.
     if std::env::var_os("MQSYNC_BENCH_KEEP").is_none() {
@@ -183,7 +301,7 @@ fn main() -> Result<()> {
     }
 
     let header = format!(
-        "# mqsync-bench results\n\nData: {}. Machine: {} cores. Command: `cargo run --release -p mqsync-bench --{}{}`.",
+        "# mqsync-bench results\n\nData: {}. Machine: {} cores. Command: `cargo run --release -p mqsync-bench --{}{}{}`.",
         if args.quick {
             "quick sizes"
         } else {
@@ -196,6 +314,11 @@ fn main() -> Result<()> {
         } else {
             format!(" --only {}", args.only.join(","))
         },
+        if args.systems.is_empty() {
+            String::new()
+        } else {
+            format!(" --systems {}", args.systems.join(","))
+        },
     );
     let mut md = report::markdown(&rows, &header);
     if !failures.is_empty() {
@@ -206,11 +329,15 @@ fn main() -> Result<()> {
     }
     println!("{md}");
     std::fs::create_dir_all(&args.out)?;
-    std::fs::write(args.out.join("results.md"), &md)?;
+    let (md_name, png_name) = match args.tag() {
+        None => ("results.md".to_string(), "chart.png".to_string()),
+        Some(t) => (format!("results-{t}.md"), format!("chart-{t}.png")),
+    };
+    std::fs::write(args.out.join(&md_name), &md)?;
     if !rows.is_empty() {
-        report::chart(&rows, &args.out.join("chart.png"))?;
+        report::chart(&rows, &args.out.join(&png_name))?;
     }
-    eprintln!("wrote {}", args.out.display());
+    eprintln!("wrote {md_name} and {png_name} in {}", args.out.display());
     if !failures.is_empty() {
         bail!("{} run(s) failed", failures.len());
     }

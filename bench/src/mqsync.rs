@@ -108,25 +108,59 @@ path = "{folder}"
         Ok(())
     }
 
+    /// Node `i`'s state directory.
+    pub fn state_dir(&self, i: usize) -> PathBuf {
+        self.dir.join("state").join(format!("n{}", i + 1))
+    }
+
+    /// Node `i`'s log (stdout and stderr of its process, rewritten at each start).
+    pub fn log(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("n{}.log", i + 1))
+    }
+
+    /// The status file node `i` keeps for `mqsync healthcheck`.
+    pub fn health_file(&self, i: usize) -> PathBuf {
+        self.state_dir(i).join("health").join("bench.json")
+    }
+
     /// Waits until node `i` reports itself connected and idle.
-    pub fn wait_ready(&self, i: usize) -> Result<()> {
-        let health = self
-            .dir
-            .join("state")
-            .join(format!("n{}", i + 1))
-            .join("health")
-            .join("bench.json");
-        wait_for(
+    pub fn wait_ready(&mut self, i: usize) -> Result<()> {
+        self.wait_ready_within(i, Duration::from_secs(60))
+            .map(|_| ())
+    }
+
+    /// Waits up to `timeout` until node `i` reports itself connected and idle (or a
+    /// process of the cluster exits); the time waited.
+    pub fn wait_ready_within(&mut self, i: usize, timeout: Duration) -> Result<Duration> {
+        let health = self.health_file(i);
+        let every = Duration::from_millis(20);
+        let mut died = None;
+        let d = wait_for(
             &format!("mqsync node {} ready", i + 1),
-            Duration::from_secs(60),
-            Duration::from_millis(20),
+            timeout,
+            every,
             || {
-                fs::read_to_string(&health).is_ok_and(|s| {
-                    s.contains("\"connected\":true") && s.contains("\"state\":\"idle\"")
-                })
+                died = self.dead();
+                died.is_some()
+                    || fs::read_to_string(&health).is_ok_and(|s| {
+                        s.contains("\"connected\":true") && s.contains("\"state\":\"idle\"")
+                    })
             },
         )?;
-        Ok(())
+        if let Some(why) = died {
+            bail!("mqsync node {}: {why}", i + 1);
+        }
+        Ok(d)
+    }
+
+    /// Node `i`'s current and peak resident memory in KiB, while it runs.
+    pub fn rss_kib(&self, i: usize) -> Option<(u64, u64)> {
+        self.nodes[i].as_ref()?.rss_kib()
+    }
+
+    /// Stops node `i` alone (SIGTERM) and returns its usage.
+    pub fn stop_node(&mut self, i: usize) -> Usage {
+        self.nodes[i].take().map(Proc::stop).unwrap_or_default()
     }
 
     /// The first started process that has ended by itself, with the tail of its log.

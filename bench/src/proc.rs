@@ -62,10 +62,21 @@ fn read_report(report: &Path) -> Option<Usage> {
 
 impl Proc {
     pub fn spawn(program: &str, args: &[&str], log: &Path) -> Result<Proc> {
+        Proc::spawn_env(program, args, &[], log)
+    }
+
+    /// `spawn` with extra environment variables.
+    pub fn spawn_env(
+        program: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        log: &Path,
+    ) -> Result<Proc> {
         let out = File::create(log)?;
         let err = out.try_clone()?;
         let report = log.with_extension("time");
         let child = timed(program, args, &report)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -84,15 +95,35 @@ impl Proc {
             .is_none_or(|c| matches!(c.try_wait(), Ok(Some(_))))
     }
 
+    /// The measured program's process id (the only child of `time`), while it runs.
+    pub fn pid(&self) -> Option<libc::pid_t> {
+        let time_pid = self.child.as_ref()?.id();
+        std::fs::read_to_string(format!("/proc/{time_pid}/task/{time_pid}/children"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<libc::pid_t>().ok())
+    }
+
+    /// The program's current and peak resident memory in KiB (`VmRSS`, `VmHWM`).
+    pub fn rss_kib(&self) -> Option<(u64, u64)> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))?
+                .split_whitespace()
+                .next()?
+                .parse::<u64>()
+                .ok()
+        };
+        Some((field("VmRSS:")?, field("VmHWM:")?))
+    }
+
     /// Stops the program (SIGTERM, then SIGKILL after 10 s) and returns its usage.
     pub fn stop(mut self) -> Usage {
+        let program = self.pid();
         let Some(mut child) = self.child.take() else {
             return Usage::default();
         };
-        let time_pid = child.id();
-        let program = std::fs::read_to_string(format!("/proc/{time_pid}/task/{time_pid}/children"))
-            .ok()
-            .and_then(|s| s.split_whitespace().next()?.parse::<libc::pid_t>().ok());
         let Some(pid) = program else {
             let _ = child.wait();
             return read_report(&self.report).unwrap_or_default();
@@ -116,9 +147,20 @@ impl Proc {
     }
 }
 
+/// A run that fails part-way drops its processes: the program is killed first (killing
+/// only `time` would leave it running as an orphan), then `time` is reaped.
 impl Drop for Proc {
     fn drop(&mut self) {
+        let program = self.pid();
         if let Some(mut c) = self.child.take() {
+            if let Some(pid) = program {
+                // SAFETY: kill(2) on the child of `time`, not reaped while `time` waits.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !matches!(c.try_wait(), Ok(Some(_))) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -173,5 +215,33 @@ pub fn wait_for(
             bail!("{what}: not done within {timeout:?}");
         }
         std::thread::sleep(every);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A process dropped without `stop` (a run that failed) is killed, not orphaned.
+    #[test]
+    fn drop_kills_the_program_not_only_time() {
+        let log =
+            std::env::temp_dir().join(format!("mqsync-bench-drop-{}.log", std::process::id()));
+        let p = Proc::spawn("sleep", &["60"], &log).expect("spawn sleep");
+        let pid = wait_for(
+            "sleep started",
+            Duration::from_secs(5),
+            Duration::from_millis(10),
+            || p.pid().is_some(),
+        )
+        .map(|_| p.pid().expect("pid"))
+        .expect("sleep under time");
+        drop(p);
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "sleep {pid} still runs"
+        );
+        let _ = std::fs::remove_file(&log);
+        let _ = std::fs::remove_file(log.with_extension("time"));
     }
 }

@@ -130,7 +130,21 @@ pub fn chart(rows: &[Row], out: &Path) -> Result<()> {
                     [(0.0, i as f64 + 0.1), (scale(r.value), i as f64 + 0.9)],
                     color.filled(),
                 )])?;
-                let label = format!("{} ×{}: {:.2}", r.system, r.receivers, r.value);
+                let mut label = if r.receivers == 0 {
+                    format!("{}: {:.2}", r.system, r.value)
+                } else {
+                    format!("{} ×{}: {:.2}", r.system, r.receivers, r.value)
+                };
+                // Fan-out is about the writer: its CPU and bytes beside the wall time.
+                if r.workload == "fan-out"
+                    && let (Some(w), Some(b)) = (r.writer, r.bytes)
+                {
+                    label.push_str(&format!(
+                        " (writer {:.2} s CPU, {:.0} MB sent)",
+                        w.cpu_s,
+                        b as f64 / 1e6
+                    ));
+                }
                 chart.draw_series([Text::new(
                     label,
                     (max * 0.01, i as f64 + 0.75),

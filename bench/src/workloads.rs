@@ -1,10 +1,11 @@
 //! The workloads, each run by each system into fresh directories: latency of one small
-//! file, bulk files, many small files, and a delta to a large file. Every run checks
+//! file, bulk files, many small files, a delta to a large file, fan-out of the bulk
+//! files to 1, 2 and 4 receivers, and the scale of one node's index. Every run checks
 //! that the receivers hold exactly the source's bytes before its numbers count.
 
 use crate::data::{self, DataSet, listing, tree_hash};
 use crate::mqsync::Cluster;
-use crate::peers::{Lsyncd, RsyncDaemon};
+use crate::peers::{Lsyncd, RsyncDaemon, Syncthing};
 use crate::proc::{Usage, wait_for};
 use anyhow::{Result, bail};
 use std::fs;
@@ -28,6 +29,8 @@ pub struct Row {
     pub writer: Option<Usage>,
     /// Bytes the writer sent.
     pub bytes: Option<u64>,
+    /// The broker's CPU and peak memory (mqsync).
+    pub broker: Option<Usage>,
 }
 
 pub struct Ctx {
@@ -73,6 +76,16 @@ impl Ctx {
         let dir = runs.join(format!("{}-{name}", self.run.get()));
         fs::create_dir_all(&dir)?;
         Ok(dir)
+    }
+}
+
+/// MB/s, with a decimal when small.
+fn rate(bytes: u64, wall: Duration) -> String {
+    let r = bytes as f64 / wall.as_secs_f64() / 1e6;
+    if r < 10.0 {
+        format!("{r:.1}")
+    } else {
+        format!("{r:.0}")
     }
 }
 
@@ -127,6 +140,7 @@ fn latency_row(system: String, ms: &[f64], usage: Option<Usage>) -> Row {
         usage,
         writer: None,
         bytes: None,
+        broker: None,
     }
 }
 
@@ -191,27 +205,36 @@ pub fn latency_lsyncd(ctx: &Ctx, delay: u32) -> Result<Row> {
 }
 
 /// Waits until every receiver lists exactly `want` (names and sizes), then checks the
-/// bytes.
+/// bytes. The time from `start` until the listings matched: checking the bytes
+/// afterwards (gigabytes with four receivers) is not counted.
 fn wait_tree(
     what: &str,
     receivers: &[PathBuf],
     want: &std::collections::BTreeMap<String, u64>,
     hash: blake3::Hash,
+    start: Instant,
     mut dead: impl FnMut() -> Option<String>,
 ) -> Result<Duration> {
-    let every = if want.len() > 1000 {
+    let base = if want.len() > 1000 {
         Duration::from_millis(100)
     } else {
         Duration::from_millis(10)
     };
-    let mut died = None;
-    let d = wait_for(what, Duration::from_secs(900), every, || {
-        died = dead();
-        died.is_some() || receivers.iter().all(|r| &listing(r) == want)
-    })?;
-    if let Some(why) = died {
-        bail!("{what}: {why}");
-    }
+    // Listing a large tree costs CPU the system under test could use: a slow run is
+    // polled less often (about 1% of the time so far, at most once a second).
+    let d = loop {
+        if let Some(why) = dead() {
+            bail!("{what}: {why}");
+        }
+        if receivers.iter().all(|r| &listing(r) == want) {
+            break start.elapsed();
+        }
+        if start.elapsed() > Duration::from_secs(900) {
+            bail!("{what}: not done within 900 s");
+        }
+        let every = (start.elapsed() / 100).clamp(base, Duration::from_secs(1));
+        std::thread::sleep(every);
+    };
     for r in receivers {
         if tree_hash(r)? != hash {
             bail!("{what}: {} differs from the source", r.display());
@@ -238,24 +261,21 @@ pub fn tree_mqsync(ctx: &Ctx, workload: &'static str, src: &Path, receivers: usi
     let start = Instant::now();
     c.start(0)?;
     let targets: Vec<PathBuf> = (1..=receivers).map(|i| c.folder(i)).collect();
-    let res = wait_tree(workload, &targets, &want, hash, || c.dead());
-    let wall = start.elapsed();
+    let res = wait_tree(workload, &targets, &want, hash, start, || c.dead());
     let bytes = c.metric(0, "mqsync_bytes_sent_total").ok();
     let stopped = c.stop();
-    res?;
+    let wall = res?;
     Ok(Row {
         workload,
         system: "mqsync".into(),
         receivers,
         value: wall.as_secs_f64(),
         unit: "s",
-        detail: format!(
-            "{:.0} MB/s per receiver",
-            data::total(&want) as f64 / wall.as_secs_f64() / 1e6
-        ),
+        detail: format!("{} MB/s per receiver", rate(data::total(&want), wall)),
         usage: Some(stopped.all()),
         writer: stopped.nodes.first().copied(),
         bytes: bytes.map(|b| b as u64),
+        broker: Some(stopped.broker),
     })
 }
 
@@ -278,13 +298,11 @@ pub fn tree_rsync(ctx: &Ctx, workload: &'static str, src: &Path, flags: &str) ->
         receivers: 1,
         value: wall.as_secs_f64(),
         unit: "s",
-        detail: format!(
-            "{:.0} MB/s",
-            data::total(&want) as f64 / wall.as_secs_f64() / 1e6
-        ),
+        detail: format!("{} MB/s", rate(data::total(&want), wall)),
         usage: Some(client.add(daemon)),
         writer: Some(client),
         bytes: Some(sent),
+        broker: None,
     })
 }
 
@@ -320,6 +338,7 @@ pub fn delta_mqsync(ctx: &Ctx) -> Result<Row> {
         &targets,
         &listing(&ctx.data.delta_base),
         base_hash,
+        Instant::now(),
         || c.dead(),
     )?;
     for i in 0..3 {
@@ -362,6 +381,7 @@ pub fn delta_mqsync(ctx: &Ctx) -> Result<Row> {
         usage: Some(stopped.all()),
         writer: stopped.nodes.first().copied(),
         bytes: Some(sent),
+        broker: Some(stopped.broker),
     })
 }
 
@@ -391,5 +411,205 @@ pub fn delta_rsync(ctx: &Ctx) -> Result<Row> {
         usage: Some(client.add(daemon)),
         writer: Some(client),
         bytes: Some(sent),
+        broker: None,
     })
+}
+
+/// Syncthing with its watcher at its default delay (10 s): one writer and two
+/// receivers, connected and idle, then `slow_trials` small files.
+pub fn latency_syncthing(ctx: &Ctx) -> Result<Row> {
+    let dir = ctx.fresh("latency-syncthing")?;
+    let mut s = Syncthing::new(&dir, 3, None)?;
+    let run = |s: &mut Syncthing| -> Result<Vec<f64>> {
+        for i in 0..3 {
+            s.start(i)?;
+        }
+        for i in 0..3 {
+            s.wait_connected(i, 2)?;
+        }
+        for i in 0..3 {
+            s.wait_idle(i)?;
+        }
+        let targets = [s.folder(1), s.folder(2)];
+        // A first file shows the whole path (watcher, index exchange, pull) works.
+        latency_trials(&s.folder(0), &targets, "warm", 1, Duration::from_secs(120))?;
+        latency_trials(
+            &s.folder(0),
+            &targets,
+            "lat",
+            ctx.slow_trials,
+            Duration::from_secs(120),
+        )
+    };
+    let ms = run(&mut s);
+    let usages = s.stop();
+    let ms = ms?;
+    let mut row = latency_row(
+        "Syncthing, watcher delay 10 s".into(),
+        &ms,
+        Some(usages.iter().fold(Usage::default(), |a, u| a.add(*u))),
+    );
+    row.writer = usages.first().copied();
+    Ok(row)
+}
+
+/// The bulk or small-files workload with Syncthing: two receivers running, the writer
+/// started on a folder that already holds the data (hard links), timed until both
+/// receivers hold every byte. Bytes sent are the writer's total to its peers.
+pub fn tree_syncthing(ctx: &Ctx, workload: &'static str, src: &Path) -> Result<Row> {
+    let want = listing(src);
+    let hash = tree_hash(src)?;
+    let dir = ctx.fresh(&format!("{workload}-syncthing"))?;
+    let mut s = Syncthing::new(&dir, 3, None)?;
+    let run = |s: &mut Syncthing| -> Result<(Duration, Option<u64>)> {
+        for i in 1..3 {
+            s.start(i)?;
+        }
+        s.wait_connected(1, 1)?;
+        s.wait_connected(2, 1)?;
+        data::link_tree(src, &s.folder(0))?;
+        let start = Instant::now();
+        s.start(0)?;
+        let targets = [s.folder(1), s.folder(2)];
+        let wall = wait_tree(workload, &targets, &want, hash, start, || s.dead())?;
+        Ok((wall, s.bytes_out(0).ok()))
+    };
+    let res = run(&mut s);
+    let usages = s.stop();
+    let (wall, bytes) = res?;
+    Ok(Row {
+        workload,
+        system: "Syncthing".into(),
+        receivers: 2,
+        value: wall.as_secs_f64(),
+        unit: "s",
+        detail: format!("{} MB/s per receiver", rate(data::total(&want), wall)),
+        usage: Some(usages.iter().fold(Usage::default(), |a, u| a.add(*u))),
+        writer: usages.first().copied(),
+        bytes,
+        broker: None,
+    })
+}
+
+/// Fan-out: the bulk workload with mqsync to `receivers` receivers. The broker fans
+/// out, so the writer's CPU and bytes should not grow with the count.
+pub fn fanout_mqsync(ctx: &Ctx, receivers: usize) -> Result<Row> {
+    let src = ctx.data.bulk.clone();
+    let mut row = tree_mqsync(ctx, "fan-out", &src, receivers)?;
+    row.detail = format!(
+        "{}; broker CPU {}",
+        row.detail,
+        row.broker
+            .map_or("–".into(), |u| format!("{:.2} s", u.cpu_s))
+    );
+    Ok(row)
+}
+
+/// Waits until `log` holds `line` (or a process of the cluster exits).
+fn wait_log(c: &mut Cluster, i: usize, line: &str, timeout: Duration) -> Result<Duration> {
+    let log = c.log(i);
+    let mut died = None;
+    let d = wait_for(line, timeout, Duration::from_millis(20), || {
+        died = c.dead();
+        died.is_some() || fs::read_to_string(&log).is_ok_and(|t| t.contains(line))
+    })?;
+    if let Some(why) = died {
+        bail!("{line}: {why}");
+    }
+    Ok(d)
+}
+
+/// Total size of the node's index files (`state_dir/folders/*.redb`).
+fn index_bytes(state: &Path) -> u64 {
+    fs::read_dir(state.join("folders"))
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "redb"))
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Scale: one mqsync node (and the broker, with no other node) on a folder of many
+/// small files. The first start indexes (hashes) them all; the second, with nothing
+/// changed, only rescans. Times to the log line "initial scan done" from the start of
+/// the process; memory from the running node (`VmRSS` once idle, `VmHWM` peak) and
+/// `/usr/bin/time`; the index's size on disk.
+pub fn scale_mqsync(ctx: &Ctx, src: &Path) -> Result<Vec<Row>> {
+    let files = listing(src).len() as u64;
+    let dir = ctx.fresh("scale-mqsync")?;
+    let mut c = Cluster::new(&ctx.mqsync, &dir, 0)?;
+    eprintln!("scale: linking {files} files");
+    data::link_tree(src, &c.folder(0))?;
+    let long = Duration::from_secs(3 * 3600);
+    const DONE: &str = "initial scan done";
+
+    c.start(0)?;
+    let first_scan = wait_log(&mut c, 0, DONE, long)?;
+    eprintln!("scale: first start, initial scan done after {first_scan:.1?}");
+    let first_idle = first_scan + c.wait_ready_within(0, long)?;
+    let first_rss = c.rss_kib(0).unwrap_or_default();
+    let bytes = c.metric(0, "mqsync_bytes_sent_total").ok();
+    let first = c.stop_node(0);
+    let index_first = index_bytes(&c.state_dir(0));
+
+    // Nothing changed: the second start only rescans.
+    let _ = fs::remove_file(c.health_file(0));
+    std::thread::sleep(Duration::from_secs(1));
+    c.start(0)?;
+    let rescan = wait_log(&mut c, 0, DONE, long)?;
+    let idle = rescan + c.wait_ready_within(0, long)?;
+    let (rss, hwm) = c.rss_kib(0).unwrap_or_default();
+    let state = c.state_dir(0);
+    let stopped = c.stop();
+    let again = stopped.nodes[0];
+    let index = index_bytes(&state);
+    let per_file = |kib: u64| kib as f64 * 1024.0 / files as f64;
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    Ok(vec![
+        Row {
+            workload: "scale",
+            system: "mqsync, first start (index)".into(),
+            receivers: 0,
+            value: first_scan.as_secs_f64(),
+            unit: "s",
+            detail: format!(
+                "{files} files; idle after {:.1} s; RSS {:.0} MiB idle ({:.0} B/file), \
+                 peak {:.0} MiB; index {:.1} MB",
+                first_idle.as_secs_f64(),
+                mib(first_rss.0),
+                per_file(first_rss.0),
+                mib(first.max_rss_kib),
+                index_first as f64 / 1e6,
+            ),
+            usage: Some(first),
+            writer: Some(first),
+            bytes: bytes.map(|b| b as u64),
+            broker: None,
+        },
+        Row {
+            workload: "scale",
+            system: "mqsync, restart (unchanged rescan)".into(),
+            receivers: 0,
+            value: rescan.as_secs_f64(),
+            unit: "s",
+            detail: format!(
+                "{files} files; idle after {:.1} s; RSS {:.0} MiB idle ({:.0} B/file), \
+                 peak {:.0} MiB ({:.0} B/file); index {:.1} MB ({:.0} B/file)",
+                idle.as_secs_f64(),
+                mib(rss),
+                per_file(rss),
+                mib(hwm.max(again.max_rss_kib)),
+                per_file(hwm.max(again.max_rss_kib)),
+                index as f64 / 1e6,
+                index as f64 / files as f64,
+            ),
+            usage: Some(again),
+            writer: Some(again),
+            bytes: None,
+            broker: Some(stopped.broker),
+        },
+    ])
 }

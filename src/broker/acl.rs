@@ -36,6 +36,15 @@ pub enum Identity<'a> {
 pub fn may_publish(identity: Identity<'_>, topic: &str) -> bool {
     let levels: Vec<&str> = topic.split('/').collect();
     match levels.as_slice() {
+        // Any node may announce or remove a Docker volume (the announcement's MAC, not
+        // the broker, decides whether it counts); mount reports only as itself.
+        [_prefix @ .., "v1", "volumes", name] if levels.len() >= 4 => {
+            !name.is_empty() && identity != Identity::Node("")
+        }
+        [_prefix @ .., "v1", "volume-mounts", node] if levels.len() >= 4 => match identity {
+            Identity::Node(id) => !id.is_empty() && *node == id,
+            Identity::AnyNode => !node.is_empty(),
+        },
         [_prefix @ .., folder, "cmd"] if levels.len() >= 3 => !folder.is_empty(),
         [_prefix @ .., _folder, "v1" | "status", node] if levels.len() >= 4 => match identity {
             Identity::Node(id) => !id.is_empty() && *node == id,
@@ -202,6 +211,11 @@ mod tests {
         assert!(!may_publish(NOBODY, "mqsync/f/v1/"));
         assert!(!may_publish(N1, "/cmd"));
         assert!(may_publish(Identity::AnyNode, "mqsync/f/v1/n2"));
+        assert!(may_publish(N1, "mqsync/v1/volumes/demo"));
+        assert!(may_publish(N1, "mqsync/v1/volume-mounts/n1"));
+        assert!(!may_publish(N1, "mqsync/v1/volume-mounts/n2"));
+        assert!(!may_publish(N1, "mqsync/v1/volumes/"));
+        assert!(!may_publish(N1, "mqsync/v1/volumes/a/b"));
         assert!(!may_publish(Identity::AnyNode, "mqsync/f/v1/"));
         assert!(!may_publish(Identity::AnyNode, "other/topic"));
     }

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -567,4 +567,79 @@ impl Drop for Proxy {
             let _ = t.join();
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// The Docker volume plugin API (tests/volumes.rs, tests/security.rs).
+
+/// One HTTP/1.1 exchange on a unix socket: `raw` is sent as is.
+pub fn plugin_exchange(sock: &Path, raw: &[u8]) -> (u16, serde_json::Value) {
+    let mut s = std::os::unix::net::UnixStream::connect(sock)
+        .unwrap_or_else(|e| panic!("{}: {e}", sock.display()));
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(raw).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out);
+    let status: u16 = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP status in {text:?}"));
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    let json = serde_json::from_str(body).unwrap_or_else(|e| panic!("body {body:?}: {e}"));
+    (status, json)
+}
+
+/// A plugin API call as the engine makes it.
+pub fn plugin_call(sock: &Path, endpoint: &str, body: &str) -> (u16, serde_json::Value) {
+    let raw = format!(
+        "POST /{endpoint} HTTP/1.1\r\nHost: plugin\r\nAccept: application/vnd.docker.plugins.v1.2+json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    plugin_exchange(sock, raw.as_bytes())
+}
+
+/// Publishes `msgs` as a rogue client: n3's broker certificate, not the group's key.
+/// Returns once the broker has acknowledged them (a loaded machine may take longer
+/// than any fixed sleep to flush them).
+pub fn rogue_publish(c: &Cluster, msgs: &[(&str, Vec<u8>)], retain: bool) {
+    let certs = c.path("certs");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let tls = mqsync::tls::client_config(
+            &certs.join("ca.pem"),
+            Some(&certs.join("n3.pem")),
+            Some(&certs.join("n3.key")),
+        )
+        .unwrap();
+        let mut opts = rumqttc::MqttOptions::new("rogue", "127.0.0.1", c.port);
+        opts.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(std::sync::Arc::new(tls)),
+        ));
+        opts.set_max_packet_size(8 << 20, 8 << 20);
+        let (client, mut el) = rumqttc::AsyncClient::new(opts, 10);
+        let (acked, mut acks) = tokio::sync::mpsc::unbounded_channel();
+        let poll = tokio::spawn(async move {
+            loop {
+                match el.poll().await {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => {
+                        let _ = acked.send(());
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        });
+        for (topic, payload) in msgs {
+            client
+                .publish(*topic, rumqttc::QoS::AtLeastOnce, retain, payload.clone())
+                .await
+                .unwrap();
+        }
+        for _ in msgs {
+            let _ = tokio::time::timeout(Duration::from_secs(30), acks.recv()).await;
+        }
+        poll.abort();
+    });
 }
