@@ -49,18 +49,29 @@ fn docker_available() -> bool {
 struct Volumes {
     cluster: Cluster,
     sockets: Vec<PathBuf>,
+    roots: Vec<PathBuf>,
+    /// n1's plugin id when it runs as a managed plugin: its output is in dockerd's log.
+    plugin_id: Option<String>,
 }
 
 impl Volumes {
-    /// Three nodes serving volumes; n1's socket is `n1_socket`.
+    /// Three nodes serving volumes as processes; n1's socket is `n1_socket`.
     fn start(n1_socket: PathBuf) -> Volumes {
+        Volumes::start_nodes(n1_socket, &[0, 1, 2])
+    }
+
+    /// Configures three nodes and starts those in `run` as processes (a node left out
+    /// runs elsewhere, e.g. as a managed plugin).
+    fn start_nodes(n1_socket: PathBuf, run: &[usize]) -> Volumes {
         let mut cluster = Cluster::new(3);
         let mut sockets = vec![n1_socket];
         for i in 1..3 {
             sockets.push(cluster.path(&format!("{}.sock", cluster.names[i])));
         }
+        let mut roots = Vec::new();
         for (i, sock) in sockets.iter().enumerate() {
             let root = cluster.path(&format!("volumes/{}", cluster.names[i]));
+            roots.push(root.clone());
             let sock = sock.clone();
             cluster.write_config(i, |t| {
                 // No [[folder]]: a node may serve volumes only.
@@ -71,21 +82,28 @@ impl Volumes {
                     sock.display()
                 )
             });
-            cluster.start_node(i);
+            if run.contains(&i) {
+                cluster.start_node(i);
+            }
         }
-        for s in &sockets {
+        for &i in run {
+            let s = &sockets[i];
             assert!(
                 wait_until(WAIT, || UnixStream::connect(s).is_ok()),
                 "plugin socket {} did not appear",
                 s.display()
             );
         }
-        Volumes { cluster, sockets }
+        Volumes {
+            cluster,
+            sockets,
+            roots,
+            plugin_id: None,
+        }
     }
 
     fn root(&self, i: usize) -> PathBuf {
-        self.cluster
-            .path(&format!("volumes/{}", self.cluster.names[i]))
+        self.roots[i].clone()
     }
 
     fn all_running(&mut self) -> bool {
@@ -96,13 +114,26 @@ impl Volumes {
     }
 
     fn logs(&self) -> String {
-        self.cluster
+        let mut logs: Vec<String> = self
+            .cluster
             .nodes
             .iter()
             .flatten()
             .map(|p| p.log_text())
-            .collect::<Vec<_>>()
-            .join("\n")
+            .collect();
+        // dockerd logs a managed plugin's output with its id; where dockerd's log is
+        // depends on how it was started (this is where the CI machine's goes).
+        if let Some(id) = &self.plugin_id {
+            let dockerd = std::fs::read_to_string("/var/log/dockerd.log").unwrap_or_default();
+            logs.push(format!("n1 (plugin {id}), from /var/log/dockerd.log:"));
+            logs.extend(
+                dockerd
+                    .lines()
+                    .filter(|l| l.contains(id.as_str()))
+                    .map(String::from),
+            );
+        }
+        logs.join("\n")
     }
 }
 
@@ -411,7 +442,6 @@ struct DockerGuard {
     container: String,
     volume: String,
     image: String,
-    socket: PathBuf,
 }
 
 impl Drop for DockerGuard {
@@ -419,7 +449,80 @@ impl Drop for DockerGuard {
         let _ = docker(&["rm", "-f", &self.container]);
         let _ = docker(&["volume", "rm", "-f", &self.volume]);
         let _ = docker(&["rmi", "-f", &self.image]);
-        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+/// Node n1 as a managed Docker plugin (compose/build-plugin, docs/VOLUMES.md), which
+/// `docker plugin rm` takes out of the engine for good. A legacy plugin (a bare socket
+/// in /run/docker/plugins) stays registered in the engine until dockerd restarts, and
+/// once its socket is gone the engine retries it for 15 s on every volume lookup: that
+/// broke later `docker-compose up` runs on the same engine.
+struct ManagedPlugin {
+    name: String,
+    id: String,
+}
+
+impl ManagedPlugin {
+    /// Builds the plugin from this build's binary, points its mounts at n1's files and
+    /// enables it; returns n1's plugin socket and volumes root as the host sees them.
+    fn install(name: &str, v: &Volumes) -> (ManagedPlugin, PathBuf, PathBuf) {
+        // A run that was killed may have left the plugin behind.
+        let _ = docker(&["plugin", "disable", "-f", name]);
+        let _ = docker(&["plugin", "rm", "-f", name]);
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let out = Command::new(repo.join("compose/build-plugin"))
+            .args(["--name", name, "--binary", env!("CARGO_BIN_EXE_mqsync")])
+            .output()
+            .expect("compose/build-plugin runs");
+        assert!(
+            out.status.success(),
+            "compose/build-plugin failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut plugin = ManagedPlugin {
+            name: name.to_string(),
+            id: String::new(),
+        };
+        // The plugin sees the test directory at /etc/mqsync (read-only) and keeps its
+        // state in a directory of its own; config.json sets state_dir and [docker].
+        let dir = v.cluster.dir.path();
+        let text = std::fs::read_to_string(v.cluster.path("n1.toml")).unwrap();
+        let text = text.replace(dir.to_str().unwrap(), "/etc/mqsync");
+        std::fs::write(v.cluster.path("mqsync.toml"), text).unwrap();
+        let state = v.cluster.path("state/n1-plugin");
+        std::fs::create_dir_all(&state).unwrap();
+        docker_ok(&[
+            "plugin",
+            "set",
+            name,
+            &format!("config.source={}", dir.display()),
+            &format!("state.source={}", state.display()),
+        ]);
+        docker_ok(&["plugin", "enable", name]);
+        plugin.id = docker_ok(&["plugin", "inspect", "--format", "{{.Id}}", name])
+            .trim()
+            .to_string();
+        let id = plugin.id.as_str();
+        let docker_root = docker_ok(&["info", "--format", "{{.DockerRootDir}}"]);
+        let socket = PathBuf::from(format!("/run/docker/plugins/{id}/mqsync.sock"));
+        let root = Path::new(docker_root.trim())
+            .join("plugins")
+            .join(id)
+            .join("propagated-mount");
+        assert!(
+            wait_until(WAIT, || UnixStream::connect(&socket).is_ok()),
+            "the plugin's socket {} did not appear",
+            socket.display()
+        );
+        (plugin, socket, root)
+    }
+}
+
+impl Drop for ManagedPlugin {
+    fn drop(&mut self) {
+        let _ = docker(&["plugin", "disable", "-f", &self.name]);
+        let _ = docker(&["plugin", "rm", "-f", &self.name]);
     }
 }
 
@@ -464,22 +567,21 @@ fn docker_volume_create_mount_and_rm_through_the_engine() {
         eprintln!("skipped: no Docker engine answers (CI machines have one)");
         return;
     }
-    // One fixed driver name: the engine keeps every plugin it has activated until it
-    // restarts, and retries a vanished one for 15 s on each `docker volume ls`, so a
-    // name per run would slow down every later run. The lock keeps concurrent runs on
-    // one engine apart.
+    // One plugin name per engine; the lock keeps concurrent runs on it apart.
     let _lock = engine_lock();
     let id = std::process::id();
-    let driver = "mqsync-test";
-    let socket = PathBuf::from(format!("/run/docker/plugins/{driver}.sock"));
-    let v = Volumes::start(socket.clone());
-    // Declared after the nodes, so it is dropped first, while the plugin still answers
+    let mut v = Volumes::start_nodes(PathBuf::new(), &[1, 2]);
+    let (plugin, socket, root) = ManagedPlugin::install("mqsync-test", &v);
+    v.sockets[0] = socket;
+    v.roots[0] = root;
+    v.plugin_id = Some(plugin.id.clone());
+    let driver = "mqsync-test:latest";
+    // Declared after the plugin, so it is dropped first, while the plugin still answers
     // the engine's unmount and remove calls.
     let guard = DockerGuard {
         container: format!("mqsync-voltest-{id}"),
         volume: format!("demo{id}"),
         image: format!("mqsync-voltest-busybox:{id}"),
-        socket,
     };
     let dir = tempfile::tempdir().unwrap();
     import_busybox(&guard.image, dir.path());
@@ -594,5 +696,6 @@ fn docker_volume_create_mount_and_rm_through_the_engine() {
     let listed = docker_ok(&["volume", "ls", "--format", "{{.Name}}"]);
     assert!(!listed.lines().any(|l| l == vol), "still listed:\n{listed}");
     drop(guard);
+    drop(plugin);
     drop(v);
 }
