@@ -11,6 +11,7 @@ pub mod control;
 pub mod daemon;
 pub mod demo;
 pub mod engine;
+pub mod heap;
 pub mod hook;
 pub mod index;
 pub mod metrics;

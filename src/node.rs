@@ -122,8 +122,20 @@ pub fn spawn_folder(
     folder: &FolderSettings,
     shutdown: watch::Receiver<bool>,
 ) -> Result<tokio::task::JoinHandle<Result<(), NodeError>>, NodeError> {
-    let folder = Folder::open(settings, folder)?;
-    Ok(tokio::spawn(async move { folder.run(shutdown).await }))
+    // Setting up the watcher walks the whole tree (one inotify watch per directory) and
+    // loading the index reads every record: independent work, done at the same time.
+    let root = folder.path.clone();
+    let early_watch = tokio::task::spawn_blocking(move || watcher::watch(&root));
+    let folder = match Folder::open(settings, folder) {
+        Ok(f) => f,
+        Err(e) => {
+            early_watch.abort();
+            return Err(e);
+        }
+    };
+    Ok(tokio::spawn(async move {
+        folder.run(shutdown, Some(early_watch)).await
+    }))
 }
 
 /// The index file of folder `id`.
@@ -152,6 +164,14 @@ fn now_ms() -> u64 {
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
+
+type WatchResult = Result<
+    (
+        watcher::FolderWatcher,
+        tokio::sync::mpsc::UnboundedReceiver<FsEvent>,
+    ),
+    notify::Error,
+>;
 
 struct Retry {
     entry: Entry,
@@ -221,10 +241,13 @@ struct Folder {
     hook_running: bool,
     /// When each in-flight apply started, for the latency histogram.
     apply_started: HashMap<RelPath, Instant>,
+    /// When the folder was opened: start-up time is reported with the first scan.
+    started: Instant,
 }
 
 impl Folder {
     fn open(s: &NodeSettings, f: &FolderSettings) -> Result<Self, NodeError> {
+        let started = Instant::now();
         let path = index_path(&s.state_dir, &f.id);
         let dir = path.parent().unwrap_or(&s.state_dir);
         std::fs::create_dir_all(dir).map_err(|source| NodeError::Io {
@@ -240,18 +263,18 @@ impl Folder {
             folder: f.id.clone(),
             source,
         })?;
+        debug!(folder = %f.id, records = records.len(), ms = started.elapsed().as_millis() as u64, "index loaded");
         let ignore = Ignore::new(&f.ignore).map_err(|source| NodeError::Ignore {
             folder: f.id.clone(),
             source,
         })?;
-        let mut known = BTreeMap::new();
-        let mut entries = Vec::with_capacity(records.len());
-        for r in records {
-            if let Some(m) = r.local {
-                known.insert(r.entry.path.clone(), m);
-            }
-            entries.push(r.entry);
-        }
+        // Records come sorted by path: collecting them builds full B-tree nodes, where
+        // inserting one by one leaves most nodes half empty.
+        let known: BTreeMap<RelPath, LocalMeta> = records
+            .iter()
+            .filter_map(|r| Some((r.entry.path.clone(), r.local?)))
+            .collect();
+        let entries: Vec<Entry> = records.into_iter().map(|r| r.entry).collect();
         let mut folder = Folder {
             node: s.node_id.clone(),
             state_dir: s.state_dir.clone(),
@@ -307,14 +330,16 @@ impl Folder {
             hook_paths: BTreeSet::new(),
             hook_running: false,
             apply_started: HashMap::new(),
+            started,
             cfg: f.clone(),
         };
-        let entries: Vec<Entry> = folder.engine.entries().cloned().collect();
-        for e in &entries {
+        // Borrowed, not cloned: a copy of every entry here was the peak of a start.
+        for e in folder.engine.entries() {
             if folder.known.contains_key(&e.path) {
-                folder.add_locations(&e.path, &e.content);
+                insert_locations(&mut folder.locations, &e.path, &e.content);
             }
         }
+        debug!(folder = %f.id, ms = started.elapsed().as_millis() as u64, "folder state built");
         Ok(folder)
     }
 
@@ -362,7 +387,11 @@ impl Folder {
         self.paused.is_none()
     }
 
-    async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Result<(), NodeError> {
+    async fn run(
+        mut self,
+        mut shutdown: watch::Receiver<bool>,
+        early_watch: Option<tokio::task::JoinHandle<WatchResult>>,
+    ) -> Result<(), NodeError> {
         let will = self.signed_status(&self.status_doc(State::Offline));
         let (publisher, mut net) = transport::connect(
             &self.connect,
@@ -373,7 +402,13 @@ impl Folder {
         self.publisher = Some(publisher);
         self.publish_status(State::Starting);
 
+        // The watcher set up while the index loaded serves only a root that was in place
+        // at once: one that appears later (a mount) gets a watcher of its own.
+        let mut early_watch = early_watch;
         while !self.check_root() {
+            if let Some(h) = early_watch.take() {
+                h.abort();
+            }
             self.publish_status(State::Error);
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(5)) => {}
@@ -381,13 +416,29 @@ impl Folder {
             }
         }
         self.probe_case();
-        let (mut _watcher, mut fs_rx) = self.start_watcher();
+        let (mut _watcher, mut fs_rx) = match early_watch {
+            // Failed early (e.g. check_root has just created the root): try again now.
+            Some(h) => match h.await {
+                Ok(Ok((w, rx))) => (Some(w), rx),
+                _ => self.start_watcher(),
+            },
+            None => self.start_watcher(),
+        };
+        debug!(folder = %self.cfg.id, ms = self.started.elapsed().as_millis() as u64, "watcher ready");
         self.publish_status(State::Scanning);
         self.engine.set_clock(now_ms());
         self.engine.collect_tombstones();
+        let scan_started = Instant::now();
         self.full_scan(true);
         self.process();
-        info!(folder = %self.cfg.id, files = self.engine.entries().count(), "initial scan done");
+        info!(
+            folder = %self.cfg.id,
+            files = self.engine.entries().count(),
+            scan_ms = scan_started.elapsed().as_millis() as u64,
+            since_start_ms = self.started.elapsed().as_millis() as u64,
+            "initial scan done"
+        );
+        crate::heap::release_free_memory();
 
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         let mut last_digest = Instant::now();
@@ -971,11 +1022,7 @@ impl Folder {
     }
 
     fn add_locations(&mut self, path: &RelPath, content: &Content) {
-        if let Content::File { chunks, .. } = content {
-            for (off, c) in chunker::offsets(chunks) {
-                self.locations.insert(c.hash, (path.clone(), off, c.len));
-            }
-        }
+        insert_locations(&mut self.locations, path, content);
     }
 
     fn read_local(&self, hash: &Hash) -> Option<Vec<u8>> {
@@ -1448,6 +1495,19 @@ impl Folder {
             .and_then(|()| std::fs::rename(&tmp, &path));
         if let Err(e) = res {
             debug!(folder = %self.cfg.id, "cannot write {}: {e}", path.display());
+        }
+    }
+}
+
+/// Remembers where each chunk of a local file is, to serve it without asking peers.
+fn insert_locations(
+    locations: &mut HashMap<Hash, (RelPath, u64, u32)>,
+    path: &RelPath,
+    content: &Content,
+) {
+    if let Content::File { chunks, .. } = content {
+        for (off, c) in chunker::offsets(chunks) {
+            locations.insert(c.hash, (path.clone(), off, c.len));
         }
     }
 }

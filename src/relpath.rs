@@ -6,6 +6,7 @@
 use serde::{Deserialize, Deserializer, Serialize};
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Longest path accepted from the wire or the disk, in bytes.
 pub const MAX_PATH_BYTES: usize = 4096;
@@ -31,15 +32,18 @@ pub enum PathError {
 }
 
 /// A validated path relative to a folder root, with `/` as separator.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(transparent)]
-pub struct RelPath(String);
+///
+/// Immutable and shared: a folder holds the same path in several maps (entries, local
+/// metadata, chunk locations), and with a million files one allocation per path instead
+/// of one per map is most of the difference in memory.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RelPath(Arc<str>);
 
 impl RelPath {
     pub fn new(s: impl Into<String>) -> Result<Self, PathError> {
         let s = s.into();
         validate(&s)?;
-        Ok(RelPath(s))
+        Ok(RelPath(Arc::from(s)))
     }
 
     /// Builds a `RelPath` from a path below `root` found on the local disk.
@@ -64,7 +68,7 @@ impl RelPath {
 
     /// Parent path, or `None` at the top level.
     pub fn parent(&self) -> Option<RelPath> {
-        self.0.rfind('/').map(|i| RelPath(self.0[..i].to_string()))
+        self.0.rfind('/').map(|i| RelPath(Arc::from(&self.0[..i])))
     }
 
     pub fn file_name(&self) -> &str {
@@ -75,7 +79,7 @@ impl RelPath {
     pub fn starts_with(&self, other: &RelPath) -> bool {
         self.0 == other.0
             || (self.0.len() > other.0.len()
-                && self.0.starts_with(&other.0)
+                && self.0.starts_with(&*other.0)
                 && self.0.as_bytes()[other.0.len()] == b'/')
     }
 
@@ -116,10 +120,28 @@ fn validate(s: &str) -> Result<(), PathError> {
     Ok(())
 }
 
+impl Serialize for RelPath {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
 impl<'de> Deserialize<'de> for RelPath {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        RelPath::new(s).map_err(serde::de::Error::custom)
+        // A visitor, so that a format that lends its bytes (postcard from a slice) costs
+        // no temporary String per path.
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = RelPath;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a relative path")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<RelPath, E> {
+                validate(s).map_err(E::custom)?;
+                Ok(RelPath(Arc::from(s)))
+            }
+        }
+        d.deserialize_str(V)
     }
 }
 

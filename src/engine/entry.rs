@@ -89,7 +89,8 @@ pub struct Entry {
     pub path: RelPath,
     pub version: VersionVector,
     /// The node whose change produced this version; names conflict copies.
-    pub modified_by: String,
+    #[serde(with = "super::intern::serde_node_id")]
+    pub modified_by: std::sync::Arc<str>,
     /// Wall-clock time of that change on its author, in ms since the epoch (0:
     /// unknown). Ages tombstones for garbage collection; never used to order versions.
     pub changed_ms: u64,

@@ -9,6 +9,7 @@
 
 pub mod digest;
 pub mod entry;
+pub mod intern;
 pub mod resolve;
 pub mod version;
 
@@ -62,7 +63,7 @@ struct Pending {
 
 /// The sync state of one folder on one node.
 pub struct Engine {
-    node: String,
+    node: std::sync::Arc<str>,
     mode: Mode,
     entries: BTreeMap<RelPath, Entry>,
     pending: BTreeMap<RelPath, Pending>,
@@ -100,7 +101,7 @@ impl Engine {
             })
             .collect();
         Engine {
-            node: node.into(),
+            node: intern::node_id(&node.into()),
             mode,
             entries,
             pending: BTreeMap::new(),

@@ -324,10 +324,10 @@ mod tests {
         let at_b = resolve("b", Some(&b), &a);
         match (at_a, at_b) {
             (Decision::Install { entry, .. }, Decision::Ignore) => {
-                assert_eq!(entry.modified_by, "b")
+                assert_eq!(&*entry.modified_by, "b")
             }
             (Decision::Ignore, Decision::Install { entry, .. }) => {
-                assert_eq!(entry.modified_by, "a")
+                assert_eq!(&*entry.modified_by, "a")
             }
             other => panic!("sides disagree: {other:?}"),
         }

@@ -2,8 +2,10 @@
 //! tells whether one version descends from the other or whether they are concurrent
 //! (written without knowledge of each other), which is what conflict detection needs.
 
+use super::intern::node_id;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
 
 /// How two versions relate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,7 +26,7 @@ pub enum Causality {
 /// node's memory with a million files. It serialises as the map did (a postcard map is
 /// a length and its pairs), so the index, the wire and the digests are unchanged.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
-pub struct VersionVector(Vec<(Box<str>, u64)>);
+pub struct VersionVector(Vec<(Arc<str>, u64)>);
 
 impl Serialize for VersionVector {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -34,13 +36,46 @@ impl Serialize for VersionVector {
 
 impl<'de> Deserialize<'de> for VersionVector {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        // Through a map: sorted, and a repeated node id keeps one counter, as before.
-        let map = BTreeMap::<String, u64>::deserialize(d)?;
-        Ok(VersionVector(
-            map.into_iter()
-                .map(|(k, v)| (k.into_boxed_str(), v))
-                .collect(),
-        ))
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = VersionVector;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map of node ids to counters")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut pairs: Vec<(Arc<str>, u64)> =
+                    Vec::with_capacity(m.size_hint().unwrap_or(0).min(64));
+                while let Some((k, v)) =
+                    m.next_entry_seed(NodeIdSeed, std::marker::PhantomData::<u64>)?
+                {
+                    pairs.push((k, v));
+                }
+                // Sorted by node id; a repeated id keeps its last counter, as the map
+                // this replaced did.
+                pairs.sort_by(|a, b| a.0.cmp(&b.0));
+                let mut out: Vec<(Arc<str>, u64)> = Vec::with_capacity(pairs.len());
+                for p in pairs {
+                    match out.last_mut() {
+                        Some(last) if last.0 == p.0 => *last = p,
+                        _ => out.push(p),
+                    }
+                }
+                Ok(VersionVector(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+struct NodeIdSeed;
+
+impl<'de> serde::de::DeserializeSeed<'de> for NodeIdSeed {
+    type Value = Arc<str>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Arc<str>, D::Error> {
+        d.deserialize_str(super::intern::NodeIdVisitor)
     }
 }
 
@@ -60,7 +95,7 @@ impl VersionVector {
     fn set(&mut self, node: &str, counter: u64) {
         match self.position(node) {
             Ok(i) => self.0[i].1 = counter,
-            Err(i) => self.0.insert(i, (node.into(), counter)),
+            Err(i) => self.0.insert(i, (node_id(node), counter)),
         }
     }
 
@@ -133,10 +168,19 @@ mod tests {
     }
 
     #[test]
+    fn reads_unsorted_and_repeated_ids_as_the_map_did() {
+        // A hand-made or hostile document: sorted on reading, the last counter wins.
+        let v: VersionVector = serde_json::from_str(r#"{"b":1,"a":2,"b":3}"#).unwrap();
+        assert_eq!(v, vv(&[("a", 2), ("b", 3)]));
+        assert_eq!(v.iter().map(|(k, _)| k).collect::<Vec<_>>(), ["a", "b"]);
+    }
+
+    #[test]
     fn serialises_exactly_as_the_map_did() {
         // Index files, wire messages and digests written by earlier versions stay valid.
         let v = vv(&[("n2", 7), ("a", 1), ("node-10", u64::MAX / 3)]);
-        let map: BTreeMap<String, u64> = v.iter().map(|(k, c)| (k.to_string(), c)).collect();
+        let map: std::collections::BTreeMap<String, u64> =
+            v.iter().map(|(k, c)| (k.to_string(), c)).collect();
         let bytes = postcard::to_allocvec(&v).unwrap();
         assert_eq!(bytes, postcard::to_allocvec(&map).unwrap());
         let back: VersionVector = postcard::from_bytes(&bytes).unwrap();
