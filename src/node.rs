@@ -438,7 +438,6 @@ impl Folder {
             since_start_ms = self.started.elapsed().as_millis() as u64,
             "initial scan done"
         );
-        crate::heap::release_free_memory();
 
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         let mut last_digest = Instant::now();
@@ -1461,6 +1460,16 @@ impl Folder {
         if self.last_status.as_ref() == Some(&doc) {
             return;
         }
+        let was_idle = self
+            .last_status
+            .as_ref()
+            .is_some_and(|d| d.state == State::Idle);
+        if doc.state == State::Idle && !was_idle {
+            // The end of a busy period (the first scan, a large sync): what it freed
+            // goes back to the system instead of staying in the allocator.
+            self.shrink_buffers();
+            crate::heap::release_free_memory();
+        }
         self.last_status = Some(doc.clone());
         let mut doc = doc;
         doc.updated_ms = now_ms();
@@ -1478,6 +1487,19 @@ impl Folder {
         if let Some(p) = &self.publisher {
             p.publish(self.topics.status(&self.node), bytes, true);
         }
+    }
+
+    /// Drops the capacity that queues grew to in a busy period: a first scan of a
+    /// million files leaves queues sized for a million effects and chunks, empty.
+    fn shrink_buffers(&mut self) {
+        self.push.shrink_to_fit();
+        self.pushing.shrink_to_fit();
+        self.fresh.shrink_to_fit();
+        self.recheck.shrink_to_fit();
+        self.retries.shrink_to_fit();
+        self.retry_warned.shrink_to_fit();
+        self.apply_started.shrink_to_fit();
+        self.engine.shrink_buffers();
     }
 
     /// The status JSON as published: signed under the group key (`status::signed_json`).

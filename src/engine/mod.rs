@@ -200,6 +200,12 @@ impl Engine {
         &self.digest
     }
 
+    /// Gives back the effect queue's capacity once it is drained (a first scan of a
+    /// million files queues millions of effects).
+    pub fn shrink_buffers(&mut self) {
+        self.effects.shrink_to_fit();
+    }
+
     pub fn poll_effect(&mut self) -> Option<Effect> {
         self.effects.pop_front()
     }
