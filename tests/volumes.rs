@@ -575,7 +575,8 @@ fn docker_volume_create_mount_and_rm_through_the_engine() {
     v.sockets[0] = socket;
     v.roots[0] = root;
     v.plugin_id = Some(plugin.id.clone());
-    let driver = "mqsync-test:latest";
+    // Users name the plugin without its tag; the engine lists it with one.
+    let (driver, listed_as) = ("mqsync-test", "mqsync-test:latest");
     // Declared after the plugin, so it is dropped first, while the plugin still answers
     // the engine's unmount and remove calls.
     let guard = DockerGuard {
@@ -592,7 +593,7 @@ fn docker_volume_create_mount_and_rm_through_the_engine() {
     let created = t0.elapsed();
     let listed = docker_ok(&["volume", "ls", "--format", "{{.Driver}} {{.Name}}"]);
     assert!(
-        listed.contains(&format!("{driver} {vol}")),
+        listed.contains(&format!("{listed_as} {vol}")),
         "docker volume ls:\n{listed}"
     );
     for i in [1, 2] {
