@@ -390,7 +390,7 @@ impl Folder {
     async fn run(
         mut self,
         mut shutdown: watch::Receiver<bool>,
-        early_watch: Option<tokio::task::JoinHandle<WatchResult>>,
+        mut early_watch: Option<tokio::task::JoinHandle<WatchResult>>,
     ) -> Result<(), NodeError> {
         let will = self.signed_status(&self.status_doc(State::Offline));
         let (publisher, mut net) = transport::connect(
@@ -404,7 +404,6 @@ impl Folder {
 
         // The watcher set up while the index loaded serves only a root that was in place
         // at once: one that appears later (a mount) gets a watcher of its own.
-        let mut early_watch = early_watch;
         while !self.check_root() {
             if let Some(h) = early_watch.take() {
                 h.abort();

@@ -18,6 +18,12 @@ use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(60);
 
+/// The `Status` that a node's `VolumeDriver.Get` reports for `vol`.
+fn volume_status(sock: &Path, vol: &str) -> Value {
+    let (_, g) = call(sock, "VolumeDriver.Get", &format!(r#"{{"Name":"{vol}"}}"#));
+    g["Volume"]["Status"].clone()
+}
+
 fn err_of(v: &Value) -> &str {
     v["Err"].as_str().unwrap_or("")
 }
@@ -387,10 +393,10 @@ fn a_volume_created_on_one_node_syncs_everywhere_and_is_removed_everywhere() {
     let (_, g) = call(&v.sockets[0], "VolumeDriver.Get", r#"{"Name":"web"}"#);
     assert_eq!(g["Volume"]["Status"]["mounts_here"], 1, "{g}");
     assert!(
-        wait_until(WAIT, || {
-            let (_, g) = call(&v.sockets[1], "VolumeDriver.Get", r#"{"Name":"web"}"#);
-            g["Volume"]["Status"]["mounted_on_other_nodes"] == "n1"
-        }),
+        wait_until(
+            WAIT,
+            || volume_status(&v.sockets[1], "web")["mounted_on_other_nodes"] == "n1"
+        ),
         "n2 never saw n1's mount"
     );
     let (code, r) = call(&v.sockets[1], "VolumeDriver.Remove", r#"{"Name":"web"}"#);
@@ -408,10 +414,10 @@ fn a_volume_created_on_one_node_syncs_everywhere_and_is_removed_everywhere() {
     );
     assert_eq!(code, 200);
     assert!(
-        wait_until(WAIT, || {
-            let (_, g) = call(&v.sockets[1], "VolumeDriver.Get", r#"{"Name":"web"}"#);
-            g["Volume"]["Status"]["mounted_on_other_nodes"] == ""
-        }),
+        wait_until(
+            WAIT,
+            || volume_status(&v.sockets[1], "web")["mounted_on_other_nodes"] == ""
+        ),
         "n2 never saw the unmount"
     );
     let (code, r) = call(&v.sockets[1], "VolumeDriver.Remove", r#"{"Name":"web"}"#);
@@ -654,13 +660,8 @@ fn docker_volume_create_mount_and_rm_through_the_engine() {
     docker_ok(&["rm", "-f", &guard.container]);
     assert!(
         wait_until(WAIT, || {
-            let (_, g) = call(
-                &v.sockets[0],
-                "VolumeDriver.Get",
-                &format!(r#"{{"Name":"{vol}"}}"#),
-            );
-            g["Volume"]["Status"]["mounted_on_other_nodes"] == "n2"
-                && g["Volume"]["Status"]["mounts_here"] == 0
+            let st = volume_status(&v.sockets[0], vol);
+            st["mounted_on_other_nodes"] == "n2" && st["mounts_here"] == 0
         }),
         "n1 never saw n2's mount or the container's unmount"
     );
@@ -677,14 +678,10 @@ fn docker_volume_create_mount_and_rm_through_the_engine() {
         &format!(r#"{{"Name":"{vol}","ID":"on-n2"}}"#),
     );
     assert!(
-        wait_until(WAIT, || {
-            let (_, g) = call(
-                &v.sockets[0],
-                "VolumeDriver.Get",
-                &format!(r#"{{"Name":"{vol}"}}"#),
-            );
-            g["Volume"]["Status"]["mounted_on_other_nodes"] == ""
-        }),
+        wait_until(
+            WAIT,
+            || volume_status(&v.sockets[0], vol)["mounted_on_other_nodes"] == ""
+        ),
         "n1 never saw n2's unmount"
     );
     docker_ok(&["volume", "rm", vol]);

@@ -399,6 +399,13 @@ impl Registry {
 mod tests {
     use super::*;
 
+    /// Volume "demo" with the default options, created on `r`: its announcement.
+    fn created(r: &mut Registry, generation: &str, ms: u64) -> Announcement {
+        r.create("demo", &opts(), generation.into(), ms)
+            .unwrap()
+            .unwrap()
+    }
+
     fn opts() -> VolumeOptions {
         VolumeOptions::default()
     }
@@ -449,7 +456,7 @@ mod tests {
     #[test]
     fn create_is_idempotent_and_options_must_match() {
         let mut r = Registry::new("n1".into());
-        let a = r.create("demo", &opts(), "g1".into(), 10).unwrap().unwrap();
+        let a = created(&mut r, "g1", 10);
         assert!(a.present);
         assert_eq!(a.creator, "n1");
         assert_eq!(r.create("demo", &opts(), "g2".into(), 11), Ok(None));
@@ -508,17 +515,14 @@ mod tests {
             Err(VolumeError::NoSuchVolume("demo".into()))
         );
         // Created again: a later stamp than the removal, even with a clock behind it.
-        let again = r.create("demo", &opts(), "g2".into(), 1).unwrap().unwrap();
+        let again = created(&mut r, "g2", 1);
         assert!(again.updated_ms > gone.updated_ms);
     }
 
     #[test]
     fn merge_is_last_writer_wins() {
         let mut creator = Registry::new("n1".into());
-        let a = creator
-            .create("demo", &opts(), "g1".into(), 10)
-            .unwrap()
-            .unwrap();
+        let a = created(&mut creator, "g1", 10);
         let mut r = Registry::new("n2".into());
         assert_eq!(r.merge(a.clone()), Some(Change::Start(a.clone())));
         assert_eq!(r.merge(a.clone()), None, "duplicates change nothing");
@@ -526,10 +530,7 @@ mod tests {
         assert_eq!(r.merge(gone.clone()), Some(Change::Remove(gone.clone())));
         assert_eq!(r.merge(a.clone()), None, "an older state is ignored");
         assert!(r.get("demo").is_none());
-        let again = creator
-            .create("demo", &opts(), "g2".into(), 30)
-            .unwrap()
-            .unwrap();
+        let again = created(&mut creator, "g2", 30);
         assert_eq!(r.merge(again.clone()), Some(Change::Start(again.clone())));
         // A node that missed the removal sees a new generation replace its copy.
         let mut late = Registry::new("n3".into());
@@ -540,10 +541,7 @@ mod tests {
     #[test]
     fn a_removal_waits_for_local_mounts() {
         let mut creator = Registry::new("n1".into());
-        let a = creator
-            .create("demo", &opts(), "g1".into(), 10)
-            .unwrap()
-            .unwrap();
+        let a = created(&mut creator, "g1", 10);
         let mut r = Registry::new("n2".into());
         r.merge(a);
         r.mount("demo", "c1").unwrap();
@@ -559,19 +557,13 @@ mod tests {
     #[test]
     fn a_new_generation_waits_for_local_mounts_of_the_old_one() {
         let mut creator = Registry::new("n1".into());
-        let a = creator
-            .create("demo", &opts(), "g1".into(), 10)
-            .unwrap()
-            .unwrap();
+        let a = created(&mut creator, "g1", 10);
         let mut r = Registry::new("n2".into());
         r.merge(a);
         r.mount("demo", "c1").unwrap();
         // n2 missed the removal; the new generation arrives while c1 mounts the old.
         creator.remove("demo", 20).unwrap();
-        let again = creator
-            .create("demo", &opts(), "g2".into(), 30)
-            .unwrap()
-            .unwrap();
+        let again = created(&mut creator, "g2", 30);
         assert_eq!(
             r.merge(again.clone()),
             Some(Change::ReplaceDeferred(again.clone()))
