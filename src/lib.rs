@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod node;
 pub mod progress;
 pub mod relpath;
+pub mod rlimit;
 pub mod scanner;
 pub mod status;
 pub mod tls;

@@ -215,7 +215,7 @@ fn main() -> Result<()> {
             let cfg = load_config(a.config.as_deref(), o)?;
             cfg.validate_for_run()?;
             init_logging(&cli.log, cfg.log_format);
-            tracing::info!(node = %cfg.node_id, folders = cfg.folders.len(), "mqsync {} starting", env!("CARGO_PKG_VERSION"));
+            tracing::info!(node = %cfg.node_id, folders = cfg.folders.len(), open_files = ?mqsync::rlimit::raise_open_files(), "mqsync {} starting", env!("CARGO_PKG_VERSION"));
             let progress: Vec<_> = cfg
                 .folders
                 .iter()
@@ -408,6 +408,8 @@ fn main() -> Result<()> {
         }
         Cmd::Broker(a) => {
             init_logging(&cli.log, LogFormat::Text);
+            let open_files = mqsync::rlimit::raise_open_files();
+            tracing::debug!(?open_files, "open-file limit");
             let handle = match (&a.config, &a.certs) {
                 (Some(c), _) => mqsync::broker::start_from_file(c, a.shared_node_cert)?,
                 (None, Some(dir)) => mqsync::broker::start(&mqsync::broker::BrokerSettings {

@@ -30,6 +30,22 @@ const MAX_QUEUED_BYTES: usize = 16 << 20;
 const FETCH_STALL: Duration = Duration::from_secs(3);
 /// Network events taken in one loop turn before staged files are committed.
 const MAX_BATCH_EVENTS: usize = 256;
+/// Files a folder may have open for applying (fetching or staged) at once; each holds
+/// its temp file and its parent directory open. Further applies wait in order, so a
+/// tree of many thousands of files never runs the process out of file descriptors.
+const MAX_OPEN_APPLIES: usize = 256;
+/// Descriptors left for everything but applies: connections, watches, the index.
+const RESERVED_FDS: u64 = 256;
+
+/// Apply slots per folder: [`MAX_OPEN_APPLIES`], fewer when the open-file limit
+/// shared by `folders` folders could not hold two descriptors per slot.
+fn apply_slots(open_files: Option<u64>, folders: usize) -> usize {
+    let Some(limit) = open_files else {
+        return MAX_OPEN_APPLIES;
+    };
+    let per_folder = limit.saturating_sub(RESERVED_FDS) / (2 * folders.max(1) as u64);
+    (per_folder as usize).clamp(8, MAX_OPEN_APPLIES)
+}
 
 #[derive(Clone)]
 pub struct FolderSettings {
@@ -179,6 +195,15 @@ struct Retry {
     at: Instant,
 }
 
+/// A file apply waiting for a free slot, with the node and mode of the message that
+/// caused it (the chunk source to ask).
+struct QueuedApply {
+    entry: Entry,
+    conflict_copy: Option<RelPath>,
+    source: String,
+    live: bool,
+}
+
 struct Folder {
     node: String,
     state_dir: PathBuf,
@@ -214,6 +239,12 @@ struct Folder {
     store: Vec<Record>,
     forget: Vec<RelPath>,
     retries: HashMap<RelPath, Retry>,
+    /// Files that may be open for applying at once (see [`apply_slots`]).
+    apply_slots: usize,
+    /// File applies waiting for one of the `apply_slots`, in arrival
+    /// order (a path may be listed again after it left `queued_applies`: then skipped).
+    queued: VecDeque<RelPath>,
+    queued_applies: HashMap<RelPath, QueuedApply>,
     /// Node whose message caused the effects being processed (chunk source).
     source: String,
     source_live: bool,
@@ -314,6 +345,9 @@ impl Folder {
             store: vec![],
             forget: vec![],
             retries: HashMap::new(),
+            apply_slots: apply_slots(crate::rlimit::open_files(), s.folders.len()),
+            queued: VecDeque::new(),
+            queued_applies: HashMap::new(),
             source: "*".into(),
             source_live: false,
             last_error: None,
@@ -1050,6 +1084,7 @@ impl Folder {
                 }
                 Effect::Cancel(p) => {
                     self.retries.remove(&p);
+                    self.queued_applies.remove(&p);
                     self.applier.cancel(&p);
                     self.release_name(&p);
                 }
@@ -1097,6 +1132,46 @@ impl Folder {
     }
 
     fn start_apply(&mut self, entry: Entry, conflict_copy: Option<RelPath>) {
+        let queued = QueuedApply {
+            entry,
+            conflict_copy,
+            source: self.source.clone(),
+            live: self.source_live,
+        };
+        let is_file = matches!(queued.entry.content, Content::File { .. });
+        if is_file && self.applier.in_flight() >= self.apply_slots {
+            self.apply_started
+                .entry(queued.entry.path.clone())
+                .or_insert_with(Instant::now);
+            let path = queued.entry.path.clone();
+            if self.queued_applies.insert(path.clone(), queued).is_none() {
+                self.queued.push_back(path);
+            }
+            return;
+        }
+        self.queued_applies.remove(&queued.entry.path);
+        self.begin_apply(queued);
+    }
+
+    /// Starts the queued file applies that fit in the free slots.
+    fn start_queued(&mut self) {
+        while self.applier.in_flight() < self.apply_slots {
+            let Some(path) = self.queued.pop_front() else {
+                break;
+            };
+            if let Some(q) = self.queued_applies.remove(&path) {
+                self.begin_apply(q);
+            }
+        }
+    }
+
+    fn begin_apply(&mut self, q: QueuedApply) {
+        let QueuedApply {
+            entry,
+            conflict_copy,
+            source,
+            live,
+        } = q;
         if let Some(folds) = &mut self.case_folds {
             if let Some(c) = folds.collision(&entry.path) {
                 return self.refuse_case_collision(entry, conflict_copy, c);
@@ -1112,7 +1187,6 @@ impl Folder {
             .or_insert_with(Instant::now);
         let expected = self.known.get(&entry.path).copied();
         let path = entry.path.clone();
-        let source = self.source.clone();
         let outcome = tokio::task::block_in_place(|| {
             let locations = &self.locations;
             let root = &self.cfg.path;
@@ -1129,9 +1203,9 @@ impl Folder {
             )
         });
         if matches!(outcome, Outcome::Waiting) {
-            debug!(folder = %self.cfg.id, %path, from = %source, live = self.source_live, "fetching");
+            debug!(folder = %self.cfg.id, %path, from = %source, live, "fetching");
             // Chunks of a live change follow their manifest; anything else is asked for.
-            if !self.source_live {
+            if !live {
                 let missing = self.applier.missing(&path);
                 self.request(source, missing);
             }
@@ -1165,6 +1239,7 @@ impl Folder {
         for (o, entry, conflict_copy) in outcomes {
             self.take_outcome(o, entry, conflict_copy);
         }
+        self.start_queued();
     }
 
     /// An apply whose name (or a directory on its way) exists on disk under another
@@ -1496,6 +1571,8 @@ impl Folder {
         self.fresh.shrink_to_fit();
         self.recheck.shrink_to_fit();
         self.retries.shrink_to_fit();
+        self.queued.shrink_to_fit();
+        self.queued_applies.shrink_to_fit();
         self.retry_warned.shrink_to_fit();
         self.apply_started.shrink_to_fit();
         self.engine.shrink_buffers();
@@ -1530,5 +1607,21 @@ fn insert_locations(
         for (off, c) in chunker::offsets(chunks) {
             locations.insert(c.hash, (path.clone(), off, c.len));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn apply_slots_fit_the_open_file_limit() {
+        assert_eq!(apply_slots(None, 1), MAX_OPEN_APPLIES);
+        assert_eq!(apply_slots(Some(1 << 20), 4), MAX_OPEN_APPLIES);
+        // 512 descriptors: 256 reserved, two per slot.
+        assert_eq!(apply_slots(Some(512), 1), 128);
+        assert_eq!(apply_slots(Some(512), 2), 64);
+        // Never none at all: a tiny limit still makes progress.
+        assert_eq!(apply_slots(Some(100), 1), 8);
     }
 }

@@ -242,3 +242,44 @@ fn nodes_with_a_wrong_ca_or_no_client_certificate_are_refused() {
         "a refused node keeps retrying, it does not crash"
     );
 }
+
+/// A receiver whose open-file limit (512, soft and hard, so it cannot raise it) is far
+/// below the number of files arriving at once: applies wait for free slots instead of
+/// failing with "Too many open files".
+#[test]
+fn thousands_of_files_arrive_within_a_low_open_file_limit() {
+    let mut c = Cluster::new(2);
+    let a = c.folder(0);
+    for i in 0..3_000 {
+        write(
+            &a.join(format!("d{:02}/f{i:05}.txt", i % 30)),
+            format!("file {i}\n").as_bytes(),
+        );
+    }
+    c.start_node(0);
+    let cfg = c.write_config(1, |t| t);
+    let log = c.path("n2.limited.log");
+    c.nodes[1] = Some(Proc::spawn_program(
+        "prlimit",
+        &[
+            "--nofile=512:512",
+            BIN,
+            "run",
+            "--config",
+            cfg.to_str().unwrap(),
+        ],
+        &log,
+    ));
+    c.converge(&[0, 1], T, |s| {
+        s.keys().filter(|k| k.ends_with(".txt")).count() == 3_000
+    });
+    let text = fs::read_to_string(&log).unwrap();
+    assert!(
+        !text.contains("Too many open files"),
+        "the receiver ran out of file descriptors"
+    );
+    assert_eq!(
+        fs::read(c.folder(1).join("d07/f02407.txt")).unwrap(),
+        b"file 2407\n"
+    );
+}
