@@ -152,6 +152,11 @@ impl Applier {
         self.fetches.len() + self.staged.len()
     }
 
+    /// Complete files waiting for [`Applier::commit`].
+    pub fn staged_len(&self) -> usize {
+        self.staged.len()
+    }
+
     pub fn is_fetching(&self, path: &RelPath) -> bool {
         self.fetches.contains_key(path) || self.staged.iter().any(|f| &f.entry.path == path)
     }

@@ -4,9 +4,9 @@
 //! changes only the chunks around it, which is what makes deltas and renames cheap.
 
 use crate::engine::{ChunkRef, Hash};
-use fastcdc::v2020::{Normalization, StreamCDC};
+use fastcdc::v2020::{FastCDC, Normalization};
 use std::fs::File;
-use std::io;
+use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -18,30 +18,68 @@ pub fn hash(data: &[u8]) -> Hash {
     *blake3::hash(data).as_bytes()
 }
 
+/// Bytes read from a file at a time. Several chunks are cut and hashed in place from
+/// one block; only the tail that may still grow into a chunk is moved to the front.
+const BLOCK: usize = 4 << 20;
+
+thread_local! {
+    /// One read buffer per scanning thread: allocating a block per file would make
+    /// a tree of small files pay for a fresh mapping each time.
+    static BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Chunks and hashes an open file from its start. Returns the chunks and total size.
+///
+/// The cut points are exactly those of fastcdc's `StreamCDC` with the same
+/// parameters (which the wire protocol depends on): a cut is only searched once the
+/// block holds at least `MAX_CHUNK` bytes past the chunk start, or the rest of the file.
 pub fn chunk_file(file: &File) -> io::Result<(Vec<ChunkRef>, u64)> {
-    let reader = io::BufReader::with_capacity(MAX_CHUNK as usize, file);
-    let cdc = StreamCDC::with_level(
-        reader,
-        MIN_CHUNK as usize,
-        AVG_CHUNK as usize,
-        MAX_CHUNK as usize,
-        Normalization::Level1,
-    );
+    BUFFER.with(|b| {
+        let mut buf = b.borrow_mut();
+        if buf.len() < BLOCK {
+            buf.resize(BLOCK, 0);
+        }
+        chunk_reader(file, &mut buf)
+    })
+}
+
+fn chunk_reader(mut file: impl Read, buf: &mut [u8]) -> io::Result<(Vec<ChunkRef>, u64)> {
     let mut chunks = Vec::new();
     let mut size = 0u64;
-    for c in cdc {
-        let c = c.map_err(|e| match e {
-            fastcdc::v2020::Error::IoError(e) => e,
-            other => io::Error::other(other.to_string()),
-        })?;
-        size += c.length as u64;
-        chunks.push(ChunkRef {
-            hash: hash(&c.data),
-            len: c.length as u32,
-        });
+    let mut len = 0;
+    let mut eof = false;
+    loop {
+        while !eof && len < buf.len() {
+            match file.read(&mut buf[len..]) {
+                Ok(0) => eof = true,
+                Ok(n) => len += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let cdc = FastCDC::with_level(
+            &buf[..len],
+            MIN_CHUNK as usize,
+            AVG_CHUNK as usize,
+            MAX_CHUNK as usize,
+            Normalization::Level1,
+        );
+        let mut start = 0;
+        while start < len && (eof || len - start >= MAX_CHUNK as usize) {
+            let (_, end) = cdc.cut(start, len - start);
+            chunks.push(ChunkRef {
+                hash: hash(&buf[start..end]),
+                len: (end - start) as u32,
+            });
+            size += (end - start) as u64;
+            start = end;
+        }
+        buf.copy_within(start..len, 0);
+        len -= start;
+        if eof && len == 0 {
+            return Ok((chunks, size));
+        }
     }
-    Ok((chunks, size))
 }
 
 pub fn chunk_path(path: &Path) -> io::Result<(Vec<ChunkRef>, u64)> {
@@ -101,6 +139,58 @@ mod tests {
                 let got = read_verified(f.path(), off, c.len, &c.hash).unwrap();
                 assert_eq!(&got[..], &data[off as usize..off as usize + c.len as usize]);
             }
+        }
+    }
+
+    /// The cut points and hashes are those of fastcdc's `StreamCDC`, which earlier
+    /// versions used: a difference would make every node see every file as changed.
+    #[test]
+    fn chunks_match_fastcdc_stream_chunking() {
+        use fastcdc::v2020::StreamCDC;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        let mut sizes = SIZES.to_vec();
+        sizes.extend([BLOCK - 1, BLOCK, BLOCK + 1, 3 * BLOCK + 12_345, 9_000_000]);
+        for n in sizes {
+            // Half random, half repetitive text: both kinds of cut decisions.
+            let mut data = vec![0u8; n];
+            rng.fill(&mut data[..n / 2]);
+            for (i, b) in data[n / 2..].iter_mut().enumerate() {
+                *b = b"the quick brown fox jumps over the lazy dog "[i % 44];
+            }
+            let want: Vec<ChunkRef> = StreamCDC::with_level(
+                &data[..],
+                MIN_CHUNK as usize,
+                AVG_CHUNK as usize,
+                MAX_CHUNK as usize,
+                Normalization::Level1,
+            )
+            .map(|c| {
+                let c = c.unwrap();
+                ChunkRef {
+                    hash: hash(&c.data),
+                    len: c.length as u32,
+                }
+            })
+            .collect();
+            let (got, size) = chunk_path(write_tmp(&data).path()).unwrap();
+            assert_eq!(size as usize, n);
+            assert_eq!(got, want, "{n} bytes");
+            // A reader that returns a few bytes at a time cuts the same way.
+            let mut small = vec![0u8; BLOCK];
+            let (got, _) = chunk_reader(Trickle(&data[..]), &mut small).unwrap();
+            assert_eq!(got, want, "{n} bytes, read in small pieces");
+        }
+    }
+
+    /// Returns at most 1,000 bytes per read.
+    struct Trickle<'a>(&'a [u8]);
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+            let n = out.len().min(self.0.len()).min(1_000);
+            out[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
         }
     }
 

@@ -543,6 +543,9 @@ impl Folder {
             }
             // Take what else has arrived, so the files it completes commit together.
             for _ in 0..MAX_BATCH_EVENTS {
+                if self.commit_frees_slots() {
+                    break;
+                }
                 match net.try_recv() {
                     Ok(ev) => self.on_net(ev),
                     Err(_) => break,
@@ -1151,6 +1154,14 @@ impl Folder {
         }
         self.queued_applies.remove(&queued.entry.path);
         self.begin_apply(queued);
+    }
+
+    /// Whether applies wait for slots that a commit of the staged files would free:
+    /// then the next chunks should find their fetches started, not pile up unclaimed.
+    fn commit_frees_slots(&self) -> bool {
+        !self.queued_applies.is_empty()
+            && self.applier.staged_len() > 0
+            && self.applier.in_flight() >= self.apply_slots
     }
 
     /// Starts the queued file applies that fit in the free slots.
