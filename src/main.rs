@@ -193,6 +193,7 @@ async fn shutdown_signal() {
 }
 
 fn main() -> Result<()> {
+    mqsync::heap::tune_allocator();
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
