@@ -328,6 +328,7 @@ impl Applier {
         };
         let tmp = temp_path(&parent.entry(path.file_name()));
         let file = match OpenOptions::new()
+            .read(true)
             .write(true)
             .create_new(true)
             .mode(0o600)
@@ -350,24 +351,24 @@ impl Applier {
             });
         }
         let mut missing: HashMap<Hash, Vec<u64>> = HashMap::new();
-        let mut found: HashMap<Hash, Vec<u8>> = HashMap::new();
+        // Where a chunk found here was already written into the temp file: a repeat is
+        // copied from there. Only offsets are kept, so a large file's delta never holds
+        // its unchanged chunks in memory.
+        let mut written: HashMap<Hash, u64> = HashMap::new();
         for (off, c) in chunker::offsets(chunks) {
-            let data = if let Some(d) = found.get(&c.hash) {
-                Some(d.clone())
-            } else if let Some(d) = self
-                .cache
-                .map
-                .get(&c.hash)
-                .cloned()
-                .or_else(|| local(&c.hash))
-            {
-                found.insert(c.hash, d.clone());
-                Some(d)
+            let data = if let Some(&at) = written.get(&c.hash) {
+                let mut d = vec![0u8; c.len as usize];
+                file.read_exact_at(&mut d, at).ok().map(|()| d)
             } else {
-                None
+                self.cache
+                    .map
+                    .get(&c.hash)
+                    .cloned()
+                    .or_else(|| local(&c.hash))
             };
             match data {
                 Some(d) => {
+                    written.entry(c.hash).or_insert(off);
                     if let Err(e) = file.write_all_at(&d, off) {
                         let _ = fs::remove_file(&tmp);
                         return fail(ApplyError::Io {

@@ -151,6 +151,25 @@ fn local_chunks_need_no_network() {
     assert_eq!(fs::read(d.path().join("copy")).unwrap(), b"abcdef");
 }
 
+/// A chunk repeated in a file is read locally once; its repeats are copied from the
+/// temp file, and arrive whole.
+#[test]
+fn repeated_local_chunks_are_read_once() {
+    let d = tempfile::tempdir().unwrap();
+    let mut a = Applier::new(d.path().to_path_buf());
+    let (c, data) = file_content(&[b"zero", b"one", b"zero", b"zero"], 0o644);
+    let map: HashMap<Hash, Vec<u8>> = data.into_iter().collect();
+    let reads = std::cell::Cell::new(0);
+    let out = a.start(entry("rep", c), None, None, "n1", &|h| {
+        reads.set(reads.get() + 1);
+        map.get(h).cloned()
+    });
+    let out = committed_one(&mut a, out);
+    assert!(matches!(out, Outcome::Done { .. }));
+    assert_eq!(fs::read(d.path().join("rep")).unwrap(), b"zeroonezerozero");
+    assert_eq!(reads.get(), 2);
+}
+
 #[test]
 fn refuses_to_write_through_a_symlinked_parent() {
     let d = tempfile::tempdir().unwrap();
