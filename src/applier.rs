@@ -91,6 +91,8 @@ struct Fetch {
     source: String,
     last_progress: Instant,
     requests: u32,
+    /// Start order among fetches: pushed chunks arrive in this order per source.
+    seq: u64,
 }
 
 /// Recently received chunks nobody asked for yet (they may precede their manifest).
@@ -127,6 +129,9 @@ pub struct Applier {
     staged: Vec<Fetch>,
     needs: HashMap<Hash, Vec<RelPath>>,
     cache: ChunkCache,
+    next_seq: u64,
+    /// Per source, the latest-started fetch that received a chunk.
+    progressed: HashMap<String, u64>,
 }
 
 /// Requests to send: which node to ask, for which chunks.
@@ -145,6 +150,8 @@ impl Applier {
                 bytes: 0,
                 limit: 32 << 20,
             },
+            next_seq: 0,
+            progressed: HashMap::new(),
         }
     }
 
@@ -243,6 +250,12 @@ impl Applier {
                 }
             }
             f.last_progress = Instant::now();
+            match self.progressed.get_mut(&f.source) {
+                Some(s) => *s = (*s).max(f.seq),
+                None => {
+                    self.progressed.insert(f.source.clone(), f.seq);
+                }
+            }
             if let Some(e) = failed {
                 if let Some(f) = self.fetches.remove(&p) {
                     let _ = fs::remove_file(&f.tmp);
@@ -294,6 +307,43 @@ impl Applier {
                 (k, v)
             })
             .collect()
+    }
+
+    /// Missing chunks of fetches that a later-started fetch from the same source has
+    /// overtaken, grouped by that source; each fetch is asked for this way once. A
+    /// writer pushes new chunks in the order it announced their files, so progress on a
+    /// later file means an earlier file's chunks were lost on the way (a broker drops
+    /// messages for a subscriber that lags too far) or were never pushed (the writer
+    /// already held them): asking now beats waiting for the stream to end and stall.
+    pub fn overtaken(&mut self, now: Instant) -> ChunkRequests {
+        let mut by_source: HashMap<String, Vec<Hash>> = HashMap::new();
+        for f in self.fetches.values_mut() {
+            let overtaken = self.progressed.get(&f.source).is_some_and(|&p| p > f.seq);
+            if f.requests > 0 || f.missing.is_empty() || !overtaken {
+                continue;
+            }
+            f.requests += 1;
+            f.last_progress = now;
+            by_source
+                .entry(f.source.clone())
+                .or_default()
+                .extend(f.missing.keys().copied());
+        }
+        by_source
+            .into_iter()
+            .map(|(k, mut v)| {
+                v.sort();
+                v.dedup();
+                (k, v)
+            })
+            .collect()
+    }
+
+    /// Records that the missing chunks of the fetch for `path` were just asked for.
+    pub fn mark_requested(&mut self, path: &RelPath) {
+        if let Some(f) = self.fetches.get_mut(path) {
+            f.requests += 1;
+        }
     }
 
     /// Missing chunks of the fetch for `path`, for an immediate request.
@@ -391,7 +441,9 @@ impl Applier {
             source: source.to_string(),
             last_progress: Instant::now(),
             requests: 0,
+            seq: self.next_seq,
         };
+        self.next_seq += 1;
         if fetch.missing.is_empty() {
             return self.finish_file(fetch);
         }

@@ -825,6 +825,9 @@ impl Folder {
         }
         // While chunks keep arriving, a fetch without progress is only further back
         // in the writer's queue: asking again would make the writer send it twice.
+        for (to, hashes) in self.applier.overtaken(now) {
+            self.request(to, hashes);
+        }
         let streaming = self
             .last_chunk_at
             .is_some_and(|t| now.duration_since(t) < FETCH_STALL);
@@ -1218,6 +1221,7 @@ impl Folder {
             // Chunks of a live change follow their manifest; anything else is asked for.
             if !live {
                 let missing = self.applier.missing(&path);
+                self.applier.mark_requested(&path);
                 self.request(source, missing);
             }
             return;

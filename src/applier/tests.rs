@@ -347,3 +347,31 @@ fn stalled_fetches_ask_their_source_then_everyone() {
         "temp removed on cancel"
     );
 }
+
+/// Chunks arrive in the order their files started fetching: once a later file from the
+/// same source gets one, an earlier file's missing chunks are asked for at once, once.
+#[test]
+fn a_fetch_overtaken_by_a_later_one_asks_at_once() {
+    let d = tempfile::tempdir().unwrap();
+    let mut a = Applier::new(d.path().to_path_buf());
+    let (first, _) = file_content(&[b"lost", b"kept"], 0o644);
+    let (second, data) = file_content(&[b"later"], 0o644);
+    let (other, _) = file_content(&[b"elsewhere"], 0o644);
+    a.start(entry("first", first), None, None, "n1", &none);
+    a.start(entry("other", other), None, None, "n2", &none);
+    a.start(entry("second", second), None, None, "n1", &none);
+    let now = Instant::now();
+    assert!(a.overtaken(now).is_empty(), "nothing arrived yet");
+    let (h, bytes) = data.into_iter().next().unwrap();
+    assert_eq!(a.on_chunk(h, bytes).len(), 1, "the later file completes");
+    let asked = a.overtaken(now);
+    assert_eq!(asked.len(), 1, "only n1's earlier fetch: {asked:?}");
+    assert_eq!(asked[0].0, "n1");
+    let mut want = vec![chunker::hash(b"lost"), chunker::hash(b"kept")];
+    want.sort();
+    assert_eq!(asked[0].1, want);
+    assert!(a.overtaken(now).is_empty(), "asked once");
+    // The stall fallback still applies afterwards (to both sources' fetches).
+    let stalled = a.stalled(now + Duration::from_secs(10), Duration::from_secs(1));
+    assert!(stalled.iter().any(|(to, _)| to == "n1"), "{stalled:?}");
+}
