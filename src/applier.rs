@@ -137,6 +137,18 @@ pub struct Applier {
 /// Requests to send: which node to ask, for which chunks.
 pub type ChunkRequests = Vec<(String, Vec<Hash>)>;
 
+/// Each source's hashes sorted, without repeats (fetches may share chunks).
+fn requests(by_source: HashMap<String, Vec<Hash>>) -> ChunkRequests {
+    by_source
+        .into_iter()
+        .map(|(k, mut v)| {
+            v.sort();
+            v.dedup();
+            (k, v)
+        })
+        .collect()
+}
+
 impl Applier {
     pub fn new(root: PathBuf) -> Self {
         Applier {
@@ -299,14 +311,7 @@ impl Applier {
                 .or_default()
                 .extend(f.missing.keys().copied());
         }
-        by_source
-            .into_iter()
-            .map(|(k, mut v)| {
-                v.sort();
-                v.dedup();
-                (k, v)
-            })
-            .collect()
+        requests(by_source)
     }
 
     /// Missing chunks of fetches that a later-started fetch from the same source has
@@ -329,14 +334,7 @@ impl Applier {
                 .or_default()
                 .extend(f.missing.keys().copied());
         }
-        by_source
-            .into_iter()
-            .map(|(k, mut v)| {
-                v.sort();
-                v.dedup();
-                (k, v)
-            })
-            .collect()
+        requests(by_source)
     }
 
     /// Records that the missing chunks of the fetch for `path` were just asked for.
