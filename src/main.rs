@@ -216,7 +216,10 @@ fn main() -> Result<()> {
             let cfg = load_config(a.config.as_deref(), o)?;
             cfg.validate_for_run()?;
             init_logging(&cli.log, cfg.log_format);
-            tracing::info!(node = %cfg.node_id, folders = cfg.folders.len(), open_files = ?mqsync::rlimit::raise_open_files(), "mqsync {} starting", env!("CARGO_PKG_VERSION"));
+            // Raised outside the log macro: its fields are not evaluated when the level
+            // is filtered out.
+            let open_files = mqsync::rlimit::raise_open_files();
+            tracing::info!(node = %cfg.node_id, folders = cfg.folders.len(), ?open_files, "mqsync {} starting", env!("CARGO_PKG_VERSION"));
             let progress: Vec<_> = cfg
                 .folders
                 .iter()

@@ -823,11 +823,11 @@ impl Folder {
             self.dirty.extend(due.into_iter().map(|(p, _)| p));
             self.dirty_due = Some(now);
         }
-        // While chunks keep arriving, a fetch without progress is only further back
-        // in the writer's queue: asking again would make the writer send it twice.
         for (to, hashes) in self.applier.overtaken(now) {
             self.request(to, hashes);
         }
+        // While chunks keep arriving, a fetch without progress is only further back
+        // in the writer's queue: asking again would make the writer send it twice.
         let streaming = self
             .last_chunk_at
             .is_some_and(|t| now.duration_since(t) < FETCH_STALL);
