@@ -670,6 +670,45 @@ fn the_embedded_broker_keeps_n1_out_of_n2s_topics() {
     assert!(log.contains("outside the topics of"), "{log}");
 }
 
+/// A node's own data messages do not come back to its connections (MQTT 3.1.1 has no
+/// "no local"): the front drops them and acknowledges them to rumqttd in the node's
+/// stead, so more of them than rumqttd's in-flight window (500) never stall the rest.
+#[test]
+fn the_embedded_broker_does_not_echo_a_nodes_own_data() {
+    let c = Cluster::new(2);
+    let sub = Client::connect(&c, c.port, "n1-sub", "n1", Some("mqsync/#"));
+    let n1 = Client::connect(&c, c.port, "n1-pub", "n1", None);
+    let n2 = Client::connect(&c, c.port, "n2-pub", "n2", None);
+    let own: Vec<(String, Vec<u8>)> = (0..600)
+        .map(|i| (data_topic("n1"), format!("own {i}").into_bytes()))
+        .collect();
+    n1.publish_acked(&own);
+    n1.publish(&data_topic("n1"), QoS::AtMostOnce, b"own at QoS 0".to_vec());
+    n1.publish_acked(&[("mqsync/shared/status/n1".to_string(), b"status".to_vec())]);
+    n2.publish_acked(&[(data_topic("n2"), b"from n2".to_vec())]);
+    assert!(
+        wait_until(T, || {
+            let got = sub.received();
+            got.iter().any(|(_, p)| p == b"from n2") && got.iter().any(|(_, p)| p == b"status")
+        }),
+        "n1's subscriber missed n2's data or its own status: {:?}",
+        sub.received()
+    );
+    let echoed: Vec<_> = sub
+        .received()
+        .into_iter()
+        .filter(|(t, _)| *t == data_topic("n1"))
+        .collect();
+    assert!(echoed.is_empty(), "{} own messages came back", echoed.len());
+    // Another node's certificate still receives n1's data.
+    let other = Client::connect(&c, c.port, "n2-sub", "n2", Some("mqsync/+/v1/+"));
+    n1.publish_acked(&[(data_topic("n1"), b"for n2".to_vec())]);
+    assert!(wait_until(T, || other
+        .received()
+        .iter()
+        .any(|(_, p)| p == b"for n2")));
+}
+
 /// Plain TCP only when asked for, and then said in the log and in status.
 #[test]
 fn plaintext_is_refused_unless_asked_for_and_then_reported() {

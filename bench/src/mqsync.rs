@@ -4,6 +4,7 @@
 
 use crate::proc::{Proc, Usage, free_port, wait_for};
 use anyhow::{Context, Result, bail};
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -15,6 +16,24 @@ pub struct Cluster {
     broker: Option<Proc>,
     nodes: Vec<Option<Proc>>,
     metrics: Vec<u16>,
+    port: u16,
+}
+
+/// TCP bytes per client connection of the broker, keyed by the client's address:
+/// (received by the broker, sent by it and acknowledged).
+pub type Wire = BTreeMap<String, (u64, u64)>;
+
+/// Bytes the broker received and sent between two snapshots. A connection opened in
+/// between counts from zero; one closed in between is lost (the nodes of a workload
+/// stay connected while it runs).
+pub fn wire_between(before: &Wire, after: &Wire) -> (u64, u64) {
+    after.iter().fold((0, 0), |(i, o), (peer, (a_in, a_out))| {
+        let (b_in, b_out) = before.get(peer).copied().unwrap_or_default();
+        (
+            i + a_in.saturating_sub(b_in),
+            o + a_out.saturating_sub(b_out),
+        )
+    })
 }
 
 impl Cluster {
@@ -89,6 +108,7 @@ path = "{folder}"
             broker: Some(broker),
             nodes: (0..n).map(|_| None).collect(),
             metrics,
+            port,
         })
     }
 
@@ -210,6 +230,21 @@ path = "{folder}"
         Ok(sum)
     }
 
+    /// The broker's wire bytes so far, from the kernel's TCP counters of its client
+    /// connections (`ss -tin`: `bytes_received`, `bytes_acked`). These are the TLS
+    /// bytes on the wire, framing and encryption included.
+    pub fn broker_wire(&self) -> Result<Wire> {
+        let filter = format!("( sport = :{} )", self.port);
+        let out = std::process::Command::new("ss")
+            .args(["-Htin", "state", "established", &filter])
+            .output()
+            .context("running ss (iproute2)")?;
+        if !out.status.success() {
+            bail!("ss: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        parse_ss(&String::from_utf8_lossy(&out.stdout))
+    }
+
     /// Stops everything; the usage of the writer (node 0), the largest receiver
     /// figures summed, and the broker.
     pub fn stop(mut self) -> Stopped {
@@ -219,6 +254,43 @@ path = "{folder}"
         }
         let broker = self.broker.take().map(Proc::stop).unwrap_or_default();
         Stopped { nodes, broker }
+    }
+}
+
+/// `ss -Htin` prints a line per connection (`Recv-Q Send-Q local peer`) followed by
+/// an indented line of its TCP info.
+fn parse_ss(text: &str) -> Result<Wire> {
+    let mut wire = Wire::new();
+    let mut peer: Option<String> = None;
+    for line in text.lines() {
+        if !line.starts_with([' ', '\t']) {
+            peer = line.split_whitespace().nth(3).map(str::to_string);
+            continue;
+        }
+        let field = |name: &str| {
+            line.split_whitespace()
+                .find_map(|f| f.strip_prefix(name)?.strip_prefix(':')?.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        if let Some(p) = peer.take() {
+            wire.insert(p, (field("bytes_received"), field("bytes_acked")));
+        }
+    }
+    Ok(wire)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ss_output_parses_per_connection() {
+        let text = "0 0 127.0.0.1:4000 127.0.0.1:50000\n\t cubic wscale:7,7 bytes_sent:900 bytes_acked:800 bytes_received:1234 segs_out:3\n0 0 127.0.0.1:4000 127.0.0.1:50002\n\t cubic bytes_acked:1 bytes_received:2\n";
+        let w = super::parse_ss(text).unwrap();
+        assert_eq!(w.get("127.0.0.1:50000"), Some(&(1234, 800)));
+        assert_eq!(w.get("127.0.0.1:50002"), Some(&(2, 1)));
+        let mut later = w.clone();
+        later.insert("127.0.0.1:50000".into(), (2234, 1800));
+        later.insert("127.0.0.1:50004".into(), (10, 20));
+        assert_eq!(super::wire_between(&w, &later), (1010, 1020));
     }
 }
 

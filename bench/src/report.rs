@@ -22,9 +22,12 @@ pub fn markdown(rows: &[Row], header: &str) -> String {
     let _ = writeln!(s, "{header}\n");
     let _ = writeln!(
         s,
-        "| workload | system | receivers | result | detail | CPU (all processes) | writer CPU | peak RSS (largest process) | writer bytes sent |"
+        "| workload | system | receivers | result | detail | CPU (all processes) | writer CPU | peak RSS (largest process) | writer bytes sent | broker bytes in / out |"
     );
-    let _ = writeln!(s, "| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    let _ = writeln!(
+        s,
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+    );
     for r in rows {
         let value = if r.unit.starts_with("ms") {
             format!("{:.1} {}", r.value, r.unit)
@@ -33,7 +36,7 @@ pub fn markdown(rows: &[Row], header: &str) -> String {
         };
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.workload,
             r.system,
             r.receivers,
@@ -44,6 +47,11 @@ pub fn markdown(rows: &[Row], header: &str) -> String {
             rss(r.usage),
             r.bytes
                 .map_or("–".into(), |b| format!("{:.2} MB", b as f64 / 1e6)),
+            r.wire.map_or("–".into(), |(i, o)| format!(
+                "{:.2} / {:.2} MB",
+                i as f64 / 1e6,
+                o as f64 / 1e6
+            )),
         );
     }
     s

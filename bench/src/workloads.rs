@@ -4,7 +4,7 @@
 //! that the receivers hold exactly the source's bytes before its numbers count.
 
 use crate::data::{self, DataSet, listing, tree_hash};
-use crate::mqsync::Cluster;
+use crate::mqsync::{Cluster, wire_between};
 use crate::peers::{Lsyncd, RsyncDaemon, Syncthing};
 use crate::proc::{Usage, wait_for};
 use anyhow::{Result, bail};
@@ -31,6 +31,8 @@ pub struct Row {
     pub bytes: Option<u64>,
     /// The broker's CPU and peak memory (mqsync).
     pub broker: Option<Usage>,
+    /// The broker's TCP bytes in and out during the timed part (mqsync).
+    pub wire: Option<(u64, u64)>,
 }
 
 pub struct Ctx {
@@ -141,6 +143,7 @@ fn latency_row(system: String, ms: &[f64], usage: Option<Usage>) -> Row {
         writer: None,
         bytes: None,
         broker: None,
+        wire: None,
     }
 }
 
@@ -258,11 +261,13 @@ pub fn tree_mqsync(ctx: &Ctx, workload: &'static str, src: &Path, receivers: usi
         c.wait_ready(i)?;
     }
     data::link_tree(src, &c.folder(0))?;
+    let wire_before = c.broker_wire()?;
     let start = Instant::now();
     c.start(0)?;
     let targets: Vec<PathBuf> = (1..=receivers).map(|i| c.folder(i)).collect();
     let res = wait_tree(workload, &targets, &want, hash, start, || c.dead());
     let bytes = c.metric(0, "mqsync_bytes_sent_total").ok();
+    let wire = c.broker_wire().ok().map(|w| wire_between(&wire_before, &w));
     let stopped = c.stop();
     let wall = res?;
     Ok(Row {
@@ -276,6 +281,7 @@ pub fn tree_mqsync(ctx: &Ctx, workload: &'static str, src: &Path, receivers: usi
         writer: stopped.nodes.first().copied(),
         bytes: bytes.map(|b| b as u64),
         broker: Some(stopped.broker),
+        wire,
     })
 }
 
@@ -303,6 +309,7 @@ pub fn tree_rsync(ctx: &Ctx, workload: &'static str, src: &Path, flags: &str) ->
         writer: Some(client),
         bytes: Some(sent),
         broker: None,
+        wire: None,
     })
 }
 
@@ -345,6 +352,7 @@ pub fn delta_mqsync(ctx: &Ctx) -> Result<Row> {
         c.wait_ready(i)?;
     }
     let before = c.metric(0, "mqsync_bytes_sent_total")?;
+    let wire_before = c.broker_wire()?;
     let file = c.folder(0).join("big.bin");
     let start = Instant::now();
     apply_change(ctx, &file)?;
@@ -363,6 +371,7 @@ pub fn delta_mqsync(ctx: &Ctx) -> Result<Row> {
     );
     let wall = start.elapsed();
     let after = c.metric(0, "mqsync_bytes_sent_total");
+    let wire = c.broker_wire().ok().map(|w| wire_between(&wire_before, &w));
     let stopped = c.stop();
     res?;
     for t in &targets {
@@ -382,6 +391,7 @@ pub fn delta_mqsync(ctx: &Ctx) -> Result<Row> {
         writer: stopped.nodes.first().copied(),
         bytes: Some(sent),
         broker: Some(stopped.broker),
+        wire,
     })
 }
 
@@ -412,6 +422,7 @@ pub fn delta_rsync(ctx: &Ctx) -> Result<Row> {
         writer: Some(client),
         bytes: Some(sent),
         broker: None,
+        wire: None,
     })
 }
 
@@ -488,6 +499,7 @@ pub fn tree_syncthing(ctx: &Ctx, workload: &'static str, src: &Path) -> Result<R
         writer: usages.first().copied(),
         bytes,
         broker: None,
+        wire: None,
     })
 }
 
@@ -588,6 +600,7 @@ pub fn scale_mqsync(ctx: &Ctx, src: &Path) -> Result<Vec<Row>> {
             writer: Some(first),
             bytes: bytes.map(|b| b as u64),
             broker: None,
+            wire: None,
         },
         Row {
             workload: "scale",
@@ -610,6 +623,7 @@ pub fn scale_mqsync(ctx: &Ctx, src: &Path) -> Result<Vec<Row>> {
             writer: Some(again),
             bytes: None,
             broker: Some(stopped.broker),
+            wire: None,
         },
     ])
 }

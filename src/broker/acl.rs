@@ -56,16 +56,16 @@ pub fn may_publish(identity: Identity<'_>, topic: &str) -> bool {
 
 /// Judges the packet at the start of `buf` for a client with `identity`.
 pub fn inspect(buf: &[u8], identity: Identity<'_>) -> Verdict {
-    let Some(&first) = buf.first() else {
-        return Verdict::NeedMore;
-    };
-    let (remaining, len_bytes) = match remaining_length(&buf[1..]) {
-        Ok(Some(v)) => v,
+    let Header {
+        first,
+        header,
+        remaining,
+        total,
+    } = match fixed_header(buf) {
+        Ok(Some(h)) => h,
         Ok(None) => return Verdict::NeedMore,
         Err(e) => return Verdict::Deny(e),
     };
-    let header = 1 + len_bytes;
-    let total = header + remaining;
     let body = &buf[header..];
     match first >> 4 {
         PUBLISH => {
@@ -101,6 +101,98 @@ pub fn inspect(buf: &[u8], identity: Identity<'_>) -> Verdict {
         }
         _ => Verdict::Forward(total),
     }
+}
+
+/// What [`own_echo`] found at the start of rumqttd's stream to a client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Echo {
+    /// A PUBLISH on the client's own data topic, this many bytes long; `pkid` when it
+    /// was sent at QoS 1 and so awaits an acknowledgement.
+    Own {
+        len: usize,
+        pkid: Option<u16>,
+    },
+    /// Any other packet, this many bytes long.
+    Other(usize),
+    NeedMore,
+    Malformed(String),
+}
+
+/// Is the packet at the start of `buf` (from rumqttd to the client of node `own`) the
+/// node's own data message (`…/{folder}/v1/{own}`) coming back? QoS 2 messages are left
+/// alone: dropping one would need the four-way handshake answered in the client's stead.
+pub fn own_echo(buf: &[u8], own: Option<&str>) -> Echo {
+    let Header {
+        first,
+        header,
+        remaining,
+        total,
+    } = match fixed_header(buf) {
+        Ok(Some(h)) => h,
+        Ok(None) => return Echo::NeedMore,
+        Err(e) => return Echo::Malformed(e),
+    };
+    let qos = (first >> 1) & 3;
+    let Some(own) = own.filter(|_| first >> 4 == PUBLISH && qos < 2) else {
+        return Echo::Other(total);
+    };
+    let body = &buf[header..];
+    let (topic, after) = match read_str(body, 0) {
+        None if remaining < 2 => return Echo::Malformed("PUBLISH without a topic".into()),
+        None => return Echo::NeedMore,
+        Some(Err(e)) => return Echo::Malformed(e),
+        Some(Ok(t)) => t,
+    };
+    if after > remaining {
+        return Echo::Malformed("PUBLISH topic longer than the packet".into());
+    }
+    let levels: Vec<&str> = topic.split('/').collect();
+    let mine = matches!(levels.as_slice(), [_prefix, _folder, .., "v1", node] if *node == own);
+    if !mine {
+        return Echo::Other(total);
+    }
+    if qos == 0 {
+        return Echo::Own {
+            len: total,
+            pkid: None,
+        };
+    }
+    if after + 2 > remaining {
+        return Echo::Malformed("QoS 1 PUBLISH without a packet id".into());
+    }
+    match body.get(after..after + 2) {
+        Some(id) => Echo::Own {
+            len: total,
+            pkid: Some(u16::from_be_bytes([id[0], id[1]])),
+        },
+        None => Echo::NeedMore,
+    }
+}
+
+/// An MQTT fixed header: its first byte, its length, the remaining length after it, and
+/// the whole packet's length.
+struct Header {
+    first: u8,
+    header: usize,
+    remaining: usize,
+    total: usize,
+}
+
+/// The fixed header at the start of `buf`: `Ok(None)` while incomplete.
+fn fixed_header(buf: &[u8]) -> Result<Option<Header>, String> {
+    let Some(&first) = buf.first() else {
+        return Ok(None);
+    };
+    let Some((remaining, len_bytes)) = remaining_length(&buf[1..])? else {
+        return Ok(None);
+    };
+    let header = 1 + len_bytes;
+    Ok(Some(Header {
+        first,
+        header,
+        remaining,
+        total: header + remaining,
+    }))
 }
 
 /// The MQTT variable-length "remaining length": `Ok(None)` while incomplete.
@@ -156,9 +248,16 @@ mod tests {
     const NOBODY: Identity = Identity::Node("");
 
     fn publish(topic: &str, payload_len: usize) -> Vec<u8> {
-        let remaining = 2 + topic.len() + payload_len;
-        let mut out = vec![0x30];
-        let mut r = remaining;
+        let mut body = (topic.len() as u16).to_be_bytes().to_vec();
+        body.extend_from_slice(topic.as_bytes());
+        body.extend(std::iter::repeat_n(7u8, payload_len));
+        packet(0x30, body)
+    }
+
+    /// A packet of `first` and `body`, with its remaining length encoded between them.
+    fn packet(first: u8, body: Vec<u8>) -> Vec<u8> {
+        let mut out = vec![first];
+        let mut r = body.len();
         loop {
             let mut b = (r % 128) as u8;
             r /= 128;
@@ -170,9 +269,7 @@ mod tests {
                 break;
             }
         }
-        out.extend_from_slice(&(topic.len() as u16).to_be_bytes());
-        out.extend_from_slice(topic.as_bytes());
-        out.extend(std::iter::repeat_n(7u8, payload_len));
+        out.extend(body);
         out
     }
 
@@ -261,5 +358,69 @@ mod tests {
         let mut huge = vec![0x10, 0xff, 0xff, 0x7f];
         huge.extend([0; 8]);
         assert!(matches!(inspect(&huge, N1), Verdict::Deny(_)));
+    }
+
+    /// A QoS 1 PUBLISH with packet id `pkid`.
+    fn publish_qos1(topic: &str, pkid: u16, payload_len: usize) -> Vec<u8> {
+        let mut body = (topic.len() as u16).to_be_bytes().to_vec();
+        body.extend_from_slice(topic.as_bytes());
+        body.extend_from_slice(&pkid.to_be_bytes());
+        body.extend(std::iter::repeat_n(7u8, payload_len));
+        packet(0x32, body)
+    }
+
+    #[test]
+    fn a_nodes_own_data_messages_are_recognised_on_the_way_back() {
+        let own = Some("n1");
+        let q0 = publish("mqsync/f/v1/n1", 300_000);
+        assert_eq!(
+            own_echo(&q0, own),
+            Echo::Own {
+                len: q0.len(),
+                pkid: None
+            }
+        );
+        assert_eq!(
+            own_echo(&q0[..30], own),
+            Echo::Own {
+                len: q0.len(),
+                pkid: None
+            }
+        );
+        let q1 = publish_qos1("a/b/mqsync/v1/v1/n1", 513, 10);
+        assert_eq!(
+            own_echo(&q1, own),
+            Echo::Own {
+                len: q1.len(),
+                pkid: Some(513)
+            }
+        );
+        // The topic has arrived but not the packet id.
+        assert_eq!(own_echo(&q1[..q1.len() - 11], own), Echo::NeedMore);
+        assert_eq!(own_echo(&q1[..3], own), Echo::NeedMore);
+        for other in [
+            "mqsync/f/v1/n2",
+            "mqsync/f/status/n1",
+            "mqsync/v1/volume-mounts/n1",
+            "mqsync/f/v1/n1/x",
+            "v1/n1",
+            "mqsync/f/cmd",
+        ] {
+            let p = publish(other, 5);
+            assert_eq!(own_echo(&p, own), Echo::Other(p.len()), "{other}");
+        }
+        // Shared node certificates name no node: nothing is dropped.
+        assert_eq!(own_echo(&q0, None), Echo::Other(q0.len()));
+        let mut q2 = publish_qos1("mqsync/f/v1/n1", 1, 0);
+        q2[0] = 0x34;
+        assert_eq!(own_echo(&q2, own), Echo::Other(q2.len()));
+        assert_eq!(own_echo(&[0x90, 0x03, 0, 1, 1], own), Echo::Other(5));
+        let mut no_pkid = vec![0x32, 11, 0, 9];
+        no_pkid.extend_from_slice(b"m/f/v1/n1");
+        assert!(matches!(own_echo(&no_pkid, own), Echo::Malformed(_)));
+        assert!(matches!(
+            own_echo(&[0x30, 0xff, 0xff, 0xff, 0xff], own),
+            Echo::Malformed(_)
+        ));
     }
 }
