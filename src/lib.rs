@@ -17,6 +17,7 @@ pub mod index;
 pub mod metrics;
 pub mod node;
 pub mod progress;
+pub mod push_window;
 pub mod relpath;
 pub mod rlimit;
 pub mod scanner;

@@ -232,6 +232,12 @@ struct Folder {
     /// Chunks to publish, with a set to skip duplicates.
     push: VecDeque<Hash>,
     pushing: HashSet<Hash>,
+    /// Flow control of chunk pushes: how far behind our receivers are.
+    window: crate::push_window::PushWindow,
+    /// Set while pushes wait for the window (logged once per wait).
+    window_closed: bool,
+    /// Progress still to report to each writer we receive chunks from.
+    reports: crate::push_window::ProgressReports,
     /// Chunks new to this node in the latest scan: sent right after their manifest.
     fresh: HashSet<Hash>,
     announce: Vec<Entry>,
@@ -339,6 +345,9 @@ impl Folder {
             full_rescan_due: false,
             push: VecDeque::new(),
             pushing: HashSet::new(),
+            window: Default::default(),
+            window_closed: false,
+            reports: Default::default(),
             fresh: HashSet::new(),
             announce: vec![],
             answer: vec![],
@@ -745,6 +754,15 @@ impl Folder {
             }
             Message::Chunks { chunks } => {
                 self.last_chunk_at = Some(Instant::now());
+                let bytes: u64 = chunks.iter().map(|c| c.data.len() as u64).sum();
+                if let Some(last) = chunks.last().map(|c| c.hash)
+                    && let Some(last) = self.reports.received(&env.from, last, bytes)
+                {
+                    self.send(Message::Progress {
+                        to: env.from.clone(),
+                        last,
+                    });
+                }
                 for c in chunks {
                     let outcomes = self.applier.on_chunk(c.hash, c.data);
                     for o in outcomes {
@@ -757,6 +775,11 @@ impl Folder {
                 if let Some(d) = Digest::from_buckets(buckets) {
                     self.engine.handle_digest(&d, reply);
                     self.process();
+                }
+            }
+            Message::Progress { to, last } => {
+                if to == self.node {
+                    self.window.progress(&self.source, &last, Instant::now());
                 }
             }
             Message::Request { to, hashes } => {
@@ -1467,6 +1490,14 @@ impl Folder {
             return;
         };
         while !self.push.is_empty() && p.queued_bytes() < MAX_QUEUED_BYTES {
+            if !self.window.open(Instant::now()) {
+                if !self.window_closed {
+                    self.window_closed = true;
+                    debug!(folder = %self.cfg.id, behind = self.window.behind(Instant::now()), "waiting for receivers to catch up");
+                }
+                break;
+            }
+            self.window_closed = false;
             let mut msg = Vec::new();
             let mut bytes = 0;
             while bytes < CHUNK_MSG_BYTES {
@@ -1482,9 +1513,10 @@ impl Folder {
                     None => debug!(folder = %self.cfg.id, "chunk no longer available locally"),
                 }
             }
-            if msg.is_empty() {
+            let Some(last) = msg.last().map(|c| c.hash) else {
                 break;
-            }
+            };
+            self.window.pushed(last, bytes as u64);
             self.send(Message::Chunks { chunks: msg });
         }
     }
@@ -1501,6 +1533,7 @@ impl Folder {
             Message::Chunks { .. } => "chunks",
             Message::Digest { .. } => "digest",
             Message::Request { .. } => "request",
+            Message::Progress { .. } => "progress",
         };
         match wire::encode(&env, &topic, &self.keys) {
             Ok(bytes) => {

@@ -46,6 +46,9 @@ pub enum Message {
     Digest { reply: bool, buckets: Vec<u64> },
     /// Asks node `to` (or `"*"`: anyone) to publish these chunks.
     Request { to: String, hashes: Vec<Hash> },
+    /// Tells writer `to` that its chunk messages up to the one ending with chunk `last`
+    /// were processed (flow control, [`crate::push_window`]).
+    Progress { to: String, last: Hash },
 }
 
 impl Message {
@@ -55,6 +58,7 @@ impl Message {
             Message::Chunks { .. } => 2,
             Message::Digest { .. } => 3,
             Message::Request { .. } => 4,
+            Message::Progress { .. } => 5,
         }
     }
 }
@@ -443,7 +447,7 @@ mod tests {
         }
 
         #[test]
-        fn signed_random_bodies_never_panic(body in proptest::collection::vec(any::<u8>(), 0..2048), kind in 0u8..6) {
+        fn signed_random_bodies_never_panic(body in proptest::collection::vec(any::<u8>(), 0..2048), kind in 0u8..7) {
             let mut out = Vec::new();
             out.extend_from_slice(MAGIC);
             out.push(kind);

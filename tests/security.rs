@@ -683,6 +683,30 @@ fn the_embedded_broker_does_not_echo_a_nodes_own_data() {
         .map(|i| (data_topic("n1"), format!("own {i}").into_bytes()))
         .collect();
     n1.publish_acked(&own);
+    // Interleaved with n2's messages, whose acknowledgements the subscriber sends
+    // itself: rumqttd takes acks only in the order it sent the messages, and drops
+    // the connection (losing messages) otherwise.
+    for i in 0..300 {
+        n1.publish(&data_topic("n1"), QoS::AtLeastOnce, b"own again".to_vec());
+        n2.publish(
+            &data_topic("n2"),
+            QoS::AtLeastOnce,
+            format!("n2 {i}").into_bytes(),
+        );
+    }
+    assert!(
+        wait_until(T, || sub
+            .received()
+            .iter()
+            .filter(|(_, p)| p.starts_with(b"n2 "))
+            .count()
+            == 300),
+        "n1's subscriber got {} of n2's 300 messages",
+        sub.received()
+            .iter()
+            .filter(|(_, p)| p.starts_with(b"n2 "))
+            .count()
+    );
     n1.publish(&data_topic("n1"), QoS::AtMostOnce, b"own at QoS 0".to_vec());
     n1.publish_acked(&[("mqsync/shared/status/n1".to_string(), b"status".to_vec())]);
     n2.publish_acked(&[(data_topic("n2"), b"from n2".to_vec())]);

@@ -283,3 +283,53 @@ fn thousands_of_files_arrive_within_a_low_open_file_limit() {
         b"file 2407\n"
     );
 }
+
+/// A receiver that stops reading for a while (SIGSTOP for 2 s, under the 3 s after
+/// which it would ask for chunks itself) loses nothing: its writer waits for it instead
+/// of pushing on past what the broker keeps for a lagging subscriber (32 MiB), so it
+/// never has to request a chunk.
+#[test]
+fn a_paused_receiver_holds_its_writer_back_instead_of_losing_chunks() {
+    let mut c = Cluster::new(2);
+    c.start_node(0);
+    c.start_node(1);
+    write(&c.folder(0).join("ready.txt"), b"ready");
+    c.converge(&[0, 1], T, |s| s.contains_key("ready.txt"));
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let mut files = vec![];
+    for i in 0..12 {
+        let mut data = vec![0u8; 16 << 20];
+        rng.fill_bytes(&mut data);
+        files.push((format!("big/{i:02}.bin"), data));
+    }
+    for (name, data) in &files {
+        write(&c.folder(0).join(name), data);
+    }
+    // Once the receiver has the first file it has reported its progress: pause it.
+    let first = c.folder(1).join("big/00.bin");
+    assert!(wait_until(T, || fs::metadata(&first)
+        .is_ok_and(|m| m.len() == 16 << 20)));
+    let receiver = c.nodes[1].as_ref().unwrap();
+    receiver.signal(libc::SIGSTOP);
+    std::thread::sleep(Duration::from_secs(2));
+    receiver.signal(libc::SIGCONT);
+    c.converge(&[0, 1], T, |s| {
+        s.keys().filter(|k| k.starts_with("big/")).count() == 12
+    });
+    for (name, data) in &files {
+        assert!(
+            fs::read(c.folder(1).join(name)).unwrap() == *data,
+            "{name} differs"
+        );
+    }
+    let log = c.nodes[1].as_ref().unwrap().log_text();
+    assert!(
+        !log.contains("requesting chunks"),
+        "the receiver lost chunks and asked for them again: {}",
+        log.lines()
+            .filter(|l| l.contains("requesting chunks"))
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
+}

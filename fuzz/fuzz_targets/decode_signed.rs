@@ -48,7 +48,7 @@ fuzz_target!(|data: &[u8]| {
         }
         Message::Request { hashes, .. } => assert!(hashes.len() <= MAX_REQUEST_HASHES),
         Message::Digest { buckets, .. } => assert_eq!(buckets.len(), BUCKETS),
-        Message::Chunks { .. } => {}
+        Message::Chunks { .. } | Message::Progress { .. } => {}
     }
     // What was accepted encodes again (possibly compressed differently) and decodes to
     // the same envelope.

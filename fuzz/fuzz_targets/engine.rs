@@ -72,6 +72,6 @@ fuzz_target!(|data: &[u8]| {
             eng.handle_digest(&digest, reply);
             drain(&mut eng);
         }
-        Message::Chunks { .. } | Message::Request { .. } => {}
+        Message::Chunks { .. } | Message::Request { .. } | Message::Progress { .. } => {}
     }
 });

@@ -106,11 +106,13 @@ pub fn inspect(buf: &[u8], identity: Identity<'_>) -> Verdict {
 /// What [`own_echo`] found at the start of rumqttd's stream to a client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Echo {
-    /// A PUBLISH on the client's own data topic, this many bytes long; `pkid` when it
-    /// was sent at QoS 1 and so awaits an acknowledgement.
-    Own {
+    /// A QoS 0 or 1 PUBLISH this many bytes long; `pkid` at QoS 1, whose
+    /// acknowledgements rumqttd takes only in the order it sent them; `own` when it is
+    /// the client's own data message coming back.
+    Publish {
         len: usize,
         pkid: Option<u16>,
+        own: bool,
     },
     /// Any other packet, this many bytes long.
     Other(usize),
@@ -119,8 +121,9 @@ pub enum Echo {
 }
 
 /// Is the packet at the start of `buf` (from rumqttd to the client of node `own`) the
-/// node's own data message (`…/{folder}/v1/{own}`) coming back? QoS 2 messages are left
-/// alone: dropping one would need the four-way handshake answered in the client's stead.
+/// node's own data message (`…/{folder}/v1/{own}`) coming back? Without `own` (shared
+/// node certificates) nothing is. QoS 2 messages are left alone: dropping one would
+/// need the four-way handshake answered in the client's stead.
 pub fn own_echo(buf: &[u8], own: Option<&str>) -> Echo {
     let Header {
         first,
@@ -147,23 +150,22 @@ pub fn own_echo(buf: &[u8], own: Option<&str>) -> Echo {
         return Echo::Malformed("PUBLISH topic longer than the packet".into());
     }
     let levels: Vec<&str> = topic.split('/').collect();
-    let mine = matches!(levels.as_slice(), [_prefix, _folder, .., "v1", node] if *node == own);
-    if !mine {
-        return Echo::Other(total);
-    }
+    let own = matches!(levels.as_slice(), [_prefix, _folder, .., "v1", node] if *node == own);
     if qos == 0 {
-        return Echo::Own {
+        return Echo::Publish {
             len: total,
             pkid: None,
+            own,
         };
     }
     if after + 2 > remaining {
         return Echo::Malformed("QoS 1 PUBLISH without a packet id".into());
     }
     match body.get(after..after + 2) {
-        Some(id) => Echo::Own {
+        Some(id) => Echo::Publish {
             len: total,
             pkid: Some(u16::from_be_bytes([id[0], id[1]])),
+            own,
         },
         None => Echo::NeedMore,
     }
@@ -372,29 +374,16 @@ mod tests {
     #[test]
     fn a_nodes_own_data_messages_are_recognised_on_the_way_back() {
         let own = Some("n1");
+        let mine = |len, pkid| Echo::Publish {
+            len,
+            pkid,
+            own: true,
+        };
         let q0 = publish("mqsync/f/v1/n1", 300_000);
-        assert_eq!(
-            own_echo(&q0, own),
-            Echo::Own {
-                len: q0.len(),
-                pkid: None
-            }
-        );
-        assert_eq!(
-            own_echo(&q0[..30], own),
-            Echo::Own {
-                len: q0.len(),
-                pkid: None
-            }
-        );
+        assert_eq!(own_echo(&q0, own), mine(q0.len(), None));
+        assert_eq!(own_echo(&q0[..30], own), mine(q0.len(), None));
         let q1 = publish_qos1("a/b/mqsync/v1/v1/n1", 513, 10);
-        assert_eq!(
-            own_echo(&q1, own),
-            Echo::Own {
-                len: q1.len(),
-                pkid: Some(513)
-            }
-        );
+        assert_eq!(own_echo(&q1, own), mine(q1.len(), Some(513)));
         // The topic has arrived but not the packet id.
         assert_eq!(own_echo(&q1[..q1.len() - 11], own), Echo::NeedMore);
         assert_eq!(own_echo(&q1[..3], own), Echo::NeedMore);
@@ -406,8 +395,13 @@ mod tests {
             "v1/n1",
             "mqsync/f/cmd",
         ] {
-            let p = publish(other, 5);
-            assert_eq!(own_echo(&p, own), Echo::Other(p.len()), "{other}");
+            let p = publish_qos1(other, 77, 5);
+            let want = Echo::Publish {
+                len: p.len(),
+                pkid: Some(77),
+                own: false,
+            };
+            assert_eq!(own_echo(&p, own), want, "{other}");
         }
         // Shared node certificates name no node: nothing is dropped.
         assert_eq!(own_echo(&q0, None), Echo::Other(q0.len()));

@@ -13,9 +13,11 @@ use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use rumqttc::tokio_rustls::{TlsAcceptor, rustls};
+use std::collections::VecDeque;
+use std::sync::Mutex;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Notify, Semaphore};
 
 use super::acl::{self, Identity, Verdict};
 
@@ -122,22 +124,19 @@ where
 {
     let (client_r, mut client_w) = tokio::io::split(client);
     let (up_r, mut up_w) = upstream.into_split();
-    // Acknowledgements owed to rumqttd for the client's own messages dropped on the way
-    // back. Unbounded: rumqttd's in-flight window bounds them, and either direction
-    // waiting on the other could deadlock.
-    let (acks_tx, acks_rx) = mpsc::unbounded_channel();
+    let order = AckOrder::default();
     let own = match identity {
         Identity::Node(id) if !id.is_empty() => Some(id),
         _ => None,
     };
     let to_broker = async {
-        if let Err(reason) = forward_checked(client_r, &mut up_w, identity, acks_rx).await {
+        if let Err(reason) = forward_checked(client_r, &mut up_w, identity, &order).await {
             tracing::warn!(%peer, ?identity, %reason, "broker: closing client connection");
         }
         let _ = up_w.shutdown().await;
     };
     let to_client = async {
-        if let Err(reason) = forward_to_client(up_r, &mut client_w, own, acks_tx).await {
+        if let Err(reason) = forward_to_client(up_r, &mut client_w, own, &order).await {
             tracing::warn!(%peer, ?identity, %reason, "broker: closing client connection");
         }
         let _ = client_w.shutdown().await;
@@ -149,14 +148,103 @@ where
     }
 }
 
+/// The QoS 1 messages rumqttd sent a client and still awaits acknowledgements for, in
+/// the order it sent them: rumqttd takes acknowledgements only in that order (it drops
+/// the connection otherwise), so one the front owes for a dropped message goes out only
+/// once the client has acknowledged every message before it.
+#[derive(Default)]
+struct AckOrder {
+    /// Packet id, and whether the front dropped the message (and so owes its ack).
+    sent: Mutex<VecDeque<(u16, bool)>>,
+    /// Woken when a dropped message is added.
+    dropped: Notify,
+}
+
+impl AckOrder {
+    fn push(&self, pkid: u16, dropped: bool) {
+        if let Ok(mut sent) = self.sent.lock() {
+            sent.push_back((pkid, dropped));
+        }
+        if dropped {
+            self.dropped.notify_one();
+        }
+    }
+
+    /// The client acknowledges `pkid`: the acks owed before its own (dropped messages
+    /// rumqttd sent earlier, whose turn it is although the front may not have woken yet),
+    /// and those owed right after it.
+    fn client_acks(&self, pkid: u16) -> (Vec<u16>, Vec<u16>) {
+        let Ok(mut sent) = self.sent.lock() else {
+            return (vec![], vec![]);
+        };
+        let before = Self::owed(&mut sent);
+        match sent.iter().position(|&(p, d)| p == pkid && !d) {
+            Some(0) => {
+                sent.pop_front();
+            }
+            Some(i) => {
+                tracing::debug!(
+                    pkid,
+                    skipped = i,
+                    "broker: client acknowledged out of order"
+                );
+                sent.remove(i);
+            }
+            None => tracing::debug!(pkid, "broker: client acknowledged an unrecorded message"),
+        }
+        (before, Self::owed(&mut sent))
+    }
+
+    /// The acks owed now: dropped messages with nothing unacknowledged before them.
+    fn take_owed(&self) -> Vec<u16> {
+        self.sent
+            .lock()
+            .map(|mut s| Self::owed(&mut s))
+            .unwrap_or_default()
+    }
+
+    fn owed(sent: &mut VecDeque<(u16, bool)>) -> Vec<u16> {
+        let mut out = vec![];
+        while let Some(&(pkid, true)) = sent.front() {
+            out.push(pkid);
+            sent.pop_front();
+        }
+        out
+    }
+}
+
+/// The fixed header byte of a PUBACK.
+const PUBACK: u8 = 0x40;
+
+/// Writes a PUBACK for each of `pkids`.
+async fn write_acks<W: AsyncWrite + Unpin>(to: &mut W, pkids: &[u16]) -> Result<(), String> {
+    if pkids.is_empty() {
+        return Ok(());
+    }
+    to.write_all(&pubacks(pkids))
+        .await
+        .map_err(|e| e.to_string())
+}
+
+fn pubacks(pkids: &[u16]) -> Vec<u8> {
+    pkids
+        .iter()
+        .flat_map(|p| {
+            let [hi, lo] = p.to_be_bytes();
+            [PUBACK, 2, hi, lo]
+        })
+        .collect()
+}
+
 /// Copies the client's packets to rumqttd, each only once [`acl::inspect`] allowed it,
-/// and slips the PUBACKs of [`forward_to_client`]'s dropped messages in between packets.
+/// and slips the PUBACKs owed for [`forward_to_client`]'s dropped messages in between
+/// packets, each right after the client's ack of the message before it.
 /// Returns `Ok` at the client's end of stream, `Err` with the reason to close otherwise.
 async fn forward_checked<R, W>(
     mut from: R,
     to: &mut W,
     identity: Identity<'_>,
-    mut acks: mpsc::UnboundedReceiver<u16>,
+    order: &AckOrder,
 ) -> Result<(), String>
 where
     R: AsyncRead + Unpin,
@@ -169,6 +257,26 @@ where
         let mut ready = 0usize;
         while ready < buf.len() {
             if allowed == 0 {
+                // Around a client's PUBACK go the acks the front owes for dropped
+                // messages rumqttd sent before and right after that one.
+                if buf[ready] == PUBACK {
+                    let Some(&[_, len, hi, lo]) = buf.get(ready..ready + 4) else {
+                        break;
+                    };
+                    if len == 2 {
+                        let (before, after) = order.client_acks(u16::from_be_bytes([hi, lo]));
+                        let mut out = pubacks(&before);
+                        out.extend_from_slice(&buf[ready..ready + 4]);
+                        out.extend(pubacks(&after));
+                        to.write_all(&buf[..ready])
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        to.write_all(&out).await.map_err(|e| e.to_string())?;
+                        buf.advance(ready + 4);
+                        ready = 0;
+                        continue;
+                    }
+                }
                 match acl::inspect(&buf[ready..], identity) {
                     Verdict::Forward(len) => allowed = len,
                     Verdict::NeedMore => break,
@@ -194,34 +302,30 @@ where
             return Err("packet header larger than any valid one".into());
         }
         buf.reserve(RELAY_BUF);
-        // Between packets (nothing of an allowed one left to forward) an owed
-        // acknowledgement may go first; read_buf is cancel safe.
+        // Between packets (nothing of an allowed one left to forward) owed acks whose
+        // turn has come may go; read_buf is cancel safe.
         tokio::select! {
             read = from.read_buf(&mut buf) => match read {
                 Ok(0) => return Ok(()),
                 Ok(_) => {}
                 Err(e) => return Err(e.to_string()),
             },
-            Some(pkid) = acks.recv(), if allowed == 0 => {
-                let [hi, lo] = pkid.to_be_bytes();
-                to.write_all(&[PUBACK, 2, hi, lo]).await.map_err(|e| e.to_string())?;
+            () = order.dropped.notified(), if allowed == 0 => {
+                write_acks(to, &order.take_owed()).await?;
             }
         }
     }
 }
 
-/// The fixed header byte of a PUBACK.
-const PUBACK: u8 = 0x40;
-
 /// Copies rumqttd's packets to the client, except PUBLISHes on the client's own data
-/// topic (`…/v1/{own}`): the client sent those itself. A dropped QoS 1 message's
-/// packet id goes to `acks`, so rumqttd gets the acknowledgement the client would
-/// have sent. Returns `Ok` at rumqttd's end of stream.
+/// topic (`…/v1/{own}`): the client sent those itself. Every QoS 1 message goes into
+/// `order`, so that rumqttd gets the acknowledgement of a dropped one in its turn.
+/// Returns `Ok` at rumqttd's end of stream.
 async fn forward_to_client<R, W>(
     mut from: R,
     to: &mut W,
     own: Option<&str>,
-    acks: mpsc::UnboundedSender<u16>,
+    order: &AckOrder,
 ) -> Result<(), String>
 where
     R: AsyncRead + Unpin,
@@ -252,7 +356,15 @@ where
             match acl::own_echo(&buf[at..], own) {
                 acl::Echo::NeedMore => break,
                 acl::Echo::Other(len) => pass = len,
-                acl::Echo::Own { len, pkid } => {
+                acl::Echo::Publish { len, pkid, own } => {
+                    // Recorded before the client can see it, so its ack finds it.
+                    if let Some(pkid) = pkid {
+                        order.push(pkid, own);
+                    }
+                    if !own {
+                        pass = len;
+                        continue;
+                    }
                     if at > sent {
                         to.write_all(&buf[sent..at])
                             .await
@@ -260,10 +372,6 @@ where
                     }
                     sent = at;
                     skip = len;
-                    if let Some(pkid) = pkid {
-                        acks.send(pkid)
-                            .map_err(|_| "relay to broker ended".to_string())?;
-                    }
                 }
                 acl::Echo::Malformed(reason) => return Err(reason),
             }
@@ -302,8 +410,7 @@ mod tests {
             }
         });
         let mut out = Vec::new();
-        let (_acks_tx, acks) = mpsc::unbounded_channel();
-        let result = forward_checked(server, &mut out, identity, acks).await;
+        let result = forward_checked(server, &mut out, identity, &AckOrder::default()).await;
         let _ = writer.await;
         (out, result)
     }
@@ -359,7 +466,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn own_data_messages_are_dropped_on_the_way_back_and_acknowledged() {
+    async fn own_data_messages_are_dropped_on_the_way_back_and_acknowledged_in_order() {
         let others = [
             publish("mqsync/f/v1/n2", &[2u8; 3000]),
             vec![0x90, 0x03, 0, 1, 1],
@@ -385,45 +492,55 @@ mod tests {
                     }
                 }
             });
-            let (tx, mut rx) = mpsc::unbounded_channel();
+            let order = AckOrder::default();
             let mut out = Vec::new();
-            let result = forward_to_client(client_side, &mut out, Some("n1"), tx).await;
+            let result = forward_to_client(client_side, &mut out, Some("n1"), &order).await;
             let _ = writer.await;
             assert_eq!(result, Ok(()));
             assert!(out == want, "pieces of {piece}: {} bytes out", out.len());
-            let mut acked = vec![];
-            while let Ok(id) = rx.try_recv() {
-                acked.push(id);
-            }
-            assert_eq!(acked, [7, 8]);
+            // 7 is owed at once; 8 only once the client has acknowledged 9.
+            assert_eq!(order.take_owed(), [7]);
+            assert_eq!(order.take_owed(), Vec::<u16>::new());
+            assert_eq!(order.client_acks(9), (vec![], vec![8]));
         }
     }
 
     #[tokio::test]
-    async fn owed_acknowledgements_go_to_the_broker_between_packets() {
+    async fn owed_acknowledgements_follow_the_clients_own_in_order() {
         let (mut client, server) = tokio::io::duplex(1024);
-        let (tx, acks) = mpsc::unbounded_channel();
+        let order = std::sync::Arc::new(AckOrder::default());
         let first = publish("mqsync/f/v1/n1", &[1u8; 2000]);
+        let o = order.clone();
         let relay = tokio::spawn(async move {
             let mut out = Vec::new();
-            let r = forward_checked(server, &mut out, Identity::Node("n1"), acks).await;
+            let r = forward_checked(server, &mut out, Identity::Node("n1"), &o).await;
             (out, r)
         });
-        // Half a packet, then an acknowledgement owed: it must wait for the packet's end.
+        // rumqttd sent 1 (to the client) and 2 (dropped): 2 waits for the client's ack of 1.
+        order.push(1, false);
+        order.push(2, true);
         client.write_all(&first[..1000]).await.unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
-        tx.send(0x0102).unwrap();
-        tokio::time::sleep(Duration::from_millis(50)).await;
         client.write_all(&first[1000..]).await.unwrap();
+        client.write_all(&[0x40, 2, 0, 1]).await.unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
-        // Between packets it goes out while the client is silent.
-        tx.send(0x0304).unwrap();
+        // A dropped message with nothing before it is acknowledged while the client is
+        // silent.
+        order.push(3, true);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // The client's ack of 5 reaches the front before its wake-up for the dropped 4:
+        // 4's ack still goes first.
+        if let Ok(mut sent) = order.sent.lock() {
+            sent.extend([(4, true), (5, false)]);
+        }
+        client.write_all(&[0x40, 2, 0, 5]).await.unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
         drop(client);
         let (out, r) = relay.await.unwrap();
         assert_eq!(r, Ok(()));
         let mut want = first.clone();
-        want.extend([0x40, 2, 1, 2, 0x40, 2, 3, 4]);
+        want.extend([0x40, 2, 0, 1, 0x40, 2, 0, 2, 0x40, 2, 0, 3]);
+        want.extend([0x40, 2, 0, 4, 0x40, 2, 0, 5]);
         assert_eq!(out, want);
     }
 }

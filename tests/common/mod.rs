@@ -67,6 +67,15 @@ impl Proc {
         }
     }
 
+    /// Sends `sig` (SIGSTOP, SIGCONT, …) to the running process.
+    pub fn signal(&self, sig: i32) {
+        if let Some(c) = &self.child {
+            unsafe {
+                libc::kill(c.id() as i32, sig);
+            }
+        }
+    }
+
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
