@@ -756,7 +756,9 @@ impl Folder {
                 self.last_chunk_at = Some(Instant::now());
                 let bytes: u64 = chunks.iter().map(|c| c.data.len() as u64).sum();
                 if let Some(last) = chunks.last().map(|c| c.hash)
-                    && let Some(last) = self.reports.received(&env.from, last, bytes)
+                    && let Some(last) =
+                        self.reports
+                            .received(&env.from, last, bytes, Instant::now())
                 {
                     self.send(Message::Progress {
                         to: env.from.clone(),
@@ -1516,7 +1518,7 @@ impl Folder {
             let Some(last) = msg.last().map(|c| c.hash) else {
                 break;
             };
-            self.window.pushed(last, bytes as u64);
+            self.window.pushed(last, bytes as u64, Instant::now());
             self.send(Message::Chunks { chunks: msg });
         }
     }

@@ -21,6 +21,10 @@ pub const STALE: Duration = Duration::from_secs(5);
 /// Chunk messages remembered, to place a receiver's report. Covers the window many
 /// times over at about 1 MiB per message.
 const MARKS: usize = 1024;
+/// A pause in pushing this long ends a burst: at the next one every receiver still
+/// known is taken to have caught up, and holds the writer back from its first byte.
+/// A receiver also reports its first chunk message after such a pause at once.
+pub const IDLE: Duration = Duration::from_secs(1);
 
 /// A writer's side: what it pushed and how far each receiver got.
 #[derive(Debug, Default)]
@@ -31,11 +35,17 @@ pub struct PushWindow {
     marks: VecDeque<(Hash, u64)>,
     /// Per receiver: the offset it reported last, and when.
     peers: HashMap<String, (u64, Instant)>,
+    /// When the latest chunk message was pushed.
+    last_push: Option<Instant>,
+    /// The window was found closed at the latest check: a pause since is a wait, not
+    /// the end of a burst.
+    waiting: bool,
 }
 
 impl PushWindow {
     /// A chunk message of `bytes` ending with chunk `last` was handed to the broker.
-    pub fn pushed(&mut self, last: Hash, bytes: u64) {
+    pub fn pushed(&mut self, last: Hash, bytes: u64, now: Instant) {
+        self.last_push = Some(now);
         self.pushed += bytes;
         if self.marks.len() == MARKS {
             self.marks.pop_front();
@@ -53,9 +63,22 @@ impl PushWindow {
         *e = (e.0.max(at), now);
     }
 
-    /// May another chunk message go out now?
-    pub fn open(&self, now: Instant) -> bool {
-        self.behind(now) < WINDOW
+    /// May another chunk message go out now? Receivers silent for [`STALE`] are
+    /// forgotten until they report again.
+    pub fn open(&mut self, now: Instant) -> bool {
+        if !self.waiting
+            && self
+                .last_push
+                .is_none_or(|t| now.saturating_duration_since(t) >= IDLE)
+        {
+            for p in self.peers.values_mut() {
+                *p = (self.pushed, now);
+            }
+        }
+        self.peers
+            .retain(|_, (_, when)| now.saturating_duration_since(*when) < STALE);
+        self.waiting = self.behind(now) >= WINDOW;
+        !self.waiting
     }
 
     /// Bytes pushed beyond the slowest receiver that reported within [`STALE`].
@@ -69,19 +92,27 @@ impl PushWindow {
     }
 }
 
-/// A receiver's side: chunk-message bytes per writer since its last report.
+/// A receiver's side: per writer, chunk-message bytes since its last report, and when
+/// it last received one.
 #[derive(Debug, Default)]
 pub struct ProgressReports {
-    unreported: HashMap<String, u64>,
+    unreported: HashMap<String, (u64, Instant)>,
 }
 
 impl ProgressReports {
     /// A chunk message of `bytes` from `writer` ending with `last` was processed;
-    /// `Some(last)` when it is time to report it.
-    pub fn received(&mut self, writer: &str, last: Hash, bytes: u64) -> Option<Hash> {
-        let n = self.unreported.entry(writer.to_string()).or_default();
+    /// `Some(last)` when it is time to report it: every [`REPORT_EVERY`] bytes, and for
+    /// the first message after [`IDLE`], so that a writer learns early in a burst who
+    /// is receiving it.
+    pub fn received(&mut self, writer: &str, last: Hash, bytes: u64, now: Instant) -> Option<Hash> {
+        let (n, seen) = self
+            .unreported
+            .entry(writer.to_string())
+            .or_insert((0, now - IDLE));
+        let first = now.saturating_duration_since(*seen) >= IDLE;
+        *seen = now;
         *n += bytes;
-        (*n >= REPORT_EVERY).then(|| {
+        (first || *n >= REPORT_EVERY).then(|| {
             *n = 0;
             last
         })
@@ -101,10 +132,12 @@ mod tests {
     #[test]
     fn the_window_follows_the_slowest_recent_receiver() {
         let t0 = Instant::now();
+        let ms = Duration::from_millis;
         let mut w = PushWindow::default();
         // Nobody has reported: nothing to wait for.
         for i in 0..40 {
-            w.pushed(h(i), MIB);
+            assert!(w.open(t0));
+            w.pushed(h(i), MIB, t0);
         }
         assert!(w.open(t0));
         w.progress("fast", &h(39), t0);
@@ -120,24 +153,55 @@ mod tests {
         w.progress("slow", &h(200), t0);
         assert_eq!(w.behind(t0), 9 * MIB);
         for i in 40..60 {
-            w.pushed(h(i), MIB);
+            w.pushed(h(i), MIB, t0 + ms(100));
         }
         assert_eq!(w.behind(t0), 29 * MIB);
-        assert!(!w.open(t0 + STALE - Duration::from_millis(1)));
+        assert!(!w.open(t0 + ms(200)));
+        w.progress("fast", &h(59), t0 + ms(300));
         // A receiver silent for STALE no longer holds the writer back.
         assert!(w.open(t0 + STALE));
-        w.progress("fast", &h(59), t0 + STALE);
         assert_eq!(w.behind(t0 + STALE), 0);
+        assert!(w.peers.contains_key("fast") && !w.peers.contains_key("slow"));
     }
 
     #[test]
-    fn receivers_report_every_few_mebibytes_per_writer() {
+    fn after_a_pause_known_receivers_hold_the_writer_back_from_the_start() {
+        let t0 = Instant::now();
+        let mut w = PushWindow::default();
+        w.pushed(h(1), MIB, t0);
+        w.progress("r", &h(1), t0);
+        // Minutes later a new burst: "r" is taken to be caught up, not stale.
+        let t1 = t0 + Duration::from_secs(300);
+        assert!(w.open(t1));
+        for i in 2..40 {
+            if !w.open(t1) {
+                break;
+            }
+            w.pushed(h(i), MIB, t1);
+        }
+        assert_eq!(w.behind(t1), WINDOW, "the window closed at 16 MiB");
+        // A receiver that never answers in this burst is let go after STALE.
+        assert!(!w.open(t1 + STALE - Duration::from_millis(1)));
+        assert!(w.open(t1 + STALE));
+    }
+
+    #[test]
+    fn receivers_report_every_few_mebibytes_per_writer_and_early_in_a_burst() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
         let mut r = ProgressReports::default();
-        assert_eq!(r.received("a", h(1), 3 * MIB), None);
-        assert_eq!(r.received("b", h(2), 3 * MIB), None);
-        assert_eq!(r.received("a", h(3), MIB), Some(h(3)));
-        assert_eq!(r.received("a", h(4), MIB), None);
-        assert_eq!(r.received("b", h(5), 2 * MIB), Some(h(5)));
+        assert_eq!(
+            r.received("a", h(1), MIB, t0),
+            Some(h(1)),
+            "first of a burst"
+        );
+        assert_eq!(r.received("a", h(2), 3 * MIB, t0 + ms(10)), None);
+        assert_eq!(r.received("b", h(3), MIB, t0 + ms(10)), Some(h(3)));
+        assert_eq!(r.received("b", h(4), 3 * MIB, t0 + ms(20)), None);
+        assert_eq!(r.received("a", h(5), MIB, t0 + ms(30)), Some(h(5)));
+        assert_eq!(r.received("a", h(6), MIB, t0 + ms(40)), None);
+        assert_eq!(r.received("b", h(7), MIB, t0 + ms(50)), Some(h(7)));
+        assert_eq!(r.received("a", h(8), MIB, t0 + ms(40) + IDLE), Some(h(8)));
     }
 
     #[test]
@@ -147,7 +211,7 @@ mod tests {
         for i in 0..(MARKS as u32 + 10) {
             let mut hash = [0u8; 32];
             hash[..4].copy_from_slice(&i.to_le_bytes());
-            w.pushed(hash, MIB);
+            w.pushed(hash, MIB, t0);
         }
         let mut first = [0u8; 32];
         first[..4].copy_from_slice(&0u32.to_le_bytes());

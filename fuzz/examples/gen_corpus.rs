@@ -173,6 +173,13 @@ fn messages() -> Vec<(&'static str, Envelope)> {
                 hashes: vec![[5; 32]],
             }),
         ),
+        (
+            "progress",
+            env(Message::Progress {
+                to: "n2".into(),
+                last: [6; 32],
+            }),
+        ),
     ]
 }
 
