@@ -79,8 +79,9 @@ async fn three_mib_qos1_roundtrip_over_mtls() {
     let payload: Vec<u8> = (0..3 * 1024 * 1024u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
         .collect();
+    // Its own status topic: the broker does not send a node its own data topic back.
     client
-        .subscribe("mqsync/test/v1/c", QoS::AtLeastOnce)
+        .subscribe("mqsync/test/status/c", QoS::AtLeastOnce)
         .await
         .expect("queue subscribe");
 
@@ -100,13 +101,13 @@ async fn three_mib_qos1_roundtrip_over_mtls() {
                 // Queued from another task: awaiting from the polling task can deadlock.
                 tokio::spawn(async move {
                     client
-                        .publish("mqsync/test/v1/c", QoS::AtLeastOnce, false, payload)
+                        .publish("mqsync/test/status/c", QoS::AtLeastOnce, false, payload)
                         .await
                         .expect("queue publish");
                 });
             }
             Event::Incoming(Packet::Publish(p)) => {
-                assert_eq!(p.topic, "mqsync/test/v1/c");
+                assert_eq!(p.topic, "mqsync/test/status/c");
                 assert_eq!(p.payload.len(), payload.len());
                 assert!(p.payload[..] == payload[..], "payload corrupted");
                 break;
