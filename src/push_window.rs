@@ -22,8 +22,9 @@ pub const STALE: Duration = Duration::from_secs(5);
 /// times over at about 1 MiB per message.
 const MARKS: usize = 1024;
 /// A pause in pushing this long ends a burst: at the next one every receiver still
-/// known is taken to have caught up, and holds the writer back from its first byte.
-/// A receiver also reports its first chunk message after such a pause at once.
+/// known counts as recent again (at the offset it last reported), so it holds the
+/// writer back from the burst's first byte. A receiver also reports its first chunk
+/// message after such a pause at once.
 pub const IDLE: Duration = Duration::from_secs(1);
 
 /// A writer's side: what it pushed and how far each receiver got.
@@ -71,8 +72,8 @@ impl PushWindow {
                 .last_push
                 .is_none_or(|t| now.saturating_duration_since(t) >= IDLE)
         {
-            for p in self.peers.values_mut() {
-                *p = (self.pushed, now);
+            for (_, when) in self.peers.values_mut() {
+                *when = now;
             }
         }
         self.peers
@@ -96,7 +97,7 @@ impl PushWindow {
 /// it last received one.
 #[derive(Debug, Default)]
 pub struct ProgressReports {
-    unreported: HashMap<String, (u64, Instant)>,
+    unreported: HashMap<String, (u64, Option<Instant>)>,
 }
 
 impl ProgressReports {
@@ -105,12 +106,9 @@ impl ProgressReports {
     /// the first message after [`IDLE`], so that a writer learns early in a burst who
     /// is receiving it.
     pub fn received(&mut self, writer: &str, last: Hash, bytes: u64, now: Instant) -> Option<Hash> {
-        let (n, seen) = self
-            .unreported
-            .entry(writer.to_string())
-            .or_insert((0, now - IDLE));
-        let first = now.saturating_duration_since(*seen) >= IDLE;
-        *seen = now;
+        let (n, seen) = self.unreported.entry(writer.to_string()).or_default();
+        let first = seen.is_none_or(|s| now.saturating_duration_since(s) >= IDLE);
+        *seen = Some(now);
         *n += bytes;
         (first || *n >= REPORT_EVERY).then(|| {
             *n = 0;
@@ -170,7 +168,7 @@ mod tests {
         let mut w = PushWindow::default();
         w.pushed(h(1), MIB, t0);
         w.progress("r", &h(1), t0);
-        // Minutes later a new burst: "r" is taken to be caught up, not stale.
+        // Minutes later a new burst: "r" counts again, at the offset it reported.
         let t1 = t0 + Duration::from_secs(300);
         assert!(w.open(t1));
         for i in 2..40 {

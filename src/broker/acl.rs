@@ -140,6 +140,11 @@ pub fn own_echo(buf: &[u8], own: Option<&str>) -> Echo {
         return Echo::Other(total);
     };
     let body = &buf[header..];
+    if let Some(&[hi, lo]) = body.get(..2)
+        && 2 + usize::from(u16::from_be_bytes([hi, lo])) > remaining
+    {
+        return Echo::Malformed("PUBLISH topic longer than the packet".into());
+    }
     let (topic, after) = match read_str(body, 0) {
         None if remaining < 2 => return Echo::Malformed("PUBLISH without a topic".into()),
         None => return Echo::NeedMore,
@@ -409,6 +414,11 @@ mod tests {
         q2[0] = 0x34;
         assert_eq!(own_echo(&q2, own), Echo::Other(q2.len()));
         assert_eq!(own_echo(&[0x90, 0x03, 0, 1, 1], own), Echo::Other(5));
+        // A topic longer than its packet is refused at once, not waited for.
+        assert!(matches!(
+            own_echo(&[0x32, 5, 0, 200, b'a', b'b', b'c'], own),
+            Echo::Malformed(_)
+        ));
         let mut no_pkid = vec![0x32, 11, 0, 9];
         no_pkid.extend_from_slice(b"m/f/v1/n1");
         assert!(matches!(own_echo(&no_pkid, own), Echo::Malformed(_)));

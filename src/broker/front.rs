@@ -263,19 +263,22 @@ where
                     let Some(&[_, len, hi, lo]) = buf.get(ready..ready + 4) else {
                         break;
                     };
-                    if len == 2 {
-                        let (before, after) = order.client_acks(u16::from_be_bytes([hi, lo]));
-                        let mut out = pubacks(&before);
-                        out.extend_from_slice(&buf[ready..ready + 4]);
-                        out.extend(pubacks(&after));
-                        to.write_all(&buf[..ready])
-                            .await
-                            .map_err(|e| e.to_string())?;
-                        to.write_all(&out).await.map_err(|e| e.to_string())?;
-                        buf.advance(ready + 4);
-                        ready = 0;
-                        continue;
+                    to.write_all(&buf[..ready])
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    if len != 2 {
+                        // Its ack could never be matched, and the owed ones behind it
+                        // would wait for ever.
+                        return Err("malformed PUBACK".into());
                     }
+                    let (before, after) = order.client_acks(u16::from_be_bytes([hi, lo]));
+                    let mut out = pubacks(&before);
+                    out.extend_from_slice(&buf[ready..ready + 4]);
+                    out.extend(pubacks(&after));
+                    to.write_all(&out).await.map_err(|e| e.to_string())?;
+                    buf.advance(ready + 4);
+                    ready = 0;
+                    continue;
                 }
                 match acl::inspect(&buf[ready..], identity) {
                     Verdict::Forward(len) => allowed = len,
@@ -437,6 +440,16 @@ mod tests {
         let (out, result) = run(input.clone(), "n1").await;
         assert_eq!(result, Ok(()));
         assert_eq!(out, input);
+    }
+
+    #[tokio::test]
+    async fn a_malformed_puback_closes_the_stream() {
+        let mut input = publish("mqsync/f/v1/n1", b"ok");
+        let good = input.clone();
+        input.extend([0x40, 3, 0, 1, 0]);
+        let (out, result) = run(input, "n1").await;
+        assert!(result.unwrap_err().contains("PUBACK"));
+        assert_eq!(out, good);
     }
 
     #[tokio::test]
