@@ -234,8 +234,6 @@ struct Folder {
     pushing: HashSet<Hash>,
     /// Flow control of chunk pushes: how far behind our receivers are.
     window: crate::push_window::PushWindow,
-    /// Set while pushes wait for the window (logged once per wait).
-    window_closed: bool,
     /// Progress still to report to each writer we receive chunks from.
     reports: crate::push_window::ProgressReports,
     /// Chunks new to this node in the latest scan: sent right after their manifest.
@@ -346,7 +344,6 @@ impl Folder {
             push: VecDeque::new(),
             pushing: HashSet::new(),
             window: Default::default(),
-            window_closed: false,
             reports: Default::default(),
             fresh: HashSet::new(),
             announce: vec![],
@@ -1492,14 +1489,13 @@ impl Folder {
             return;
         };
         while !self.push.is_empty() && p.queued_bytes() < MAX_QUEUED_BYTES {
+            let was_waiting = self.window.waiting();
             if !self.window.open(Instant::now()) {
-                if !self.window_closed {
-                    self.window_closed = true;
+                if !was_waiting {
                     debug!(folder = %self.cfg.id, behind = self.window.behind(Instant::now()), "waiting for receivers to catch up");
                 }
                 break;
             }
-            self.window_closed = false;
             let mut msg = Vec::new();
             let mut bytes = 0;
             while bytes < CHUNK_MSG_BYTES {

@@ -82,6 +82,11 @@ impl PushWindow {
         !self.waiting
     }
 
+    /// Whether the latest [`Self::open`] found the window closed.
+    pub fn waiting(&self) -> bool {
+        self.waiting
+    }
+
     /// Bytes pushed beyond the slowest receiver that reported within [`STALE`].
     pub fn behind(&self, now: Instant) -> u64 {
         self.peers

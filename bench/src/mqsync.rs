@@ -245,6 +245,12 @@ path = "{folder}"
         parse_ss(&String::from_utf8_lossy(&out.stdout))
     }
 
+    /// The broker's bytes in and out since `before`, if `ss` answered both times.
+    pub fn wire_since(&self, before: Option<&Wire>) -> Option<(u64, u64)> {
+        let after = self.broker_wire().ok()?;
+        Some(wire_between(before?, &after))
+    }
+
     /// Stops everything; the usage of the writer (node 0), the largest receiver
     /// figures summed, and the broker.
     pub fn stop(mut self) -> Stopped {

@@ -4,7 +4,7 @@
 //! that the receivers hold exactly the source's bytes before its numbers count.
 
 use crate::data::{self, DataSet, listing, tree_hash};
-use crate::mqsync::{Cluster, wire_between};
+use crate::mqsync::Cluster;
 use crate::peers::{Lsyncd, RsyncDaemon, Syncthing};
 use crate::proc::{Usage, wait_for};
 use anyhow::{Result, bail};
@@ -268,9 +268,7 @@ pub fn tree_mqsync(ctx: &Ctx, workload: &'static str, src: &Path, receivers: usi
     let targets: Vec<PathBuf> = (1..=receivers).map(|i| c.folder(i)).collect();
     let res = wait_tree(workload, &targets, &want, hash, start, || c.dead());
     let bytes = c.metric(0, "mqsync_bytes_sent_total").ok();
-    let wire = wire_before
-        .zip(c.broker_wire().ok())
-        .map(|(b, a)| wire_between(&b, &a));
+    let wire = c.wire_since(wire_before.as_ref());
     let stopped = c.stop();
     let wall = res?;
     Ok(Row {
@@ -374,9 +372,7 @@ pub fn delta_mqsync(ctx: &Ctx) -> Result<Row> {
     );
     let wall = start.elapsed();
     let after = c.metric(0, "mqsync_bytes_sent_total");
-    let wire = wire_before
-        .zip(c.broker_wire().ok())
-        .map(|(b, a)| wire_between(&b, &a));
+    let wire = c.wire_since(wire_before.as_ref());
     let stopped = c.stop();
     res?;
     for t in &targets {

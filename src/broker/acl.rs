@@ -154,8 +154,9 @@ pub fn own_echo(buf: &[u8], own: Option<&str>) -> Echo {
     if after > remaining {
         return Echo::Malformed("PUBLISH topic longer than the packet".into());
     }
-    let levels: Vec<&str> = topic.split('/').collect();
-    let own = matches!(levels.as_slice(), [_prefix, _folder, .., "v1", node] if *node == own);
+    // `{prefix}/{folder}/v1/{own}`, read from the end without allocating.
+    let mut levels = topic.rsplit('/');
+    let own = levels.next() == Some(own) && levels.next() == Some("v1") && levels.count() >= 2;
     if qos == 0 {
         return Echo::Publish {
             len: total,

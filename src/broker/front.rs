@@ -216,16 +216,12 @@ impl AckOrder {
 /// The fixed header byte of a PUBACK.
 const PUBACK: u8 = 0x40;
 
-/// Writes a PUBACK for each of `pkids`.
-async fn write_acks<W: AsyncWrite + Unpin>(to: &mut W, pkids: &[u16]) -> Result<(), String> {
-    if pkids.is_empty() {
-        return Ok(());
-    }
-    to.write_all(&pubacks(pkids))
-        .await
-        .map_err(|e| e.to_string())
+/// Writes `bytes` whole, the error as the reason to close.
+async fn put<W: AsyncWrite + Unpin>(to: &mut W, bytes: &[u8]) -> Result<(), String> {
+    to.write_all(bytes).await.map_err(|e| e.to_string())
 }
 
+/// A PUBACK for each of `pkids`.
 fn pubacks(pkids: &[u16]) -> Vec<u8> {
     pkids
         .iter()
@@ -263,9 +259,7 @@ where
                     let Some(&[_, len, hi, lo]) = buf.get(ready..ready + 4) else {
                         break;
                     };
-                    to.write_all(&buf[..ready])
-                        .await
-                        .map_err(|e| e.to_string())?;
+                    put(to, &buf[..ready]).await?;
                     if len != 2 {
                         // Its ack could never be matched, and the owed ones behind it
                         // would wait for ever.
@@ -275,7 +269,7 @@ where
                     let mut out = pubacks(&before);
                     out.extend_from_slice(&buf[ready..ready + 4]);
                     out.extend(pubacks(&after));
-                    to.write_all(&out).await.map_err(|e| e.to_string())?;
+                    put(to, &out).await?;
                     buf.advance(ready + 4);
                     ready = 0;
                     continue;
@@ -284,9 +278,7 @@ where
                     Verdict::Forward(len) => allowed = len,
                     Verdict::NeedMore => break,
                     Verdict::Deny(reason) => {
-                        to.write_all(&buf[..ready])
-                            .await
-                            .map_err(|e| e.to_string())?;
+                        put(to, &buf[..ready]).await?;
                         return Err(reason);
                     }
                 }
@@ -296,9 +288,7 @@ where
             allowed -= take;
         }
         if ready > 0 {
-            to.write_all(&buf[..ready])
-                .await
-                .map_err(|e| e.to_string())?;
+            put(to, &buf[..ready]).await?;
             buf.advance(ready);
         }
         if buf.len() > acl::MAX_CONNECT_BYTES + 8 {
@@ -314,7 +304,7 @@ where
                 Err(e) => return Err(e.to_string()),
             },
             () = order.dropped.notified(), if allowed == 0 => {
-                write_acks(to, &order.take_owed()).await?;
+                put(to, &pubacks(&order.take_owed())).await?;
             }
         }
     }
@@ -369,9 +359,7 @@ where
                         continue;
                     }
                     if at > sent {
-                        to.write_all(&buf[sent..at])
-                            .await
-                            .map_err(|e| e.to_string())?;
+                        put(to, &buf[sent..at]).await?;
                     }
                     sent = at;
                     skip = len;
@@ -380,9 +368,7 @@ where
             }
         }
         if at > sent {
-            to.write_all(&buf[sent..at])
-                .await
-                .map_err(|e| e.to_string())?;
+            put(to, &buf[sent..at]).await?;
         }
         buf.advance(at);
         if buf.len() > acl::MAX_CONNECT_BYTES + 8 {
