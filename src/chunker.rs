@@ -3,7 +3,7 @@
 //! every node see every file as new. An insert or edit in the middle of a large file
 //! changes only the chunks around it, which is what makes deltas and renames cheap.
 
-use crate::engine::{ChunkRef, Hash};
+use crate::engine::{ChunkRef, Chunks, Hash};
 use fastcdc::v2020::{FastCDC, Normalization};
 use std::fs::File;
 use std::io::{self, Read};
@@ -33,7 +33,7 @@ thread_local! {
 /// The cut points are exactly those of fastcdc's `StreamCDC` with the same
 /// parameters (which the wire protocol depends on): a cut is only searched once the
 /// block holds at least `MAX_CHUNK` bytes past the chunk start, or the rest of the file.
-pub fn chunk_file(file: &File) -> io::Result<(Vec<ChunkRef>, u64)> {
+pub fn chunk_file(file: &File) -> io::Result<(Chunks, u64)> {
     BUFFER.with(|b| {
         let mut buf = b.borrow_mut();
         if buf.len() < BLOCK {
@@ -43,8 +43,8 @@ pub fn chunk_file(file: &File) -> io::Result<(Vec<ChunkRef>, u64)> {
     })
 }
 
-fn chunk_reader(mut file: impl Read, buf: &mut [u8]) -> io::Result<(Vec<ChunkRef>, u64)> {
-    let mut chunks = Vec::new();
+fn chunk_reader(mut file: impl Read, buf: &mut [u8]) -> io::Result<(Chunks, u64)> {
+    let mut chunks = Chunks::new();
     let mut size = 0u64;
     let mut len = 0;
     let mut eof = false;
@@ -77,12 +77,15 @@ fn chunk_reader(mut file: impl Read, buf: &mut [u8]) -> io::Result<(Vec<ChunkRef
         buf.copy_within(start..len, 0);
         len -= start;
         if eof && len == 0 {
+            // Kept for as long as the file is indexed: no spare capacity, and one chunk
+            // moves back inline.
+            chunks.shrink_to_fit();
             return Ok((chunks, size));
         }
     }
 }
 
-pub fn chunk_path(path: &Path) -> io::Result<(Vec<ChunkRef>, u64)> {
+pub fn chunk_path(path: &Path) -> io::Result<(Chunks, u64)> {
     chunk_file(&File::open(path)?)
 }
 
@@ -174,11 +177,11 @@ mod tests {
             .collect();
             let (got, size) = chunk_path(write_tmp(&data).path()).unwrap();
             assert_eq!(size as usize, n);
-            assert_eq!(got, want, "{n} bytes");
+            assert_eq!(got.to_vec(), want, "{n} bytes");
             // A reader that returns a few bytes at a time cuts the same way.
             let mut small = vec![0u8; BLOCK];
             let (got, _) = chunk_reader(Trickle(&data[..]), &mut small).unwrap();
-            assert_eq!(got, want, "{n} bytes, read in small pieces");
+            assert_eq!(got.to_vec(), want, "{n} bytes, read in small pieces");
         }
     }
 

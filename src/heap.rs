@@ -28,5 +28,12 @@ pub fn release_free_memory() {
     // SAFETY: malloc_trim only walks glibc's own arenas; it has no preconditions.
     unsafe {
         libc::malloc_trim(0);
+        let m = libc::mallinfo2();
+        tracing::debug!(
+            in_use = m.uordblks,
+            free = m.fordblks,
+            mapped = m.hblkhd,
+            "heap after release"
+        );
     }
 }

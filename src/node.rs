@@ -8,6 +8,7 @@ use crate::casefold::CaseFolds;
 use crate::chunker;
 use crate::engine::{Content, Digest, Effect, Engine, Entry, Hash, Mode};
 use crate::index::{Index, IndexError, LocalMeta, Record};
+use crate::locations::ChunkLocations;
 use crate::relpath::RelPath;
 use crate::scanner::{Ignore, MARKER, Observed, Scanner};
 use crate::status::{FolderStatus, State, Topics};
@@ -30,6 +31,8 @@ const MAX_QUEUED_BYTES: usize = 16 << 20;
 const FETCH_STALL: Duration = Duration::from_secs(3);
 /// Network events taken in one loop turn before staged files are committed.
 const MAX_BATCH_EVENTS: usize = 256;
+/// Fewest stored changes after which the per-file maps are rebuilt when idle.
+const COMPACT_MIN_CHANGES: usize = 10_000;
 /// Files a folder may have open for applying (fetching or staged) at once; each holds
 /// its temp file and its parent directory open. Further applies wait in order, so a
 /// tree of many thousands of files never runs the process out of file descriptors.
@@ -218,7 +221,7 @@ struct Folder {
     /// The names in `known` by folded spelling, on a case-insensitive file system only.
     case_folds: Option<CaseFolds>,
     /// Where each chunk can be read locally (verified on read).
-    locations: HashMap<Hash, (RelPath, u64, u32)>,
+    locations: ChunkLocations,
     applier: Applier,
     ignore: Ignore,
     publisher: Option<Publisher>,
@@ -278,6 +281,8 @@ struct Folder {
     apply_started: HashMap<RelPath, Instant>,
     /// When the folder was opened: start-up time is reported with the first scan.
     started: Instant,
+    /// Entries stored since the in-memory maps were last rebuilt (see `compact`).
+    stored_since_compact: usize,
 }
 
 impl Folder {
@@ -332,7 +337,7 @@ impl Folder {
             },
             known,
             case_folds: None,
-            locations: HashMap::new(),
+            locations: ChunkLocations::default(),
             applier: Applier::new(f.path.clone()),
             ignore,
             publisher: None,
@@ -371,14 +376,10 @@ impl Folder {
             hook_running: false,
             apply_started: HashMap::new(),
             started,
+            stored_since_compact: 0,
             cfg: f.clone(),
         };
-        // Borrowed, not cloned: a copy of every entry here was the peak of a start.
-        for e in folder.engine.entries() {
-            if folder.known.contains_key(&e.path) {
-                insert_locations(&mut folder.locations, &e.path, &e.content);
-            }
-        }
+        folder.rebuild_locations();
         debug!(folder = %f.id, ms = started.elapsed().as_millis() as u64, "folder state built");
         Ok(folder)
     }
@@ -785,7 +786,7 @@ impl Folder {
                 if to == self.node || to == "*" {
                     let mut n = 0;
                     for h in hashes {
-                        if self.locations.contains_key(&h) && self.pushing.insert(h) {
+                        if self.locations.contains(&h) && self.pushing.insert(h) {
                             self.push.push_back(h);
                             n += 1;
                         }
@@ -978,7 +979,7 @@ impl Folder {
         {
             if let Content::File { chunks, .. } = &content {
                 for c in chunks {
-                    if !self.locations.contains_key(&c.hash) {
+                    if !self.locations.contains(&c.hash) {
                         self.fresh.insert(c.hash);
                     }
                 }
@@ -1082,12 +1083,12 @@ impl Folder {
     }
 
     fn add_locations(&mut self, path: &RelPath, content: &Content) {
-        insert_locations(&mut self.locations, path, content);
+        self.locations.insert(path, content);
     }
 
     fn read_local(&self, hash: &Hash) -> Option<Vec<u8>> {
-        let (path, off, len) = self.locations.get(hash)?;
-        chunker::read_verified(&path.to_local(&self.cfg.path), *off, *len, hash)
+        let (path, off, len) = self.locations.find(hash, &self.engine)?;
+        chunker::read_verified(&path.to_local(&self.cfg.path), off, len, hash)
     }
 
     /// Carries out the engine's effects until it has nothing more to say.
@@ -1102,6 +1103,7 @@ impl Folder {
                         self.known.get(&e.path).copied()
                     };
                     self.store.push(Record { entry: e, local });
+                    self.stored_since_compact += 1;
                 }
                 Effect::Apply {
                     entry,
@@ -1224,11 +1226,11 @@ impl Folder {
         let expected = self.known.get(&entry.path).copied();
         let path = entry.path.clone();
         let outcome = tokio::task::block_in_place(|| {
-            let locations = &self.locations;
+            let (locations, engine) = (&self.locations, &self.engine);
             let root = &self.cfg.path;
             let local = |h: &Hash| {
-                let (p, off, len) = locations.get(h)?;
-                chunker::read_verified(&p.to_local(root), *off, *len, h)
+                let (p, off, len) = locations.find(h, engine)?;
+                chunker::read_verified(&p.to_local(root), off, len, h)
             };
             self.applier.start(
                 entry.clone(),
@@ -1622,6 +1624,36 @@ impl Folder {
         self.retry_warned.shrink_to_fit();
         self.apply_started.shrink_to_fit();
         self.engine.shrink_buffers();
+        self.compact();
+    }
+
+    /// Where each chunk of the files on disk is, from the confirmed entries (borrowed,
+    /// not cloned: a copy of every entry here was once the peak of a start).
+    fn rebuild_locations(&mut self) {
+        let known = &self.known;
+        self.locations = ChunkLocations::build(
+            self.engine
+                .entries()
+                .filter(|e| known.contains_key(&e.path))
+                .map(|e| (&e.path, &e.content)),
+        );
+    }
+
+    /// After many changes, rebuilds the per-file maps from their sorted contents. Filled
+    /// one insert at a time (a first scan, a large sync), their B-tree nodes are about
+    /// half empty; a start from the index builds them full. Rebuilding a million entries
+    /// takes a fraction of a second, so it waits for a change of an eighth of the folder.
+    fn compact(&mut self) {
+        let files = self.known.len().max(self.engine.present().0 as usize);
+        if self.stored_since_compact < COMPACT_MIN_CHANGES.max(files / 8) {
+            return;
+        }
+        let started = Instant::now();
+        self.stored_since_compact = 0;
+        self.engine.compact();
+        self.known = std::mem::take(&mut self.known).into_iter().collect();
+        self.rebuild_locations();
+        debug!(folder = %self.cfg.id, files, ms = started.elapsed().as_millis() as u64, "maps compacted");
     }
 
     /// The status JSON as published: signed under the group key (`status::signed_json`).
@@ -1639,19 +1671,6 @@ impl Folder {
             .and_then(|()| std::fs::rename(&tmp, &path));
         if let Err(e) = res {
             debug!(folder = %self.cfg.id, "cannot write {}: {e}", path.display());
-        }
-    }
-}
-
-/// Remembers where each chunk of a local file is, to serve it without asking peers.
-fn insert_locations(
-    locations: &mut HashMap<Hash, (RelPath, u64, u32)>,
-    path: &RelPath,
-    content: &Content,
-) {
-    if let Content::File { chunks, .. } = content {
-        for (off, c) in chunker::offsets(chunks) {
-            locations.insert(c.hash, (path.clone(), off, c.len));
         }
     }
 }

@@ -3,10 +3,10 @@
 //! no backslash-free escapes, and bounded lengths, so joining it to a folder root can
 //! never leave that root (symlinks on the way are the applier's job).
 
+use crate::shared_str::SharedStr;
 use serde::{Deserialize, Deserializer, Serialize};
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 /// Longest path accepted from the wire or the disk, in bytes.
 pub const MAX_PATH_BYTES: usize = 4096;
@@ -35,15 +35,16 @@ pub enum PathError {
 ///
 /// Immutable and shared: a folder holds the same path in several maps (entries, local
 /// metadata, chunk locations), and with a million files one allocation per path instead
-/// of one per map is most of the difference in memory.
+/// of one per map is most of the difference in memory. The handle is one pointer wide
+/// (the length lives in the allocation), 8 bytes less than an `Arc<str>` in each map.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct RelPath(Arc<str>);
+pub struct RelPath(SharedStr);
 
 impl RelPath {
     pub fn new(s: impl Into<String>) -> Result<Self, PathError> {
         let s = s.into();
         validate(&s)?;
-        Ok(RelPath(Arc::from(s)))
+        Ok(RelPath(SharedStr::new(&s)))
     }
 
     /// Builds a `RelPath` from a path below `root` found on the local disk.
@@ -54,13 +55,13 @@ impl RelPath {
     }
 
     pub fn as_str(&self) -> &str {
-        &self.0
+        self.0.as_str()
     }
 
     /// The path on the local disk below `root`.
     pub fn to_local(&self, root: &Path) -> PathBuf {
         let mut p = root.to_path_buf();
-        for c in self.0.split('/') {
+        for c in self.as_str().split('/') {
             p.push(c);
         }
         p
@@ -68,29 +69,29 @@ impl RelPath {
 
     /// Parent path, or `None` at the top level.
     pub fn parent(&self) -> Option<RelPath> {
-        self.0.rfind('/').map(|i| RelPath(Arc::from(&self.0[..i])))
+        let s = self.as_str();
+        s.rfind('/').map(|i| RelPath(SharedStr::new(&s[..i])))
     }
 
     pub fn file_name(&self) -> &str {
-        self.0.rsplit('/').next().unwrap_or(&self.0)
+        let s = self.as_str();
+        s.rsplit('/').next().unwrap_or(s)
     }
 
     /// True when `self` is `other` or lies below it.
     pub fn starts_with(&self, other: &RelPath) -> bool {
-        self.0 == other.0
-            || (self.0.len() > other.0.len()
-                && self.0.starts_with(&*other.0)
-                && self.0.as_bytes()[other.0.len()] == b'/')
+        let (s, o) = (self.as_str(), other.as_str());
+        s == o || (s.len() > o.len() && s.starts_with(o) && s.as_bytes()[o.len()] == b'/')
     }
 
     pub fn depth(&self) -> usize {
-        self.0.split('/').count()
+        self.as_str().split('/').count()
     }
 
     /// A sibling path with another final component.
     pub fn with_file_name(&self, name: &str) -> Result<RelPath, PathError> {
         match self.parent() {
-            Some(p) => RelPath::new(format!("{}/{}", p.0, name)),
+            Some(p) => RelPath::new(format!("{p}/{name}")),
             None => RelPath::new(name),
         }
     }
@@ -122,7 +123,7 @@ fn validate(s: &str) -> Result<(), PathError> {
 
 impl Serialize for RelPath {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.0)
+        s.serialize_str(self.as_str())
     }
 }
 
@@ -138,7 +139,7 @@ impl<'de> Deserialize<'de> for RelPath {
             }
             fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<RelPath, E> {
                 validate(s).map_err(E::custom)?;
-                Ok(RelPath(Arc::from(s)))
+                Ok(RelPath(SharedStr::new(s)))
             }
         }
         d.deserialize_str(V)
@@ -147,13 +148,13 @@ impl<'de> Deserialize<'de> for RelPath {
 
 impl fmt::Display for RelPath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 
 impl fmt::Debug for RelPath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?}", self.0)
+        write!(f, "{:?}", self.as_str())
     }
 }
 

@@ -304,7 +304,7 @@ impl Scanner<'_> {
         &self,
         full: &Path,
         before: &Metadata,
-    ) -> io::Result<Option<(Vec<crate::engine::ChunkRef>, u64)>> {
+    ) -> io::Result<Option<(crate::engine::Chunks, u64)>> {
         let f = fs::File::open(full)?;
         let (chunks, size) = chunker::chunk_file(&f)?;
         let after = f.metadata()?;

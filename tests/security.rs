@@ -431,10 +431,11 @@ fn signed_messages_cannot_escape_the_folder_or_exhaust_memory() {
         size: 1 << 50,
         mode: 0o644,
         mtime_ns: 0,
-        chunks: vec![ChunkRef {
+        chunks: [ChunkRef {
             hash: [3; 32],
             len: 1 << 20,
-        }],
+        }]
+        .into(),
     };
     msgs.push((
         topic.clone(),
@@ -479,7 +480,7 @@ fn signed_messages_cannot_escape_the_folder_or_exhaust_memory() {
                 size: 0,
                 mode: 0o644,
                 mtime_ns: 0,
-                chunks: vec![],
+                chunks: Default::default(),
             },
         ),
         entry("esc/newdir", "n3", 1, Content::Dir { mode: 0o777 }),

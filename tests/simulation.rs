@@ -64,7 +64,7 @@ fn content(data: u32, mtime: i64) -> Content {
         size: 1,
         mode: 0o644,
         mtime_ns: mtime * 1_000_000_000,
-        chunks: vec![ChunkRef { hash, len: 1 }],
+        chunks: [ChunkRef { hash, len: 1 }].into(),
     }
 }
 

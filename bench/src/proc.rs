@@ -191,8 +191,19 @@ pub fn run(program: &str, args: &[&str]) -> Result<(Usage, Duration, String)> {
     ))
 }
 
-/// A free TCP port on 127.0.0.1.
+/// A free TCP port on 127.0.0.1, below the kernel's ephemeral range. A port the kernel
+/// hands out for `bind(0)` comes from the range it also uses for outgoing connections,
+/// so between this call and the server's bind, a client connection (the broker's front,
+/// a node) could take it: a scale run once failed on exactly that.
 pub fn free_port() -> Result<u16> {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    for _ in 0..200 {
+        let port = rng.random_range(20_000..32_000);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())

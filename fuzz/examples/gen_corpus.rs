@@ -283,10 +283,11 @@ fn main() {
         size: 1 << 50,
         mode: 0o644,
         mtime_ns: 0,
-        chunks: vec![ChunkRef {
+        chunks: [ChunkRef {
             hash: [9; 32],
             len: 1 << 20,
-        }],
+        }]
+        .into(),
     };
     let msg = wire::encode(
         &env(Message::Manifest {

@@ -13,7 +13,7 @@ fn entry(path: &str, content: Content) -> Entry {
 }
 
 fn file_content(parts: &[&[u8]], mode: u32) -> (Content, Vec<(Hash, Vec<u8>)>) {
-    let chunks: Vec<ChunkRef> = parts
+    let chunks: crate::engine::Chunks = parts
         .iter()
         .map(|p| ChunkRef {
             hash: chunker::hash(p),

@@ -16,6 +16,10 @@ pub struct ChunkRef {
     pub len: u32,
 }
 
+/// A file's chunks in file order. Most files of a large tree are small and have one
+/// chunk, held inline: its own heap block cost 48 bytes per file. Serialises as a `Vec`.
+pub type Chunks = smallvec::SmallVec<[ChunkRef; 1]>;
+
 /// The state of a path, without its version.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Content {
@@ -23,7 +27,8 @@ pub enum Content {
         size: u64,
         mode: u32,
         mtime_ns: i64,
-        chunks: Vec<ChunkRef>,
+        #[serde(deserialize_with = "cautious_chunks")]
+        chunks: Chunks,
     },
     /// Directory mtimes are not synced: they change with every child and would make
     /// every node publish every directory after every write.
@@ -35,6 +40,27 @@ pub enum Content {
         target: String,
     },
     Deleted,
+}
+
+/// Reads a chunk list without trusting its length prefix for the allocation: smallvec's
+/// own `Deserialize` reserves whatever the prefix claims, where serde's `Vec` caps it.
+fn cautious_chunks<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Chunks, D::Error> {
+    struct V;
+    impl<'de> serde::de::Visitor<'de> for V {
+        type Value = Chunks;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a list of chunks")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Chunks, A::Error> {
+            let mut out = Chunks::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+            while let Some(c) = seq.next_element()? {
+                out.push(c);
+            }
+            out.shrink_to_fit();
+            Ok(out)
+        }
+    }
+    d.deserialize_seq(V)
 }
 
 impl Content {
@@ -90,7 +116,7 @@ pub struct Entry {
     pub version: VersionVector,
     /// The node whose change produced this version; names conflict copies.
     #[serde(with = "super::intern::serde_node_id")]
-    pub modified_by: std::sync::Arc<str>,
+    pub modified_by: super::intern::NodeId,
     /// Wall-clock time of that change on its author, in ms since the epoch (0:
     /// unknown). Ages tombstones for garbage collection; never used to order versions.
     pub changed_ms: u64,
@@ -116,5 +142,69 @@ impl Entry {
         let mut b = [0u8; 8];
         b.copy_from_slice(&out.as_bytes()[..8]);
         u64::from_le_bytes(b)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The same content with its chunks in a plain `Vec`, as the wire and the index
+    /// were written before chunks moved inline.
+    #[derive(Serialize)]
+    enum VecContent {
+        File {
+            size: u64,
+            mode: u32,
+            mtime_ns: i64,
+            chunks: Vec<ChunkRef>,
+        },
+    }
+
+    #[test]
+    fn chunks_encode_as_a_vec_did_and_one_chunk_stays_inline() {
+        for n in [0usize, 1, 3] {
+            let chunks: Vec<ChunkRef> = (0..n)
+                .map(|i| ChunkRef {
+                    hash: [i as u8; 32],
+                    len: 10 + i as u32,
+                })
+                .collect();
+            let old = postcard::to_allocvec(&VecContent::File {
+                size: 7,
+                mode: 0o600,
+                mtime_ns: -3,
+                chunks: chunks.clone(),
+            })
+            .expect("encode");
+            let new = Content::File {
+                size: 7,
+                mode: 0o600,
+                mtime_ns: -3,
+                chunks: chunks.iter().copied().collect(),
+            };
+            assert_eq!(postcard::to_allocvec(&new).expect("encode"), old);
+            let back: Content = postcard::from_bytes(&old).expect("decode");
+            assert_eq!(back, new);
+            if let Content::File { chunks, .. } = back {
+                assert_eq!(chunks.spilled(), n > 1, "{n} chunks");
+            }
+        }
+    }
+
+    #[test]
+    fn a_lying_chunk_count_is_refused() {
+        let mut bytes = postcard::to_allocvec(&VecContent::File {
+            size: 1,
+            mode: 0,
+            mtime_ns: 0,
+            chunks: vec![],
+        })
+        .expect("encode");
+        // Replace the empty list's length (the last byte) by 2^27 as a varint: 4.8 GB of
+        // chunks claimed, none present.
+        bytes.pop();
+        bytes.extend_from_slice(&[0x80, 0x80, 0x80, 0x40]);
+        assert!(postcard::from_bytes::<Content>(&bytes).is_err());
     }
 }

@@ -8,6 +8,7 @@
 //! confirmed entries, so a node never claims data it does not have.
 
 pub mod digest;
+pub mod entries;
 pub mod entry;
 pub mod intern;
 pub mod resolve;
@@ -16,7 +17,8 @@ pub mod version;
 use std::collections::{BTreeMap, VecDeque};
 
 pub use digest::{BUCKETS, Digest, bucket_of};
-pub use entry::{ChunkRef, Content, Entry, Hash};
+pub use entries::Entries;
+pub use entry::{ChunkRef, Chunks, Content, Entry, Hash};
 pub use resolve::{Decision, beats, conflict_name, resolve};
 pub use version::{Causality, VersionVector};
 
@@ -63,9 +65,9 @@ struct Pending {
 
 /// The sync state of one folder on one node.
 pub struct Engine {
-    node: std::sync::Arc<str>,
+    node: intern::NodeId,
     mode: Mode,
-    entries: BTreeMap<RelPath, Entry>,
+    entries: Entries,
     pending: BTreeMap<RelPath, Pending>,
     digest: Digest,
     /// Present (non-deleted) entries and their bytes, kept up to date for status.
@@ -89,15 +91,14 @@ impl Engine {
     ) -> Self {
         let mut digest = Digest::default();
         let (mut present, mut present_bytes) = (0, 0);
-        let entries: BTreeMap<_, _> = entries
+        let entries: Entries = entries
             .into_iter()
-            .map(|e| {
-                digest.toggle(&e);
+            .inspect(|e| {
+                digest.toggle(e);
                 if !e.content.is_deleted() {
                     present += 1;
                     present_bytes += e.content.size();
                 }
-                (e.path.clone(), e)
             })
             .collect();
         Engine {
@@ -145,7 +146,7 @@ impl Engine {
     pub fn collect_tombstones(&mut self) -> usize {
         let expired: Vec<RelPath> = self
             .entries
-            .values()
+            .iter()
             .filter(|e| self.expired(e))
             .map(|e| e.path.clone())
             .collect();
@@ -167,16 +168,15 @@ impl Engine {
     }
 
     pub fn entries(&self) -> impl Iterator<Item = &Entry> {
-        self.entries.values()
+        self.entries.iter()
     }
 
     /// Confirmed entries at or below `path`.
     pub fn entries_under<'a>(&'a self, path: &'a RelPath) -> impl Iterator<Item = &'a Entry> + 'a {
         self.entries
-            .range(path.clone()..)
-            .take_while(move |(p, _)| p.as_str().starts_with(path.as_str()))
-            .filter(move |(p, _)| p.starts_with(path))
-            .map(|(_, e)| e)
+            .from_path(path)
+            .take_while(move |e| e.path.as_str().starts_with(path.as_str()))
+            .filter(move |e| e.path.starts_with(path))
     }
 
     /// Files, directories and symlinks present, and the bytes of the files.
@@ -204,6 +204,11 @@ impl Engine {
     /// million files queues millions of effects).
     pub fn shrink_buffers(&mut self) {
         self.effects.shrink_to_fit();
+    }
+
+    /// Rebuilds the entry tree with full nodes (see [`Entries::compact`]).
+    pub fn compact(&mut self) {
+        self.entries.compact();
     }
 
     pub fn poll_effect(&mut self) -> Option<Effect> {
@@ -263,7 +268,7 @@ impl Engine {
         if self.mode == Mode::SendOnly {
             return;
         }
-        if self.expired(&entry) && !self.entries.contains_key(&entry.path) {
+        if self.expired(&entry) && !self.entries.contains(&entry.path) {
             return;
         }
         if let Some(p) = self.pending.get(&entry.path) {
@@ -341,7 +346,7 @@ impl Engine {
         }
         let entries: Vec<Entry> = self
             .entries
-            .values()
+            .iter()
             .filter(|e| wanted[bucket_of(&e.path)])
             .cloned()
             .collect();
@@ -379,7 +384,7 @@ impl Engine {
             self.present += 1;
             self.present_bytes += entry.content.size();
         }
-        self.entries.insert(entry.path.clone(), entry.clone());
+        self.entries.insert(entry.clone());
         self.effects.push_back(Effect::Store(entry));
     }
 }

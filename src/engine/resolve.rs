@@ -181,10 +181,11 @@ mod tests {
                 size: 1,
                 mode: 0o644,
                 mtime_ns: mtime_s * 1_000_000_000,
-                chunks: vec![ChunkRef {
+                chunks: [ChunkRef {
                     hash: [data; 32],
                     len: 1,
-                }],
+                }]
+                .into(),
             },
         }
     }

@@ -13,10 +13,11 @@ fn file(data: u8, mtime_s: i64) -> Content {
         size: 1,
         mode: 0o644,
         mtime_ns: mtime_s * 1_000_000_000,
-        chunks: vec![ChunkRef {
+        chunks: [ChunkRef {
             hash: [data; 32],
             len: 1,
-        }],
+        }]
+        .into(),
     }
 }
 
