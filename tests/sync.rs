@@ -284,6 +284,66 @@ fn thousands_of_files_arrive_within_a_low_open_file_limit() {
     );
 }
 
+/// A writer that starts with a full folder pushes its chunks from the end of its first
+/// scan; it must read its receivers' progress while it does, or it pushes everything
+/// before it learns that a receiver stopped (one pump once pushed 148 MB unchecked).
+#[test]
+fn a_writer_starting_with_a_full_folder_waits_for_a_paused_receiver() {
+    let mut c = Cluster::new(2);
+    c.start_node(1);
+    assert!(
+        wait_until(T, || c.nodes[1]
+            .as_ref()
+            .unwrap()
+            .log_text()
+            .contains("connected to broker")),
+        "the receiver never connected"
+    );
+    let mut rng = rand::rngs::StdRng::seed_from_u64(12);
+    let mut files = vec![];
+    fs::create_dir_all(c.folder(0).join("big")).unwrap();
+    for i in 0..12 {
+        let mut data = vec![0u8; 16 << 20];
+        rng.fill_bytes(&mut data);
+        let name = format!("big/{i:02}.bin");
+        write(&c.folder(0).join(&name), &data);
+        files.push((name, data));
+    }
+    c.start_node(0);
+    // Once the receiver has the first file it has reported its progress: pause it.
+    let first = c.folder(1).join("big/00.bin");
+    assert!(wait_until(T, || fs::metadata(&first)
+        .is_ok_and(|m| m.len() == 16 << 20)));
+    let receiver = c.nodes[1].as_ref().unwrap();
+    receiver.signal(libc::SIGSTOP);
+    std::thread::sleep(Duration::from_millis(1500));
+    receiver.signal(libc::SIGCONT);
+    c.converge(&[0, 1], T, |s| {
+        s.keys().filter(|k| k.starts_with("big/")).count() == 12
+    });
+    for (name, data) in &files {
+        assert!(
+            fs::read(c.folder(1).join(name)).unwrap() == *data,
+            "{name} differs"
+        );
+    }
+    let log = c.nodes[1].as_ref().unwrap().log_text();
+    assert!(
+        !log.contains("requesting chunks"),
+        "the receiver lost chunks and asked for them again: {}",
+        log.lines()
+            .filter(|l| l.contains("requesting chunks"))
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
+    let writer = c.nodes[0].as_ref().unwrap().log_text();
+    assert!(
+        writer.contains("waiting for receivers to catch up"),
+        "the writer never had to wait for the paused receiver"
+    );
+}
+
 /// A receiver that stops reading for a while (SIGSTOP for 1.5 s, under the 3 s after
 /// which it would ask for chunks itself) loses nothing: its writer waits for it instead
 /// of pushing on past what the broker keeps for a lagging subscriber (32 MiB), so it
