@@ -92,10 +92,14 @@ pub fn chunk_path(path: &Path) -> io::Result<(Chunks, u64)> {
 /// Reads `len` bytes at `offset` and returns them only if they hash to `want`
 /// (a local file may have changed since it was indexed).
 pub fn read_verified(path: &Path, offset: u64, len: u32, want: &Hash) -> Option<Vec<u8>> {
-    let f = File::open(path).ok()?;
+    read_chunk(&File::open(path).ok()?, offset, len, Some(want))
+}
+
+/// Reads `len` bytes at `offset` of an open file; with `verify`, only if they hash to it.
+pub fn read_chunk(f: &File, offset: u64, len: u32, verify: Option<&Hash>) -> Option<Vec<u8>> {
     let mut buf = vec![0u8; len as usize];
     f.read_exact_at(&mut buf, offset).ok()?;
-    (hash(&buf) == *want).then_some(buf)
+    verify.is_none_or(|want| hash(&buf) == *want).then_some(buf)
 }
 
 /// Byte offset of each chunk in file order.
@@ -143,6 +147,21 @@ mod tests {
                 assert_eq!(&got[..], &data[off as usize..off as usize + c.len as usize]);
             }
         }
+    }
+
+    #[test]
+    fn reads_check_the_hash_only_when_asked() {
+        let f = write_tmp(b"0123456789");
+        let file = File::open(f.path()).unwrap();
+        let right = hash(b"2345");
+        assert_eq!(
+            read_chunk(&file, 2, 4, Some(&right)).as_deref(),
+            Some(&b"2345"[..])
+        );
+        assert_eq!(read_chunk(&file, 3, 4, Some(&right)), None);
+        assert_eq!(read_chunk(&file, 3, 4, None).as_deref(), Some(&b"3456"[..]));
+        // Past the end is never a chunk.
+        assert_eq!(read_chunk(&file, 8, 4, None), None);
     }
 
     /// The cut points and hashes are those of fastcdc's `StreamCDC`, which earlier

@@ -117,14 +117,12 @@ pub fn certs_init(dir: &Path, nodes: &str) {
 }
 
 /// A free port below the kernel's ephemeral range (32768 and up): a port from
-/// `bind(0)` can be taken by an outgoing connection before the server binds it.
+/// `bind(0)` can be taken by an outgoing connection before the server binds it. Picked
+/// at random, as the kernel would, so that tests running side by side rarely try the
+/// same one.
 pub fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let start = std::process::id().wrapping_mul(7919);
-    for _ in 0..2000 {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let port = 20_000 + (start.wrapping_add(n.wrapping_mul(13)) % 12_000) as u16;
+    for _ in 0..200 {
+        let port = rand::random_range(20_000..32_000);
         if TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
