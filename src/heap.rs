@@ -25,15 +25,18 @@ pub fn tune_allocator() {
 /// Returns free heap pages to the kernel (glibc `malloc_trim`); a no-op elsewhere.
 pub fn release_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only walks glibc's own arenas; it has no preconditions.
+    // SAFETY: malloc_trim and mallinfo2 only walk glibc's own arenas; they have no
+    // preconditions.
     unsafe {
         libc::malloc_trim(0);
-        let m = libc::mallinfo2();
-        tracing::debug!(
-            in_use = m.uordblks,
-            free = m.fordblks,
-            mapped = m.hblkhd,
-            "heap after release"
-        );
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let m = libc::mallinfo2();
+            tracing::debug!(
+                in_use = m.uordblks,
+                free = m.fordblks,
+                mapped = m.hblkhd,
+                "heap after release"
+            );
+        }
     }
 }

@@ -31,10 +31,11 @@ const MAX_QUEUED_BYTES: usize = 16 << 20;
 const FETCH_STALL: Duration = Duration::from_secs(3);
 /// Network events taken in one loop turn before staged files are committed.
 const MAX_BATCH_EVENTS: usize = 256;
-/// Chunk bytes one call of `pump_chunks` may publish before it returns to the event
-/// loop. The publisher drains its queue while chunks are read and encoded, so without
-/// a bound one call could push a whole first scan (148 MB in one bench run) without
-/// reading a single progress report, and the flow-control window never closed.
+/// Chunk bytes the writer may publish per turn of its event loop (checked between
+/// messages of about 1 MiB). The publisher drains its queue while chunks are read and
+/// encoded, so without a bound one call could push a whole first scan (148 MB in one
+/// bench run) without reading a single progress report, and the flow-control window
+/// never closed.
 const PUMP_BUDGET: usize = 4 << 20;
 /// Fewest stored changes after which the per-file maps are rebuilt when idle.
 const COMPACT_MIN_CHANGES: usize = 10_000;
@@ -288,6 +289,11 @@ struct Folder {
     started: Instant,
     /// Entries stored since the in-memory maps were last rebuilt (see `compact`).
     stored_since_compact: usize,
+    /// Chunk bytes still to publish in this turn of the event loop ([`PUMP_BUDGET`]).
+    pump_budget: usize,
+    /// The budget ran out with chunks left to push: the loop turns again at once
+    /// instead of waiting for the queue to drain (it may already be empty).
+    pump_more: bool,
 }
 
 impl Folder {
@@ -382,6 +388,8 @@ impl Folder {
             apply_started: HashMap::new(),
             started,
             stored_since_compact: 0,
+            pump_budget: PUMP_BUDGET,
+            pump_more: false,
             cfg: f.clone(),
         };
         folder.rebuild_locations();
@@ -493,8 +501,12 @@ impl Folder {
         loop {
             self.engine.set_clock(now_ms());
             let publisher = self.publisher.clone();
-            let want_room = !self.push.is_empty();
+            let pump_more = std::mem::take(&mut self.pump_more);
+            self.pump_budget = PUMP_BUDGET;
+            let want_room = !self.push.is_empty() && !pump_more;
             tokio::select! {
+                // Out of budget, not out of room: take what has arrived and push on.
+                _ = std::future::ready(()), if pump_more => {}
                 ev = net.recv() => match ev {
                     Some(ev) => self.on_net(ev),
                     None => break,
@@ -989,14 +1001,21 @@ impl Folder {
                     }
                 }
             }
+            let file = (meta.is_some() && matches!(content, Content::File { .. }))
+                .then(|| content.clone());
             match meta {
-                Some(m) => {
-                    self.know(&path, m);
-                    self.add_locations(&path, &content);
-                }
+                Some(m) => self.know(&path, m),
                 None => self.unknow(&path),
             }
-            self.engine.handle_local(path, content);
+            self.engine.handle_local(path.clone(), content);
+            // Locations resolve through the confirmed entry: a change the engine did
+            // not take (a receive-only folder's) must not displace a confirmed holder
+            // of the same chunk.
+            if let Some(file) = file
+                && self.engine.entry(&path).is_some_and(|e| e.content == file)
+            {
+                self.add_locations(&path, &file);
+            }
         }
     }
 
@@ -1098,9 +1117,15 @@ impl Folder {
     fn read_local(&self, hash: &Hash) -> Option<Vec<u8>> {
         let (path, off, len) = self.locations.find(hash, &self.engine)?;
         let file = std::fs::File::open(path.to_local(&self.cfg.path)).ok()?;
+        // The confirmed entry must describe the file too: on a receive-only folder a
+        // local change can leave a file that is not the entry's.
+        let confirmed = self.engine.entry(&path).map(|e| &e.content);
         let unchanged = self.known.get(&path).is_some_and(|known| {
-            file.metadata()
-                .is_ok_and(|md| md.is_file() && crate::scanner::local_meta(&md) == *known)
+            matches!(confirmed, Some(Content::File { size, mtime_ns, .. })
+                if *size == known.size && *mtime_ns == known.mtime_ns)
+                && file
+                    .metadata()
+                    .is_ok_and(|md| md.is_file() && crate::scanner::local_meta(&md) == *known)
         });
         chunker::read_chunk(&file, off, len, (!unchanged).then_some(hash))
     }
@@ -1499,14 +1524,17 @@ impl Folder {
         self.pump_chunks();
     }
 
-    /// Publishes queued chunks while the outgoing queue has room, at most
-    /// [`PUMP_BUDGET`] bytes per call.
+    /// Publishes queued chunks while the outgoing queue has room and this turn's
+    /// [`PUMP_BUDGET`] lasts.
     fn pump_chunks(&mut self) {
         let Some(p) = self.publisher.clone() else {
             return;
         };
-        let mut budget = PUMP_BUDGET;
-        while !self.push.is_empty() && p.queued_bytes() < MAX_QUEUED_BYTES && budget > 0 {
+        while !self.push.is_empty() && p.queued_bytes() < MAX_QUEUED_BYTES {
+            if self.pump_budget == 0 {
+                self.pump_more = true;
+                break;
+            }
             let was_waiting = self.window.waiting();
             if !self.window.open(Instant::now()) {
                 if !was_waiting {
@@ -1533,7 +1561,7 @@ impl Folder {
                 break;
             };
             self.window.pushed(last, bytes as u64, Instant::now());
-            budget = budget.saturating_sub(bytes);
+            self.pump_budget = self.pump_budget.saturating_sub(bytes);
             self.send(Message::Chunks { chunks: msg });
         }
     }

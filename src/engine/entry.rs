@@ -42,8 +42,9 @@ pub enum Content {
     Deleted,
 }
 
-/// Reads a chunk list without trusting its length prefix for the allocation: smallvec's
-/// own `Deserialize` reserves whatever the prefix claims, where serde's `Vec` caps it.
+/// Reads a chunk list without trusting its length hint for the allocation: smallvec's
+/// own `Deserialize` reserves whatever the format hints, where serde's `Vec` caps it
+/// (postcard bounds its hint by the bytes left, so this is a second bound).
 fn cautious_chunks<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Chunks, D::Error> {
     struct V;
     impl<'de> serde::de::Visitor<'de> for V {
@@ -193,7 +194,7 @@ mod tests {
     }
 
     #[test]
-    fn a_lying_chunk_count_is_refused() {
+    fn a_lying_chunk_count_is_refused_without_reserving_it() {
         let mut bytes = postcard::to_allocvec(&VecContent::File {
             size: 1,
             mode: 0,
@@ -202,9 +203,24 @@ mod tests {
         })
         .expect("encode");
         // Replace the empty list's length (the last byte) by 2^27 as a varint: 4.8 GB of
-        // chunks claimed, none present.
+        // chunks claimed, none present. postcard already bounds its length hint by the
+        // bytes left, so this guards the pair of them (a reservation of the claim would
+        // show in the address space's peak), with `cautious_chunks` as a second bound.
         bytes.pop();
         bytes.extend_from_slice(&[0x80, 0x80, 0x80, 0x40]);
+        let peak = || {
+            std::fs::read_to_string("/proc/self/status")
+                .ok()
+                .and_then(|s| {
+                    s.lines()
+                        .find_map(|l| l.strip_prefix("VmPeak:"))
+                        .and_then(|v| v.trim().trim_end_matches(" kB").parse::<u64>().ok())
+                })
+                .unwrap_or(0)
+        };
+        let before = peak();
         assert!(postcard::from_bytes::<Content>(&bytes).is_err());
+        let grown_kib = peak().saturating_sub(before);
+        assert!(grown_kib < 1 << 20, "decoding reserved {grown_kib} KiB");
     }
 }
