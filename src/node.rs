@@ -1014,7 +1014,7 @@ impl Folder {
             if let Some(file) = file
                 && self.engine.entry(&path).is_some_and(|e| e.content == file)
             {
-                self.add_locations(&path, &file);
+                self.locations.insert(&path, &file);
             }
         }
     }
@@ -1106,10 +1106,6 @@ impl Folder {
         self.process();
     }
 
-    fn add_locations(&mut self, path: &RelPath, content: &Content) {
-        self.locations.insert(path, content);
-    }
-
     /// Reads a chunk to push. While its file's metadata is what the scan that hashed it
     /// saw (the test the start-up scan also trusts), the bytes are not hashed again: that
     /// second pass was a quarter of a writer's CPU in the bulk benchmark. A file changed
@@ -1190,7 +1186,7 @@ impl Folder {
         let batch = std::mem::take(&mut self.store);
         for r in &batch {
             if r.local.is_some() {
-                self.add_locations(&r.entry.path, &r.entry.content);
+                self.locations.insert(&r.entry.path, &r.entry.content);
             }
         }
         if let Err(e) = tokio::task::block_in_place(|| self.index.put(&batch)) {

@@ -310,38 +310,7 @@ fn a_writer_starting_with_a_full_folder_waits_for_a_paused_receiver() {
         files.push((name, data));
     }
     c.start_node(0);
-    // Once the receiver has the first file it has reported its progress: pause it.
-    let first = c.folder(1).join("big/00.bin");
-    assert!(wait_until(T, || fs::metadata(&first)
-        .is_ok_and(|m| m.len() == 16 << 20)));
-    let receiver = c.nodes[1].as_ref().unwrap();
-    receiver.signal(libc::SIGSTOP);
-    std::thread::sleep(Duration::from_millis(1500));
-    receiver.signal(libc::SIGCONT);
-    c.converge(&[0, 1], T, |s| {
-        s.keys().filter(|k| k.starts_with("big/")).count() == 12
-    });
-    for (name, data) in &files {
-        assert!(
-            fs::read(c.folder(1).join(name)).unwrap() == *data,
-            "{name} differs"
-        );
-    }
-    let log = c.nodes[1].as_ref().unwrap().log_text();
-    assert!(
-        !log.contains("requesting chunks"),
-        "the receiver lost chunks and asked for them again: {}",
-        log.lines()
-            .filter(|l| l.contains("requesting chunks"))
-            .take(3)
-            .collect::<Vec<_>>()
-            .join(" | ")
-    );
-    let writer = c.nodes[0].as_ref().unwrap().log_text();
-    assert!(
-        writer.contains("waiting for receivers to catch up"),
-        "the writer never had to wait for the paused receiver"
-    );
+    pause_receiver_and_check_nothing_was_lost(&c, &files, 0);
 }
 
 /// A receiver that stops reading for a while (SIGSTOP for 1.5 s, under the 3 s after
@@ -374,7 +343,19 @@ fn a_paused_receiver_holds_its_writer_back_instead_of_losing_chunks() {
         write(&tmp, data);
         fs::rename(&tmp, c.folder(0).join(name)).unwrap();
     }
-    // Once the receiver has the first file it has reported its progress: pause it.
+    pause_receiver_and_check_nothing_was_lost(&c, &files, log_before);
+}
+
+/// Node 1 receives the 12 files `big/NN.bin` of 16 MiB from node 0: once it has the
+/// first, it is stopped for 1.5 s (under the 3 s after which it would ask for chunks
+/// itself). Every byte must arrive, the receiver's log from byte `log_before` on must
+/// hold no chunk request, and the writer must have waited for it (so the pause tested
+/// the window).
+fn pause_receiver_and_check_nothing_was_lost(
+    c: &Cluster,
+    files: &[(String, Vec<u8>)],
+    log_before: usize,
+) {
     let first = c.folder(1).join("big/00.bin");
     assert!(wait_until(T, || fs::metadata(&first)
         .is_ok_and(|m| m.len() == 16 << 20)));
@@ -385,7 +366,7 @@ fn a_paused_receiver_holds_its_writer_back_instead_of_losing_chunks() {
     c.converge(&[0, 1], T, |s| {
         s.keys().filter(|k| k.starts_with("big/")).count() == 12
     });
-    for (name, data) in &files {
+    for (name, data) in files {
         assert!(
             fs::read(c.folder(1).join(name)).unwrap() == *data,
             "{name} differs"
@@ -402,7 +383,6 @@ fn a_paused_receiver_holds_its_writer_back_instead_of_losing_chunks() {
             .collect::<Vec<_>>()
             .join(" | ")
     );
-    // The writer did get ahead and wait: the pause tested the window.
     let writer = c.nodes[0].as_ref().unwrap().log_text();
     assert!(
         writer.contains("waiting for receivers to catch up"),
