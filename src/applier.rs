@@ -242,6 +242,16 @@ impl Applier {
             tracing::warn!("dropping chunk whose content does not match its hash");
             return vec![];
         }
+        self.on_verified_chunk(hash, data)
+    }
+
+    /// Whether a fetch in flight waits for this chunk.
+    pub fn wants(&self, hash: &Hash) -> bool {
+        self.needs.contains_key(hash)
+    }
+
+    /// [`Applier::on_chunk`] for a chunk whose bytes the caller checked against `hash`.
+    pub fn on_verified_chunk(&mut self, hash: Hash, data: Vec<u8>) -> Vec<Outcome> {
         let Some(paths) = self.needs.remove(&hash) else {
             self.cache.insert(hash, data);
             return vec![];

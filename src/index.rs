@@ -3,13 +3,17 @@
 //! the fast path of the start-up scan: a file whose size, mtime, inode and mode are
 //! unchanged is not read again. Writes are batched into one ACID transaction.
 
-use crate::engine::Entry;
+use crate::delta::Signature;
+use crate::engine::{Entry, Hash};
 use crate::relpath::RelPath;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 const ENTRIES: TableDefinition<&str, &[u8]> = TableDefinition::new("entries_v1");
+/// Block signatures of large chunks this node pushed or received, by chunk hash
+/// ([`crate::delta::Signature`]): what lets it send a later edit as a delta.
+const SIGNATURES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("signatures_v1");
 
 /// redb's page cache. Its default (1 GiB) kept every page read by the start-up load
 /// resident: 135 bytes per file with a million files, for pages read once. The
@@ -79,6 +83,7 @@ impl Index {
             })?;
         let tx = db.begin_write()?;
         tx.open_table(ENTRIES)?;
+        tx.open_table(SIGNATURES)?;
         tx.commit()?;
         Ok(Index { db })
     }
@@ -115,6 +120,51 @@ impl Index {
         }
         tx.commit()?;
         Ok(())
+    }
+
+    /// Stores chunk signatures in one transaction, without waiting for the disk: a
+    /// signature lost in a crash only costs a whole chunk instead of a delta later, and
+    /// the next write of entries makes them durable.
+    pub fn put_signatures(&self, sigs: &[(Hash, Signature)]) -> Result<(), IndexError> {
+        if sigs.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.db.begin_write()?;
+        if let Err(e) = tx.set_durability(redb::Durability::None) {
+            tracing::debug!("signatures written durably: {e}");
+        }
+        {
+            let mut table = tx.open_table(SIGNATURES)?;
+            for (hash, sig) in sigs {
+                table.insert(&hash[..], sig.to_bytes().as_slice())?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The stored signature of a chunk; an unreadable one counts as missing (it only
+    /// costs a full transfer).
+    pub fn signature(&self, hash: &Hash) -> Result<Option<Signature>, IndexError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(SIGNATURES)?;
+        Ok(table
+            .get(&hash[..])?
+            .and_then(|v| Signature::from_bytes(v.value())))
+    }
+
+    /// Drops the signatures of chunks `keep` rejects. Returns how many were dropped.
+    pub fn retain_signatures(&self, keep: impl Fn(&Hash) -> bool) -> Result<usize, IndexError> {
+        let tx = self.db.begin_write()?;
+        let n;
+        {
+            let mut table = tx.open_table(SIGNATURES)?;
+            let before = table.len()?;
+            table.retain(|k, _| <&Hash>::try_from(k).is_ok_and(&keep))?;
+            n = before - table.len()?;
+        }
+        tx.commit()?;
+        Ok(n as usize)
     }
 
     pub fn remove(&self, paths: &[RelPath]) -> Result<(), IndexError> {
@@ -162,5 +212,19 @@ mod tests {
         assert_eq!(idx.load().unwrap(), vec![rec.clone()]);
         idx.remove(std::slice::from_ref(&rec.entry.path)).unwrap();
         assert!(idx.load().unwrap().is_empty());
+    }
+
+    #[test]
+    fn signatures_are_kept_until_their_chunk_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let idx = Index::open(&dir.path().join("f.redb")).unwrap();
+        let sig = |b: u8| Signature::of(&vec![b; 100_000]).unwrap();
+        idx.put_signatures(&[([1; 32], sig(1)), ([2; 32], sig(2))])
+            .unwrap();
+        assert_eq!(idx.signature(&[1; 32]).unwrap(), Some(sig(1)));
+        assert_eq!(idx.signature(&[3; 32]).unwrap(), None);
+        assert_eq!(idx.retain_signatures(|h| h[0] == 2).unwrap(), 1);
+        assert_eq!(idx.signature(&[1; 32]).unwrap(), None);
+        assert_eq!(idx.signature(&[2; 32]).unwrap(), Some(sig(2)));
     }
 }

@@ -9,6 +9,7 @@ pub mod chunker;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod delta;
 pub mod demo;
 pub mod engine;
 pub mod heap;

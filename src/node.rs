@@ -6,7 +6,8 @@
 use crate::applier::{Applier, ApplyError, Outcome};
 use crate::casefold::CaseFolds;
 use crate::chunker;
-use crate::engine::{Content, Digest, Effect, Engine, Entry, Hash, Mode};
+use crate::delta::{ChunkDelta, Signature};
+use crate::engine::{Chunks, Content, Digest, Effect, Engine, Entry, Hash, Mode};
 use crate::index::{Index, IndexError, LocalMeta, Record};
 use crate::locations::ChunkLocations;
 use crate::relpath::RelPath;
@@ -14,7 +15,7 @@ use crate::scanner::{Ignore, MARKER, Observed, Scanner};
 use crate::status::{FolderStatus, State, Topics};
 use crate::transport::{self, ConnectSettings, NetEvent, Publisher};
 use crate::watcher::{self, FsEvent};
-use crate::wire::{self, ChunkData, Envelope, Keys, Message};
+use crate::wire::{self, ChunkData, Envelope, FilePatch, Keys, Message};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -37,6 +38,9 @@ const MAX_BATCH_EVENTS: usize = 256;
 /// bench run) without reading a single progress report, and the flow-control window
 /// never closed.
 const PUMP_BUDGET: usize = 4 << 20;
+/// Chunk signatures collected before they are written on their own (about 256 MiB
+/// of chunks).
+const SIGNATURE_BATCH: usize = 1024;
 /// Fewest stored changes after which the per-file maps are rebuilt when idle.
 const COMPACT_MIN_CHANGES: usize = 10_000;
 /// Files a folder may have open for applying (fetching or staged) at once; each holds
@@ -183,6 +187,27 @@ pub fn forget_folder(state_dir: &Path, id: &str) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Splits `items` into message batches of about `max_bytes` encoded and at most
+/// `max_items` each, in order.
+fn batches<T: serde::Serialize>(items: Vec<T>, max_bytes: usize, max_items: usize) -> Vec<Vec<T>> {
+    let mut out = vec![];
+    let mut batch = Vec::new();
+    let mut size = 0;
+    for item in items {
+        let len = postcard::experimental::serialized_size(&item).unwrap_or(256);
+        if !batch.is_empty() && (size + len > max_bytes || batch.len() >= max_items) {
+            out.push(std::mem::take(&mut batch));
+            size = 0;
+        }
+        size += len;
+        batch.push(item);
+    }
+    if !batch.is_empty() {
+        out.push(batch);
+    }
+    out
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -247,6 +272,14 @@ struct Folder {
     reports: crate::push_window::ProgressReports,
     /// Chunks new to this node in the latest scan: sent right after their manifest.
     fresh: HashSet<Hash>,
+    /// The confirmed chunk lists of files the latest scan found changed: what their
+    /// manifests are patches of, and their new chunks deltas of.
+    previous: HashMap<RelPath, Chunks>,
+    /// Chunks to push as deltas, with the old chunks to describe them by
+    /// ([`crate::delta::bases`]); pushed whole when asked for again.
+    delta_bases: HashMap<Hash, Vec<Hash>>,
+    /// Signatures of large chunks pushed or received, to store with the next batch.
+    signatures: Vec<(Hash, Signature)>,
     announce: Vec<Entry>,
     answer: Vec<Entry>,
     store: Vec<Record>,
@@ -362,6 +395,9 @@ impl Folder {
             window: Default::default(),
             reports: Default::default(),
             fresh: HashSet::new(),
+            previous: HashMap::new(),
+            delta_bases: HashMap::new(),
+            signatures: vec![],
             announce: vec![],
             answer: vec![],
             store: vec![],
@@ -393,6 +429,7 @@ impl Folder {
             cfg: f.clone(),
         };
         folder.rebuild_locations();
+        folder.drop_stale_signatures();
         debug!(folder = %f.id, ms = started.elapsed().as_millis() as u64, "folder state built");
         Ok(folder)
     }
@@ -781,10 +818,58 @@ impl Folder {
                     });
                 }
                 for c in chunks {
-                    let outcomes = self.applier.on_chunk(c.hash, c.data);
-                    for o in outcomes {
-                        self.on_outcome(o);
+                    self.take_chunk(c.hash, c.data);
+                }
+                self.process();
+            }
+            Message::Deltas { deltas } => {
+                self.last_chunk_at = Some(Instant::now());
+                let mut refetch = vec![];
+                for d in deltas {
+                    if !self.applier.wants(&d.hash) {
+                        continue;
                     }
+                    match self.rebuild(&d) {
+                        Ok(data) => self.take_chunk(d.hash, data),
+                        Err(e) => {
+                            debug!(folder = %self.cfg.id, from = %self.source, "cannot rebuild a chunk from its delta ({e}); asking for it whole");
+                            refetch.push(d.hash);
+                        }
+                    }
+                }
+                if !refetch.is_empty() {
+                    self.request(self.source.clone(), refetch);
+                }
+                self.process();
+            }
+            Message::Patch { patches } => {
+                self.source_live = true;
+                let mut unknown_base = 0;
+                for p in patches {
+                    if self.ignore.is_ignored(&p.path) {
+                        continue;
+                    }
+                    let path = p.path.clone();
+                    let held = [self.engine.pending_entry(&path), self.engine.entry(&path)];
+                    let old = held.into_iter().flatten().find_map(|e| match &e.content {
+                        Content::File { chunks, .. } if wire::chunk_list_id(chunks) == p.base => {
+                            Some(chunks.clone())
+                        }
+                        _ => None,
+                    });
+                    match old.map(|old| p.expand(&old)) {
+                        Some(Ok(Some(e))) => self.engine.handle_remote(e),
+                        Some(Ok(None)) | None => unknown_base += 1,
+                        Some(Err(e)) => {
+                            warn!(folder = %self.cfg.id, from = %self.source, "dropping a patch: {e}")
+                        }
+                    }
+                }
+                if unknown_base > 0 {
+                    // This node lacks the version a patch edits: comparing digests makes
+                    // the writer send its entries of those paths whole.
+                    debug!(folder = %self.cfg.id, from = %self.source, patches = unknown_base, "patch of a version this node does not hold; comparing digests");
+                    self.send_digest(true);
                 }
                 self.process();
             }
@@ -816,6 +901,36 @@ impl Folder {
         }
         self.source = "*".into();
         self.source_live = false;
+    }
+
+    /// A chunk from the network: checked against its hash, its signature kept (a later
+    /// local edit can then go out as a delta), and handed to the applier.
+    fn take_chunk(&mut self, hash: Hash, data: Vec<u8>) {
+        if chunker::hash(&data) != hash {
+            warn!(folder = %self.cfg.id, from = %self.source, "dropping a chunk whose content does not match its hash");
+            return;
+        }
+        if let Some(sig) = Signature::of(&data) {
+            self.signatures.push((hash, sig));
+        }
+        for o in self.applier.on_verified_chunk(hash, data) {
+            self.on_outcome(o);
+        }
+    }
+
+    /// Rebuilds a chunk from a delta and the old chunks it names, read from local files.
+    fn rebuild(&self, d: &ChunkDelta) -> Result<Vec<u8>, String> {
+        let bases = tokio::task::block_in_place(|| {
+            d.bases
+                .iter()
+                .map(|b| {
+                    let (p, off, len) = self.locations.find(b, &self.engine)?;
+                    chunker::read_verified(&p.to_local(&self.cfg.path), off, len, b)
+                })
+                .collect::<Option<Vec<_>>>()
+        })
+        .ok_or("an old chunk it edits is not on this node")?;
+        crate::delta::patch(d, &bases).map_err(|e| e.to_string())
     }
 
     fn on_fs(&mut self, ev: FsEvent) {
@@ -1003,6 +1118,12 @@ impl Folder {
             }
             let file = (meta.is_some() && matches!(content, Content::File { .. }))
                 .then(|| content.clone());
+            if file.is_some()
+                && let Some(Content::File { chunks, .. }) =
+                    self.engine.entry(&path).map(|e| &e.content)
+            {
+                self.previous.insert(path.clone(), chunks.clone());
+            }
             match meta {
                 Some(m) => self.know(&path, m),
                 None => self.unknow(&path),
@@ -1171,9 +1292,27 @@ impl Folder {
             self.publish_entries(answer, false);
         }
         self.fresh.clear();
+        self.previous.clear();
+    }
+
+    /// Writes the chunk signatures collected so far.
+    fn flush_signatures(&mut self) {
+        if self.signatures.is_empty() {
+            return;
+        }
+        let sigs = std::mem::take(&mut self.signatures);
+        if let Err(e) = tokio::task::block_in_place(|| self.index.put_signatures(&sigs)) {
+            // Only costs whole chunks instead of deltas later.
+            warn!(folder = %self.cfg.id, "storing chunk signatures failed: {e}");
+        }
     }
 
     fn flush_store(&mut self) {
+        // Signatures go with entries, or in batches: a transaction per chunk message
+        // made a receiver of 512 MiB three times slower.
+        if self.signatures.len() >= SIGNATURE_BATCH || !self.store.is_empty() {
+            self.flush_signatures();
+        }
         if !self.forget.is_empty() {
             let paths = std::mem::take(&mut self.forget);
             if let Err(e) = tokio::task::block_in_place(|| self.index.remove(&paths)) {
@@ -1475,35 +1614,43 @@ impl Folder {
             })
         });
         let mut chunks = Vec::new();
+        let mut patches = Vec::new();
         if live {
             debug!(folder = %self.cfg.id, entries = entries.len(), "announce");
             for e in &entries {
                 if let Content::File { chunks: cs, .. } = &e.content {
+                    let first = chunks.len();
                     for c in cs {
                         if self.fresh.remove(&c.hash) {
                             chunks.push(c.hash);
                         }
                     }
+                    if let Some(old) = self.previous.get(&e.path) {
+                        for (h, bases) in crate::delta::bases(old, cs) {
+                            if chunks[first..].contains(&h) {
+                                self.delta_bases.insert(h, bases);
+                            }
+                        }
+                    }
                 }
             }
+            // A large file's edit goes out as a patch of the chunk list its receivers
+            // hold, the rest in manifests.
+            entries.retain(|e| {
+                let patch = self
+                    .previous
+                    .get(&e.path)
+                    .and_then(|old| FilePatch::of(e, old));
+                patch.map(|p| patches.push(p)).is_none()
+            });
         }
-        let mut batch = Vec::new();
-        let mut size = 0;
-        for e in entries {
-            let len = postcard::experimental::serialized_size(&e).unwrap_or(256);
-            if !batch.is_empty()
-                && (size + len > MANIFEST_MSG_BYTES || batch.len() >= wire::MAX_ENTRIES)
-            {
-                self.send(Message::Manifest {
-                    live,
-                    entries: std::mem::take(&mut batch),
-                });
-                size = 0;
-            }
-            size += len;
-            batch.push(e);
+        if !patches.is_empty() {
+            debug!(folder = %self.cfg.id, files = patches.len(), "sending patches");
         }
-        if !batch.is_empty() {
+        for batch in batches(patches, MANIFEST_MSG_BYTES, wire::MAX_ENTRIES) {
+            self.send(Message::Patch { patches: batch });
+        }
+        for batch in batches(entries, MANIFEST_MSG_BYTES, wire::MAX_ENTRIES) {
             self.send(Message::Manifest {
                 live,
                 entries: batch,
@@ -1526,6 +1673,10 @@ impl Folder {
         let Some(p) = self.publisher.clone() else {
             return;
         };
+        if !self.delta_bases.is_empty() {
+            // Deltas read the signatures of their bases from the index.
+            self.flush_signatures();
+        }
         while !self.push.is_empty() && p.queued_bytes() < MAX_QUEUED_BYTES {
             if self.pump_budget == 0 {
                 self.pump_more = true;
@@ -1539,27 +1690,73 @@ impl Folder {
                 break;
             }
             let mut msg = Vec::new();
+            let mut deltas = Vec::new();
             let mut bytes = 0;
             while bytes < CHUNK_MSG_BYTES {
                 let Some(h) = self.push.pop_front() else {
                     break;
                 };
                 self.pushing.remove(&h);
-                match tokio::task::block_in_place(|| self.read_local(&h)) {
-                    Some(data) => {
-                        bytes += data.len();
-                        msg.push(ChunkData { hash: h, data });
-                    }
-                    None => debug!(folder = %self.cfg.id, "chunk no longer available locally"),
+                let Some(data) = tokio::task::block_in_place(|| self.read_local(&h)) else {
+                    debug!(folder = %self.cfg.id, "chunk no longer available locally");
+                    continue;
+                };
+                if let Some(sig) = Signature::of(&data) {
+                    self.signatures.push((h, sig));
                 }
+                if let Some(d) = self
+                    .delta_bases
+                    .remove(&h)
+                    .and_then(|b| self.delta(h, &data, b))
+                {
+                    bytes += d.data_len();
+                    deltas.push(d);
+                    continue;
+                }
+                bytes += data.len();
+                msg.push(ChunkData { hash: h, data });
+            }
+            if self.push.is_empty() {
+                // Chunks planned as deltas that were never pushed (gone meanwhile).
+                self.delta_bases.clear();
+            }
+            self.pump_budget = self.pump_budget.saturating_sub(bytes);
+            if !deltas.is_empty() {
+                debug!(folder = %self.cfg.id, chunks = deltas.len(), bytes = deltas.iter().map(ChunkDelta::data_len).sum::<usize>(), "pushing chunks as deltas");
+                self.send(Message::Deltas { deltas });
             }
             let Some(last) = msg.last().map(|c| c.hash) else {
-                break;
+                if self.push.is_empty() {
+                    break;
+                }
+                continue;
             };
-            self.window.pushed(last, bytes as u64, Instant::now());
-            self.pump_budget = self.pump_budget.saturating_sub(bytes);
+            let chunk_bytes = msg.iter().map(|c| c.data.len() as u64).sum();
+            self.window.pushed(last, chunk_bytes, Instant::now());
             self.send(Message::Chunks { chunks: msg });
         }
+    }
+
+    /// Chunk `hash` (read as `data`) as a delta of the old chunks `bases`, when their
+    /// signatures are at hand and the delta carries less than 7/8 of the chunk.
+    fn delta(&self, hash: Hash, data: &[u8], bases: Vec<Hash>) -> Option<ChunkDelta> {
+        let (bases, sigs): (Vec<Hash>, Vec<Signature>) = tokio::task::block_in_place(|| {
+            bases
+                .into_iter()
+                .filter_map(|b| Some((b, self.index.signature(&b).ok().flatten()?)))
+                .unzip()
+        });
+        if sigs.is_empty() {
+            return None;
+        }
+        let ops = crate::delta::diff(data, &sigs.iter().collect::<Vec<_>>());
+        let d = ChunkDelta {
+            hash,
+            len: data.len() as u32,
+            bases,
+            ops,
+        };
+        (d.data_len() < data.len() / 8 * 7).then_some(d)
     }
 
     fn send(&mut self, msg: Message) {
@@ -1575,6 +1772,8 @@ impl Folder {
             Message::Digest { .. } => "digest",
             Message::Request { .. } => "request",
             Message::Progress { .. } => "progress",
+            Message::Deltas { .. } => "deltas",
+            Message::Patch { .. } => "patch",
         };
         match wire::encode(&env, &topic, &self.keys) {
             Ok(bytes) => {
@@ -1655,6 +1854,7 @@ impl Folder {
     /// Drops the capacity that queues grew to in a busy period: a first scan of a
     /// million files leaves queues sized for a million effects and chunks, empty.
     fn shrink_buffers(&mut self) {
+        self.flush_signatures();
         self.push.shrink_to_fit();
         self.pushing.shrink_to_fit();
         self.fresh.shrink_to_fit();
@@ -1680,6 +1880,18 @@ impl Folder {
         );
     }
 
+    /// Forgets the signatures of chunks no local file holds any more.
+    fn drop_stale_signatures(&mut self) {
+        let locations = &self.locations;
+        match self.index.retain_signatures(|h| locations.contains(h)) {
+            Ok(0) => {}
+            Ok(n) => {
+                debug!(folder = %self.cfg.id, dropped = n, "chunk signatures of chunks no file holds")
+            }
+            Err(e) => warn!(folder = %self.cfg.id, "pruning chunk signatures failed: {e}"),
+        }
+    }
+
     /// After many changes, rebuilds the per-file maps from their sorted contents. Filled
     /// one insert at a time (a first scan, a large sync), their B-tree nodes are about
     /// half empty; a start from the index builds them full. Rebuilding a million entries
@@ -1694,6 +1906,7 @@ impl Folder {
         self.engine.compact();
         self.known = std::mem::take(&mut self.known).into_iter().collect();
         self.rebuild_locations();
+        self.drop_stale_signatures();
         debug!(folder = %self.cfg.id, files, ms = started.elapsed().as_millis() as u64, "maps compacted");
     }
 

@@ -4,7 +4,10 @@
 //! allocates, so a hostile payload costs at most `MAX_MESSAGE_BYTES` to reject.
 //! docs/PROTOCOL.md describes the layout byte by byte.
 
-use crate::engine::{Entry, Hash};
+use crate::delta::{ChunkDelta, DeltaOp};
+use crate::engine::intern::NodeId;
+use crate::engine::{ChunkRef, Chunks, Content, Entry, Hash, VersionVector};
+use crate::relpath::RelPath;
 use serde::{Deserialize, Serialize};
 
 pub const MAGIC: &[u8; 4] = b"MQS1";
@@ -49,6 +52,114 @@ pub enum Message {
     /// Tells writer `to` that its chunk messages up to the one ending with chunk `last`
     /// were processed (flow control, [`crate::push_window`]).
     Progress { to: String, last: Hash },
+    /// New chunks of a live change described as edits of the chunks they replaced,
+    /// which the receivers hold ([`crate::delta`]).
+    Deltas { deltas: Vec<ChunkDelta> },
+    /// Live changes of large files as edits of their previous chunk lists.
+    Patch { patches: Vec<FilePatch> },
+}
+
+/// A live change of a file given as its previous chunk list (`base`, the
+/// [`chunk_list_id`] the receiver must hold for the path) with the chunks between the
+/// first `keep_front` and the last `keep_back` replaced by `chunks`. A manifest of a
+/// 512 MiB file lists 2,048 hashes (74 KB); an edit in its middle changes a few.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FilePatch {
+    pub path: RelPath,
+    pub version: VersionVector,
+    #[serde(with = "crate::engine::intern::serde_node_id")]
+    pub modified_by: NodeId,
+    pub changed_ms: u64,
+    pub size: u64,
+    pub mode: u32,
+    pub mtime_ns: i64,
+    pub base: Hash,
+    pub keep_front: u32,
+    pub keep_back: u32,
+    pub chunks: Vec<ChunkRef>,
+}
+
+/// Files with fewer chunks are always sent whole: a patch would save little.
+pub const PATCH_MIN_CHUNKS: usize = 16;
+
+/// Identifies a chunk list: BLAKE3 over each chunk's hash and length.
+pub fn chunk_list_id(chunks: &[ChunkRef]) -> Hash {
+    let mut h = blake3::Hasher::new();
+    for c in chunks {
+        h.update(&c.hash);
+        h.update(&c.len.to_le_bytes());
+    }
+    *h.finalize().as_bytes()
+}
+
+impl FilePatch {
+    /// `entry` (a file) as a patch of the chunk list `old`, when that keeps at least
+    /// half of `old`.
+    pub fn of(entry: &Entry, old: &[ChunkRef]) -> Option<FilePatch> {
+        let Content::File {
+            size,
+            mode,
+            mtime_ns,
+            chunks,
+        } = &entry.content
+        else {
+            return None;
+        };
+        if old.len() < PATCH_MIN_CHUNKS {
+            return None;
+        }
+        let front = chunks.iter().zip(old).take_while(|(a, b)| a == b).count();
+        let back = chunks[front..]
+            .iter()
+            .rev()
+            .zip(old[front..].iter().rev())
+            .take_while(|(a, b)| a == b)
+            .count();
+        if 2 * (front + back) < old.len() {
+            return None;
+        }
+        Some(FilePatch {
+            path: entry.path.clone(),
+            version: entry.version.clone(),
+            modified_by: entry.modified_by.clone(),
+            changed_ms: entry.changed_ms,
+            size: *size,
+            mode: *mode,
+            mtime_ns: *mtime_ns,
+            base: chunk_list_id(old),
+            keep_front: front as u32,
+            keep_back: back as u32,
+            chunks: chunks[front..chunks.len() - back].to_vec(),
+        })
+    }
+
+    /// The entry this patch describes, given the chunk list the receiver holds for the
+    /// path; `None` when that is not the patch's base. The result is checked like any
+    /// entry of a manifest.
+    pub fn expand(self, old: &[ChunkRef]) -> Result<Option<Entry>, DecodeError> {
+        let (front, back) = (self.keep_front as usize, self.keep_back as usize);
+        if front.saturating_add(back) > old.len() || chunk_list_id(old) != self.base {
+            return Ok(None);
+        }
+        let mut chunks = Chunks::with_capacity(front + self.chunks.len() + back);
+        chunks.extend_from_slice(&old[..front]);
+        chunks.extend_from_slice(&self.chunks);
+        chunks.extend_from_slice(&old[old.len() - back..]);
+        let entry = Entry {
+            path: self.path,
+            version: self.version,
+            modified_by: self.modified_by,
+            changed_ms: self.changed_ms,
+            content: Content::File {
+                size: self.size,
+                mode: self.mode,
+                mtime_ns: self.mtime_ns,
+                chunks,
+            },
+        };
+        check_entry(&entry)?;
+        Ok(Some(entry))
+    }
 }
 
 impl Message {
@@ -59,6 +170,8 @@ impl Message {
             Message::Digest { .. } => 3,
             Message::Request { .. } => 4,
             Message::Progress { .. } => 5,
+            Message::Deltas { .. } => 6,
+            Message::Patch { .. } => 7,
         }
     }
 }
@@ -254,9 +367,22 @@ pub fn decode(
         Message::Digest { buckets, .. } if buckets.len() != crate::engine::BUCKETS => {
             return Err(DecodeError::TooMany(buckets.len()));
         }
+        Message::Patch { patches } if patches.len() > MAX_ENTRIES => {
+            return Err(DecodeError::TooMany(patches.len()));
+        }
         Message::Manifest { entries, .. } => {
             for e in entries {
                 check_entry(e)?;
+            }
+        }
+        Message::Patch { patches } => {
+            for p in patches {
+                check_patch(p)?;
+            }
+        }
+        Message::Deltas { deltas } => {
+            for d in deltas {
+                check_delta(d)?;
             }
         }
         _ => {}
@@ -264,10 +390,56 @@ pub fn decode(
     Ok(env)
 }
 
+/// A patch's own bounds; the entry it expands to is checked in full then.
+fn check_patch(p: &FilePatch) -> Result<(), DecodeError> {
+    let bad = |reason: String| DecodeError::BadEntry {
+        path: p.path.to_string(),
+        reason,
+    };
+    let total = (p.keep_front as usize)
+        .saturating_add(p.keep_back as usize)
+        .saturating_add(p.chunks.len());
+    if total > MAX_CHUNKS_PER_FILE {
+        return Err(bad(format!(
+            "{total} chunks, more than {MAX_CHUNKS_PER_FILE}"
+        )));
+    }
+    if let Some(c) = p
+        .chunks
+        .iter()
+        .find(|c| c.len == 0 || c.len > crate::chunker::MAX_CHUNK)
+    {
+        return Err(bad(format!("chunk of {} bytes", c.len)));
+    }
+    Ok(())
+}
+
+/// A delta rebuilds one chunk of at most `MAX_CHUNK` bytes from at most
+/// [`crate::delta::MAX_BASES`] others; [`crate::delta::patch`] bounds the rest.
+fn check_delta(d: &ChunkDelta) -> Result<(), DecodeError> {
+    let reason = if d.len == 0 || d.len > crate::chunker::MAX_CHUNK {
+        format!("chunk of {} bytes", d.len)
+    } else if d.bases.len() > crate::delta::MAX_BASES {
+        format!("{} bases, more than {}", d.bases.len(), crate::delta::MAX_BASES)
+    } else if d
+        .ops
+        .iter()
+        .any(|o| matches!(o, DeltaOp::Copy { base, len, .. } if *len == 0 || usize::from(*base) >= d.bases.len()))
+    {
+        "a copy of nothing or from a base it does not name".to_string()
+    } else {
+        return Ok(());
+    };
+    Err(DecodeError::BadEntry {
+        path: format!("delta of chunk {}", blake3::Hash::from(d.hash).to_hex()),
+        reason,
+    })
+}
+
 /// Version counters must be at most [`MAX_VERSION_COUNTER`]. A file entry's size must be exactly what its chunk list covers, with chunks no larger
 /// than the chunker makes: a sender cannot make a receiver reserve space or wait for
 /// data that the manifest does not describe.
-fn check_entry(e: &crate::engine::Entry) -> Result<(), DecodeError> {
+pub fn check_entry(e: &crate::engine::Entry) -> Result<(), DecodeError> {
     let bad = |reason: String| DecodeError::BadEntry {
         path: e.path.to_string(),
         reason,
@@ -440,6 +612,134 @@ mod tests {
         }
     }
 
+    fn file_entry(lens: &[(u8, u32)]) -> Entry {
+        let mut e = match manifest().msg {
+            Message::Manifest { mut entries, .. } => entries.remove(0),
+            _ => unreachable!(),
+        };
+        let chunks: Chunks = lens
+            .iter()
+            .map(|&(b, len)| ChunkRef { hash: [b; 32], len })
+            .collect();
+        e.content = Content::File {
+            size: chunks.iter().map(|c| u64::from(c.len)).sum(),
+            mode: 0o644,
+            mtime_ns: 7,
+            chunks,
+        };
+        e
+    }
+
+    /// An edit in the middle of a large file is sent as the chunks it replaced, and
+    /// expands to the same entry on a node holding the previous list, and only there.
+    #[test]
+    fn a_patch_expands_to_the_entry_only_against_its_base() {
+        let old: Vec<(u8, u32)> = (0..40).map(|i| (i, 65_536)).collect();
+        let mut new = old.clone();
+        new.splice(20..22, [(200, 100_000), (201, 31_072)]);
+        let (old_e, new_e) = (file_entry(&old), file_entry(&new));
+        let Content::File {
+            chunks: old_chunks, ..
+        } = &old_e.content
+        else {
+            unreachable!()
+        };
+        let patch = FilePatch::of(&new_e, old_chunks).unwrap();
+        assert_eq!(
+            (patch.keep_front, patch.keep_back, patch.chunks.len()),
+            (20, 18, 2)
+        );
+        // It travels like any message.
+        let env = Envelope {
+            from: "n1".into(),
+            msg: Message::Patch {
+                patches: vec![patch.clone()],
+            },
+        };
+        let decoded = decode(&encode(&env, T, &keys()).unwrap(), T, "n1", &keys()).unwrap();
+        assert_eq!(decoded, env);
+        assert_eq!(patch.clone().expand(old_chunks), Ok(Some(new_e.clone())));
+        // Another base (a node that missed the previous version) expands to nothing.
+        let Content::File { chunks: other, .. } = &file_entry(&old[1..]).content else {
+            unreachable!()
+        };
+        assert_eq!(patch.clone().expand(other), Ok(None));
+        // A forged size is refused once expanded, as in a manifest.
+        let lying = FilePatch {
+            size: patch.size + 1,
+            ..patch
+        };
+        assert!(matches!(
+            lying.expand(old_chunks),
+            Err(DecodeError::BadEntry { reason, .. }) if reason.contains("claims")
+        ));
+        // Small files, and edits that keep less than half, go out whole.
+        let Content::File { chunks: few, .. } = &file_entry(&old[..10]).content else {
+            unreachable!()
+        };
+        assert_eq!(FilePatch::of(&file_entry(&new[..11]), few), None);
+        let rewritten: Vec<(u8, u32)> = (100..140).map(|i| (i, 65_536)).collect();
+        assert_eq!(FilePatch::of(&file_entry(&rewritten), old_chunks), None);
+    }
+
+    #[test]
+    fn deltas_and_patches_out_of_bounds_are_refused() {
+        let send = |msg: Message| {
+            let env = Envelope {
+                from: "n1".into(),
+                msg,
+            };
+            decode(&encode(&env, T, &keys()).unwrap(), T, "n1", &keys())
+        };
+        let delta = |len: u32, bases: usize, ops: Vec<DeltaOp>| {
+            send(Message::Deltas {
+                deltas: vec![ChunkDelta {
+                    hash: [1; 32],
+                    len,
+                    bases: vec![[2; 32]; bases],
+                    ops,
+                }],
+            })
+        };
+        let copy = |base: u8, len: u32| DeltaOp::Copy {
+            base,
+            offset: 0,
+            len,
+        };
+        assert!(delta(100_000, 1, vec![copy(0, 100_000)]).is_ok());
+        for bad in [
+            delta(0, 1, vec![]),
+            delta(crate::chunker::MAX_CHUNK + 1, 1, vec![]),
+            delta(100_000, crate::delta::MAX_BASES + 1, vec![]),
+            delta(100_000, 1, vec![copy(1, 10)]),
+            delta(100_000, 1, vec![copy(0, 0)]),
+        ] {
+            assert!(matches!(bad, Err(DecodeError::BadEntry { .. })), "{bad:?}");
+        }
+        let old: Vec<(u8, u32)> = (0..40).map(|i| (i, 65_536)).collect();
+        let Content::File { chunks, .. } = &file_entry(&old).content else {
+            unreachable!()
+        };
+        let mut new = old.clone();
+        new[5].0 = 99;
+        let patch = FilePatch::of(&file_entry(&new), chunks).unwrap();
+        let too_many = FilePatch {
+            keep_front: MAX_CHUNKS_PER_FILE as u32,
+            ..patch.clone()
+        };
+        let empty_chunk = FilePatch {
+            chunks: vec![ChunkRef {
+                hash: [1; 32],
+                len: 0,
+            }],
+            ..patch
+        };
+        for bad in [too_many, empty_chunk] {
+            let got = send(Message::Patch { patches: vec![bad] });
+            assert!(matches!(got, Err(DecodeError::BadEntry { .. })), "{got:?}");
+        }
+    }
+
     proptest! {
         #[test]
         fn random_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..2048)) {
@@ -447,7 +747,7 @@ mod tests {
         }
 
         #[test]
-        fn signed_random_bodies_never_panic(body in proptest::collection::vec(any::<u8>(), 0..2048), kind in 0u8..7) {
+        fn signed_random_bodies_never_panic(body in proptest::collection::vec(any::<u8>(), 0..2048), kind in 0u8..9) {
             let mut out = Vec::new();
             out.extend_from_slice(MAGIC);
             out.push(kind);

@@ -380,23 +380,9 @@ fn prometheus_metrics_count_what_was_synced() {
         fs::write(c.folder(0).join(format!("m{i}.txt")), b"metric").unwrap();
     }
     c.converge(&[0, 1], T, |s| s.len() == 5);
-    let scrape = || -> String {
-        use std::io::{Read, Write};
-        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-            return String::new();
-        };
-        let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-        let mut body = String::new();
-        let _ = s.read_to_string(&mut body);
-        body
-    };
-    let applied = |m: &str| {
-        m.lines()
-            .find(|l| l.starts_with("mqsync_applied_total{folder=\"shared\"}"))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
+    let scrape = || scrape_metrics(port);
+    let applied =
+        |m: &str| metric_value(m, "mqsync_applied_total{folder=\"shared\"}").unwrap_or(0.0);
     assert!(wait_until(T, || applied(&scrape()) >= 5.0), "{}", scrape());
     // Gauges follow the status, refreshed a few times a second.
     assert!(

@@ -389,3 +389,80 @@ fn pause_receiver_and_check_nothing_was_lost(
         "the writer never had to wait for the paused receiver"
     );
 }
+
+/// An edit of a few KiB in the middle of a 16 MiB file travels as a patch of the
+/// manifest and deltas of the chunks it touched: the writer sends a fraction of one
+/// chunk (at least 64 KiB whole), and both receivers end with the same bytes.
+#[test]
+fn an_edit_in_a_large_file_sends_little_more_than_the_edit() {
+    let mut c = Cluster::new(3);
+    let port = free_port();
+    c.write_config(0, |t| format!("metrics_listen = \"127.0.0.1:{port}\"\n{t}"));
+    for i in 0..3 {
+        c.start_node(i);
+    }
+    let mut data = vec![0u8; 16 << 20];
+    rand::rngs::StdRng::seed_from_u64(21).fill_bytes(&mut data);
+    let file = c.folder(0).join("big.bin");
+    write(&file, &data);
+    let same = |data: &[u8]| {
+        (1..3).all(|i| fs::read(c.folder(i).join("big.bin")).is_ok_and(|d| d == data))
+    };
+    assert!(wait_until(T, || same(&data)), "the file never arrived");
+    let sent = || {
+        metric_value(
+            &scrape_metrics(port),
+            "mqsync_bytes_sent_total{folder=\"shared\"}",
+        )
+    };
+    // Let the initial push settle, then count from here.
+    let mut before = sent();
+    assert!(wait_until(T, || {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = sent();
+        let settled = now.is_some() && now == before;
+        before = now;
+        settled
+    }));
+    let before = before.unwrap();
+    let logs_before: Vec<usize> = (0..3)
+        .map(|i| c.nodes[i].as_ref().unwrap().log_text().len())
+        .collect();
+    let log_since = |i: usize| {
+        let log = c.nodes[i].as_ref().unwrap().log_text();
+        String::from_utf8_lossy(&log.as_bytes()[logs_before[i].min(log.len())..]).into_owned()
+    };
+    // 12 KiB overwritten in place, across a block boundary.
+    let at = (8 << 20) + 1000;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(22);
+    rng.fill_bytes(&mut data[at..at + 12 * 1024]);
+    {
+        use std::os::unix::fs::FileExt;
+        let f = fs::OpenOptions::new().write(true).open(&file).unwrap();
+        f.write_all_at(&data[at..at + 12 * 1024], at as u64)
+            .unwrap();
+    }
+    assert!(wait_until(T, || same(&data)), "the edit never arrived");
+    let sent = sent().unwrap() - before;
+    assert!(
+        sent < 48_000.0,
+        "{sent} bytes sent for a 12 KiB edit (a whole chunk is at least 64 KiB)"
+    );
+    let writer = log_since(0);
+    assert!(writer.contains("sending patches"), "no patch in\n{writer}");
+    assert!(
+        writer.contains("pushing chunks as deltas"),
+        "no delta in\n{writer}"
+    );
+    for i in 1..3 {
+        let log = log_since(i);
+        assert!(
+            !log.contains("requesting chunks"),
+            "node {i} asked for chunks:\n{log}"
+        );
+        assert!(
+            !log.contains("comparing digests"),
+            "node {i} missed the base:\n{log}"
+        );
+    }
+}

@@ -188,6 +188,11 @@ impl Engine {
         self.pending.len()
     }
 
+    /// The accepted remote version of `path` still being applied, if any.
+    pub fn pending_entry(&self, path: &RelPath) -> Option<&Entry> {
+        self.pending.get(path).map(|p| &p.entry)
+    }
+
     pub fn is_pending(&self, path: &RelPath) -> bool {
         self.pending.contains_key(path)
     }
