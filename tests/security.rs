@@ -782,3 +782,135 @@ fn plaintext_is_refused_unless_asked_for_and_then_reported() {
     );
     assert!(node_log(&c, 0).contains("traffic is not encrypted"));
 }
+
+/// A group member's edit of a file as a patch of its chunk list plus a chunk delta:
+/// receivers holding the base rebuild the chunk and apply it; a patch of a version they
+/// do not hold makes them compare digests instead, and a delta that does not rebuild to
+/// its hash makes them ask for the chunk whole. Nothing is written wrong meanwhile.
+#[test]
+fn patches_and_deltas_apply_only_against_what_a_node_holds() {
+    use mqsync::delta::{ChunkDelta, DeltaOp};
+    let mut c = Cluster::new(3);
+    start_pair(&mut c);
+    let mut old = vec![0u8; 3 << 20];
+    rand::rngs::StdRng::seed_from_u64(31).fill(&mut old[..]);
+    // Moved in whole: one version, {n1: 1}.
+    fs::write(c.path("p.tmp"), &old).unwrap();
+    fs::rename(c.path("p.tmp"), c.folder(0).join("p.bin")).unwrap();
+    assert!(wait_until(T, || fs::read(c.folder(1).join("p.bin"))
+        .is_ok_and(|d| d == old)));
+    let (chunks, _) = mqsync::chunker::chunk_path(&c.folder(1).join("p.bin")).unwrap();
+    assert!(chunks.len() >= 3, "{} chunks", chunks.len());
+    let last = *chunks.last().unwrap();
+    let last_at = old.len() - last.len as usize;
+    // n3 rewrites the second half of the last chunk.
+    let half = last.len as usize / 2;
+    let mut new = old.clone();
+    rand::rngs::StdRng::seed_from_u64(32).fill(&mut new[last_at + half..]);
+    let new_last = ChunkRef {
+        hash: mqsync::chunker::hash(&new[last_at..]),
+        len: last.len,
+    };
+    let version = |n3: u64| {
+        let mut v = VersionVector::new();
+        for _ in 0..50 {
+            v = v.incremented("n1");
+        }
+        for _ in 0..n3 {
+            v = v.incremented("n3");
+        }
+        v
+    };
+    let patch = |base: [u8; 32], version: VersionVector, chunk: ChunkRef| wire::FilePatch {
+        path: RelPath::new("p.bin").unwrap(),
+        version,
+        modified_by: "n3".into(),
+        changed_ms: now_ms(),
+        size: old.len() as u64,
+        mode: 0o644,
+        mtime_ns: 1_700_000_000_000_000_000,
+        base,
+        keep_front: chunks.len() as u32 - 1,
+        keep_back: 0,
+        chunks: vec![chunk],
+    };
+    let keys = group_keys(&c);
+    let n3 = Client::connect(&c, c.port, "n3-test", "n3", None);
+    let topic = data_topic("n3");
+    let sign = |msg: Message| {
+        let env = Envelope {
+            from: "n3".into(),
+            msg,
+        };
+        (topic.clone(), wire::encode(&env, &topic, &keys).unwrap())
+    };
+    let base = wire::chunk_list_id(&chunks);
+
+    // A patch of a list nobody holds changes nothing.
+    n3.publish_acked(&[sign(Message::Patch {
+        patches: vec![patch([7; 32], version(1), new_last)],
+    })]);
+    for i in 0..2 {
+        assert!(
+            wait_until(T, || node_log(&c, i)
+                .contains("patch of a version this node does not hold")),
+            "{}",
+            node_log(&c, i)
+        );
+    }
+    // The real base, and the changed chunk as a delta of the old one.
+    let delta = |hash: [u8; 32], data: Vec<u8>| ChunkDelta {
+        hash,
+        len: last.len,
+        bases: vec![last.hash],
+        ops: vec![
+            DeltaOp::Copy {
+                base: 0,
+                offset: 0,
+                len: half as u32,
+            },
+            DeltaOp::Data(data),
+        ],
+    };
+    n3.publish_acked(&[
+        sign(Message::Patch {
+            patches: vec![patch(base, version(2), new_last)],
+        }),
+        sign(Message::Deltas {
+            deltas: vec![delta(new_last.hash, new[last_at + half..].to_vec())],
+        }),
+    ]);
+    for i in 0..2 {
+        assert!(
+            wait_until(T, || fs::read(c.folder(i).join("p.bin"))
+                .is_ok_and(|d| d == new)),
+            "node {i} never applied the patch\n{}",
+            node_log(&c, i)
+        );
+    }
+    // A delta whose bytes do not hash to its chunk is refused, and the chunk asked for.
+    let mut wrong = new.clone();
+    wrong[last_at + half] ^= 1;
+    let third = ChunkRef {
+        hash: [9; 32],
+        len: last.len,
+    };
+    let (new_chunks, _) = mqsync::chunker::chunk_path(&c.folder(1).join("p.bin")).unwrap();
+    n3.publish_acked(&[
+        sign(Message::Patch {
+            patches: vec![patch(wire::chunk_list_id(&new_chunks), version(3), third)],
+        }),
+        sign(Message::Deltas {
+            deltas: vec![delta(third.hash, wrong[last_at + half..].to_vec())],
+        }),
+    ]);
+    for i in 0..2 {
+        assert!(
+            wait_until(T, || node_log(&c, i).contains("asking for it whole")),
+            "{}",
+            node_log(&c, i)
+        );
+        assert_eq!(fs::read(c.folder(i).join("p.bin")).unwrap(), new);
+        assert!(c.nodes[i].as_mut().unwrap().is_running());
+    }
+}
