@@ -324,7 +324,7 @@ pub enum DeltaError {
 
 /// Rebuilds a chunk from `delta` and the bytes of its bases (in the order of
 /// `delta.bases`), checking length and hash.
-pub fn patch(delta: &ChunkDelta, bases: &[Vec<u8>]) -> Result<Vec<u8>, DeltaError> {
+pub fn patch(delta: &ChunkDelta, bases: &[&[u8]]) -> Result<Vec<u8>, DeltaError> {
     let want = delta.len as usize;
     let mut out = Vec::with_capacity(want.min(crate::chunker::MAX_CHUNK as usize));
     for op in &delta.ops {
@@ -370,7 +370,7 @@ mod tests {
     }
 
     fn rebuilt(d: &ChunkDelta, bases: &[&[u8]]) -> Vec<u8> {
-        patch(d, &bases.iter().map(|b| b.to_vec()).collect::<Vec<_>>()).unwrap()
+        patch(d, bases).unwrap()
     }
 
     #[test]
@@ -507,7 +507,7 @@ mod tests {
         // The receiver's base differs from the sender's: the hash catches it.
         let mut other = old.clone();
         other[50_000] ^= 1;
-        assert_eq!(patch(&d, &[other]), Err(DeltaError::Mismatch));
+        assert_eq!(patch(&d, &[&other[..]]), Err(DeltaError::Mismatch));
         let reach = ChunkDelta {
             ops: vec![DeltaOp::Copy {
                 base: 0,
@@ -516,10 +516,7 @@ mod tests {
             }],
             ..d.clone()
         };
-        assert_eq!(
-            patch(&reach, std::slice::from_ref(&old)),
-            Err(DeltaError::OutOfBase(0))
-        );
+        assert_eq!(patch(&reach, &[&old[..]]), Err(DeltaError::OutOfBase(0)));
         let missing = ChunkDelta {
             ops: vec![DeltaOp::Copy {
                 base: 1,
@@ -528,14 +525,11 @@ mod tests {
             }],
             ..d.clone()
         };
-        assert_eq!(
-            patch(&missing, std::slice::from_ref(&old)),
-            Err(DeltaError::OutOfBase(1))
-        );
+        assert_eq!(patch(&missing, &[&old[..]]), Err(DeltaError::OutOfBase(1)));
         let long = ChunkDelta {
             ops: vec![DeltaOp::Data(vec![0; 100_001])],
             ..d
         };
-        assert_eq!(patch(&long, &[old]), Err(DeltaError::TooLong(100_000)));
+        assert_eq!(patch(&long, &[&old[..]]), Err(DeltaError::TooLong(100_000)));
     }
 }

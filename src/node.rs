@@ -38,6 +38,9 @@ const MAX_BATCH_EVENTS: usize = 256;
 /// bench run) without reading a single progress report, and the flow-control window
 /// never closed.
 const PUMP_BUDGET: usize = 4 << 20;
+/// Least time between two digest exchanges asked for by patches of versions this node
+/// lacks: a file edited continuously must not make every peer answer each edit.
+const PATCH_REPAIR_INTERVAL: Duration = Duration::from_secs(2);
 /// Chunk signatures collected before they are written on their own (about 256 MiB
 /// of chunks).
 const SIGNATURE_BATCH: usize = 1024;
@@ -208,6 +211,13 @@ fn batches<T: serde::Serialize>(items: Vec<T>, max_bytes: usize, max_items: usiz
     out
 }
 
+/// What a delta counts for in push budgets and flow control: its new bytes, and at
+/// least an eighth of its chunk (a receiver reads its bases, and a message of deltas
+/// that carry almost nothing must still end).
+fn delta_cost(d: &ChunkDelta) -> u64 {
+    d.data_len().max(d.len as usize / 8) as u64
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -280,6 +290,9 @@ struct Folder {
     delta_bases: HashMap<Hash, Vec<Hash>>,
     /// Signatures of large chunks pushed or received, to store with the next batch.
     signatures: Vec<(Hash, Signature)>,
+    /// A patch of a version this node lacks arrived: compare digests at the next tick.
+    repair_due: bool,
+    last_repair: Option<Instant>,
     announce: Vec<Entry>,
     answer: Vec<Entry>,
     store: Vec<Record>,
@@ -398,6 +411,8 @@ impl Folder {
             previous: HashMap::new(),
             delta_bases: HashMap::new(),
             signatures: vec![],
+            repair_due: false,
+            last_repair: None,
             announce: vec![],
             answer: vec![],
             store: vec![],
@@ -792,6 +807,7 @@ impl Folder {
         if self.paused.is_some() {
             return;
         }
+        self.window.hello(&env.from, Instant::now());
         self.source = env.from.clone();
         match env.msg {
             Message::Manifest { live, entries } => {
@@ -824,12 +840,28 @@ impl Folder {
             }
             Message::Deltas { deltas } => {
                 self.last_chunk_at = Some(Instant::now());
+                if let Some(last) = deltas.last().map(|d| d.hash) {
+                    let bytes = deltas.iter().map(delta_cost).sum();
+                    if let Some(last) =
+                        self.reports
+                            .received(&env.from, last, bytes, Instant::now())
+                    {
+                        self.send(Message::Progress {
+                            to: env.from.clone(),
+                            last,
+                        });
+                    }
+                }
                 let mut refetch = vec![];
+                // Old chunks read for this message, and chunks already tried: a message
+                // naming the same chunk or base again costs no second read.
+                let mut bases: HashMap<Hash, Option<Vec<u8>>> = HashMap::new();
+                let mut tried = HashSet::new();
                 for d in deltas {
-                    if !self.applier.wants(&d.hash) {
+                    if !tried.insert(d.hash) || !self.applier.wants(&d.hash) {
                         continue;
                     }
-                    match self.rebuild(&d) {
+                    match self.rebuild(&d, &mut bases) {
                         Ok(data) => self.take_chunk(d.hash, data),
                         Err(e) => {
                             debug!(folder = %self.cfg.id, from = %self.source, "cannot rebuild a chunk from its delta ({e}); asking for it whole");
@@ -845,8 +877,11 @@ impl Folder {
             Message::Patch { patches } => {
                 self.source_live = true;
                 let mut unknown_base = 0;
+                let mut seen = HashSet::new();
                 for p in patches {
-                    if self.ignore.is_ignored(&p.path) {
+                    // One patch per path and message: each costs a hash of the list it
+                    // edits.
+                    if self.ignore.is_ignored(&p.path) || !seen.insert(p.path.clone()) {
                         continue;
                     }
                     let path = p.path.clone();
@@ -867,9 +902,10 @@ impl Folder {
                 }
                 if unknown_base > 0 {
                     // This node lacks the version a patch edits: comparing digests makes
-                    // the writer send its entries of those paths whole.
+                    // the writer send its entries of those paths whole (at the next tick,
+                    // at most every PATCH_REPAIR_INTERVAL).
                     debug!(folder = %self.cfg.id, from = %self.source, patches = unknown_base, "patch of a version this node does not hold; comparing digests");
-                    self.send_digest(true);
+                    self.repair_due = true;
                 }
                 self.process();
             }
@@ -918,18 +954,32 @@ impl Folder {
         }
     }
 
-    /// Rebuilds a chunk from a delta and the old chunks it names, read from local files.
-    fn rebuild(&self, d: &ChunkDelta) -> Result<Vec<u8>, String> {
-        let bases = tokio::task::block_in_place(|| {
-            d.bases
-                .iter()
-                .map(|b| {
+    /// Rebuilds a chunk from a delta and the old chunks it names, read from local files
+    /// (or from `read`, the ones this message already read).
+    fn rebuild(
+        &self,
+        d: &ChunkDelta,
+        read: &mut HashMap<Hash, Option<Vec<u8>>>,
+    ) -> Result<Vec<u8>, String> {
+        if read.len() + d.bases.len() > 2 * crate::delta::MAX_BASES {
+            // Kept for deltas of neighbouring chunks; bounded against a message naming
+            // many different bases.
+            read.clear();
+        }
+        for b in &d.bases {
+            read.entry(*b).or_insert_with(|| {
+                tokio::task::block_in_place(|| {
                     let (p, off, len) = self.locations.find(b, &self.engine)?;
                     chunker::read_verified(&p.to_local(&self.cfg.path), off, len, b)
                 })
-                .collect::<Option<Vec<_>>>()
-        })
-        .ok_or("an old chunk it edits is not on this node")?;
+            });
+        }
+        let bases = d
+            .bases
+            .iter()
+            .map(|b| read.get(b).and_then(|d| d.as_deref()))
+            .collect::<Option<Vec<&[u8]>>>()
+            .ok_or("an old chunk it edits is not on this node")?;
         crate::delta::patch(d, &bases).map_err(|e| e.to_string())
     }
 
@@ -970,6 +1020,15 @@ impl Folder {
 
     fn on_tick(&mut self, now: Instant) {
         self.release_deletes(now);
+        if self.repair_due
+            && self
+                .last_repair
+                .is_none_or(|t| now.duration_since(t) >= PATCH_REPAIR_INTERVAL)
+        {
+            self.repair_due = false;
+            self.last_repair = Some(now);
+            self.send_digest(true);
+        }
         if self.recheck.iter().any(|(_, at)| now >= *at) {
             let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.recheck)
                 .into_iter()
@@ -1617,7 +1676,15 @@ impl Folder {
         let mut patches = Vec::new();
         if live {
             debug!(folder = %self.cfg.id, entries = entries.len(), "announce");
-            for e in &entries {
+            // A large file's edit goes out as a patch of the chunk list its receivers
+            // hold, before the manifests; chunks are pushed in the same order as the
+            // files they belong to are announced.
+            let (patched, whole): (Vec<_>, Vec<_>) = entries.into_iter().partition(|e| {
+                self.previous
+                    .get(&e.path)
+                    .is_some_and(|old| FilePatch::of(e, old).is_some())
+            });
+            for e in patched.iter().chain(&whole) {
                 if let Content::File { chunks: cs, .. } = &e.content {
                     let first = chunks.len();
                     for c in cs {
@@ -1634,15 +1701,11 @@ impl Folder {
                     }
                 }
             }
-            // A large file's edit goes out as a patch of the chunk list its receivers
-            // hold, the rest in manifests.
-            entries.retain(|e| {
-                let patch = self
-                    .previous
-                    .get(&e.path)
-                    .and_then(|old| FilePatch::of(e, old));
-                patch.map(|p| patches.push(p)).is_none()
-            });
+            patches = patched
+                .iter()
+                .filter_map(|e| FilePatch::of(e, self.previous.get(&e.path)?))
+                .collect();
+            entries = whole;
         }
         if !patches.is_empty() {
             debug!(folder = %self.cfg.id, files = patches.len(), "sending patches");
@@ -1689,10 +1752,13 @@ impl Folder {
                 }
                 break;
             }
+            // One message holds whole chunks or deltas, in queue order: receivers start
+            // fetching files in that order, and a file whose chunks arrive after a
+            // later file's counts as overtaken and asks for them again.
             let mut msg = Vec::new();
             let mut deltas = Vec::new();
             let mut bytes = 0;
-            while bytes < CHUNK_MSG_BYTES {
+            while bytes < CHUNK_MSG_BYTES && deltas.len() < wire::MAX_DELTAS {
                 let Some(h) = self.push.pop_front() else {
                     break;
                 };
@@ -1704,36 +1770,52 @@ impl Folder {
                 if let Some(sig) = Signature::of(&data) {
                     self.signatures.push((h, sig));
                 }
-                if let Some(d) = self
-                    .delta_bases
-                    .remove(&h)
-                    .and_then(|b| self.delta(h, &data, b))
-                {
-                    bytes += d.data_len();
-                    deltas.push(d);
-                    continue;
+                let bases = self.delta_bases.remove(&h);
+                let delta = bases.clone().and_then(|b| self.delta(h, &data, b));
+                let switches = if delta.is_some() {
+                    !msg.is_empty()
+                } else {
+                    !deltas.is_empty()
+                };
+                if switches {
+                    // The other kind: it starts the next message.
+                    self.push.push_front(h);
+                    self.pushing.insert(h);
+                    if let Some(b) = bases {
+                        self.delta_bases.insert(h, b);
+                    }
+                    break;
                 }
-                bytes += data.len();
-                msg.push(ChunkData { hash: h, data });
+                match delta {
+                    Some(d) => {
+                        bytes += delta_cost(&d) as usize;
+                        deltas.push(d);
+                    }
+                    None => {
+                        bytes += data.len();
+                        msg.push(ChunkData { hash: h, data });
+                    }
+                }
             }
             if self.push.is_empty() {
                 // Chunks planned as deltas that were never pushed (gone meanwhile).
                 self.delta_bases.clear();
             }
             self.pump_budget = self.pump_budget.saturating_sub(bytes);
-            if !deltas.is_empty() {
+            let last = msg
+                .last()
+                .map(|c| c.hash)
+                .or_else(|| deltas.last().map(|d| d.hash));
+            let Some(last) = last else {
+                break;
+            };
+            self.window.pushed(last, bytes as u64, Instant::now());
+            if msg.is_empty() {
                 debug!(folder = %self.cfg.id, chunks = deltas.len(), bytes = deltas.iter().map(ChunkDelta::data_len).sum::<usize>(), "pushing chunks as deltas");
                 self.send(Message::Deltas { deltas });
+            } else {
+                self.send(Message::Chunks { chunks: msg });
             }
-            let Some(last) = msg.last().map(|c| c.hash) else {
-                if self.push.is_empty() {
-                    break;
-                }
-                continue;
-            };
-            let chunk_bytes = msg.iter().map(|c| c.data.len() as u64).sum();
-            self.window.pushed(last, chunk_bytes, Instant::now());
-            self.send(Message::Chunks { chunks: msg });
         }
     }
 

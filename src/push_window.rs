@@ -5,7 +5,7 @@
 //! would cost that receiver a request and a second transfer. Pure bookkeeping: the
 //! caller passes the clock in.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::engine::Hash;
@@ -41,6 +41,14 @@ pub struct PushWindow {
     /// The window was found closed at the latest check: a pause since is a wait, not
     /// the end of a burst.
     waiting: bool,
+    /// `pushed` when the current burst began.
+    burst_start: u64,
+    /// Peers let go for silence: a message from them does not make them count again,
+    /// only a report does.
+    silent: HashSet<String>,
+    /// A burst began with no receiver known: until then it is held at [`WINDOW`] bytes
+    /// from its start, in case one is there but has not been heard from yet.
+    unknown_until: Option<Instant>,
 }
 
 impl PushWindow {
@@ -60,8 +68,19 @@ impl PushWindow {
         let Some(&(_, at)) = self.marks.iter().rev().find(|(h, _)| h == last) else {
             return;
         };
+        self.silent.remove(peer);
         let e = self.peers.entry(peer.to_string()).or_insert((at, now));
         *e = (e.0.max(at), now);
+    }
+
+    /// A message from `peer` shows it is subscribed: unless it is already known (or was
+    /// let go for silence), it counts from the start of the current burst, so a writer
+    /// that starts pushing before a receiver's first report (a first scan of a full
+    /// folder) still waits for it. Seen pushing 160 MB before the first report arrived.
+    pub fn hello(&mut self, peer: &str, now: Instant) {
+        if !self.peers.contains_key(peer) && !self.silent.contains(peer) {
+            self.peers.insert(peer.to_string(), (self.burst_start, now));
+        }
     }
 
     /// May another chunk message go out now? Receivers silent for [`STALE`] are
@@ -72,12 +91,20 @@ impl PushWindow {
                 .last_push
                 .is_none_or(|t| now.saturating_duration_since(t) >= IDLE)
         {
+            self.burst_start = self.pushed;
             for (_, when) in self.peers.values_mut() {
                 *when = now;
             }
+            self.unknown_until = self.peers.is_empty().then_some(now + IDLE);
         }
-        self.peers
-            .retain(|_, (_, when)| now.saturating_duration_since(*when) < STALE);
+        let silent = &mut self.silent;
+        self.peers.retain(|peer, (_, when)| {
+            let recent = now.saturating_duration_since(*when) < STALE;
+            if !recent {
+                silent.insert(peer.clone());
+            }
+            recent
+        });
         self.waiting = self.behind(now) >= WINDOW;
         !self.waiting
     }
@@ -87,14 +114,24 @@ impl PushWindow {
         self.waiting
     }
 
-    /// Bytes pushed beyond the slowest receiver that reported within [`STALE`].
+    /// Bytes pushed beyond the slowest receiver that reported within [`STALE`]. With
+    /// none known, for the first [`IDLE`] of a burst: bytes pushed in the burst. A
+    /// writer's first scan of a full folder once pushed 195 MB before its receiver's
+    /// first message arrived; a lone writer pauses once per burst instead.
     pub fn behind(&self, now: Instant) -> u64 {
-        self.peers
+        let known = self
+            .peers
             .values()
             .filter(|(_, when)| now.saturating_duration_since(*when) < STALE)
             .map(|(at, _)| self.pushed.saturating_sub(*at))
-            .max()
-            .unwrap_or(0)
+            .max();
+        match known {
+            Some(b) => b,
+            None if self.unknown_until.is_some_and(|t| now < t) => {
+                self.pushed.saturating_sub(self.burst_start)
+            }
+            None => 0,
+        }
     }
 }
 
@@ -137,12 +174,17 @@ mod tests {
         let t0 = Instant::now();
         let ms = Duration::from_millis;
         let mut w = PushWindow::default();
-        // Nobody has reported: nothing to wait for.
+        // Nobody known: the burst waits at 16 MiB for a while, then goes on.
         for i in 0..40 {
-            assert!(w.open(t0));
-            w.pushed(h(i), MIB, t0);
+            if i < WINDOW / MIB {
+                assert!(w.open(t0));
+            } else {
+                assert!(!w.open(t0));
+                assert!(w.open(t0 + IDLE));
+            }
+            w.pushed(h(i as u8), MIB, t0);
         }
-        assert!(w.open(t0));
+        assert!(w.open(t0 + IDLE));
         w.progress("fast", &h(39), t0);
         w.progress("slow", &h(9), t0);
         assert_eq!(w.behind(t0), 30 * MIB);
@@ -186,6 +228,38 @@ mod tests {
         // A receiver that never answers in this burst is let go after STALE.
         assert!(!w.open(t1 + STALE - Duration::from_millis(1)));
         assert!(w.open(t1 + STALE));
+    }
+
+    #[test]
+    fn a_receiver_heard_from_before_its_first_report_holds_the_burst_back() {
+        let t0 = Instant::now();
+        let mut w = PushWindow::default();
+        w.pushed(h(1), 3 * MIB, t0);
+        // A new burst after a pause; the receiver's first message is a digest.
+        let t1 = t0 + Duration::from_secs(10);
+        assert!(w.open(t1));
+        w.hello("r", t1);
+        let mut pushed = 0;
+        while w.open(t1) && pushed < 100 {
+            w.pushed(h(10 + pushed as u8), MIB, t1);
+            pushed += 1;
+        }
+        assert_eq!(pushed, 16, "held back from the burst's first byte");
+        // Hearing from it again changes nothing; its report moves it.
+        w.hello("r", t1);
+        assert!(!w.open(t1));
+        w.progress("r", &h(20), t1);
+        assert!(w.open(t1));
+        // Let go after STALE without a report, a message alone does not bring it back.
+        let t2 = t1 + STALE;
+        for i in 0..20 {
+            w.pushed(h(100 + i), MIB, t2 - Duration::from_millis(10));
+        }
+        assert!(w.open(t2));
+        w.hello("r", t2);
+        assert!(w.open(t2));
+        w.progress("r", &h(119), t2);
+        assert!(w.peers.contains_key("r"));
     }
 
     #[test]

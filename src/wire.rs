@@ -19,6 +19,8 @@ pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 /// Most entries in one manifest.
 pub const MAX_ENTRIES: usize = 20_000;
+/// Most chunk deltas in one message: each may make the receiver read four old chunks.
+pub const MAX_DELTAS: usize = 64;
 /// Most chunk hashes in one request.
 pub const MAX_REQUEST_HASHES: usize = 20_000;
 /// Chunks one file entry may list: 100,000 chunks of at most 1 MiB (about 100 GiB);
@@ -370,6 +372,9 @@ pub fn decode(
         Message::Patch { patches } if patches.len() > MAX_ENTRIES => {
             return Err(DecodeError::TooMany(patches.len()));
         }
+        Message::Deltas { deltas } if deltas.len() > MAX_DELTAS => {
+            return Err(DecodeError::TooMany(deltas.len()));
+        }
         Message::Manifest { entries, .. } => {
             for e in entries {
                 check_entry(e)?;
@@ -415,18 +420,30 @@ fn check_patch(p: &FilePatch) -> Result<(), DecodeError> {
 }
 
 /// A delta rebuilds one chunk of at most `MAX_CHUNK` bytes from at most
-/// [`crate::delta::MAX_BASES`] others; [`crate::delta::patch`] bounds the rest.
+/// [`crate::delta::MAX_BASES`] distinct others, in at most two steps per block of it
+/// (a copy and new bytes), none of them empty; [`crate::delta::patch`] bounds the rest.
 fn check_delta(d: &ChunkDelta) -> Result<(), DecodeError> {
+    let most_ops = 2 * (d.len as usize).div_ceil(crate::delta::BLOCK) + 2;
+    let distinct = d
+        .bases
+        .iter()
+        .enumerate()
+        .all(|(i, b)| !d.bases[..i].contains(b));
     let reason = if d.len == 0 || d.len > crate::chunker::MAX_CHUNK {
         format!("chunk of {} bytes", d.len)
-    } else if d.bases.len() > crate::delta::MAX_BASES {
-        format!("{} bases, more than {}", d.bases.len(), crate::delta::MAX_BASES)
-    } else if d
-        .ops
-        .iter()
-        .any(|o| matches!(o, DeltaOp::Copy { base, len, .. } if *len == 0 || usize::from(*base) >= d.bases.len()))
-    {
-        "a copy of nothing or from a base it does not name".to_string()
+    } else if d.bases.len() > crate::delta::MAX_BASES || !distinct {
+        format!(
+            "{} bases, more than {} or repeated",
+            d.bases.len(),
+            crate::delta::MAX_BASES
+        )
+    } else if d.ops.len() > most_ops {
+        format!("{} steps, more than {most_ops}", d.ops.len())
+    } else if d.ops.iter().any(|o| match o {
+        DeltaOp::Copy { base, len, .. } => *len == 0 || usize::from(*base) >= d.bases.len(),
+        DeltaOp::Data(data) => data.is_empty(),
+    }) {
+        "an empty step or a copy from a base it does not name".to_string()
     } else {
         return Ok(());
     };
@@ -713,9 +730,31 @@ mod tests {
             delta(100_000, crate::delta::MAX_BASES + 1, vec![]),
             delta(100_000, 1, vec![copy(1, 10)]),
             delta(100_000, 1, vec![copy(0, 0)]),
+            delta(100_000, 1, vec![DeltaOp::Data(vec![])]),
+            delta(100_000, 1, vec![copy(0, 1); 100]),
+            send(Message::Deltas {
+                deltas: vec![ChunkDelta {
+                    hash: [1; 32],
+                    len: 10,
+                    bases: vec![[2; 32], [2; 32]],
+                    ops: vec![],
+                }],
+            }),
         ] {
             assert!(matches!(bad, Err(DecodeError::BadEntry { .. })), "{bad:?}");
         }
+        let many = Message::Deltas {
+            deltas: vec![
+                ChunkDelta {
+                    hash: [1; 32],
+                    len: 10,
+                    bases: vec![],
+                    ops: vec![],
+                };
+                MAX_DELTAS + 1
+            ],
+        };
+        assert_eq!(send(many), Err(DecodeError::TooMany(MAX_DELTAS + 1)));
         let old: Vec<(u8, u32)> = (0..40).map(|i| (i, 65_536)).collect();
         let Content::File { chunks, .. } = &file_entry(&old).content else {
             unreachable!()

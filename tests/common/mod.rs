@@ -134,7 +134,6 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// Polls `cond` every 100 ms until it holds or `timeout` passes.
 /// The Prometheus text a node serves on `port` (empty if it does not answer).
 pub fn scrape_metrics(port: u16) -> String {
     use std::io::{Read, Write};
@@ -155,6 +154,7 @@ pub fn metric_value(scrape: &str, series: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
+/// Polls `cond` every 100 ms until it holds or `timeout` passes.
 pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
