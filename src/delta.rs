@@ -202,9 +202,13 @@ impl ChunkDelta {
     }
 }
 
-/// Block hashes computed in vain before [`diff`] stops looking: repetitive data (the
-/// same 64 bytes again and again) could otherwise make every position a candidate.
-const MAX_MISSES: usize = 1024;
+/// Block hashes computed in vain per [`REGION`] of the new chunk before [`diff`] stops
+/// checking candidates there: repetitive data (the same 64 bytes again and again)
+/// could otherwise make every position a candidate. A 4 KiB page of zero-padded data
+/// whose start changed costs about 4,000 (every position until the next page lines
+/// up), so the budget is per region, not per chunk: at most 64 MiB hashed per MiB.
+const MISSES_PER_REGION: usize = 4096;
+const REGION: usize = 64 * 1024;
 
 /// Describes `data` as copies from the chunks whose signatures are given (at most
 /// [`MAX_BASES`]) and new bytes: rsync's search, one byte position at a time, for old
@@ -227,7 +231,7 @@ pub fn diff(data: &[u8], bases: &[&Signature]) -> Vec<DeltaOp> {
     }
     let mut ops = Ops::default();
     let mut literal = 0;
-    let mut misses = 0;
+    let (mut region, mut misses) = (0, 0);
     // `end` is where the candidate block ends; `g` the rolling hash of the bytes before.
     let mut end = BLOCK;
     let mut g = if end <= data.len() {
@@ -235,9 +239,13 @@ pub fn diff(data: &[u8], bases: &[&Signature]) -> Vec<DeltaOp> {
     } else {
         0
     };
-    while end <= data.len() && misses < MAX_MISSES {
+    while end <= data.len() {
+        if end / REGION != region {
+            (region, misses) = (end / REGION, 0);
+        }
         let start = end - BLOCK;
-        let bit = maybe[(g >> 54) as usize] & (1 << ((g >> 48) & 63)) != 0;
+        let bit =
+            misses < MISSES_PER_REGION && maybe[(g >> 54) as usize] & (1 << ((g >> 48) & 63)) != 0;
         let found = bit.then(|| by_weak.get(&g)).flatten().and_then(|cands| {
             let strong = xxh3_64(&data[start..end]);
             let hit = cands
@@ -393,6 +401,24 @@ mod tests {
         let new: Vec<u8> = pattern.iter().copied().cycle().take(300_000).collect();
         let d = delta(&new, &[&old]);
         assert_eq!(rebuilt(&d, &[&old]), new);
+    }
+
+    /// Pages of a few bytes and zero padding (database pages, images): every position
+    /// in the padding is a candidate, and a changed page must not make the search give
+    /// up on the pages after it.
+    #[test]
+    fn a_changed_page_of_padded_data_costs_about_a_page() {
+        let page = |seed: u64| {
+            let mut p = random(seed, 100);
+            p.resize(BLOCK, 0);
+            p
+        };
+        let old: Vec<u8> = (0..64).flat_map(page).collect();
+        let mut new = old.clone();
+        new[10 * BLOCK..10 * BLOCK + 100].copy_from_slice(&random(99, 100));
+        let d = delta(&new, &[&old]);
+        assert_eq!(rebuilt(&d, &[&old]), new);
+        assert!(d.data_len() <= 2 * BLOCK, "{} bytes", d.data_len());
     }
 
     #[test]
