@@ -7,10 +7,12 @@
 
 use libfuzzer_sys::fuzz_target;
 use mqsync::chunker::MAX_CHUNK;
+use mqsync::delta::{DeltaOp, MAX_BASES};
 use mqsync::engine::{BUCKETS, Content};
 use mqsync::relpath::{MAX_COMPONENT_BYTES, MAX_PATH_BYTES};
 use mqsync::wire::{
-    self, MAX_CHUNKS_PER_FILE, MAX_ENTRIES, MAX_MESSAGE_BYTES, MAX_REQUEST_HASHES, Message,
+    self, MAX_CHUNKS_PER_FILE, MAX_DELTAS, MAX_ENTRIES, MAX_MESSAGE_BYTES, MAX_REQUEST_HASHES,
+    Message,
 };
 use mqsync_fuzz::{NODE, TOPIC, keys, signed_message};
 use std::sync::LazyLock;
@@ -48,6 +50,29 @@ fuzz_target!(|data: &[u8]| {
         }
         Message::Request { hashes, .. } => assert!(hashes.len() <= MAX_REQUEST_HASHES),
         Message::Digest { buckets, .. } => assert_eq!(buckets.len(), BUCKETS),
+        Message::Patch { patches } => {
+            assert!(patches.len() <= MAX_ENTRIES);
+            for p in patches {
+                let kept = p.keep_front as usize + p.keep_back as usize;
+                assert!(kept + p.chunks.len() <= MAX_CHUNKS_PER_FILE);
+                assert!(p.chunks.iter().all(|c| c.len >= 1 && c.len <= MAX_CHUNK));
+            }
+        }
+        Message::Deltas { deltas } => {
+            assert!(deltas.len() <= MAX_DELTAS);
+            for d in deltas {
+                assert!(d.len >= 1 && d.len <= MAX_CHUNK);
+                assert!(d.bases.len() <= MAX_BASES);
+                for op in &d.ops {
+                    match op {
+                        DeltaOp::Copy { base, len, .. } => {
+                            assert!(*len > 0 && usize::from(*base) < d.bases.len())
+                        }
+                        DeltaOp::Data(data) => assert!(!data.is_empty()),
+                    }
+                }
+            }
+        }
         Message::Chunks { .. } | Message::Progress { .. } => {}
     }
     // What was accepted encodes again (possibly compressed differently) and decodes to

@@ -2,11 +2,12 @@
 //! fresh node: every manifest entry is offered with `handle_remote` and applied, then
 //! changed locally, then replayed. Must never panic; a local change must produce a
 //! version that descends from the one it replaced, and a replayed old entry must not
-//! roll that change back.
+//! roll that change back. Patches are expanded against a chunk list with their base's
+//! id (and offered like manifest entries), deltas rebuilt against zeroed bases.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mqsync::engine::{Causality, Content, Digest, Effect, Engine, Mode};
+use mqsync::engine::{Causality, ChunkRef, Content, Digest, Effect, Engine, Mode};
 use mqsync::wire::{self, Message};
 use mqsync_fuzz::{NODE, TOPIC, keys, signed_message};
 use std::sync::LazyLock;
@@ -71,6 +72,35 @@ fuzz_target!(|data: &[u8]| {
             let digest = Digest::from_buckets(buckets).expect("decode checks the count");
             eng.handle_digest(&digest, reply);
             drain(&mut eng);
+        }
+        Message::Patch { patches } => {
+            for p in patches {
+                let kept = (p.keep_front as usize + p.keep_back as usize).min(4096);
+                let old: Vec<ChunkRef> = (0..kept)
+                    .map(|i| ChunkRef {
+                        hash: [i as u8; 32],
+                        len: 1 + i as u32,
+                    })
+                    .collect();
+                let _ = p.clone().expand(&[]);
+                let p = wire::FilePatch {
+                    base: wire::chunk_list_id(&old),
+                    ..p
+                };
+                if let Ok(Some(e)) = p.expand(&old) {
+                    eng.handle_remote(e);
+                    drain(&mut eng);
+                }
+            }
+        }
+        Message::Deltas { deltas } => {
+            let zeros = vec![0u8; 1 << 20];
+            for d in deltas {
+                let bases: Vec<&[u8]> = d.bases.iter().map(|_| &zeros[..]).collect();
+                if let Ok(chunk) = mqsync::delta::patch(&d, &bases) {
+                    assert_eq!(chunk.len(), d.len as usize);
+                }
+            }
         }
         Message::Chunks { .. } | Message::Request { .. } | Message::Progress { .. } => {}
     }
