@@ -884,15 +884,21 @@ impl Folder {
                     if self.ignore.is_ignored(&p.path) || !seen.insert(p.path.clone()) {
                         continue;
                     }
-                    let path = p.path.clone();
-                    let held = [self.engine.pending_entry(&path), self.engine.entry(&path)];
-                    let old = held.into_iter().flatten().find_map(|e| match &e.content {
-                        Content::File { chunks, .. } if wire::chunk_list_id(chunks) == p.base => {
-                            Some(chunks.clone())
-                        }
-                        _ => None,
-                    });
-                    match old.map(|old| p.expand(&old)) {
+                    // The version being applied, else the one on disk; `expand` checks
+                    // the base's id.
+                    let held = [
+                        self.engine.pending_entry(&p.path),
+                        self.engine.entry(&p.path),
+                    ];
+                    let expanded = held
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|e| match &e.content {
+                            Content::File { chunks, .. } => Some(p.expand(chunks)),
+                            _ => None,
+                        })
+                        .find(|r| !matches!(r, Ok(None)));
+                    match expanded {
                         Some(Ok(Some(e))) => self.engine.handle_remote(e),
                         Some(Ok(None)) | None => unknown_base += 1,
                         Some(Err(e)) => {
@@ -1679,12 +1685,19 @@ impl Folder {
             // A large file's edit goes out as a patch of the chunk list its receivers
             // hold, before the manifests; chunks are pushed in the same order as the
             // files they belong to are announced.
-            let (patched, whole): (Vec<_>, Vec<_>) = entries.into_iter().partition(|e| {
-                self.previous
+            let mut patched = Vec::new();
+            let mut whole = Vec::new();
+            for e in entries {
+                match self
+                    .previous
                     .get(&e.path)
-                    .is_some_and(|old| FilePatch::of(e, old).is_some())
-            });
-            for e in patched.iter().chain(&whole) {
+                    .and_then(|old| FilePatch::of(&e, old))
+                {
+                    Some(p) => patched.push((e, p)),
+                    None => whole.push(e),
+                }
+            }
+            for e in patched.iter().map(|(e, _)| e).chain(&whole) {
                 if let Content::File { chunks: cs, .. } = &e.content {
                     let first = chunks.len();
                     for c in cs {
@@ -1701,10 +1714,7 @@ impl Folder {
                     }
                 }
             }
-            patches = patched
-                .iter()
-                .filter_map(|e| FilePatch::of(e, self.previous.get(&e.path)?))
-                .collect();
+            patches = patched.into_iter().map(|(_, p)| p).collect();
             entries = whole;
         }
         if !patches.is_empty() {

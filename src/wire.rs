@@ -138,7 +138,7 @@ impl FilePatch {
     /// The entry this patch describes, given the chunk list the receiver holds for the
     /// path; `None` when that is not the patch's base. The result is checked like any
     /// entry of a manifest.
-    pub fn expand(self, old: &[ChunkRef]) -> Result<Option<Entry>, DecodeError> {
+    pub fn expand(&self, old: &[ChunkRef]) -> Result<Option<Entry>, DecodeError> {
         let (front, back) = (self.keep_front as usize, self.keep_back as usize);
         if front.saturating_add(back) > old.len() || chunk_list_id(old) != self.base {
             return Ok(None);
@@ -148,9 +148,9 @@ impl FilePatch {
         chunks.extend_from_slice(&self.chunks);
         chunks.extend_from_slice(&old[old.len() - back..]);
         let entry = Entry {
-            path: self.path,
-            version: self.version,
-            modified_by: self.modified_by,
+            path: self.path.clone(),
+            version: self.version.clone(),
+            modified_by: self.modified_by.clone(),
             changed_ms: self.changed_ms,
             content: Content::File {
                 size: self.size,
