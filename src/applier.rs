@@ -10,12 +10,13 @@ use crate::chunker;
 use crate::engine::{Content, Entry, Hash, VersionVector};
 use crate::index::LocalMeta;
 use crate::relpath::RelPath;
-use crate::scanner::{TEMP_INFIX, local_meta};
+use crate::scanner::TEMP_INFIX;
 use std::collections::{HashMap, VecDeque};
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io;
-use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt, symlink};
+use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 mod parent;
@@ -84,8 +85,9 @@ struct Fetch {
     entry: Entry,
     conflict_copy: Option<RelPath>,
     expected: Option<LocalMeta>,
-    parent: ParentDir,
-    tmp: PathBuf,
+    parent: Arc<ParentDir>,
+    /// The temp file's name in `parent`.
+    tmp: String,
     file: File,
     missing: HashMap<Hash, Vec<u64>>,
     source: String,
@@ -122,9 +124,17 @@ impl ChunkCache {
     }
 }
 
+/// How long a parent directory opened for one file is reused for the next files into
+/// it while applies hold it open: a burst of small files into one directory then opens
+/// it once, not once per file, and a directory moved away locally is picked up again
+/// within this time.
+const PARENT_REUSE: Duration = Duration::from_secs(1);
+
 pub struct Applier {
     root: PathBuf,
     fetches: HashMap<RelPath, Fetch>,
+    /// Parent directories of files being applied, by their path below the root.
+    parents: HashMap<String, (Weak<ParentDir>, Instant)>,
     /// Complete files waiting for the next [`Applier::commit`].
     staged: Vec<Fetch>,
     needs: HashMap<Hash, Vec<RelPath>>,
@@ -154,6 +164,7 @@ impl Applier {
         Applier {
             root,
             fetches: HashMap::new(),
+            parents: HashMap::new(),
             staged: Vec::new(),
             needs: HashMap::new(),
             cache: ChunkCache {
@@ -221,10 +232,10 @@ impl Applier {
     pub fn cancel(&mut self, path: &RelPath) {
         if let Some(i) = self.staged.iter().position(|f| &f.entry.path == path) {
             let f = self.staged.swap_remove(i);
-            let _ = fs::remove_file(&f.tmp);
+            let _ = f.parent.remove_file(&f.tmp);
         }
         if let Some(f) = self.fetches.remove(path) {
-            let _ = fs::remove_file(&f.tmp);
+            let _ = f.parent.remove_file(&f.tmp);
             for h in f.missing.keys() {
                 if let Some(v) = self.needs.get_mut(h) {
                     v.retain(|p| p != path);
@@ -280,7 +291,7 @@ impl Applier {
             }
             if let Some(e) = failed {
                 if let Some(f) = self.fetches.remove(&p) {
-                    let _ = fs::remove_file(&f.tmp);
+                    let _ = f.parent.remove_file(&f.tmp);
                     out.push(Outcome::Failed {
                         error: ApplyError::Io {
                             path: f.parent.shown(p.file_name()),
@@ -380,31 +391,31 @@ impl Applier {
         let Content::File { size, chunks, .. } = &entry.content else {
             return Outcome::Waiting;
         };
-        let parent = match ParentDir::open(&self.root, &path, true) {
+        let parent = match self.parent_of(&path) {
             Ok(p) => p,
             Err(e) => return fail(e),
         };
-        let tmp = temp_path(&parent.entry(path.file_name()));
-        let file = match OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&tmp)
-        {
+        let tmp = temp_name(path.file_name());
+        let file = match parent.create_new(&tmp) {
             Ok(f) => f,
             Err(e) => {
+                // A shared parent may have been removed meanwhile: the retry opens it
+                // again from the root.
+                self.forget_parent(&path);
                 return fail(ApplyError::Io {
-                    path: tmp,
+                    path: parent.shown(&tmp),
                     source: e,
                 });
             }
         };
-        if let Err(e) = file.set_len(*size) {
-            let _ = fs::remove_file(&tmp);
+        // Chunks written at their offsets extend the file to its size anyway; sizing it
+        // first only matters when a later chunk may land before an earlier one.
+        if chunks.len() > 1
+            && let Err(e) = file.set_len(*size)
+        {
+            let _ = parent.remove_file(&tmp);
             return fail(ApplyError::Io {
-                path: tmp,
+                path: parent.shown(&tmp),
                 source: e,
             });
         }
@@ -428,9 +439,9 @@ impl Applier {
                 Some(d) => {
                     written.entry(c.hash).or_insert(off);
                     if let Err(e) = file.write_all_at(&d, off) {
-                        let _ = fs::remove_file(&tmp);
+                        let _ = parent.remove_file(&tmp);
                         return fail(ApplyError::Io {
-                            path: tmp,
+                            path: parent.shown(&tmp),
                             source: e,
                         });
                     }
@@ -484,7 +495,7 @@ impl Applier {
                 Outcome::Staged
             }
             Err(error) => {
-                let _ = fs::remove_file(&f.tmp);
+                let _ = f.parent.remove_file(&f.tmp);
                 Outcome::Failed {
                     path: f.entry.path,
                     version: f.entry.version,
@@ -534,7 +545,7 @@ impl Applier {
                     conflict_copy: f.conflict_copy.clone(),
                 },
                 Err(error) => {
-                    let _ = fs::remove_file(&f.tmp);
+                    let _ = f.parent.remove_file(&f.tmp);
                     Outcome::Failed {
                         path: f.entry.path.clone(),
                         version: f.entry.version.clone(),
@@ -557,14 +568,14 @@ impl Applier {
         &self,
         parent: &ParentDir,
         path: &RelPath,
-        tmp: &Path,
+        tmp: &str,
         expected: Option<LocalMeta>,
         conflict_copy: Option<&RelPath>,
         sync_dirs: bool,
     ) -> Result<Option<LocalMeta>, ApplyError> {
         let name = path.file_name();
-        let (target, shown) = (parent.entry(name), parent.shown(name));
-        let current = current_meta(&target, &shown)?;
+        let shown = parent.shown(name);
+        let current = parent.meta(name).map_err(io_err(&shown))?;
         if current != expected {
             if let (Some(cur), Some(_)) = (current, expected) {
                 tracing::debug!(?cur, ?expected, "target changed");
@@ -576,21 +587,50 @@ impl Applier {
         if current.is_some_and(|m| m.mode & libc::S_IFMT == libc::S_IFDIR) {
             // A directory cannot be replaced by a file; the engine deletes children
             // first, so an empty one is removed here.
-            fs::remove_dir(&target).map_err(|_| ApplyError::NotEmpty(shown.clone()))?;
+            parent
+                .remove_dir(name)
+                .map_err(|_| ApplyError::NotEmpty(shown.clone()))?;
         }
         if let (Some(cc), Some(_)) = (conflict_copy, current) {
             let cc_parent = ParentDir::open(&self.root, cc, true)?;
-            let to = cc_parent.entry(cc.file_name());
-            fs::rename(&target, &to).map_err(io_err(&cc_parent.shown(cc.file_name())))?;
+            parent
+                .rename(name, &cc_parent, cc.file_name())
+                .map_err(io_err(&cc_parent.shown(cc.file_name())))?;
             if sync_dirs {
                 cc_parent.sync();
             }
         }
-        fs::rename(tmp, &target).map_err(io_err(&shown))?;
+        parent.rename(tmp, parent, name).map_err(io_err(&shown))?;
         if sync_dirs {
             parent.sync();
         }
-        current_meta(&target, &shown)
+        parent.meta(name).map_err(io_err(&shown))
+    }
+
+    fn forget_parent(&mut self, path: &RelPath) {
+        self.parents.remove(parent_key(path));
+    }
+
+    /// The open parent directory of `path`, shared with the applies into it that are
+    /// still running if it was opened within [`PARENT_REUSE`].
+    fn parent_of(&mut self, path: &RelPath) -> Result<Arc<ParentDir>, ApplyError> {
+        let dir = parent_key(path);
+        let now = Instant::now();
+        if let Some((held, at)) = self.parents.get(dir)
+            && now.duration_since(*at) < PARENT_REUSE
+            && let Some(p) = held.upgrade()
+        {
+            return Ok(p);
+        }
+        let p = Arc::new(ParentDir::open(&self.root, path, true)?);
+        if self.parents.len() >= 1024 {
+            self.parents.retain(|_, (held, at)| {
+                held.strong_count() > 0 && now.duration_since(*at) < PARENT_REUSE
+            });
+        }
+        self.parents
+            .insert(dir.to_string(), (Arc::downgrade(&p), now));
+        Ok(p)
     }
 
     fn apply_dir(
@@ -600,31 +640,27 @@ impl Applier {
         expected: Option<LocalMeta>,
     ) -> Result<Option<LocalMeta>, ApplyError> {
         let parent = ParentDir::open(&self.root, path, true)?;
-        let (target, shown) = (
-            parent.entry(path.file_name()),
-            parent.shown(path.file_name()),
-        );
-        match current_meta(&target, &shown)? {
+        let name = path.file_name();
+        let shown = parent.shown(name);
+        match parent.meta(name).map_err(io_err(&shown))? {
             Some(m) if m.mode & libc::S_IFMT == libc::S_IFDIR => {}
             Some(m) => {
                 if Some(m) != expected {
                     return Err(ApplyError::ChangedLocally(shown));
                 }
-                fs::remove_file(&target).map_err(io_err(&shown))?;
-                fs::create_dir(&target).map_err(io_err(&shown))?;
+                parent.remove_file(name).map_err(io_err(&shown))?;
+                parent.create_dir(name).map_err(io_err(&shown))?;
             }
-            None => fs::create_dir(&target).map_err(io_err(&shown))?,
+            None => parent.create_dir(name).map_err(io_err(&shown))?,
         }
         // Through a descriptor opened without following links: chmod on the path would
         // follow a symlink swapped in since the check.
-        OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
-            .open(&target)
+        parent
+            .open_dir(name)
             .and_then(|d| d.set_permissions(fs::Permissions::from_mode(mode)))
             .map_err(io_err(&shown))?;
         parent.sync();
-        current_meta(&target, &shown)
+        parent.meta(name).map_err(io_err(&shown))
     }
 
     fn apply_symlink(
@@ -635,11 +671,13 @@ impl Applier {
         conflict_copy: Option<&RelPath>,
     ) -> Result<Option<LocalMeta>, ApplyError> {
         let parent = ParentDir::open(&self.root, path, true)?;
-        let tmp = temp_path(&parent.entry(path.file_name()));
-        symlink(link_target, &tmp).map_err(io_err(&parent.shown(path.file_name())))?;
+        let tmp = temp_name(path.file_name());
+        parent
+            .symlink(link_target, &tmp)
+            .map_err(io_err(&parent.shown(path.file_name())))?;
         self.replace(&parent, path, &tmp, expected, conflict_copy, true)
             .inspect_err(|_| {
-                let _ = fs::remove_file(&tmp);
+                let _ = parent.remove_file(&tmp);
             })
     }
 
@@ -652,13 +690,11 @@ impl Applier {
             // A parent is gone or unsafe: the path cannot be there (below the root).
             return Ok(None);
         };
-        let (target, shown) = (
-            parent.entry(path.file_name()),
-            parent.shown(path.file_name()),
-        );
-        match current_meta(&target, &shown)? {
+        let name = path.file_name();
+        let shown = parent.shown(name);
+        match parent.meta(name).map_err(io_err(&shown))? {
             None => Ok(None),
-            Some(m) if m.mode & libc::S_IFMT == libc::S_IFDIR => match fs::remove_dir(&target) {
+            Some(m) if m.mode & libc::S_IFMT == libc::S_IFDIR => match parent.remove_dir(name) {
                 Ok(()) => {
                     parent.sync();
                     Ok(None)
@@ -670,22 +706,11 @@ impl Applier {
                 if Some(m) != expected {
                     return Err(ApplyError::ChangedLocally(shown));
                 }
-                fs::remove_file(&target).map_err(io_err(&shown))?;
+                parent.remove_file(name).map_err(io_err(&shown))?;
                 parent.sync();
                 Ok(None)
             }
         }
-    }
-}
-
-fn current_meta(target: &Path, shown: &Path) -> Result<Option<LocalMeta>, ApplyError> {
-    match fs::symlink_metadata(target) {
-        Ok(md) => Ok(Some(local_meta(&md))),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(ApplyError::Io {
-            path: shown.to_path_buf(),
-            source: e,
-        }),
     }
 }
 
@@ -695,14 +720,20 @@ pub fn ensure_parents(root: &Path, rel: &RelPath) -> Result<(), ApplyError> {
     ParentDir::open(root, rel, true).map(|_| ())
 }
 
-fn temp_path(target: &Path) -> PathBuf {
-    let name = target.file_name().and_then(|n| n.to_str()).unwrap_or("f");
+/// The path of `path`'s parent below the root ("" for the root itself).
+fn parent_key(path: &RelPath) -> &str {
+    path.as_str().rsplit_once('/').map_or("", |(d, _)| d)
+}
+
+/// A temp file's name next to the file `name`: hidden, marked for the scanner to skip,
+/// and unique enough that an interrupted apply's leftover never collides.
+fn temp_name(name: &str) -> String {
     let mut cut = name.len().min(200);
     while !name.is_char_boundary(cut) {
         cut -= 1;
     }
     let tag: u32 = rand::random();
-    target.with_file_name(format!(".{}{TEMP_INFIX}{tag:08x}", &name[..cut]))
+    format!(".{}{TEMP_INFIX}{tag:08x}", &name[..cut])
 }
 
 #[cfg(test)]

@@ -858,15 +858,24 @@ impl Folder {
                 let mut bases: HashMap<Hash, Option<Vec<u8>>> = HashMap::new();
                 let mut tried = HashSet::new();
                 for d in deltas {
-                    if !tried.insert(d.hash) || !self.applier.wants(&d.hash) {
+                    if !tried.insert(d.hash) {
+                        continue;
+                    }
+                    let wanted = self.applier.wants(&d.hash);
+                    // A delta may arrive before its file's fetch starts (every apply
+                    // slot busy): rebuilt now, the chunk waits in the applier's cache
+                    // like a whole chunk would. One this node holds already is skipped.
+                    if !wanted && self.locations.contains(&d.hash) {
                         continue;
                     }
                     match self.rebuild(&d, &mut bases) {
                         Ok(data) => self.take_chunk(d.hash, data),
-                        Err(e) => {
+                        Err(e) if wanted => {
                             debug!(folder = %self.cfg.id, from = %self.source, "cannot rebuild a chunk from its delta ({e}); asking for it whole");
                             refetch.push(d.hash);
                         }
+                        // Not asked for here: a fetch that starts later asks for it.
+                        Err(_) => {}
                     }
                 }
                 if !refetch.is_empty() {

@@ -81,7 +81,7 @@ pub fn local_meta(md: &Metadata) -> LocalMeta {
 }
 
 /// `local_meta` from a raw `stat`, for the fast path of the walk.
-fn meta_of_stat(st: &rustix::fs::Stat) -> LocalMeta {
+pub(crate) fn meta_of_stat(st: &rustix::fs::Stat) -> LocalMeta {
     let is_dir = FileType::from_raw_mode(st.st_mode) == FileType::Directory;
     LocalMeta {
         size: if is_dir { 0 } else { st.st_size as u64 },

@@ -45,14 +45,24 @@ pub fn watch(
                 ) {
                     return;
                 }
+                // The applier's own temp files come and go on every received file;
+                // the scanner skips them, so they are dropped here before any stat.
+                let own: Vec<&Path> = ev
+                    .paths
+                    .iter()
+                    .map(PathBuf::as_path)
+                    .filter(|p| !is_temp(p))
+                    .collect();
+                if own.is_empty() {
+                    return;
+                }
                 let urgent = matches!(
                     ev.kind,
                     EventKind::Access(AccessKind::Close(AccessMode::Write))
                         | EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Both))
                         | EventKind::Create(CreateKind::Folder)
-                ) || is_symlink_create(&ev);
-                let paths: Vec<RelPath> = ev
-                    .paths
+                ) || is_symlink_create(&ev.kind, &own);
+                let paths: Vec<RelPath> = own
                     .iter()
                     .filter_map(|p| RelPath::from_local(&root_buf, p).ok())
                     .collect();
@@ -78,10 +88,15 @@ pub fn watch(
 }
 
 /// A new symlink gets no close event: it is complete as soon as it exists.
-fn is_symlink_create(ev: &notify::Event) -> bool {
-    matches!(ev.kind, EventKind::Create(_))
-        && ev
-            .paths
+fn is_symlink_create(kind: &EventKind, paths: &[&Path]) -> bool {
+    matches!(kind, EventKind::Create(_))
+        && paths
             .iter()
             .any(|p| std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_symlink()))
+}
+
+fn is_temp(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(crate::scanner::is_temp_name)
 }

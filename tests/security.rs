@@ -913,4 +913,45 @@ fn patches_and_deltas_apply_only_against_what_a_node_holds() {
         assert_eq!(fs::read(c.folder(i).join("p.bin")).unwrap(), new);
         assert!(c.nodes[i].as_mut().unwrap().is_running());
     }
+    // A delta that arrives before the patch that needs it is kept: this writer never
+    // answers a chunk request, so the file only arrives if the rebuilt chunk waited.
+    let mut newer = new.clone();
+    rand::rngs::StdRng::seed_from_u64(33).fill(&mut newer[last_at..last_at + half]);
+    let newer_last = ChunkRef {
+        hash: mqsync::chunker::hash(&newer[last_at..]),
+        len: last.len,
+    };
+    let early = ChunkDelta {
+        hash: newer_last.hash,
+        len: last.len,
+        bases: vec![new_last.hash],
+        ops: vec![
+            DeltaOp::Data(newer[last_at..last_at + half].to_vec()),
+            DeltaOp::Copy {
+                base: 0,
+                offset: half as u32,
+                len: last.len - half as u32,
+            },
+        ],
+    };
+    n3.publish_acked(&[
+        sign(Message::Deltas {
+            deltas: vec![early],
+        }),
+        sign(Message::Patch {
+            patches: vec![patch(
+                wire::chunk_list_id(&new_chunks),
+                version(4),
+                newer_last,
+            )],
+        }),
+    ]);
+    for i in 0..2 {
+        assert!(
+            wait_until(T, || fs::read(c.folder(i).join("p.bin"))
+                .is_ok_and(|d| d == newer)),
+            "node {i} dropped a delta that came before its patch\n{}",
+            node_log(&c, i)
+        );
+    }
 }

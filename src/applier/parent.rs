@@ -1,25 +1,24 @@
 //! A target's parent directory, opened one component at a time from the folder root
-//! with `O_NOFOLLOW` and held open while an apply runs. Every operation then goes through
-//! `/proc/self/fd/N/NAME`, so a symlink swapped into the path after the check cannot
-//! redirect a write outside the root.
+//! with `O_NOFOLLOW` and held open while applies into it run. Every operation on a name
+//! in it then goes through the descriptor (`openat`, `renameat`, `unlinkat`, ...), so a
+//! symlink swapped into the path after the check cannot redirect a write outside the root.
 
+use std::fs::File;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 
-use rustix::fs::{Mode, OFlags};
+use rustix::fs::{AtFlags, Mode, OFlags};
 use rustix::io::Errno;
 
 use super::ApplyError;
+use crate::index::LocalMeta;
 use crate::relpath::RelPath;
 
 /// An open parent directory of a relative path below a folder root.
 #[derive(Debug)]
 pub struct ParentDir {
     fd: OwnedFd,
-    /// Path through the open descriptor, or the plain path where `/proc` is missing.
-    via: PathBuf,
     /// The plain path, for messages.
     shown: PathBuf,
 }
@@ -55,25 +54,71 @@ impl ParentDir {
                 Err(e) => return Err(unsafe_or_io(&shown, e)),
             };
         }
-        let via = if proc_fd_usable() {
-            PathBuf::from(format!(
-                "/proc/self/fd/{}",
-                std::os::fd::AsRawFd::as_raw_fd(&fd)
-            ))
-        } else {
-            shown.clone()
-        };
-        Ok(ParentDir { fd, via, shown })
-    }
-
-    /// The path of `name` in this directory, for file system calls.
-    pub fn entry(&self, name: &str) -> PathBuf {
-        self.via.join(name)
+        Ok(ParentDir { fd, shown })
     }
 
     /// The plain path of `name` in this directory, for messages.
     pub fn shown(&self, name: &str) -> PathBuf {
         self.shown.join(name)
+    }
+
+    /// Creates `name` as a new, empty file readable and writable by the owner only;
+    /// fails if anything is there already, a symlink included.
+    pub fn create_new(&self, name: &str) -> io::Result<File> {
+        let flags = OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW;
+        let fd = rustix::fs::openat(
+            &self.fd,
+            name,
+            flags | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )?;
+        Ok(File::from(fd))
+    }
+
+    /// Opens the directory `name` without following a symlink there.
+    pub fn open_dir(&self, name: &str) -> io::Result<File> {
+        let flags = OFlags::DIRECTORY | OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        Ok(File::from(rustix::fs::openat(
+            &self.fd,
+            name,
+            flags,
+            Mode::empty(),
+        )?))
+    }
+
+    /// What is at `name` (not following a symlink), `None` if nothing is.
+    pub fn meta(&self, name: &str) -> io::Result<Option<LocalMeta>> {
+        match rustix::fs::statat(&self.fd, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => Ok(Some(crate::scanner::meta_of_stat(&st))),
+            Err(Errno::NOENT) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Renames `from` in this directory to `to` in `dir` (which may be this one).
+    pub fn rename(&self, from: &str, dir: &ParentDir, to: &str) -> io::Result<()> {
+        Ok(rustix::fs::renameat(&self.fd, from, &dir.fd, to)?)
+    }
+
+    pub fn remove_file(&self, name: &str) -> io::Result<()> {
+        Ok(rustix::fs::unlinkat(&self.fd, name, AtFlags::empty())?)
+    }
+
+    pub fn remove_dir(&self, name: &str) -> io::Result<()> {
+        Ok(rustix::fs::unlinkat(&self.fd, name, AtFlags::REMOVEDIR)?)
+    }
+
+    pub fn create_dir(&self, name: &str) -> io::Result<()> {
+        Ok(rustix::fs::mkdirat(
+            &self.fd,
+            name,
+            Mode::from_raw_mode(0o777),
+        )?)
+    }
+
+    /// Creates the symlink `name` pointing at `target`.
+    pub fn symlink(&self, target: &str, name: &str) -> io::Result<()> {
+        Ok(rustix::fs::symlinkat(target, &self.fd, name)?)
     }
 
     /// Makes renames and creations in this directory durable.
@@ -98,19 +143,4 @@ fn unsafe_or_io(path: &Path, e: Errno) -> ApplyError {
             source: io::Error::from(e),
         },
     }
-}
-
-/// `/proc/self/fd` is there on every Linux host and container; without it (a chroot
-/// without /proc) the parent is still checked, only not pinned against later swaps.
-fn proc_fd_usable() -> bool {
-    static USABLE: OnceLock<bool> = OnceLock::new();
-    *USABLE.get_or_init(|| {
-        let ok = Path::new("/proc/self/fd").is_dir();
-        if !ok {
-            tracing::warn!(
-                "/proc/self/fd is missing: applies check parent directories but cannot pin them"
-            );
-        }
-        ok
-    })
 }

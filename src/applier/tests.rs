@@ -1,5 +1,6 @@
 use super::*;
 use crate::engine::ChunkRef;
+use crate::scanner::local_meta;
 use std::os::unix::fs::symlink;
 
 fn entry(path: &str, content: Content) -> Entry {

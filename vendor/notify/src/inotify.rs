@@ -424,9 +424,11 @@ impl EventLoop {
         is_recursive: bool,
         watch_self: bool,
     ) -> Result<()> {
+        // mqsync patch: no `OPEN`. mqsync ignores open events, and asking for them
+        // queued one per file it reads (every file it pushes or rebuilds from) and per
+        // temp file it creates, each read and dispatched by the event loop.
         let mut watchmask = WatchMask::ATTRIB
             | WatchMask::CREATE
-            | WatchMask::OPEN
             | WatchMask::DELETE
             | WatchMask::CLOSE_WRITE
             | WatchMask::MODIFY
