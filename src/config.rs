@@ -177,6 +177,8 @@ pub struct FolderConfig {
     /// Command run with `sh -c` after a batch of remote changes was applied, with the
     /// changed paths on stdin, one per line.
     pub on_change: Option<String>,
+    /// Whether chunk data is sent zstd-compressed: measured (`auto`), `always`, `never`.
+    pub compression: crate::compression::Mode,
 }
 
 /// Direction of sync of a folder.
@@ -506,6 +508,7 @@ struct RawFolder {
     max_delete_percent: Option<u64>,
     tombstone_days: Option<u64>,
     on_change: Option<String>,
+    compression: Option<String>,
 }
 
 /// Collects every problem found.
@@ -685,6 +688,7 @@ impl RawConfig {
             let prefix = format!("MQSYNC_FOLDER_{}_", folder_env_id(id));
             env.path(&format!("{prefix}PATH"), &mut folder.path);
             env.string(&format!("{prefix}MODE"), &mut folder.mode);
+            env.string(&format!("{prefix}COMPRESSION"), &mut folder.compression);
             env.list(&format!("{prefix}IGNORE"), &mut folder.ignore);
             env.u64(
                 &format!("{prefix}DEBOUNCE_MS"),
@@ -1021,6 +1025,16 @@ fn validate_folder(raw: RawFolder, key: &str, base: &Path, errors: &mut Errors) 
             format!("{tombstone_days} is not a number of days from 1 to 36500"),
         );
     }
+    let compression = match raw.compression.as_deref() {
+        None => crate::compression::Mode::default(),
+        Some(s) => crate::compression::Mode::parse(s).unwrap_or_else(|| {
+            errors.push(
+                format!("{key}.compression"),
+                format!("{s:?} is not one of \"auto\", \"always\", \"never\""),
+            );
+            crate::compression::Mode::default()
+        }),
+    };
     FolderConfig {
         id,
         path,
@@ -1030,6 +1044,7 @@ fn validate_folder(raw: RawFolder, key: &str, base: &Path, errors: &mut Errors) 
         max_delete_percent,
         tombstone_days,
         on_change: raw.on_change.filter(|c| !c.trim().is_empty()),
+        compression,
     }
 }
 
@@ -1423,6 +1438,7 @@ id = "media"
 path = "/srv/media"
 ignore = ["*.tmp", "a[b"]
 debounce_ms = 60001
+compression = "fast"
 [[folder]]
 id = "media"
 path = "/srv/media/sub"
@@ -1444,6 +1460,7 @@ path = "/srv/media/sub"
                 "folder \"media\": invalid glob pattern \"a[b\"",
             ),
             ("folder[0].debounce_ms", "60001"),
+            ("folder[0].compression", "\"fast\" is not one of"),
             ("folder[1].id", "duplicate folder id"),
             ("folder[1].path", "inside folder[0]"),
         ] {

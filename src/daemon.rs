@@ -195,6 +195,7 @@ pub fn folder_settings(f: &FolderConfig) -> FolderSettings {
         max_delete_percent: f.max_delete_percent,
         tombstone_ttl: Some(Duration::from_secs(f.tombstone_days * 86_400)),
         on_change: f.on_change.clone(),
+        compression: f.compression,
     }
 }
 

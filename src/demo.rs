@@ -89,6 +89,7 @@ pub async fn start(
                     crate::config::DEFAULT_TOMBSTONE_DAYS * 86_400,
                 )),
                 on_change: None,
+                compression: Default::default(),
             }],
         };
         let sd = shutdown.clone();

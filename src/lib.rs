@@ -6,6 +6,7 @@ pub mod broker;
 pub mod casefold;
 pub mod certs;
 pub mod chunker;
+pub mod compression;
 pub mod config;
 pub mod control;
 pub mod daemon;

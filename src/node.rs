@@ -79,6 +79,8 @@ pub struct FolderSettings {
     pub tombstone_ttl: Option<Duration>,
     /// Run with `sh -c` after a batch of remote changes was applied.
     pub on_change: Option<String>,
+    /// Whether chunk data goes out compressed.
+    pub compression: crate::compression::Mode,
 }
 
 /// A held mass deletion needs at least this many files: deleting 1 of 2 files is normal.
@@ -278,6 +280,8 @@ struct Folder {
     pushing: HashSet<Hash>,
     /// Flow control of chunk pushes: how far behind our receivers are.
     window: crate::push_window::PushWindow,
+    /// Whether chunk messages go out compressed (the folder's `compression`).
+    compression: crate::compression::Compression,
     /// Progress still to report to each writer we receive chunks from.
     reports: crate::push_window::ProgressReports,
     /// Chunks new to this node in the latest scan: sent right after their manifest.
@@ -406,6 +410,7 @@ impl Folder {
             push: VecDeque::new(),
             pushing: HashSet::new(),
             window: Default::default(),
+            compression: crate::compression::Compression::new(f.compression),
             reports: Default::default(),
             fresh: HashSet::new(),
             previous: HashMap::new(),
@@ -1829,6 +1834,15 @@ impl Folder {
                 break;
             };
             self.window.pushed(last, bytes as u64, Instant::now());
+            let was = self.compression.on();
+            self.compression.pushed(bytes as u64, Instant::now());
+            if self.compression.on() != was {
+                let [off, on] = self
+                    .compression
+                    .rates()
+                    .map(|r| r.map(|r| (r / 1e6).round()));
+                debug!(folder = %self.cfg.id, compress = self.compression.on(), mb_s_without = ?off, mb_s_with = ?on, "chunk compression switched");
+            }
             if msg.is_empty() {
                 debug!(folder = %self.cfg.id, chunks = deltas.len(), bytes = deltas.iter().map(ChunkDelta::data_len).sum::<usize>(), "pushing chunks as deltas");
                 self.send(Message::Deltas { deltas });
@@ -1876,7 +1890,13 @@ impl Folder {
             Message::Deltas { .. } => "deltas",
             Message::Patch { .. } => "patch",
         };
-        match wire::encode(&env, &topic, &self.keys) {
+        // Chunk data is compressed as the folder's setting (or its measurement)
+        // says; everything else always is (small, and compresses well).
+        let compress = match &env.msg {
+            Message::Chunks { .. } | Message::Deltas { .. } => self.compression.on(),
+            _ => true,
+        };
+        match wire::encode_with(&env, &topic, &self.keys, compress) {
             Ok(bytes) => {
                 let folder = self.cfg.id.clone();
                 metrics::counter!("mqsync_messages_sent_total", "folder" => folder.clone(), "kind" => kind).increment(1);

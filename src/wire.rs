@@ -260,10 +260,20 @@ pub enum EncodeError {
 
 /// Encodes `env` for publication on `topic`.
 pub fn encode(env: &Envelope, topic: &str, keys: &Keys) -> Result<Vec<u8>, EncodeError> {
+    encode_with(env, topic, keys, true)
+}
+
+/// [`encode`], trying zstd only when `compress` is set (receivers read either).
+pub fn encode_with(
+    env: &Envelope,
+    topic: &str,
+    keys: &Keys,
+    compress: bool,
+) -> Result<Vec<u8>, EncodeError> {
     let body = postcard::to_allocvec(env)?;
     let mut flags = 0u8;
     let mut payload = None;
-    if body.len() >= COMPRESS_MIN {
+    if compress && body.len() >= COMPRESS_MIN {
         let z = zstd::bulk::compress(&body, 1)?;
         // Incompressible data (media, archives) goes out as is.
         if z.len() + z.len() / 16 < body.len() {

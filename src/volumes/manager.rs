@@ -369,6 +369,7 @@ impl Manager {
             max_delete_percent: DEFAULT_MAX_DELETE_PERCENT,
             tombstone_days: DEFAULT_TOMBSTONE_DAYS,
             on_change: None,
+            compression: Default::default(),
         };
         let (stop, stopped) = watch::channel(false);
         match node::spawn_folder(
