@@ -11,9 +11,10 @@ use crate::engine::{Content, Entry, Hash, VersionVector};
 use crate::index::LocalMeta;
 use crate::relpath::RelPath;
 use crate::scanner::TEMP_INFIX;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::{self, File};
 use std::io;
+use std::ops::Bound;
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
@@ -126,15 +127,16 @@ impl ChunkCache {
 
 /// How long a parent directory opened for one file is reused for the next files into
 /// it while applies hold it open: a burst of small files into one directory then opens
-/// it once, not once per file, and a directory moved away locally is picked up again
-/// within this time.
+/// it once, not once per file. A directory moved or removed locally is forgotten as
+/// soon as the watcher reports it ([`Applier::forget_dir`]), and after this time in any
+/// case.
 const PARENT_REUSE: Duration = Duration::from_secs(1);
 
 pub struct Applier {
     root: PathBuf,
     fetches: HashMap<RelPath, Fetch>,
     /// Parent directories of files being applied, by their path below the root.
-    parents: HashMap<String, (Weak<ParentDir>, Instant)>,
+    parents: BTreeMap<String, (Weak<ParentDir>, Instant)>,
     /// Complete files waiting for the next [`Applier::commit`].
     staged: Vec<Fetch>,
     needs: HashMap<Hash, Vec<RelPath>>,
@@ -164,7 +166,7 @@ impl Applier {
         Applier {
             root,
             fetches: HashMap::new(),
-            parents: HashMap::new(),
+            parents: BTreeMap::new(),
             staged: Vec::new(),
             needs: HashMap::new(),
             cache: ChunkCache {
@@ -259,6 +261,31 @@ impl Applier {
     /// Whether a fetch in flight waits for this chunk.
     pub fn wants(&self, hash: &Hash) -> bool {
         self.needs.contains_key(hash)
+    }
+
+    /// Whether this chunk waits among the early arrivals for a fetch to start.
+    pub fn has_cached(&self, hash: &Hash) -> bool {
+        self.cache.map.contains_key(hash)
+    }
+
+    /// Forgets the open descriptors of `dir` and of directories below it, after the
+    /// watcher saw it change: it may have been moved or removed.
+    pub fn forget_dir(&mut self, dir: &RelPath) {
+        let d = dir.as_str();
+        if self.parents.is_empty() {
+            return;
+        }
+        let below: Vec<String> = self
+            .parents
+            .range::<str, _>((Bound::Included(d), Bound::Unbounded))
+            .map(|(k, _)| k)
+            .take_while(|k| k.starts_with(d))
+            .filter(|k| k.len() == d.len() || k.as_bytes()[d.len()] == b'/')
+            .cloned()
+            .collect();
+        for k in below {
+            self.parents.remove(&k);
+        }
     }
 
     /// [`Applier::on_chunk`] for a chunk whose bytes the caller checked against `hash`.
@@ -546,6 +573,8 @@ impl Applier {
                 },
                 Err(error) => {
                     let _ = f.parent.remove_file(&f.tmp);
+                    // The directory may be gone: a retry opens it again.
+                    self.parents.remove(parent_key(&f.entry.path));
                     Outcome::Failed {
                         path: f.entry.path.clone(),
                         version: f.entry.version.clone(),

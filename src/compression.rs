@@ -35,11 +35,15 @@ impl Mode {
 pub const SETTLE_BYTES: u64 = 32 << 20;
 /// Chunk data over which a rate is measured.
 pub const EPOCH_BYTES: u64 = 64 << 20;
-/// A pause longer than this between two chunk messages ends a burst: its partial
-/// measurement is dropped (idle time says nothing about either setting).
+/// A writer with nothing to push for longer than this ends a burst: its partial
+/// measurement is dropped (idle time says nothing about either setting). Waiting for
+/// receivers with chunks queued is part of the burst: that is the link's pace.
 pub const BURST_GAP: Duration = Duration::from_millis(250);
 /// Measured epochs with the chosen setting before the other one is tried again.
 pub const PROBE_EVERY: u32 = 8;
+/// Bursts a probe may end unmeasured (too short) before the setting it left is
+/// taken back, so short transfers do not keep going out with an untried setting.
+pub const PROBE_BURSTS: u32 = 2;
 
 /// The choice for one writer's chunk messages.
 #[derive(Debug)]
@@ -50,7 +54,10 @@ pub struct Compression {
     bytes: u64,
     /// When the measured part of the epoch started (after settling).
     measured_from: Option<Instant>,
-    last_push: Option<Instant>,
+    /// Since when the writer has had nothing to push.
+    idle_since: Option<Instant>,
+    /// Bursts the current probe saw end unmeasured.
+    probe_bursts: u32,
     /// Bytes per second measured without ([0]) and with ([1]) compression.
     rate: [Option<f64>; 2],
     since_probe: u32,
@@ -64,7 +71,8 @@ impl Compression {
             on: mode != Mode::Never,
             bytes: 0,
             measured_from: None,
-            last_push: None,
+            idle_since: None,
+            probe_bursts: 0,
             rate: [None, None],
             since_probe: 0,
             probing: false,
@@ -81,18 +89,21 @@ impl Compression {
         self.rate
     }
 
+    /// The writer has pushed everything it had (called each time its queue runs dry).
+    pub fn drained(&mut self, now: Instant) {
+        self.idle_since.get_or_insert(now);
+    }
+
     /// A chunk message carrying `bytes` of chunk data was pushed at `now`.
     pub fn pushed(&mut self, bytes: u64, now: Instant) {
         if self.mode != Mode::Auto {
             return;
         }
-        if self
-            .last_push
-            .is_none_or(|t| now.saturating_duration_since(t) > BURST_GAP)
+        if let Some(idle) = self.idle_since.take()
+            && now.saturating_duration_since(idle) > BURST_GAP
         {
-            self.restart();
+            self.burst_ended();
         }
-        self.last_push = Some(now);
         self.bytes += bytes;
         if self.bytes < SETTLE_BYTES {
             return;
@@ -109,14 +120,34 @@ impl Compression {
         if secs > 0.0 {
             let r = measured as f64 / secs;
             let slot = &mut self.rate[usize::from(self.on)];
-            // Half the new measurement, half the old: one noisy epoch does not flip it.
-            *slot = Some(slot.map_or(r, |old| (old + r) / 2.0));
+            // A probe's measurement stands alone (the one it replaces is at least 8
+            // epochs old); the chosen setting's are averaged, half the new and half the
+            // old, so one noisy epoch does not flip the choice.
+            *slot = Some(match *slot {
+                Some(old) if !self.probing => (old + r) / 2.0,
+                _ => r,
+            });
         }
         self.decide();
         self.restart();
     }
 
+    /// A burst ended before its epoch was measured.
+    fn burst_ended(&mut self) {
+        if self.bytes > 0 && self.probing {
+            self.probe_bursts += 1;
+            if self.probe_bursts >= PROBE_BURSTS {
+                self.on = !self.on;
+                self.probing = false;
+                self.since_probe = 0;
+                self.probe_bursts = 0;
+            }
+        }
+        self.restart();
+    }
+
     fn decide(&mut self) {
+        self.probe_bursts = 0;
         if self.probing {
             self.probing = false;
             self.since_probe = 0;
@@ -191,12 +222,49 @@ mod tests {
         let mut t = Instant::now();
         let mut c = Compression::new(Mode::Auto);
         for _ in 0..100 {
-            // 64 MiB bursts: each one still settling when it ends.
+            // 32 MiB bursts: each one still settling when it ends.
             run(&mut c, &mut t, SETTLE_BYTES, |_| 1e9);
+            c.drained(t);
             t += Duration::from_secs(1);
         }
         assert!(c.on());
         assert_eq!(c.rates(), [None, None]);
+    }
+
+    #[test]
+    fn waiting_for_receivers_is_part_of_the_burst() {
+        let mut t = Instant::now();
+        let mut c = Compression::new(Mode::Auto);
+        // A slow link: 4 MiB per report, half a second apart, with chunks still queued
+        // (no `drained`); compressed, twice the data gets through.
+        for _ in 0..200 {
+            let per_4mib = if c.on() { 0.25 } else { 0.5 };
+            for _ in 0..4 {
+                c.pushed(MIB, t);
+            }
+            t += Duration::from_secs_f64(per_4mib);
+        }
+        assert!(c.on(), "{:?}", c.rates());
+        assert!(
+            c.rates()[0].is_some(),
+            "the probe without compression finished"
+        );
+    }
+
+    #[test]
+    fn a_probe_that_only_sees_short_bursts_is_taken_back() {
+        let mut t = Instant::now();
+        let mut c = Compression::new(Mode::Auto);
+        let fast = |on: bool| if on { 100e6 } else { 300e6 };
+        run(&mut c, &mut t, SETTLE_BYTES + EPOCH_BYTES, fast);
+        assert!(!c.on(), "probing without compression");
+        for _ in 0..PROBE_BURSTS {
+            run(&mut c, &mut t, 16 * MIB, fast);
+            c.drained(t);
+            t += Duration::from_secs(1);
+        }
+        run(&mut c, &mut t, MIB, fast);
+        assert!(c.on(), "back to the measured setting");
     }
 
     #[test]

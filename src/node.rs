@@ -869,8 +869,13 @@ impl Folder {
                     let wanted = self.applier.wants(&d.hash);
                     // A delta may arrive before its file's fetch starts (every apply
                     // slot busy): rebuilt now, the chunk waits in the applier's cache
-                    // like a whole chunk would. One this node holds already is skipped.
-                    if !wanted && self.locations.contains(&d.hash) {
+                    // like a whole chunk would. Skipped where nothing would use it: the
+                    // chunk is here already, or this folder applies no remote change.
+                    if !wanted
+                        && (self.cfg.mode == Mode::SendOnly
+                            || self.applier.has_cached(&d.hash)
+                            || self.locations.contains(&d.hash))
+                    {
                         continue;
                     }
                     match self.rebuild(&d, &mut bases) {
@@ -1008,6 +1013,9 @@ impl Folder {
             FsEvent::Paths { paths, urgent } => {
                 let now = Instant::now();
                 for p in paths {
+                    // A directory moved or removed here: files arriving into it open
+                    // its path again instead of a descriptor held from before.
+                    self.applier.forget_dir(&p);
                     if !self.ignore.is_ignored(&p) {
                         self.dirty.insert(p);
                     }
@@ -1849,6 +1857,9 @@ impl Folder {
             } else {
                 self.send(Message::Chunks { chunks: msg });
             }
+        }
+        if self.push.is_empty() {
+            self.compression.drained(Instant::now());
         }
     }
 

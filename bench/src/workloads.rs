@@ -66,19 +66,51 @@ impl Ctx {
 
     /// A fresh directory for one run; this machine's page cache and file creation
     /// are slow right after large deletes, so old runs are removed first, with a pause.
+    /// After many files, the pause outlasts ext4's `recently_deleted` window: without
+    /// a journal, it skips inodes freed in the last 60 s when it allocates new ones,
+    /// and a small-files run right after another's cleanup took twice the time.
     fn fresh(&self, name: &str) -> Result<PathBuf> {
         let runs = self.work.join("runs");
         if runs.exists() && std::env::var_os("MQSYNC_BENCH_KEEP").is_none() {
+            let files = count_entries(&runs, MANY_FILES);
             fs::remove_dir_all(&runs)?;
             // SAFETY: sync(2) has no arguments and cannot fail.
             unsafe { libc::sync() };
-            std::thread::sleep(Duration::from_secs(2));
+            let pause = if files >= MANY_FILES {
+                eprintln!("  (removed {files}+ files: waiting 65 s before the next run)");
+                Duration::from_secs(65)
+            } else {
+                Duration::from_secs(2)
+            };
+            std::thread::sleep(pause);
         }
         self.run.set(self.run.get() + 1);
         let dir = runs.join(format!("{}-{name}", self.run.get()));
         fs::create_dir_all(&dir)?;
         Ok(dir)
     }
+}
+
+/// Removed runs with at least this many entries are followed by the long pause.
+const MANY_FILES: usize = 5_000;
+
+/// Entries below `dir`, counting stopped at `limit`.
+fn count_entries(dir: &Path, limit: usize) -> usize {
+    let mut n = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            n += 1;
+            if n >= limit {
+                return n;
+            }
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(e.path());
+            }
+        }
+    }
+    n
 }
 
 /// MB/s, with a decimal when small.

@@ -376,3 +376,42 @@ fn a_fetch_overtaken_by_a_later_one_asks_at_once() {
     let stalled = a.stalled(now + Duration::from_secs(10), Duration::from_secs(1));
     assert!(stalled.iter().any(|(to, _)| to == "n1"), "{stalled:?}");
 }
+
+#[test]
+fn a_directory_moved_away_is_opened_again_once_forgotten() {
+    let d = tempfile::tempdir().unwrap();
+    let mut a = Applier::new(d.path().to_path_buf());
+    // A fetch into a/ waits for its chunk and holds the directory open.
+    let (c1, _) = file_content(&[b"first"], 0o644);
+    let out = a.start(entry("a/f", c1), None, None, "n1", &none);
+    assert!(matches!(out, Outcome::Waiting), "{out:?}");
+    fs::rename(d.path().join("a"), d.path().join("b")).unwrap();
+    // Without forgetting it, a file arriving into a/ within a second would follow the
+    // held descriptor into b/.
+    a.forget_dir(&RelPath::new("a").unwrap());
+    let (c2, data) = file_content(&[b"second"], 0o644);
+    let map: HashMap<Hash, Vec<u8>> = data.into_iter().collect();
+    let out = a.start(entry("a/g", c2), None, None, "n1", &|h| map.get(h).cloned());
+    let out = committed_one(&mut a, out);
+    assert!(matches!(out, Outcome::Done { .. }), "{out:?}");
+    assert_eq!(fs::read(d.path().join("a/g")).unwrap(), b"second");
+    assert!(!d.path().join("b/g").exists());
+}
+
+#[test]
+fn files_into_one_directory_share_its_descriptor() {
+    let d = tempfile::tempdir().unwrap();
+    let mut a = Applier::new(d.path().to_path_buf());
+    let (c1, _) = file_content(&[b"first"], 0o644);
+    let out = a.start(entry("a/f", c1), None, None, "n1", &none);
+    assert!(matches!(out, Outcome::Waiting), "{out:?}");
+    fs::rename(d.path().join("a"), d.path().join("b")).unwrap();
+    // Not forgotten (the watcher has not reported the move yet): the next file into
+    // a/ goes where the open directory is, still below the root.
+    let (c2, data) = file_content(&[b"second"], 0o644);
+    let map: HashMap<Hash, Vec<u8>> = data.into_iter().collect();
+    let out = a.start(entry("a/g", c2), None, None, "n1", &|h| map.get(h).cloned());
+    let out = committed_one(&mut a, out);
+    assert!(matches!(out, Outcome::Done { .. }), "{out:?}");
+    assert_eq!(fs::read(d.path().join("b/g")).unwrap(), b"second");
+}
