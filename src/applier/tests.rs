@@ -377,23 +377,33 @@ fn a_fetch_overtaken_by_a_later_one_asks_at_once() {
     assert!(stalled.iter().any(|(to, _)| to == "n1"), "{stalled:?}");
 }
 
+/// Starts a fetch into a/ that waits for its chunk (holding the directory open), and
+/// moves a/ to b/ meanwhile.
+fn hold_a_and_move_it_to_b(a: &mut Applier, root: &Path) {
+    let (c1, _) = file_content(&[b"first"], 0o644);
+    let out = a.start(entry("a/f", c1), None, None, "n1", &none);
+    assert!(matches!(out, Outcome::Waiting), "{out:?}");
+    fs::rename(root.join("a"), root.join("b")).unwrap();
+}
+
+/// Applies a/g, which needs no chunk from the network.
+fn apply_a_g(a: &mut Applier) {
+    let (c2, data) = file_content(&[b"second"], 0o644);
+    let map: HashMap<Hash, Vec<u8>> = data.into_iter().collect();
+    let out = a.start(entry("a/g", c2), None, None, "n1", &|h| map.get(h).cloned());
+    let out = committed_one(a, out);
+    assert!(matches!(out, Outcome::Done { .. }), "{out:?}");
+}
+
 #[test]
 fn a_directory_moved_away_is_opened_again_once_forgotten() {
     let d = tempfile::tempdir().unwrap();
     let mut a = Applier::new(d.path().to_path_buf());
-    // A fetch into a/ waits for its chunk and holds the directory open.
-    let (c1, _) = file_content(&[b"first"], 0o644);
-    let out = a.start(entry("a/f", c1), None, None, "n1", &none);
-    assert!(matches!(out, Outcome::Waiting), "{out:?}");
-    fs::rename(d.path().join("a"), d.path().join("b")).unwrap();
+    hold_a_and_move_it_to_b(&mut a, d.path());
     // Without forgetting it, a file arriving into a/ within a second would follow the
     // held descriptor into b/.
     a.forget_dir(&RelPath::new("a").unwrap());
-    let (c2, data) = file_content(&[b"second"], 0o644);
-    let map: HashMap<Hash, Vec<u8>> = data.into_iter().collect();
-    let out = a.start(entry("a/g", c2), None, None, "n1", &|h| map.get(h).cloned());
-    let out = committed_one(&mut a, out);
-    assert!(matches!(out, Outcome::Done { .. }), "{out:?}");
+    apply_a_g(&mut a);
     assert_eq!(fs::read(d.path().join("a/g")).unwrap(), b"second");
     assert!(!d.path().join("b/g").exists());
 }
@@ -402,16 +412,9 @@ fn a_directory_moved_away_is_opened_again_once_forgotten() {
 fn files_into_one_directory_share_its_descriptor() {
     let d = tempfile::tempdir().unwrap();
     let mut a = Applier::new(d.path().to_path_buf());
-    let (c1, _) = file_content(&[b"first"], 0o644);
-    let out = a.start(entry("a/f", c1), None, None, "n1", &none);
-    assert!(matches!(out, Outcome::Waiting), "{out:?}");
-    fs::rename(d.path().join("a"), d.path().join("b")).unwrap();
+    hold_a_and_move_it_to_b(&mut a, d.path());
     // Not forgotten (the watcher has not reported the move yet): the next file into
     // a/ goes where the open directory is, still below the root.
-    let (c2, data) = file_content(&[b"second"], 0o644);
-    let map: HashMap<Hash, Vec<u8>> = data.into_iter().collect();
-    let out = a.start(entry("a/g", c2), None, None, "n1", &|h| map.get(h).cloned());
-    let out = committed_one(&mut a, out);
-    assert!(matches!(out, Outcome::Done { .. }), "{out:?}");
+    apply_a_g(&mut a);
     assert_eq!(fs::read(d.path().join("b/g")).unwrap(), b"second");
 }
