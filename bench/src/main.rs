@@ -297,7 +297,7 @@ fn main() -> Result<()> {
     }
     // MQSYNC_BENCH_KEEP=1 keeps every run's directory (logs, trees) for a post-mortem.
     if std::env::var_os("MQSYNC_BENCH_KEEP").is_none() {
-        let _ = std::fs::remove_dir_all(args.work.join("runs"));
+        let _ = workloads::remove_runs(&args.work);
     }
 
     let header = format!(

@@ -72,18 +72,10 @@ impl Ctx {
     fn fresh(&self, name: &str) -> Result<PathBuf> {
         let runs = self.work.join("runs");
         if runs.exists() && std::env::var_os("MQSYNC_BENCH_KEEP").is_none() {
-            let files = count_entries(&runs, MANY_FILES);
-            fs::remove_dir_all(&runs)?;
-            // SAFETY: sync(2) has no arguments and cannot fail.
-            unsafe { libc::sync() };
-            let pause = if files >= MANY_FILES {
-                eprintln!("  (removed {files}+ files: waiting 65 s before the next run)");
-                Duration::from_secs(65)
-            } else {
-                Duration::from_secs(2)
-            };
-            std::thread::sleep(pause);
+            remove_runs(&self.work)?;
+            std::thread::sleep(Duration::from_secs(2));
         }
+        wait_for_cleanup(&self.work);
         self.run.set(self.run.get() + 1);
         let dir = runs.join(format!("{}-{name}", self.run.get()));
         fs::create_dir_all(&dir)?;
@@ -93,6 +85,46 @@ impl Ctx {
 
 /// Removed runs with at least this many entries are followed by the long pause.
 const MANY_FILES: usize = 5_000;
+/// ext4's window for recently freed inodes (60 s), with a margin.
+const INODE_SETTLE: Duration = Duration::from_secs(65);
+
+/// Removes the runs below `work`; after many files, notes when in `work/last-cleanup`
+/// for [`wait_for_cleanup`] (also across invocations: the previous one cleans up last).
+pub fn remove_runs(work: &Path) -> std::io::Result<()> {
+    let runs = work.join("runs");
+    let files = count_entries(&runs, MANY_FILES);
+    fs::remove_dir_all(&runs)?;
+    // SAFETY: sync(2) has no arguments and cannot fail.
+    unsafe { libc::sync() };
+    if files >= MANY_FILES {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        fs::write(work.join("last-cleanup"), now.to_string())?;
+    }
+    Ok(())
+}
+
+/// Waits until [`INODE_SETTLE`] has passed since the last removal of many files.
+pub fn wait_for_cleanup(work: &Path) {
+    let Some(at) = fs::read_to_string(work.join("last-cleanup"))
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+    else {
+        return;
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let left = (at + INODE_SETTLE.as_secs()).saturating_sub(now);
+    if left > 0 {
+        eprintln!(
+            "  (many files were removed {}s ago: waiting {left} s before the next run)",
+            now.saturating_sub(at)
+        );
+        std::thread::sleep(Duration::from_secs(left));
+    }
+}
 
 /// Entries below `dir`, counting stopped at `limit`.
 fn count_entries(dir: &Path, limit: usize) -> usize {
