@@ -574,7 +574,7 @@ impl Applier {
                 Err(error) => {
                     let _ = f.parent.remove_file(&f.tmp);
                     // The directory may be gone: a retry opens it again.
-                    self.parents.remove(parent_key(&f.entry.path));
+                    self.forget_parent(&f.entry.path);
                     Outcome::Failed {
                         path: f.entry.path.clone(),
                         version: f.entry.version.clone(),

@@ -18,13 +18,16 @@ pub enum Mode {
     Never,
 }
 
-impl Mode {
-    pub fn parse(s: &str) -> Option<Mode> {
+impl std::str::FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
         match s {
-            "auto" => Some(Mode::Auto),
-            "always" => Some(Mode::Always),
-            "never" => Some(Mode::Never),
-            _ => None,
+            "auto" => Ok(Mode::Auto),
+            "always" => Ok(Mode::Always),
+            "never" => Ok(Mode::Never),
+            other => Err(format!(
+                "{other:?} is not one of \"auto\", \"always\", \"never\""
+            )),
         }
     }
 }
@@ -275,7 +278,7 @@ mod tests {
             run(&mut c, &mut t, 1 << 30, |on| if on { 1e6 } else { 1e9 });
             assert_eq!(c.on(), on);
         }
-        assert_eq!(Mode::parse("auto"), Some(Mode::Auto));
-        assert_eq!(Mode::parse("fast"), None);
+        assert_eq!("auto".parse(), Ok(Mode::Auto));
+        assert!("fast".parse::<Mode>().is_err());
     }
 }

@@ -1027,11 +1027,8 @@ fn validate_folder(raw: RawFolder, key: &str, base: &Path, errors: &mut Errors) 
     }
     let compression = match raw.compression.as_deref() {
         None => crate::compression::Mode::default(),
-        Some(s) => crate::compression::Mode::parse(s).unwrap_or_else(|| {
-            errors.push(
-                format!("{key}.compression"),
-                format!("{s:?} is not one of \"auto\", \"always\", \"never\""),
-            );
+        Some(s) => s.parse().unwrap_or_else(|e: String| {
+            errors.push(format!("{key}.compression"), e);
             crate::compression::Mode::default()
         }),
     };
