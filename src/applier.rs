@@ -96,6 +96,35 @@ struct Fetch {
     requests: u32,
     /// Start order among fetches: pushed chunks arrive in this order per source.
     seq: u64,
+    /// Bytes written into `file` since its writeback was last started.
+    unflushed: u64,
+}
+
+/// Bytes written into a temp file between two [`release_cache`] calls, and the size
+/// from which a file leaves the page cache once it is durable.
+const RELEASE_EVERY: u64 = 4 << 20;
+
+impl Fetch {
+    fn wrote(&mut self, bytes: u64) {
+        self.unflushed += bytes;
+        if self.unflushed >= RELEASE_EVERY {
+            release_cache(&self.file);
+            self.unflushed = 0;
+        }
+    }
+}
+
+/// `POSIX_FADV_DONTNEED` on the whole file: starts writing its dirty pages to disk
+/// without waiting, and drops the pages already written, like `dd oflag=nocache`.
+/// Called every [`RELEASE_EVERY`] bytes while a large file arrives and once after its
+/// flush, so a large transfer neither evicts the applications' cache nor makes the
+/// commit's fsync (which blocks the node's loop) write the whole file. Fresh page-cache
+/// pages also cost far more than reused ones on VMs that hand freed memory back to the
+/// host: there, writing 1 GiB this way took 0.2 s of CPU instead of 2.7 s. Only a
+/// hint: durability still comes from the commit's fsync or syncfs, which reports
+/// errors.
+fn release_cache(file: &File) {
+    let _ = rustix::fs::fadvise(file, 0, None, rustix::fs::Advice::DontNeed);
 }
 
 /// Recently received chunks nobody asked for yet (they may precede their manifest).
@@ -308,6 +337,7 @@ impl Applier {
                     failed = Some(e);
                     break;
                 }
+                f.wrote(data.len() as u64);
             }
             f.last_progress = Instant::now();
             match self.progressed.get_mut(&f.source) {
@@ -451,6 +481,7 @@ impl Applier {
         // copied from there. Only offsets are kept, so a large file's delta never holds
         // its unchanged chunks in memory.
         let mut written: HashMap<Hash, u64> = HashMap::new();
+        let mut unflushed = 0;
         for (off, c) in chunker::offsets(chunks) {
             let data = if let Some(&at) = written.get(&c.hash) {
                 let mut d = vec![0u8; c.len as usize];
@@ -472,6 +503,11 @@ impl Applier {
                             source: e,
                         });
                     }
+                    unflushed += d.len() as u64;
+                    if unflushed >= RELEASE_EVERY {
+                        release_cache(&file);
+                        unflushed = 0;
+                    }
                 }
                 None => missing.entry(c.hash).or_default().push(off),
             }
@@ -488,6 +524,7 @@ impl Applier {
             last_progress: Instant::now(),
             requests: 0,
             seq: self.next_seq,
+            unflushed,
         };
         self.next_seq += 1;
         if fetch.missing.is_empty() {
@@ -554,6 +591,11 @@ impl Applier {
                 Ok(()) if batch => Ok(()),
                 Ok(()) => f.file.sync_all().map_err(io_err(&shown)),
             }
+            .inspect(|()| {
+                if f.entry.content.size() >= RELEASE_EVERY {
+                    release_cache(&f.file);
+                }
+            })
             .and_then(|()| {
                 self.replace(
                     &f.parent,

@@ -234,11 +234,15 @@ fn main() -> Result<()> {
         if runs("rsync") {
             record(
                 "bulk rsync -a",
-                workloads::tree_rsync(&ctx, "bulk", &src, "-a"),
+                workloads::tree_rsync(&ctx, "bulk", &src, &["-a"]),
+            );
+            record(
+                "bulk rsync -a --fsync",
+                workloads::tree_rsync(&ctx, "bulk", &src, &["-a", "--fsync"]),
             );
             record(
                 "bulk rsync -az",
-                workloads::tree_rsync(&ctx, "bulk", &src, "-az"),
+                workloads::tree_rsync(&ctx, "bulk", &src, &["-az"]),
             );
         }
         if runs("syncthing") {
@@ -259,7 +263,11 @@ fn main() -> Result<()> {
         if runs("rsync") {
             record(
                 "small rsync -a",
-                workloads::tree_rsync(&ctx, "small files", &src, "-a"),
+                workloads::tree_rsync(&ctx, "small files", &src, &["-a"]),
+            );
+            record(
+                "small rsync -a --fsync",
+                workloads::tree_rsync(&ctx, "small files", &src, &["-a", "--fsync"]),
             );
         }
         if runs("syncthing") {

@@ -106,10 +106,12 @@ impl RsyncDaemon {
 
     /// `rsync FLAGS src/ rsync://…/m/target/`: client usage, wall time, and the bytes
     /// the client sent (from `--stats`).
-    pub fn push(&self, flags: &str, src: &Path, target: &str) -> Result<(Usage, Duration, u64)> {
+    pub fn push(&self, flags: &[&str], src: &Path, target: &str) -> Result<(Usage, Duration, u64)> {
         let src = format!("{}/", src.display());
-        let (u, wall, out) =
-            crate::proc::run("rsync", &[flags, "--stats", &src, &self.url(target)])?;
+        let url = self.url(target);
+        let mut args = flags.to_vec();
+        args.extend(["--stats", &src, &url]);
+        let (u, wall, out) = crate::proc::run("rsync", &args)?;
         let sent = out
             .lines()
             .find_map(|l| l.strip_prefix("Total bytes sent:"))

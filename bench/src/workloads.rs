@@ -351,21 +351,22 @@ pub fn tree_mqsync(ctx: &Ctx, workload: &'static str, src: &Path, receivers: usi
 }
 
 /// The same through an rsync daemon on 127.0.0.1 into an empty module directory.
-pub fn tree_rsync(ctx: &Ctx, workload: &'static str, src: &Path, flags: &str) -> Result<Row> {
+pub fn tree_rsync(ctx: &Ctx, workload: &'static str, src: &Path, flags: &[&str]) -> Result<Row> {
     let want = listing(src);
     let hash = tree_hash(src)?;
-    let dir = ctx.fresh(&format!("{workload}-rsync{flags}"))?;
+    let shown = flags.join(" ");
+    let dir = ctx.fresh(&format!("{workload}-rsync{}", flags.concat()))?;
     let d = RsyncDaemon::start(&dir)?;
     let res = d.push(flags, src, "run");
     let target = d.root.join("run");
     let daemon = d.stop();
     let (client, wall, sent) = res?;
     if listing(&target) != want || tree_hash(&target)? != hash {
-        bail!("rsync {flags}: the target differs from the source");
+        bail!("rsync {shown}: the target differs from the source");
     }
     Ok(Row {
         workload,
-        system: format!("rsync {flags} (daemon)"),
+        system: format!("rsync {shown} (daemon)"),
         receivers: 1,
         value: wall.as_secs_f64(),
         unit: "s",
@@ -466,9 +467,9 @@ pub fn delta_rsync(ctx: &Ctx) -> Result<Row> {
     fs::create_dir_all(&src)?;
     fs::copy(ctx.data.delta_base.join("big.bin"), src.join("big.bin"))?;
     let d = RsyncDaemon::start(&dir.join("daemon"))?;
-    let res = d.push("-a", &src, "run").and_then(|_| {
+    let res = d.push(&["-a"], &src, "run").and_then(|_| {
         apply_change(ctx, &src.join("big.bin"))?;
-        d.push("-a", &src, "run")
+        d.push(&["-a"], &src, "run")
     });
     let target = d.root.join("run");
     let daemon = d.stop();

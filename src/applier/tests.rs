@@ -418,3 +418,77 @@ fn files_into_one_directory_share_its_descriptor() {
     apply_a_g(&mut a);
     assert_eq!(fs::read(d.path().join("b/g")).unwrap(), b"second");
 }
+
+/// How many of the file's pages are in the page cache (`mincore` of a mapping, which
+/// faults nothing in).
+fn resident_pages(path: &Path) -> (usize, usize) {
+    let f = File::open(path).unwrap();
+    let len = f.metadata().unwrap().len() as usize;
+    let page = 4096;
+    let pages = len.div_ceil(page);
+    let mut vec = vec![0u8; pages];
+    // SAFETY: a read-only shared mapping of an open file, of its length, unmapped
+    // below; mincore writes one byte per page into `vec`, which has that many.
+    unsafe {
+        use std::os::fd::AsRawFd;
+        let addr = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        );
+        assert_ne!(addr, libc::MAP_FAILED);
+        assert_eq!(libc::mincore(addr, len, vec.as_mut_ptr()), 0);
+        libc::munmap(addr, len);
+    }
+    (vec.iter().filter(|b| *b & 1 == 1).count(), pages)
+}
+
+/// A large received file leaves the page cache once durable (its pages would evict
+/// the applications' own); a small one stays cached, for whoever reads it next.
+#[test]
+fn large_files_leave_the_page_cache_once_durable() {
+    // Not a tmpfs /tmp, whose pages cannot be dropped: beside the build.
+    let under = concat!(env!("CARGO_MANIFEST_DIR"), "/target");
+    fs::create_dir_all(under).unwrap();
+    let d = tempfile::tempdir_in(under).unwrap();
+    let mut a = Applier::new(d.path().to_path_buf());
+    let parts: Vec<Vec<u8>> = (0..5u8)
+        .map(|i| {
+            (0..(3u32 << 20))
+                .map(|j| (j.wrapping_mul(2_654_435_761) >> 13) as u8 ^ i)
+                .collect()
+        })
+        .collect();
+    let refs: Vec<&[u8]> = parts.iter().map(|p| p.as_slice()).collect();
+    let (big, chunks) = file_content(&refs, 0o644);
+    let (small, small_chunks) = file_content(&[&parts[0][..64 << 10]], 0o644);
+    let out = a.start(entry("big", big), None, None, "n1", &none);
+    assert!(matches!(out, Outcome::Waiting), "{out:?}");
+    let out = a.start(entry("small", small), None, None, "n1", &none);
+    assert!(matches!(out, Outcome::Waiting), "{out:?}");
+    let mut outs = vec![];
+    for (h, data) in chunks.into_iter().chain(small_chunks) {
+        outs.extend(a.on_chunk(h, data));
+    }
+    let outs = committed(&mut a, outs);
+    assert_eq!(outs.len(), 2, "{outs:?}");
+    assert!(
+        outs.iter().all(|o| matches!(o, Outcome::Done { .. })),
+        "{outs:?}"
+    );
+    let (resident, pages) = resident_pages(&d.path().join("big"));
+    assert!(
+        resident * 4 < pages,
+        "{resident} of the large file's {pages} pages still cached"
+    );
+    let (resident, pages) = resident_pages(&d.path().join("small"));
+    assert_eq!(resident, pages, "the small file left the cache");
+    assert_eq!(fs::read(d.path().join("big")).unwrap(), parts.concat());
+    assert_eq!(
+        fs::read(d.path().join("small")).unwrap(),
+        &parts[0][..64 << 10]
+    );
+}
