@@ -50,6 +50,20 @@ impl ApplyError {
             ApplyError::ChangedLocally(_) | ApplyError::UnsafeParent(_)
         )
     }
+
+    /// The file system (or the user's quota) is full: a retry is worth it only once
+    /// space is back.
+    pub fn no_space(&self) -> bool {
+        matches!(self, ApplyError::Io { source, .. }
+            if matches!(source.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)))
+    }
+}
+
+/// Bytes an unprivileged writer can still use on the file system holding `path`
+/// (`None` if it cannot be asked).
+pub fn free_space(path: &Path) -> Option<u64> {
+    let st = rustix::fs::statvfs(path).ok()?;
+    Some(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ApplyError + '_ {
@@ -70,9 +84,11 @@ pub enum Outcome {
         /// Where the local loser of a conflict was moved.
         conflict_copy: Option<RelPath>,
     },
+    /// The entry and conflict copy come back with the error, so a failure worth
+    /// retrying (a full disk) can be tried again wherever it surfaced.
     Failed {
-        path: RelPath,
-        version: VersionVector,
+        entry: Entry,
+        conflict_copy: Option<RelPath>,
         error: ApplyError,
     },
     /// Waiting for chunks from the network.
@@ -253,8 +269,8 @@ impl Applier {
                 conflict_copy,
             },
             Err(error) => Outcome::Failed {
-                path,
-                version,
+                entry,
+                conflict_copy,
                 error,
             },
         }
@@ -354,8 +370,8 @@ impl Applier {
                             path: f.parent.shown(p.file_name()),
                             source: e,
                         },
-                        path: p,
-                        version: f.entry.version,
+                        entry: f.entry,
+                        conflict_copy: f.conflict_copy,
                     });
                 }
                 continue;
@@ -439,10 +455,9 @@ impl Applier {
         local: &dyn Fn(&Hash) -> Option<Vec<u8>>,
     ) -> Outcome {
         let path = entry.path.clone();
-        let version = entry.version.clone();
         let fail = |error| Outcome::Failed {
-            path: path.clone(),
-            version: version.clone(),
+            entry: entry.clone(),
+            conflict_copy: conflict_copy.clone(),
             error,
         };
         let Content::File { size, chunks, .. } = &entry.content else {
@@ -561,8 +576,8 @@ impl Applier {
             Err(error) => {
                 let _ = f.parent.remove_file(&f.tmp);
                 Outcome::Failed {
-                    path: f.entry.path,
-                    version: f.entry.version,
+                    entry: f.entry,
+                    conflict_copy: f.conflict_copy,
                     error,
                 }
             }
@@ -571,9 +586,8 @@ impl Applier {
 
     /// Makes the staged files durable and renames them into place. One file is
     /// fsynced on its own (the latency case); a batch is flushed with one `syncfs`
-    /// before the renames and one after, instead of two fsyncs per file. Each outcome
-    /// comes with its entry and conflict copy, to retry a failure.
-    pub fn commit(&mut self) -> Vec<(Outcome, Entry, Option<RelPath>)> {
+    /// before the renames and one after, instead of two fsyncs per file.
+    pub fn commit(&mut self) -> Vec<Outcome> {
         let staged = std::mem::take(&mut self.staged);
         let batch = staged.len() > 1;
         let flushed = match staged.first() {
@@ -618,13 +632,13 @@ impl Applier {
                     // The directory may be gone: a retry opens it again.
                     self.forget_parent(&f.entry.path);
                     Outcome::Failed {
-                        path: f.entry.path.clone(),
-                        version: f.entry.version.clone(),
+                        entry: f.entry.clone(),
+                        conflict_copy: f.conflict_copy.clone(),
                         error,
                     }
                 }
             };
-            out.push((outcome, f.entry.clone(), f.conflict_copy.clone()));
+            out.push(outcome);
         }
         if batch && let Some(f) = staged.first() {
             // The renames: durable before the index records them as applied.

@@ -8,7 +8,7 @@ use crate::engine::{Entry, Hash};
 use crate::relpath::RelPath;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 const ENTRIES: TableDefinition<&str, &[u8]> = TableDefinition::new("entries_v1");
 /// Block signatures of large chunks this node pushed or received, by chunk hash
@@ -69,11 +69,24 @@ db_err!(
 );
 
 pub struct Index {
-    db: Database,
+    /// `None` only between a failed write's close and a failed reopen.
+    db: Option<Database>,
+    path: PathBuf,
+    /// A write failed (a full disk): redb refuses every later write with
+    /// `PreviousIo` until the database is opened again, so the next write reopens it.
+    reopen: bool,
 }
 
 impl Index {
     pub fn open(path: &Path) -> Result<Self, IndexError> {
+        Ok(Index {
+            db: Some(Self::open_db(path)?),
+            path: path.to_path_buf(),
+            reopen: false,
+        })
+    }
+
+    fn open_db(path: &Path) -> Result<Database, IndexError> {
         let db = Database::builder()
             .set_cache_size(CACHE_BYTES)
             .create(path)
@@ -85,13 +98,37 @@ impl Index {
         tx.open_table(ENTRIES)?;
         tx.open_table(SIGNATURES)?;
         tx.commit()?;
-        Ok(Index { db })
+        Ok(db)
+    }
+
+    fn db(&self) -> Result<&Database, IndexError> {
+        self.db
+            .as_ref()
+            .ok_or_else(|| IndexError::Db("not open after a failed write".into()))
+    }
+
+    /// Runs a write transaction's body; after a failed one, first opens the database
+    /// again (the failed transaction left nothing behind: redb is ACID).
+    fn write<T>(
+        &mut self,
+        body: impl FnOnce(&Database) -> Result<T, IndexError>,
+    ) -> Result<T, IndexError> {
+        if self.reopen {
+            // Closed first: redb locks its file, so a second handle cannot be opened.
+            self.db = None;
+            self.db = Some(Self::open_db(&self.path)?);
+            self.reopen = false;
+            tracing::debug!("index database {} opened again", self.path.display());
+        }
+        let res = body(self.db()?);
+        self.reopen = res.is_err();
+        res
     }
 
     /// Every record. A corrupt record is an error, not silently skipped: the caller
     /// decides (the folder is then rescanned from scratch).
     pub fn load(&self) -> Result<Vec<Record>, IndexError> {
-        let tx = self.db.begin_read()?;
+        let tx = self.db()?.begin_read()?;
         let table = tx.open_table(ENTRIES)?;
         let mut out = Vec::new();
         for row in table.iter()? {
@@ -106,47 +143,52 @@ impl Index {
     }
 
     /// Writes a batch of records in one transaction.
-    pub fn put(&self, records: &[Record]) -> Result<(), IndexError> {
+    pub fn put(&mut self, records: &[Record]) -> Result<(), IndexError> {
         if records.is_empty() {
             return Ok(());
         }
-        let tx = self.db.begin_write()?;
-        {
-            let mut table = tx.open_table(ENTRIES)?;
-            for r in records {
-                let bytes = postcard::to_allocvec(r).map_err(|e| IndexError::Db(e.to_string()))?;
-                table.insert(r.entry.path.as_str(), bytes.as_slice())?;
+        self.write(|db| {
+            let tx = db.begin_write()?;
+            {
+                let mut table = tx.open_table(ENTRIES)?;
+                for r in records {
+                    let bytes =
+                        postcard::to_allocvec(r).map_err(|e| IndexError::Db(e.to_string()))?;
+                    table.insert(r.entry.path.as_str(), bytes.as_slice())?;
+                }
             }
-        }
-        tx.commit()?;
-        Ok(())
+            tx.commit()?;
+            Ok(())
+        })
     }
 
     /// Stores chunk signatures in one transaction, without waiting for the disk: a
     /// signature lost in a crash only costs a whole chunk instead of a delta later, and
     /// the next write of entries makes them durable.
-    pub fn put_signatures(&self, sigs: &[(Hash, Signature)]) -> Result<(), IndexError> {
+    pub fn put_signatures(&mut self, sigs: &[(Hash, Signature)]) -> Result<(), IndexError> {
         if sigs.is_empty() {
             return Ok(());
         }
-        let mut tx = self.db.begin_write()?;
-        if let Err(e) = tx.set_durability(redb::Durability::None) {
-            tracing::debug!("signatures written durably: {e}");
-        }
-        {
-            let mut table = tx.open_table(SIGNATURES)?;
-            for (hash, sig) in sigs {
-                table.insert(&hash[..], sig.to_bytes().as_slice())?;
+        self.write(|db| {
+            let mut tx = db.begin_write()?;
+            if let Err(e) = tx.set_durability(redb::Durability::None) {
+                tracing::debug!("signatures written durably: {e}");
             }
-        }
-        tx.commit()?;
-        Ok(())
+            {
+                let mut table = tx.open_table(SIGNATURES)?;
+                for (hash, sig) in sigs {
+                    table.insert(&hash[..], sig.to_bytes().as_slice())?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
     }
 
     /// The stored signature of a chunk; an unreadable one counts as missing (it only
     /// costs a full transfer).
     pub fn signature(&self, hash: &Hash) -> Result<Option<Signature>, IndexError> {
-        let tx = self.db.begin_read()?;
+        let tx = self.db()?.begin_read()?;
         let table = tx.open_table(SIGNATURES)?;
         Ok(table
             .get(&hash[..])?
@@ -154,29 +196,33 @@ impl Index {
     }
 
     /// Drops the signatures of chunks `keep` rejects. Returns how many were dropped.
-    pub fn retain_signatures(&self, keep: impl Fn(&Hash) -> bool) -> Result<usize, IndexError> {
-        let tx = self.db.begin_write()?;
-        let n;
-        {
-            let mut table = tx.open_table(SIGNATURES)?;
-            let before = table.len()?;
-            table.retain(|k, _| <&Hash>::try_from(k).is_ok_and(&keep))?;
-            n = before - table.len()?;
-        }
-        tx.commit()?;
-        Ok(n as usize)
+    pub fn retain_signatures(&mut self, keep: impl Fn(&Hash) -> bool) -> Result<usize, IndexError> {
+        self.write(|db| {
+            let tx = db.begin_write()?;
+            let n;
+            {
+                let mut table = tx.open_table(SIGNATURES)?;
+                let before = table.len()?;
+                table.retain(|k, _| <&Hash>::try_from(k).is_ok_and(&keep))?;
+                n = before - table.len()?;
+            }
+            tx.commit()?;
+            Ok(n as usize)
+        })
     }
 
-    pub fn remove(&self, paths: &[RelPath]) -> Result<(), IndexError> {
-        let tx = self.db.begin_write()?;
-        {
-            let mut table = tx.open_table(ENTRIES)?;
-            for p in paths {
-                table.remove(p.as_str())?;
+    pub fn remove(&mut self, paths: &[RelPath]) -> Result<(), IndexError> {
+        self.write(|db| {
+            let tx = db.begin_write()?;
+            {
+                let mut table = tx.open_table(ENTRIES)?;
+                for p in paths {
+                    table.remove(p.as_str())?;
+                }
             }
-        }
-        tx.commit()?;
-        Ok(())
+            tx.commit()?;
+            Ok(())
+        })
     }
 }
 
@@ -205,10 +251,10 @@ mod tests {
             }),
         };
         {
-            let idx = Index::open(&path).unwrap();
+            let mut idx = Index::open(&path).unwrap();
             idx.put(std::slice::from_ref(&rec)).unwrap();
         }
-        let idx = Index::open(&path).unwrap();
+        let mut idx = Index::open(&path).unwrap();
         assert_eq!(idx.load().unwrap(), vec![rec.clone()]);
         idx.remove(std::slice::from_ref(&rec.entry.path)).unwrap();
         assert!(idx.load().unwrap().is_empty());
@@ -217,7 +263,7 @@ mod tests {
     #[test]
     fn signatures_are_kept_until_their_chunk_is_dropped() {
         let dir = tempfile::tempdir().unwrap();
-        let idx = Index::open(&dir.path().join("f.redb")).unwrap();
+        let mut idx = Index::open(&dir.path().join("f.redb")).unwrap();
         let sig = |b: u8| Signature::of(&vec![b; 100_000]).unwrap();
         idx.put_signatures(&[([1; 32], sig(1)), ([2; 32], sig(2))])
             .unwrap();

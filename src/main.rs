@@ -84,6 +84,10 @@ enum Cmd {
         /// The daemon's configuration file (for state_dir and the folders).
         #[arg(long, short, env = "MQSYNC_CONFIG")]
         config: Option<PathBuf>,
+        /// Seconds a failure the daemon keeps retrying (an apply on a full disk, a
+        /// permission, an index write) may last before the node counts as unhealthy.
+        #[arg(long, value_name = "S", default_value_t = mqsync::status::DEFAULT_ERROR_GRACE_MS / 1000)]
+        error_grace: u64,
     },
     /// A local demo: embedded broker plus three nodes syncing sub-folders of DIR.
     Demo {
@@ -366,7 +370,10 @@ fn main() -> Result<()> {
                 }
             })
         }
-        Cmd::Healthcheck { config } => {
+        Cmd::Healthcheck {
+            config,
+            error_grace,
+        } => {
             let cfg = load_config(config.as_deref(), HashMap::new())?;
             let mut ids: Vec<String> = cfg.folders.iter().map(|f| f.id.clone()).collect();
             if cfg.docker.volume_plugin {
@@ -396,7 +403,9 @@ fn main() -> Result<()> {
                     });
                 match doc {
                     Ok(d) => {
-                        if let Some(p) = mqsync::status::unhealthy(&d, now) {
+                        if let Some(p) =
+                            mqsync::status::unhealthy(&d, now, error_grace.saturating_mul(1000))
+                        {
                             problems.push(p);
                         }
                     }

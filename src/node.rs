@@ -44,6 +44,10 @@ const PATCH_REPAIR_INTERVAL: Duration = Duration::from_secs(2);
 /// Chunk signatures collected before they are written on their own (about 256 MiB
 /// of chunks).
 const SIGNATURE_BATCH: usize = 1024;
+/// How often a failed index write (a full state directory) is tried again.
+const INDEX_RETRY: Duration = Duration::from_secs(1);
+/// How long a failed apply waits before it is tried again.
+const RETRY_AFTER: Duration = Duration::from_secs(2);
 /// Fewest stored changes after which the per-file maps are rebuilt when idle.
 const COMPACT_MIN_CHANGES: usize = 10_000;
 /// Files a folder may have open for applying (fetching or staged) at once; each holds
@@ -235,9 +239,16 @@ type WatchResult = Result<
     notify::Error,
 >;
 
+/// A failed apply to try again at `at`, asking `source` for the chunks it lacks.
 struct Retry {
     entry: Entry,
     conflict_copy: Option<RelPath>,
+    source: String,
+    /// The apply failed on a full disk: tried again only once the folder's file
+    /// system has this many bytes free, so a full disk costs no refetched chunks.
+    needs_space: Option<u64>,
+    /// Counts as a failure in status and healthcheck.
+    failing: bool,
     at: Instant,
 }
 
@@ -318,6 +329,12 @@ struct Folder {
     /// The error last logged per retried path, so a retry every few seconds does not
     /// log the same warning again.
     retry_warned: HashMap<RelPath, String>,
+    /// The index write that last failed (a full or read-only state directory); the
+    /// records stay in `store` and are written again at the next flush.
+    index_failed: Option<String>,
+    index_failed_at: Option<Instant>,
+    /// Since when (ms since the epoch) an apply or the index has kept failing.
+    failing_since_ms: Option<u64>,
     /// When the last chunk message arrived (from anyone).
     last_chunk_at: Option<Instant>,
     paused: Option<String>,
@@ -431,6 +448,9 @@ impl Folder {
             last_error: None,
             last_error_path: None,
             retry_warned: HashMap::new(),
+            index_failed: None,
+            index_failed_at: None,
+            failing_since_ms: None,
             last_chunk_at: None,
             paused: None,
             last_status: None,
@@ -974,8 +994,10 @@ impl Folder {
         if let Some(sig) = Signature::of(&data) {
             self.signatures.push((hash, sig));
         }
+        // A failed write (a full disk) is retried like any failed apply: dropping it
+        // here left the file pending for good.
         for o in self.applier.on_verified_chunk(hash, data) {
-            self.on_outcome(o);
+            self.take_outcome(o);
         }
     }
 
@@ -1084,11 +1106,29 @@ impl Folder {
             .filter(|(_, r)| now >= r.at)
             .map(|(p, _)| p.clone())
             .collect();
+        // One look at the free space per tick, for every retry that waits for it.
+        let mut free = None;
         for p in due {
+            if let Some(r) = self.retries.get_mut(&p)
+                && let Some(needs) = r.needs_space
+                && needs
+                    > *free.get_or_insert_with(|| {
+                        crate::applier::free_space(&self.cfg.path).unwrap_or(u64::MAX)
+                    })
+            {
+                r.at = now + RETRY_AFTER;
+                continue;
+            }
             if let Some(r) = self.retries.remove(&p)
                 && self.engine.is_pending(&p)
             {
-                self.start_apply(r.entry, r.conflict_copy);
+                // Not live: whatever chunks the failed attempt dropped are asked for.
+                self.enqueue_apply(QueuedApply {
+                    entry: r.entry,
+                    conflict_copy: r.conflict_copy,
+                    source: r.source,
+                    live: false,
+                });
             }
         }
         if self.retries.is_empty() {
@@ -1400,14 +1440,23 @@ impl Folder {
         if self.signatures.len() >= SIGNATURE_BATCH || !self.store.is_empty() {
             self.flush_signatures();
         }
+        if self.forget.is_empty() && self.store.is_empty() {
+            return;
+        }
+        // After a failed write, try again once a second, not at every turn of the loop.
+        if self.index_failed.is_some()
+            && self
+                .index_failed_at
+                .is_some_and(|t| t.elapsed() < INDEX_RETRY)
+        {
+            return;
+        }
         if !self.forget.is_empty() {
             let paths = std::mem::take(&mut self.forget);
             if let Err(e) = tokio::task::block_in_place(|| self.index.remove(&paths)) {
-                error!(folder = %self.cfg.id, "index write failed: {e}");
+                self.forget = paths;
+                return self.index_write_failed(e);
             }
-        }
-        if self.store.is_empty() {
-            return;
         }
         let batch = std::mem::take(&mut self.store);
         for r in &batch {
@@ -1416,10 +1465,26 @@ impl Folder {
             }
         }
         if let Err(e) = tokio::task::block_in_place(|| self.index.put(&batch)) {
-            // The disk is the truth: the next start rescans what was not recorded.
-            error!(folder = %self.cfg.id, "index write failed: {e}");
-            self.last_error = Some(format!("index: {e}"));
+            // Kept and written again: a record dropped here would make the next start
+            // take a received file for a local change.
+            self.store = batch;
+            return self.index_write_failed(e);
         }
+        if self.index_failed.take().is_some() {
+            info!(folder = %self.cfg.id, "index writes work again");
+        }
+        self.index_failed_at = None;
+    }
+
+    fn index_write_failed(&mut self, e: crate::index::IndexError) {
+        let msg = format!("index: {e}");
+        if self.index_failed.as_ref() != Some(&msg) {
+            error!(folder = %self.cfg.id, "index write failed, will retry: {e}");
+            metrics::counter!("mqsync_index_errors_total", "folder" => self.cfg.id.clone())
+                .increment(1);
+        }
+        self.index_failed = Some(msg);
+        self.index_failed_at = Some(Instant::now());
     }
 
     fn start_apply(&mut self, entry: Entry, conflict_copy: Option<RelPath>) {
@@ -1429,6 +1494,11 @@ impl Folder {
             source: self.source.clone(),
             live: self.source_live,
         };
+        self.enqueue_apply(queued);
+    }
+
+    /// Starts an apply now, or queues it while every apply slot is taken.
+    fn enqueue_apply(&mut self, queued: QueuedApply) {
         let is_file = matches!(queued.entry.content, Content::File { .. });
         if is_file && self.applier.in_flight() >= self.apply_slots {
             self.apply_started
@@ -1493,13 +1563,8 @@ impl Folder {
                 let (p, off, len) = locations.find(h, engine)?;
                 chunker::read_verified(&p.to_local(root), off, len, h)
             };
-            self.applier.start(
-                entry.clone(),
-                conflict_copy.clone(),
-                expected,
-                &source,
-                &local,
-            )
+            self.applier
+                .start(entry, conflict_copy, expected, &source, &local)
         });
         if matches!(outcome, Outcome::Waiting) {
             debug!(folder = %self.cfg.id, %path, from = %source, live, "fetching");
@@ -1511,21 +1576,35 @@ impl Folder {
             }
             return;
         }
-        self.take_outcome(outcome, entry, conflict_copy);
+        self.take_outcome(outcome);
     }
 
-    /// Takes the outcome of an apply of `entry`; a failure worth retrying is tried
-    /// again in 2 s with the same entry and conflict copy.
-    fn take_outcome(&mut self, outcome: Outcome, entry: Entry, conflict_copy: Option<RelPath>) {
-        if let Outcome::Failed { path, error, .. } = &outcome
+    /// Takes the outcome of an apply; a failure worth retrying (a full disk, a
+    /// permission) is tried again in 2 s with the same entry and conflict copy, its
+    /// chunks asked for again from the node whose message caused it.
+    fn take_outcome(&mut self, outcome: Outcome) {
+        if let Outcome::Failed {
+            entry,
+            conflict_copy,
+            error,
+        } = &outcome
             && error.retryable()
         {
+            let source = if self.source == "*" {
+                entry.modified_by.to_string()
+            } else {
+                self.source.clone()
+            };
             self.retries.insert(
-                path.clone(),
+                entry.path.clone(),
                 Retry {
-                    entry,
-                    conflict_copy,
-                    at: Instant::now() + Duration::from_secs(2),
+                    entry: entry.clone(),
+                    conflict_copy: conflict_copy.clone(),
+                    source,
+                    needs_space: error.no_space().then(|| entry.content.size()),
+                    // A directory that waits for its entries to go is ordinary order.
+                    failing: !matches!(error, ApplyError::NotEmpty(_)),
+                    at: Instant::now() + RETRY_AFTER,
                 },
             );
         }
@@ -1536,8 +1615,8 @@ impl Folder {
     /// the batch) and takes their outcomes.
     fn commit_applies(&mut self) {
         let outcomes = tokio::task::block_in_place(|| self.applier.commit());
-        for (o, entry, conflict_copy) in outcomes {
-            self.take_outcome(o, entry, conflict_copy);
+        for o in outcomes {
+            self.take_outcome(o);
         }
         self.start_queued();
     }
@@ -1560,11 +1639,11 @@ impl Folder {
             });
         }
         let failed = Outcome::Failed {
-            path: entry.path.clone(),
-            version: entry.version.clone(),
+            entry,
+            conflict_copy,
             error: ApplyError::CaseCollision(c),
         };
-        self.take_outcome(failed, entry, conflict_copy);
+        self.take_outcome(failed);
     }
 
     fn on_outcome(&mut self, o: Outcome) {
@@ -1608,13 +1687,9 @@ impl Folder {
                     self.scan_paths(&[cc]);
                 }
             }
-            Outcome::Failed {
-                path,
-                version,
-                error,
-            } => {
-                self.release_name(&path);
-                self.on_failed(path, version, error);
+            Outcome::Failed { entry, error, .. } => {
+                self.release_name(&entry.path);
+                self.on_failed(entry.path, entry.version, error);
             }
         }
     }
@@ -1922,7 +1997,11 @@ impl Folder {
     fn current_state(&self) -> State {
         if self.paused.is_some() {
             State::Error
-        } else if self.engine.pending_count() > 0 || self.applier.in_flight() > 0 {
+        } else if self.engine.pending_count() > 0
+            || self.applier.in_flight() > 0
+            || self.index_failed.is_some()
+        {
+            // Not idle while what was applied is not yet recorded.
             State::Syncing
         } else {
             State::Idle
@@ -1941,7 +2020,12 @@ impl Folder {
             pending: self.engine.pending_count() as u64,
             digest: self.engine.digest().root(),
             local_changes: self.engine.local_change_count() as u64,
-            last_error: self.paused.clone().or_else(|| self.last_error.clone()),
+            last_error: self
+                .paused
+                .clone()
+                .or_else(|| self.index_failed.clone())
+                .or_else(|| self.last_error.clone()),
+            failing_since_ms: self.failing_since_ms,
             connected: self.connected,
             insecure_plaintext: self.connect.tls.is_none(),
             updated_ms: 0,
@@ -1950,6 +2034,12 @@ impl Folder {
 
     /// Publishes the retained status when it changed (or was invalidated by the timer).
     fn publish_status(&mut self, state: State) {
+        let failing = self.index_failed.is_some() || self.retries.values().any(|r| r.failing);
+        match (failing, self.failing_since_ms) {
+            (true, None) => self.failing_since_ms = Some(now_ms()),
+            (false, Some(_)) => self.failing_since_ms = None,
+            _ => {}
+        }
         let doc = self.status_doc(state);
         if self.last_status.as_ref() == Some(&doc) {
             return;
@@ -2054,7 +2144,19 @@ impl Folder {
         let tmp = path.with_extension("json.tmp");
         let res = std::fs::create_dir_all(path.parent().unwrap_or(&self.state_dir))
             .and_then(|()| std::fs::write(&tmp, bytes))
-            .and_then(|()| std::fs::rename(&tmp, &path));
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .or_else(|e| {
+                // A full state directory has no block for a new file, but the old
+                // file's block takes the new document (one block, so in practice
+                // whole): the healthcheck then says why, not just that it is stale.
+                let _ = std::fs::remove_file(&tmp);
+                let f = std::fs::OpenOptions::new().write(true).open(&path);
+                f.and_then(|f| {
+                    std::os::unix::fs::FileExt::write_all_at(&f, bytes, 0)?;
+                    f.set_len(bytes.len() as u64)
+                })
+                .map_err(|_| e)
+            });
         if let Err(e) = res {
             debug!(folder = %self.cfg.id, "cannot write {}: {e}", path.display());
         }

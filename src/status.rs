@@ -49,6 +49,11 @@ pub struct FolderStatus {
     /// Local changes not sent (receive-only folders).
     pub local_changes: u64,
     pub last_error: Option<String>,
+    /// Since when (ms since the Unix epoch) the node has had a failure it keeps
+    /// retrying: an apply that fails (a full disk, a permission), or an index write.
+    /// Absent while nothing fails. `last_error` says what.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failing_since_ms: Option<u64>,
     /// Whether the node's connections to the broker are up.
     pub connected: bool,
     /// The node talks to the broker over plain TCP (`insecure_plaintext`).
@@ -157,8 +162,14 @@ pub fn health_file(state_dir: &std::path::Path, folder: &str) -> std::path::Path
 /// A node counts as healthy while its status file is this fresh.
 pub const HEALTH_MAX_AGE_MS: u64 = 30_000;
 
-/// Why a folder's status is unhealthy, if it is.
-pub fn unhealthy(doc: &FolderStatus, now_ms: u64) -> Option<String> {
+/// How long a retried failure may last before `mqsync healthcheck` calls the node
+/// unhealthy, by default: a disk that fills for a moment, or one file written while a
+/// directory is being replaced, heals by itself within seconds.
+pub const DEFAULT_ERROR_GRACE_MS: u64 = 60_000;
+
+/// Why a folder's status is unhealthy, if it is. A failure the node keeps retrying
+/// counts once it has lasted `error_grace_ms`.
+pub fn unhealthy(doc: &FolderStatus, now_ms: u64, error_grace_ms: u64) -> Option<String> {
     if now_ms.saturating_sub(doc.updated_ms) > HEALTH_MAX_AGE_MS {
         return Some(format!(
             "folder {}: status is {} s old (daemon not running or stuck)",
@@ -178,7 +189,19 @@ pub fn unhealthy(doc: &FolderStatus, now_ms: u64) -> Option<String> {
             doc.folder,
             doc.last_error.as_deref().unwrap_or("no detail")
         )),
-        _ => None,
+        _ => {
+            let since = doc.failing_since_ms?;
+            let failing = now_ms.saturating_sub(since);
+            (failing >= error_grace_ms).then(|| {
+                format!(
+                    "folder {}: failing for {} s ({} pending): {}",
+                    doc.folder,
+                    failing / 1000,
+                    doc.pending,
+                    doc.last_error.as_deref().unwrap_or("no detail")
+                )
+            })
+        }
     }
 }
 
@@ -246,10 +269,30 @@ mod tests {
             digest: "abc".into(),
             local_changes: 0,
             last_error: Some("quote \" and } inside".into()),
+            failing_since_ms: None,
             connected: true,
             insecure_plaintext: false,
             updated_ms: 1,
         }
+    }
+
+    #[test]
+    fn a_failure_is_unhealthy_once_it_outlasts_the_grace_period() {
+        let mut d = doc();
+        d.updated_ms = 100_000;
+        assert_eq!(unhealthy(&d, 100_000, 60_000), None);
+        d.failing_since_ms = Some(50_000);
+        assert_eq!(
+            unhealthy(&d, 100_000, 60_000),
+            None,
+            "within the grace period"
+        );
+        let why = unhealthy(&d, 110_000, 60_000).expect("failing for 60 s");
+        assert!(why.contains("failing for 60 s"), "{why}");
+        assert!(why.contains("quote"), "names the error: {why}");
+        // A status too old to trust is unhealthy whatever it says.
+        d.failing_since_ms = None;
+        assert!(unhealthy(&d, 100_000 + HEALTH_MAX_AGE_MS + 1, 60_000).is_some());
     }
 
     #[test]

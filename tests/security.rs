@@ -322,6 +322,7 @@ fn a_rogue_client_without_the_group_key_changes_nothing() {
         digest: "forged".into(),
         local_changes: 0,
         last_error: None,
+        failing_since_ms: None,
         connected: true,
         insecure_plaintext: false,
         updated_ms: now_ms(),

@@ -60,13 +60,13 @@ fn committed(a: &mut Applier, out: Vec<Outcome>) -> Vec<Outcome> {
         .into_iter()
         .filter(|o| !matches!(o, Outcome::Staged))
         .collect();
-    res.extend(a.commit().into_iter().map(|(o, _, _)| o));
+    res.extend(a.commit());
     res
 }
 
 fn committed_one(a: &mut Applier, out: Outcome) -> Outcome {
     match out {
-        Outcome::Staged => a.commit().pop().expect("one staged file").0,
+        Outcome::Staged => a.commit().pop().expect("one staged file"),
         o => o,
     }
 }
@@ -89,7 +89,7 @@ fn staged_files_appear_only_at_commit_and_a_batch_commits_together() {
     assert!(!d.path().join("d/f0").exists(), "visible before the commit");
     // A staged file cancelled before the commit leaves nothing behind.
     a.cancel(&RelPath::new("d/f4").unwrap());
-    let out: Vec<Outcome> = a.commit().into_iter().map(|(o, _, _)| o).collect();
+    let out: Vec<Outcome> = a.commit();
     assert_eq!(out.len(), 4);
     assert!(
         out.iter().all(|o| matches!(o, Outcome::Done { .. })),
