@@ -143,7 +143,8 @@ fn release_cache(file: &File) {
     let _ = rustix::fs::fadvise(file, 0, None, rustix::fs::Advice::DontNeed);
 }
 
-/// Recently received chunks nobody asked for yet (they may precede their manifest).
+/// Recently received chunks: ones nobody asked for yet (they may precede their
+/// manifest), and ones just written into a file (wanted again by a copy or a rename).
 struct ChunkCache {
     map: HashMap<Hash, Vec<u8>>,
     order: VecDeque<Hash>,
@@ -382,6 +383,10 @@ impl Applier {
                 out.push(self.finish_file(f));
             }
         }
+        // Kept a while: the same content often arrives again under another name at
+        // once (a temp file renamed into place, a copy), before this file is
+        // committed and can be read back from the disk.
+        self.cache.insert(hash, data);
         out
     }
 

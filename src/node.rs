@@ -44,6 +44,8 @@ const PATCH_REPAIR_INTERVAL: Duration = Duration::from_secs(2);
 /// Chunk signatures collected before they are written on their own (about 256 MiB
 /// of chunks).
 const SIGNATURE_BATCH: usize = 1024;
+/// Bound of [`Folder::unpushed`]: past it, receivers ask for what was not pushed.
+const MAX_UNPUSHED: usize = 65_536;
 /// How often a failed index write (a full state directory) is tried again.
 const INDEX_RETRY: Duration = Duration::from_secs(1);
 /// How long a failed apply waits before it is tried again.
@@ -91,6 +93,9 @@ pub struct FolderSettings {
 const MASS_DELETE_MIN_FILES: usize = 10;
 /// Local deletions are sent once no new one has been seen for this long.
 const DELETE_GRACE: Duration = Duration::from_secs(1);
+/// A file this node wrote and deleted within this many ms was transient (a temp file
+/// renamed into place): the mass-delete guard does not count it.
+const TRANSIENT_MS: u64 = 1_000;
 /// Least time between two resyncs of a folder (the cmd topic needs no key).
 const RESYNC_MIN_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -282,6 +287,8 @@ struct Folder {
     connected: bool,
     /// Paths the watcher named, waiting for the debounce.
     dirty: BTreeSet<RelPath>,
+    /// Those of them whose writer closed them or moved them into place: complete.
+    closed: HashSet<RelPath>,
     dirty_due: Option<Instant>,
     /// New directories to scan again once the watcher surely covers them.
     recheck: Vec<(RelPath, Instant)>,
@@ -297,6 +304,9 @@ struct Folder {
     reports: crate::push_window::ProgressReports,
     /// Chunks new to this node in the latest scan: sent right after their manifest.
     fresh: HashSet<Hash>,
+    /// Chunks whose push found their file gone: new again for the next scan that
+    /// finds them (the renamed file), which pushes them after its manifest.
+    unpushed: HashSet<Hash>,
     /// The confirmed chunk lists of files the latest scan found changed: what their
     /// manifests are patches of, and their new chunks deltas of.
     previous: HashMap<RelPath, Chunks>,
@@ -421,6 +431,7 @@ impl Folder {
             publisher: None,
             connected: false,
             dirty: BTreeSet::new(),
+            closed: HashSet::new(),
             dirty_due: None,
             recheck: Vec::new(),
             full_rescan_due: false,
@@ -430,6 +441,7 @@ impl Folder {
             compression: crate::compression::Compression::new(f.compression),
             reports: Default::default(),
             fresh: HashSet::new(),
+            unpushed: HashSet::new(),
             previous: HashMap::new(),
             delta_bases: HashMap::new(),
             signatures: vec![],
@@ -1039,6 +1051,9 @@ impl Folder {
                     // its path again instead of a descriptor held from before.
                     self.applier.forget_dir(&p);
                     if !self.ignore.is_ignored(&p) {
+                        if urgent {
+                            self.closed.insert(p.clone());
+                        }
                         self.dirty.insert(p);
                     }
                 }
@@ -1138,11 +1153,16 @@ impl Folder {
     }
 
     fn full_scan(&mut self, remove_temps: bool) {
-        self.scan(None, remove_temps);
+        self.scan(None, remove_temps, None);
     }
 
     /// Scans `paths` (everything when `None`) and feeds the result to the engine.
-    fn scan(&mut self, paths: Option<&[RelPath]>, remove_temps: bool) {
+    fn scan(
+        &mut self,
+        paths: Option<&[RelPath]>,
+        remove_temps: bool,
+        closed: Option<&HashSet<RelPath>>,
+    ) {
         // Never mirror a vanished volume as a mass delete.
         if paths.is_some_and(|p| p.is_empty()) || !self.check_root() {
             return;
@@ -1153,9 +1173,10 @@ impl Folder {
                 ignore: &self.ignore,
                 known: &self.known,
             };
-            match paths {
-                Some(p) => scanner.paths(p),
-                None => scanner.full(remove_temps),
+            match (paths, closed) {
+                (Some(p), Some(c)) => scanner.watched_paths(p, c),
+                (Some(p), None) => scanner.paths(p),
+                (None, _) => scanner.full(remove_temps),
             }
         });
         self.take_scan(res);
@@ -1163,14 +1184,21 @@ impl Folder {
 
     fn scan_dirty(&mut self) {
         self.dirty_due = None;
+        let closed = std::mem::take(&mut self.closed);
         let paths: Vec<RelPath> = std::mem::take(&mut self.dirty)
             .into_iter()
             .filter(|p| !self.applier.is_fetching(p))
             .collect();
-        self.scan_paths(&paths);
+        self.scan_paths_with(&paths, Some(&closed));
     }
 
     fn scan_paths(&mut self, paths: &[RelPath]) {
+        self.scan_paths_with(paths, None);
+    }
+
+    /// `closed`: for paths from the watcher, those its writer closed or moved into
+    /// place (see [`Scanner::watched_paths`]).
+    fn scan_paths_with(&mut self, paths: &[RelPath], closed: Option<&HashSet<RelPath>>) {
         match &self.case_folds {
             // A name spelled differently from the one on disk would be read as that
             // file: only the spelling on disk is scanned.
@@ -1180,9 +1208,9 @@ impl Folder {
                     .filter(|p| folds.collision(p).is_none())
                     .cloned()
                     .collect();
-                self.scan(Some(&paths), false);
+                self.scan(Some(&paths), false, closed);
             }
-            None => self.scan(Some(paths), false),
+            None => self.scan(Some(paths), false, closed),
         }
     }
 
@@ -1238,7 +1266,7 @@ impl Folder {
         {
             if let Content::File { chunks, .. } = &content {
                 for c in chunks {
-                    if !self.locations.contains(&c.hash) {
+                    if !self.locations.contains(&c.hash) || self.unpushed.remove(&c.hash) {
                         self.fresh.insert(c.hash);
                     }
                 }
@@ -1327,7 +1355,23 @@ impl Folder {
             waiting.into_iter().partition(|(p, _)| self.is_absent(p));
         // Paths that came back are ordinary changes again; the scan sees them.
         self.dirty.extend(back.into_iter().map(|(p, _)| p));
-        let deletes = gone.len();
+        // A file whose content another present file holds was renamed or moved (a
+        // renamed directory), and one written moments ago was transient (temp files
+        // renamed into place one after another): neither loses the folder's data.
+        let leaving: HashSet<&RelPath> = gone.iter().map(|(p, _)| p).collect();
+        let wall = now_ms();
+        let transient = |p: &RelPath, seen: &Instant| {
+            let seen_ms = wall.saturating_sub(now.duration_since(*seen).as_millis() as u64);
+            self.engine.entry(p).is_some_and(|e| {
+                // Only this node's own writes: their times come from this clock.
+                &*e.modified_by == self.node.as_str()
+                    && seen_ms.saturating_sub(e.changed_ms) < TRANSIENT_MS
+            })
+        };
+        let deletes = gone
+            .iter()
+            .filter(|(p, seen)| !transient(p, seen) && !self.moved_elsewhere(p, &leaving))
+            .count();
         let (present, _) = self.engine.present();
         if deletes >= MASS_DELETE_MIN_FILES
             && (deletes as u64) * 100 > self.cfg.max_delete_percent * present
@@ -1352,6 +1396,24 @@ impl Folder {
             self.engine.handle_local(p, Content::Deleted);
         }
         self.process();
+    }
+
+    /// Whether the content of the file confirmed at `path` is held by another file that
+    /// stays (not among `leaving`): then its deletion is the other half of a move.
+    /// Its first, middle and last chunks are checked (each lookup walks the holder's
+    /// chunk list, so all of a large file's would cost its chunk count squared).
+    fn moved_elsewhere(&self, path: &RelPath, leaving: &HashSet<&RelPath>) -> bool {
+        let Some(Content::File { chunks, .. }) = self.engine.entry(path).map(|e| &e.content) else {
+            return false;
+        };
+        let n = chunks.len();
+        n > 0
+            && [0, n / 2, n - 1].iter().all(|&i| {
+                let c = &chunks[i];
+                self.locations
+                    .find(&c.hash, &self.engine)
+                    .is_some_and(|(holder, _, _)| &holder != path && !leaving.contains(&holder))
+            })
     }
 
     /// Reads a chunk to push. While its file's metadata is what the scan that hashed it
@@ -1500,7 +1562,12 @@ impl Folder {
     /// Starts an apply now, or queues it while every apply slot is taken.
     fn enqueue_apply(&mut self, queued: QueuedApply) {
         let is_file = matches!(queued.entry.content, Content::File { .. });
-        if is_file && self.applier.in_flight() >= self.apply_slots {
+        // Behind a file that waits for a slot, every apply waits, in order: a delete
+        // that overtook it removed the old file that a renamed or copied file is
+        // rebuilt from, which then had to be fetched from the writer.
+        if (is_file && self.applier.in_flight() >= self.apply_slots)
+            || !self.queued_applies.is_empty()
+        {
             self.apply_started
                 .entry(queued.entry.path.clone())
                 .or_insert_with(Instant::now);
@@ -1522,9 +1589,17 @@ impl Folder {
             && self.applier.in_flight() >= self.apply_slots
     }
 
-    /// Starts the queued file applies that fit in the free slots.
+    /// Starts the queued applies, in order, while files find free slots (other applies
+    /// take none).
     fn start_queued(&mut self) {
-        while self.applier.in_flight() < self.apply_slots {
+        while let Some(path) = self.queued.front() {
+            let needs_slot = match self.queued_applies.get(path) {
+                Some(q) => matches!(q.entry.content, Content::File { .. }),
+                None => false,
+            };
+            if needs_slot && self.applier.in_flight() >= self.apply_slots {
+                break;
+            }
             let Some(path) = self.queued.pop_front() else {
                 break;
             };
@@ -1871,7 +1946,12 @@ impl Folder {
                 };
                 self.pushing.remove(&h);
                 let Some(data) = tokio::task::block_in_place(|| self.read_local(&h)) else {
+                    // Its file went before it was read (a temp file renamed into
+                    // place at once): the file that holds it now pushes it.
                     debug!(folder = %self.cfg.id, "chunk no longer available locally");
+                    if self.unpushed.len() < MAX_UNPUSHED {
+                        self.unpushed.insert(h);
+                    }
                     continue;
                 };
                 if let Some(sig) = Signature::of(&data) {
@@ -2080,6 +2160,7 @@ impl Folder {
         self.push.shrink_to_fit();
         self.pushing.shrink_to_fit();
         self.fresh.shrink_to_fit();
+        self.unpushed = HashSet::new();
         self.recheck.shrink_to_fit();
         self.retries.shrink_to_fit();
         self.queued.shrink_to_fit();

@@ -97,6 +97,17 @@ pub(crate) fn meta_of_stat(st: &rustix::fs::Stat) -> LocalMeta {
     }
 }
 
+/// How recently a file found by a directory walk may have been written and still be
+/// taken as complete.
+const SETTLE: std::time::Duration = std::time::Duration::from_millis(100);
+
+fn just_written(md: &Metadata) -> bool {
+    md.modified()
+        .ok()
+        .and_then(|m| std::time::SystemTime::now().duration_since(m).ok())
+        .is_some_and(|age| age < SETTLE)
+}
+
 pub fn mtime_ns(md: &Metadata) -> i64 {
     md.mtime()
         .saturating_mul(1_000_000_000)
@@ -109,13 +120,27 @@ impl Scanner<'_> {
     pub fn full(&self, remove_temps: bool) -> ScanResult {
         let mut res = ScanResult::default();
         let mut seen = HashSet::new();
-        self.walk(self.root, &mut seen, &mut res, remove_temps);
+        self.walk(self.root, &mut seen, &mut res, remove_temps, false);
         self.vanished(None, &seen, &mut res);
         res
     }
 
     /// Looks only at `paths` (and below them, for directories).
     pub fn paths(&self, paths: &[RelPath]) -> ScanResult {
+        self.look_at(paths, None)
+    }
+
+    /// [`Scanner::paths`] for paths the watcher named: a file written in the last
+    /// [`SETTLE`] is reported unstable, to be looked at again after the debounce,
+    /// unless `closed` names it (its writer closed it or moved it into place). A file
+    /// found while another path's close event hurried the scan, or by walking a new
+    /// directory before its own close event, is likely still being written: sending
+    /// it now would push the chunks of a half-written file.
+    pub fn watched_paths(&self, paths: &[RelPath], closed: &HashSet<RelPath>) -> ScanResult {
+        self.look_at(paths, Some(closed))
+    }
+
+    fn look_at(&self, paths: &[RelPath], closed: Option<&HashSet<RelPath>>) -> ScanResult {
         let mut res = ScanResult::default();
         let mut done: Vec<&RelPath> = Vec::new();
         let mut sorted: Vec<&RelPath> = paths.iter().collect();
@@ -129,10 +154,11 @@ impl Scanner<'_> {
             match fs::symlink_metadata(&full) {
                 Ok(md) => {
                     let mut seen = HashSet::new();
-                    self.observe(p, &full, &md, &mut res);
+                    let settle = closed.is_some_and(|c| !c.contains(p));
+                    self.observe(p, &full, &md, &mut res, settle);
                     seen.insert(p.clone());
                     if md.is_dir() {
-                        self.walk(&full, &mut seen, &mut res, false);
+                        self.walk(&full, &mut seen, &mut res, false, closed.is_some());
                         self.vanished(Some(p), &seen, &mut res);
                         done.push(p);
                     }
@@ -153,6 +179,7 @@ impl Scanner<'_> {
         seen: &mut HashSet<RelPath>,
         res: &mut ScanResult,
         remove_temps: bool,
+        settle: bool,
     ) {
         let mut stack = vec![dir.to_path_buf()];
         while let Some(d) = stack.pop() {
@@ -214,7 +241,7 @@ impl Scanner<'_> {
                     }
                 };
                 seen.insert(rel.clone());
-                self.observe(&rel, &full, &md, res);
+                self.observe(&rel, &full, &md, res, settle);
                 if md.is_dir() {
                     stack.push(full);
                 }
@@ -245,9 +272,22 @@ impl Scanner<'_> {
         }
     }
 
-    fn observe(&self, rel: &RelPath, full: &Path, md: &Metadata, res: &mut ScanResult) {
+    /// `settle`: a file written in the last [`SETTLE`] is reported unstable (see
+    /// [`Scanner::watched_paths`]).
+    fn observe(
+        &self,
+        rel: &RelPath,
+        full: &Path,
+        md: &Metadata,
+        res: &mut ScanResult,
+        settle: bool,
+    ) {
         let meta = local_meta(md);
         if self.known.get(rel) == Some(&meta) {
+            return;
+        }
+        if settle && md.is_file() && just_written(md) {
+            res.unstable.push(rel.clone());
             return;
         }
         let ft = md.file_type();
