@@ -1,6 +1,7 @@
 //! The benchmark's data, generated from fixed seeds so every run and every system gets
-//! the same bytes: bulk files (half random, half text-like), many small files, and a
-//! large file with a changed middle for the delta workload.
+//! the same bytes: bulk files (half random, half text-like), many small files, a
+//! large file with a changed middle for the delta workload, and the trees of the
+//! scale and rename workloads.
 
 use anyhow::Result;
 use rand::rngs::StdRng;
@@ -119,22 +120,7 @@ pub fn generate(root: &Path, s: Sizes, wanted: impl Fn(&str) -> bool) -> Result<
         Ok(())
     })?;
     once("small", &set.small, &|dir| {
-        let mut rng = StdRng::seed_from_u64(2);
-        let per_dir = s.small_files.div_ceil(s.small_dirs);
-        for i in 0..s.small_files {
-            let d = dir.join(format!("d{:03}", i / per_dir));
-            if i % per_dir == 0 {
-                fs::create_dir_all(&d)?;
-            }
-            let len = rng.random_range(1024..=8192);
-            let data = if i % 2 == 0 {
-                random(&mut rng, len)
-            } else {
-                text_like(&mut rng, len)
-            };
-            fs::write(d.join(format!("f{i:05}.txt")), data)?;
-        }
-        Ok(())
+        small_files(dir, s.small_files, s.small_dirs, 2)
     })?;
     once("delta", &set.delta_base, &|dir| {
         let mut rng = StdRng::seed_from_u64(3);
@@ -191,6 +177,44 @@ pub fn generate_scale(root: &Path, files: usize) -> Result<PathBuf> {
                     .try_for_each(|h| h.join().expect("scale writer panicked"))
             })
         },
+    )?;
+    Ok(dir)
+}
+
+/// `files` files of 1 to 8 KiB (half random, half text-like) spread evenly over `dirs`
+/// directories `d000`, `d001`, … of `dir`, from `seed`.
+fn small_files(dir: &Path, files: usize, dirs: usize, seed: u64) -> Result<()> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let per_dir = files.div_ceil(dirs);
+    for i in 0..files {
+        let d = dir.join(format!("d{:03}", i / per_dir));
+        if i % per_dir == 0 {
+            fs::create_dir_all(&d)?;
+        }
+        let len = rng.random_range(1024..=8192);
+        let data = if i % 2 == 0 {
+            random(&mut rng, len)
+        } else {
+            text_like(&mut rng, len)
+        };
+        fs::write(d.join(format!("f{i:05}.txt")), data)?;
+    }
+    Ok(())
+}
+
+/// The top directory of the rename workload's tree, as generated (the workload moves it).
+pub const RENAME_TOP: &str = "tree";
+
+/// The rename workload's data: `files` small files (as the small-files set, its own
+/// seed) in `dirs` directories, all below one top directory [`RENAME_TOP`], so that one
+/// `mv` of that directory renames every file. Made once, in `root/rename-FILES`, with
+/// its own stamp (the other sets' stamps, the whole `Sizes`, stay as they were).
+pub fn generate_rename(root: &Path, files: usize, dirs: usize) -> Result<PathBuf> {
+    let dir = root.join(format!("rename-{files}"));
+    once(
+        &dir,
+        &format!("rename {files} files of 1-8 KiB in {dirs} directories below {RENAME_TOP}"),
+        |dir| small_files(&dir.join(RENAME_TOP), files, dirs, 6),
     )?;
     Ok(dir)
 }

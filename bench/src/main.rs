@@ -2,7 +2,7 @@
 //! and the same machine in one run (issue 6). Run on demand, never part of the tests:
 //!
 //! ```text
-//! cargo run --release -p mqsync-bench -- [--quick] [--only latency,bulk,small,delta,fanout,scale]
+//! cargo run --release -p mqsync-bench -- [--quick] [--only latency,bulk,small,delta,fanout,scale,rename]
 //! ```
 //!
 //! It builds the release `mqsync`, installs missing peers from Debian (root), generates
@@ -20,7 +20,7 @@ mod workloads;
 
 use anyhow::{Context, Result, bail};
 use std::path::PathBuf;
-use workloads::{Ctx, Row};
+use workloads::{Ctx, Row, rename};
 
 struct Args {
     quick: bool,
@@ -34,17 +34,21 @@ struct Args {
     scale_files: Option<usize>,
 }
 
-const WORKLOADS: [&str; 6] = ["latency", "bulk", "small", "delta", "fanout", "scale"];
+const WORKLOADS: [&str; 7] = [
+    "latency", "bulk", "small", "delta", "fanout", "scale", "rename",
+];
 const SYSTEMS: [&str; 4] = ["mqsync", "rsync", "lsyncd", "syncthing"];
 
-const USAGE: &str = "usage: mqsync-bench [--quick] [--only latency,bulk,small,delta,fanout,scale] \
+const USAGE: &str =
+    "usage: mqsync-bench [--quick] [--only latency,bulk,small,delta,fanout,scale,rename] \
 [--systems mqsync,rsync,lsyncd,syncthing] [--work DIR] [--out DIR] [--trials N] \
 [--slow-trials N] [--scale-files N] [--mqsync PATH]
 
   --quick        smaller data (8 x 4 MiB, 2,000 small files, 64 MiB delta, 50,000 files
-                 for scale) to try the harness
+                 for scale, 2,000 files to rename) to try the harness
   --only LIST    workloads to run (default: all)
-  --systems LIST systems to run (default: all; fanout and scale are mqsync only)
+  --systems LIST systems to run (default: all; fanout and scale are mqsync only, rename
+                 has no lsyncd row)
   --work DIR     data and run directories (default: target/mqsync-bench)
   --out DIR      where the results go (default: bench/results): results.md and chart.png
                  for a full run of everything, results-TAG.md and chart-TAG.png for a
@@ -153,13 +157,21 @@ fn main() -> Result<()> {
     let wants = |w: &str| args.wants(w);
     let runs = |s: &str| args.runs(s);
     let mut tools = vec![("time", "time")];
-    if runs("rsync") && ["bulk", "small", "delta"].iter().any(|w| wants(w)) {
+    if runs("rsync")
+        && ["bulk", "small", "delta", "rename"]
+            .iter()
+            .any(|w| wants(w))
+    {
         tools.push(("rsync", "rsync"));
     }
     if runs("lsyncd") && wants("latency") {
         tools.extend([("rsync", "rsync"), ("lsyncd", "lsyncd")]);
     }
-    if runs("syncthing") && ["latency", "bulk", "small"].iter().any(|w| wants(w)) {
+    if runs("syncthing")
+        && ["latency", "bulk", "small", "rename"]
+            .iter()
+            .any(|w| wants(w))
+    {
         tools.push(("syncthing", "syncthing"));
     }
     peers::ensure_installed(&tools)?;
@@ -185,6 +197,18 @@ fn main() -> Result<()> {
     let scale = if wants("scale") && runs("mqsync") {
         eprintln!("generating {scale_files} files for the scale workload (once)");
         Some(data::generate_scale(&data_dir, scale_files)?)
+    } else {
+        None
+    };
+    // The rename workload's tree: 10,000 files of 1-8 KiB in 100 directories, one
+    // top directory above them all (issue: "10,000 files renamed").
+    let (rename_files, rename_dirs) = if args.quick {
+        (2_000, 20)
+    } else {
+        (10_000, 100)
+    };
+    let rename = if wants("rename") {
+        Some(data::generate_rename(&data_dir, rename_files, rename_dirs)?)
     } else {
         None
     };
@@ -301,6 +325,32 @@ fn main() -> Result<()> {
                 }
             }
             Err(e) => record("scale mqsync", Err(e)),
+        }
+    }
+    if let Some(src) = &rename {
+        type Rename = fn(&Ctx, &std::path::Path) -> Result<rename::RenameRun>;
+        let systems: [(&str, Rename); 3] = [
+            ("mqsync", rename::rename_mqsync),
+            ("rsync", rename::rename_rsync),
+            ("syncthing", rename::rename_syncthing),
+        ];
+        for (system, run) in systems {
+            if !runs(system) {
+                continue;
+            }
+            match run(&ctx, src) {
+                Ok(r) => {
+                    for row in r.rows {
+                        let what = format!("rename {}", row.system);
+                        record(&what, Ok(row));
+                    }
+                    // A rename that timed out keeps its rows and fails the run.
+                    if let Some(why) = r.timed_out {
+                        record(&format!("rename {system}"), Err(anyhow::anyhow!(why)));
+                    }
+                }
+                Err(e) => record(&format!("rename {system}"), Err(e)),
+            }
         }
     }
     // MQSYNC_BENCH_KEEP=1 keeps every run's directory (logs, trees) for a post-mortem.

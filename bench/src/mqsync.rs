@@ -203,6 +203,12 @@ path = "{folder}"
 
     /// A counter of node `i` from its Prometheus endpoint, summed over labels.
     pub fn metric(&self, i: usize, name: &str) -> Result<f64> {
+        self.metric_where(i, name, "")
+    }
+
+    /// A counter of node `i` summed over the series whose labels contain `label` (such
+    /// as `kind="request"`; empty: all of them).
+    pub fn metric_where(&self, i: usize, name: &str, label: &str) -> Result<f64> {
         let mut s = std::net::TcpStream::connect(("127.0.0.1", self.metrics[i]))?;
         s.set_read_timeout(Some(Duration::from_secs(10)))?;
         s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
@@ -213,6 +219,7 @@ path = "{folder}"
         for line in body.lines() {
             if let Some(rest) = line.strip_prefix(name)
                 && (rest.starts_with('{') || rest.starts_with(' '))
+                && rest.contains(label)
                 && let Some(v) = rest.rsplit(' ').next()
                 && let Ok(v) = v.parse::<f64>()
             {
@@ -251,6 +258,16 @@ path = "{folder}"
         Some(wire_between(before?, &after))
     }
 
+    /// Every process's usage so far, while they run (a node not running counts zero),
+    /// to split a run into timed steps with [`Stopped::since`].
+    pub fn usage_now(&self) -> Stopped {
+        let now = |p: &Option<Proc>| p.as_ref().and_then(Proc::usage_now).unwrap_or_default();
+        Stopped {
+            nodes: self.nodes.iter().map(now).collect(),
+            broker: now(&self.broker),
+        }
+    }
+
     /// Stops everything; the usage of the writer (node 0), the largest receiver
     /// figures summed, and the broker.
     pub fn stop(mut self) -> Stopped {
@@ -285,6 +302,32 @@ fn parse_ss(text: &str) -> Result<Wire> {
     Ok(wire)
 }
 
+pub struct Stopped {
+    pub nodes: Vec<Usage>,
+    pub broker: Usage,
+}
+
+impl Stopped {
+    /// All processes of the system together (CPU summed, the largest peak memory).
+    pub fn all(&self) -> Usage {
+        self.nodes.iter().fold(self.broker, |acc, u| acc.add(*u))
+    }
+
+    /// Each process's usage between the snapshot `before` and this one.
+    pub fn since(&self, before: &Stopped) -> Stopped {
+        let at = |i: usize| before.nodes.get(i).copied().unwrap_or_default();
+        Stopped {
+            nodes: self
+                .nodes
+                .iter()
+                .enumerate()
+                .map(|(i, u)| u.since(at(i)))
+                .collect(),
+            broker: self.broker.since(before.broker),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -297,17 +340,5 @@ mod tests {
         later.insert("127.0.0.1:50000".into(), (2234, 1800));
         later.insert("127.0.0.1:50004".into(), (10, 20));
         assert_eq!(super::wire_between(&w, &later), (1010, 1020));
-    }
-}
-
-pub struct Stopped {
-    pub nodes: Vec<Usage>,
-    pub broker: Usage,
-}
-
-impl Stopped {
-    /// All processes of the system together (CPU summed, the largest peak memory).
-    pub fn all(&self) -> Usage {
-        self.nodes.iter().fold(self.broker, |acc, u| acc.add(*u))
     }
 }

@@ -121,6 +121,26 @@ impl RsyncDaemon {
         Ok((u, wall, sent))
     }
 
+    /// The daemon's usage so far, the connections it has served included, to split a
+    /// run into timed steps with [`Usage::since`]. A connection's process counts once
+    /// the daemon has reaped it, which can lag the client's exit: up to 5 s are given
+    /// for the daemon to have no child left.
+    pub fn usage_now(&self) -> Usage {
+        let Some(p) = &self.proc else {
+            return Usage::default();
+        };
+        let children = |pid: libc::pid_t| {
+            fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default()
+        };
+        let _ = wait_for(
+            "rsync daemon idle",
+            Duration::from_secs(5),
+            Duration::from_millis(10),
+            || p.pid().is_none_or(|pid| children(pid).trim().is_empty()),
+        );
+        p.usage_now().unwrap_or_default()
+    }
+
     pub fn stop(mut self) -> Usage {
         self.proc.take().map(Proc::stop).unwrap_or_default()
     }
@@ -355,6 +375,15 @@ impl Syncthing {
             }
         }
         None
+    }
+
+    /// Every node's usage so far, in node order (a node not running counts zero), to
+    /// split a run into timed steps with [`Usage::since`].
+    pub fn usage_now(&self) -> Vec<Usage> {
+        self.procs
+            .iter()
+            .map(|p| p.as_ref().and_then(Proc::usage_now).unwrap_or_default())
+            .collect()
     }
 
     /// Stops every node; their usages, in node order.

@@ -23,6 +23,15 @@ impl Usage {
             max_rss_kib: self.max_rss_kib.max(o.max_rss_kib),
         }
     }
+
+    /// What was used after `before`, for a step of a longer run: the CPU between two
+    /// snapshots, and the peak memory so far (a peak cannot be split).
+    pub fn since(self, before: Usage) -> Usage {
+        Usage {
+            cpu_s: (self.cpu_s - before.cpu_s).max(0.0),
+            max_rss_kib: self.max_rss_kib,
+        }
+    }
 }
 
 pub struct Proc {
@@ -116,6 +125,28 @@ impl Proc {
                 .ok()
         };
         Some((field("VmRSS:")?, field("VmHWM:")?))
+    }
+
+    /// The program's usage so far, while it runs: user and system CPU of it and its
+    /// reaped children (`/proc/PID/stat`, as `time` counts them at the end) and its peak
+    /// memory (`VmHWM`). A workload with several timed steps takes their difference.
+    pub fn usage_now(&self) -> Option<Usage> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()?)).ok()?;
+        // Fields after the command name (which may hold spaces), from field 3 (state):
+        // utime, stime, cutime, cstime are fields 14 to 17.
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let ticks: u64 = fields
+            .get(11..15)?
+            .iter()
+            .map(|f| f.parse::<u64>().ok())
+            .sum::<Option<u64>>()?;
+        // SAFETY: sysconf(3) only reads a system constant.
+        let per_s = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        let (_, hwm) = self.rss_kib()?;
+        Some(Usage {
+            cpu_s: ticks as f64 / per_s.max(1) as f64,
+            max_rss_kib: hwm,
+        })
     }
 
     /// Stops the program (SIGTERM, then SIGKILL after 10 s) and returns its usage.

@@ -1,7 +1,10 @@
 //! The workloads, each run by each system into fresh directories: latency of one small
 //! file, bulk files, many small files, a delta to a large file, fan-out of the bulk
-//! files to 1, 2 and 4 receivers, and the scale of one node's index. Every run checks
-//! that the receivers hold exactly the source's bytes before its numbers count.
+//! files to 1, 2 and 4 receivers, the scale of one node's index, and the rename of a
+//! synced tree (in [`rename`]). Every run checks that the receivers hold exactly the
+//! source's bytes before its numbers count.
+
+pub mod rename;
 
 use crate::data::{self, DataSet, listing, tree_hash};
 use crate::mqsync::Cluster;
@@ -271,6 +274,18 @@ pub fn latency_lsyncd(ctx: &Ctx, delay: u32) -> Result<Row> {
     ))
 }
 
+/// How long to sleep between two listings of receivers that should hold `files` files.
+/// Listing a large tree costs CPU the system under test could use: a slow run is
+/// polled less often (about 1% of the time so far, at most once a second).
+fn poll_every(files: usize, start: Instant) -> Duration {
+    let base = if files > 1000 {
+        Duration::from_millis(100)
+    } else {
+        Duration::from_millis(10)
+    };
+    (start.elapsed() / 100).clamp(base, Duration::from_secs(1))
+}
+
 /// Waits until every receiver lists exactly `want` (names and sizes), then checks the
 /// bytes. The time from `start` until the listings matched: checking the bytes
 /// afterwards (gigabytes with four receivers) is not counted.
@@ -282,13 +297,6 @@ fn wait_tree(
     start: Instant,
     mut dead: impl FnMut() -> Option<String>,
 ) -> Result<Duration> {
-    let base = if want.len() > 1000 {
-        Duration::from_millis(100)
-    } else {
-        Duration::from_millis(10)
-    };
-    // Listing a large tree costs CPU the system under test could use: a slow run is
-    // polled less often (about 1% of the time so far, at most once a second).
     let d = loop {
         if let Some(why) = dead() {
             bail!("{what}: {why}");
@@ -299,8 +307,7 @@ fn wait_tree(
         if start.elapsed() > Duration::from_secs(900) {
             bail!("{what}: not done within 900 s");
         }
-        let every = (start.elapsed() / 100).clamp(base, Duration::from_secs(1));
-        std::thread::sleep(every);
+        std::thread::sleep(poll_every(want.len(), start));
     };
     for r in receivers {
         if tree_hash(r)? != hash {
