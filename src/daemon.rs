@@ -2,13 +2,13 @@
 //! starting the embedded broker (with certificates made on first start in
 //! `state_dir/certs`) when no broker URL is configured.
 
+use crate::broker::certs;
 use crate::broker::{self, BrokerHandle, BrokerSettings};
-use crate::certs;
 use crate::config::{Config, FolderConfig, FolderMode};
 use crate::engine::Mode;
 use crate::node::{self, FolderSettings, NodeSettings};
+use crate::protocol::wire::Keys;
 use crate::transport::ConnectSettings;
-use crate::wire::Keys;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +21,7 @@ pub enum DaemonError {
     #[error("embedded broker: {0}")]
     Broker(#[from] broker::BrokerError),
     #[error("TLS: {0}")]
-    Tls(#[from] crate::tls::TlsError),
+    Tls(#[from] crate::transport::tls::TlsError),
     #[error("security.group_key_file {path}: {source}")]
     GroupKey {
         path: PathBuf,
@@ -47,7 +47,7 @@ pub enum DaemonError {
     #[error(transparent)]
     Node(#[from] node::NodeError),
     #[error(transparent)]
-    Metrics(#[from] crate::metrics::MetricsError),
+    Metrics(#[from] crate::ops::metrics::MetricsError),
     #[error(transparent)]
     Volumes(#[from] crate::volumes::VolumeServiceError),
 }
@@ -113,7 +113,7 @@ pub fn connect_settings(cfg: &Config) -> Result<ConnectSettings, DaemonError> {
         Some(url) => {
             let tls = if url.tls {
                 let ca = b.ca_file.as_deref().ok_or(DaemonError::MissingCa)?;
-                Some(Arc::new(crate::tls::client_config(
+                Some(Arc::new(crate::transport::tls::client_config(
                     ca,
                     b.cert_file.as_deref(),
                     b.key_file.as_deref(),
@@ -128,7 +128,7 @@ pub fn connect_settings(cfg: &Config) -> Result<ConnectSettings, DaemonError> {
         }
         None => {
             let dir = cfg.state_dir.join("certs");
-            let tls = crate::tls::client_config(
+            let tls = crate::transport::tls::client_config(
                 &dir.join(certs::CA_CERT),
                 Some(&dir.join(format!("{}.pem", cfg.node_id))),
                 Some(&dir.join(format!("{}.key", cfg.node_id))),
@@ -202,7 +202,7 @@ pub fn folder_settings(f: &FolderConfig) -> FolderSettings {
 /// Runs the daemon until `shutdown` turns true.
 pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<(), DaemonError> {
     if let Some(addr) = cfg.metrics_listen {
-        crate::metrics::install(addr)?;
+        crate::ops::metrics::install(addr)?;
         tracing::info!(%addr, "Prometheus metrics on http://{addr}/metrics");
     }
     let (settings, _broker) = prepare(&cfg)?;

@@ -1,33 +1,35 @@
 //! mqsync: a multi-master folder synchronizer that uses an MQTT-over-TLS broker as its
 //! only transport. The binary (`src/main.rs`) is a thin shell over this library.
+//!
+//! # Layout
+//!
+//! - [`engine`]: the pure sync logic (versions, conflicts, digests); no I/O, no clock.
+//! - [`protocol`]: messages, codec, MAC keys, chunking and deltas.
+//! - [`fs`]: the folder on disk: watch, scan, apply, chunk locations, case folding.
+//! - [`store`]: the redb index.
+//! - [`transfer`]: flow control and compression of chunk data.
+//! - [`transport`]: the MQTT client connections and TLS.
+//! - [`broker`]: the embedded broker, its TLS front, ACL and certificates.
+//! - [`node`]: the per-folder driver that connects the parts above.
+//! - [`ops`]: status, control commands, metrics, hooks.
+//! - [`config`], [`daemon`] (the composition root), [`volumes`] (the Docker volume
+//!   plugin), [`cli`] (demo, progress), [`sys`] (process limits).
+//!
+//! Arrows point from the driver outwards: `node` uses `engine`, `protocol`, `fs`,
+//! `store`, `transfer`, `transport` and `ops`; `engine` uses nothing but `protocol`'s
+//! path and string types.
 
-pub mod applier;
 pub mod broker;
-pub mod casefold;
-pub mod certs;
-pub mod chunker;
-pub mod compression;
+pub mod cli;
 pub mod config;
-pub mod control;
 pub mod daemon;
-pub mod delta;
-pub mod demo;
 pub mod engine;
-pub mod heap;
-pub mod hook;
-pub mod index;
-pub mod locations;
-pub mod metrics;
+pub mod fs;
 pub mod node;
-pub mod progress;
-pub mod push_window;
-pub mod relpath;
-pub mod rlimit;
-pub mod scanner;
-pub mod shared_str;
-pub mod status;
-pub mod tls;
+pub mod ops;
+pub mod protocol;
+pub mod store;
+pub mod sys;
+pub mod transfer;
 pub mod transport;
 pub mod volumes;
-pub mod watcher;
-pub mod wire;

@@ -86,7 +86,7 @@ enum Cmd {
         config: Option<PathBuf>,
         /// Seconds a failure the daemon keeps retrying (an apply on a full disk, a
         /// permission, an index write) may last before the node counts as unhealthy.
-        #[arg(long, value_name = "S", default_value_t = mqsync::status::DEFAULT_ERROR_GRACE_MS / 1000)]
+        #[arg(long, value_name = "S", default_value_t = mqsync::ops::status::DEFAULT_ERROR_GRACE_MS / 1000)]
         error_grace: u64,
     },
     /// A local demo: embedded broker plus three nodes syncing sub-folders of DIR.
@@ -197,7 +197,7 @@ async fn shutdown_signal() {
 }
 
 fn main() -> Result<()> {
-    mqsync::heap::tune_allocator();
+    mqsync::sys::heap::tune_allocator();
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -222,7 +222,7 @@ fn main() -> Result<()> {
             init_logging(&cli.log, cfg.log_format);
             // Raised outside the log macro: its fields are not evaluated when the level
             // is filtered out.
-            let open_files = mqsync::rlimit::raise_open_files();
+            let open_files = mqsync::sys::rlimit::raise_open_files();
             tracing::info!(node = %cfg.node_id, folders = cfg.folders.len(), ?open_files, "mqsync {} starting", env!("CARGO_PKG_VERSION"));
             let progress: Vec<_> = cfg
                 .folders
@@ -232,7 +232,7 @@ fn main() -> Result<()> {
             rt.block_on(async {
                 let (tx, rx) = watch::channel(false);
                 let daemon = tokio::spawn(mqsync::daemon::run(cfg, rx));
-                tokio::spawn(mqsync::progress::initial_sync(progress));
+                tokio::spawn(mqsync::cli::progress::initial_sync(progress));
                 tokio::select! {
                     r = daemon => return r?.map_err(anyhow::Error::from),
                     _ = shutdown_signal() => {}
@@ -257,8 +257,8 @@ fn main() -> Result<()> {
                 .iter()
                 .map(|f| format!("{}/{f}/cmd", cfg.broker.topic_prefix))
                 .collect();
-            let payload = mqsync::control::resync_command(&node);
-            rt.block_on(mqsync::control::publish(&connect, &topics, &payload))?;
+            let payload = mqsync::ops::control::resync_command(&node);
+            rt.block_on(mqsync::ops::control::publish(&connect, &topics, &payload))?;
             println!(
                 "resync requested for node {node} on folder(s) {}",
                 folders.join(", ")
@@ -277,7 +277,7 @@ fn main() -> Result<()> {
             let prefix = cfg.broker.topic_prefix.clone();
             rt.block_on(async {
                 if !watch {
-                    let map = mqsync::control::read_status(
+                    let map = mqsync::ops::control::read_status(
                         &connect,
                         &prefix,
                         keys.as_ref(),
@@ -289,7 +289,7 @@ fn main() -> Result<()> {
                 }
                 let (tx, mut rx) = tokio::sync::mpsc::channel(64);
                 let task = tokio::spawn(async move {
-                    mqsync::control::watch_status(&connect, &prefix, keys.as_ref(), tx).await
+                    mqsync::ops::control::watch_status(&connect, &prefix, keys.as_ref(), tx).await
                 });
                 let clear = std::io::IsTerminal::is_terminal(&std::io::stdout()) && !json;
                 loop {
@@ -327,17 +327,17 @@ fn main() -> Result<()> {
             rt.block_on(async {
                 let (tx, mut rx) = tokio::sync::mpsc::channel(64);
                 let task = tokio::spawn(async move {
-                    mqsync::control::watch_status(&connect, &prefix, keys.as_ref(), tx).await
+                    mqsync::ops::control::watch_status(&connect, &prefix, keys.as_ref(), tx).await
                 });
                 let deadline = tokio::time::Instant::now() + limit;
                 // In sync must hold for a moment: a change may not have reached anyone.
                 let settle = std::time::Duration::from_secs(1);
                 let mut last = String::from("no status received yet");
-                let mut map = mqsync::control::StatusMap::new();
+                let mut map = mqsync::ops::control::StatusMap::new();
                 loop {
                     let check = folders
                         .iter()
-                        .map(|f| mqsync::control::folder_in_sync(&map, f))
+                        .map(|f| mqsync::ops::control::folder_in_sync(&map, f))
                         .collect::<Result<Vec<_>, _>>();
                     let wait = match &check {
                         Ok(_) => settle,
@@ -389,7 +389,7 @@ fn main() -> Result<()> {
                 .unwrap_or(0);
             let mut problems = vec![];
             for id in &ids {
-                let path = mqsync::status::health_file(&cfg.state_dir, id);
+                let path = mqsync::ops::status::health_file(&cfg.state_dir, id);
                 let doc = std::fs::read(&path)
                     .map_err(|e| {
                         format!(
@@ -398,14 +398,16 @@ fn main() -> Result<()> {
                         )
                     })
                     .and_then(|b| {
-                        serde_json::from_slice::<mqsync::status::FolderStatus>(&b)
+                        serde_json::from_slice::<mqsync::ops::status::FolderStatus>(&b)
                             .map_err(|e| format!("folder {id}: {}: {e}", path.display()))
                     });
                 match doc {
                     Ok(d) => {
-                        if let Some(p) =
-                            mqsync::status::unhealthy(&d, now, error_grace.saturating_mul(1000))
-                        {
+                        if let Some(p) = mqsync::ops::status::unhealthy(
+                            &d,
+                            now,
+                            error_grace.saturating_mul(1000),
+                        ) {
                             problems.push(p);
                         }
                     }
@@ -421,7 +423,7 @@ fn main() -> Result<()> {
         }
         Cmd::Broker(a) => {
             init_logging(&cli.log, LogFormat::Text);
-            let open_files = mqsync::rlimit::raise_open_files();
+            let open_files = mqsync::sys::rlimit::raise_open_files();
             tracing::debug!(?open_files, "open-file limit");
             let handle = match (&a.config, &a.certs) {
                 (Some(c), _) => mqsync::broker::start_from_file(c, a.shared_node_cert)?,
@@ -438,7 +440,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         Cmd::Certs(CertsCmd::Init { out, nodes, hosts }) => {
-            mqsync::certs::init(&out, &nodes, &hosts)?;
+            mqsync::broker::certs::init(&out, &nodes, &hosts)?;
             println!(
                 "wrote certificates for {} into {}",
                 nodes.join(", "),
@@ -460,14 +462,14 @@ fn main() -> Result<()> {
             let dir = std::env::current_dir()?.join(dir);
             rt.block_on(async {
                 let (tx, rx) = watch::channel(false);
-                let (layout, tasks) = mqsync::demo::start(&dir, rx).await?;
+                let (layout, tasks) = mqsync::cli::demo::start(&dir, rx).await?;
                 let f = &layout.folders;
                 println!();
                 println!(
                     "mqsync demo: broker on mqtts://{} with three nodes",
                     layout.listen
                 );
-                for (n, p) in mqsync::demo::DEMO_NODES.iter().zip(f) {
+                for (n, p) in mqsync::cli::demo::DEMO_NODES.iter().zip(f) {
                     println!("  node {n}: {}", p.display());
                 }
                 println!();
@@ -493,8 +495,8 @@ fn main() -> Result<()> {
                     "Ctrl-C stops the demo (the files stay in {}).",
                     layout.dir.display()
                 );
-                tokio::spawn(mqsync::progress::initial_sync(
-                    mqsync::demo::DEMO_NODES
+                tokio::spawn(mqsync::cli::progress::initial_sync(
+                    mqsync::cli::demo::DEMO_NODES
                         .iter()
                         .map(|n| {
                             let state = layout.dir.join(".state").join(n);
@@ -516,7 +518,7 @@ fn main() -> Result<()> {
 /// The folder given on the command line, or else every folder of the configuration.
 /// The group key for checking status MACs, when this user can read it. Without it
 /// `status` and `wait` still work but cannot tell a forged status, so they say so.
-fn status_keys(cfg: &Config) -> Option<mqsync::wire::Keys> {
+fn status_keys(cfg: &Config) -> Option<mqsync::protocol::wire::Keys> {
     match mqsync::daemon::status_keys(cfg) {
         Ok(k) => Some(k),
         Err(e) => {
@@ -539,7 +541,7 @@ fn folder_ids(cfg: &Config, folder: Option<String>) -> Result<Vec<String>> {
 
 /// Prints statuses as a table (or JSON), marking nodes whose digest differs from the
 /// most common one among the folder's online nodes.
-fn print_status(map: &mqsync::control::StatusMap, json: bool) -> Result<()> {
+fn print_status(map: &mqsync::ops::control::StatusMap, json: bool) -> Result<()> {
     if json {
         let docs: Vec<_> = map.values().collect();
         println!("{}", serde_json::to_string_pretty(&docs)?);
@@ -549,7 +551,7 @@ fn print_status(map: &mqsync::control::StatusMap, json: bool) -> Result<()> {
     let mut counts: HashMap<(&str, &str), usize> = HashMap::new();
     for d in map
         .values()
-        .filter(|d| d.state != mqsync::status::State::Offline)
+        .filter(|d| d.state != mqsync::ops::status::State::Offline)
     {
         *counts
             .entry((d.folder.as_str(), d.digest.as_str()))
@@ -570,7 +572,7 @@ fn print_status(map: &mqsync::control::StatusMap, json: bool) -> Result<()> {
             .as_str()
             .unwrap_or("?")
             .to_string();
-        let in_sync = d.state != mqsync::status::State::Offline
+        let in_sync = d.state != mqsync::ops::status::State::Offline
             && d.pending == 0
             && majority.get(d.folder.as_str()) == Some(&d.digest.as_str());
         println!(

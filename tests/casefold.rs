@@ -90,7 +90,7 @@ fn names_differing_only_in_case_are_refused_and_reported_on_a_case_insensitive_n
     let mut c = Cluster::new(2);
     let mount = ExfatMount::new(&c.path("exfat.img"), &c.folder(1));
     assert!(
-        mqsync::casefold::probe(&mount.dir).unwrap(),
+        mqsync::fs::casefold::probe(&mount.dir).unwrap(),
         "exFAT should fold case"
     );
 

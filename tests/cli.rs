@@ -134,12 +134,14 @@ fn malformed_and_forged_messages_are_logged_and_dropped() {
         .contains("connected to broker")));
     // A client holding a valid broker certificate (n3's) but not speaking for the group.
     let topic = "mqsync/shared/v1/n3";
-    let forged_key =
-        mqsync::wire::Keys::new(vec![mqsync::wire::Keys::derive(b"not the group key")]).unwrap();
-    let forged = mqsync::wire::encode(
-        &mqsync::wire::Envelope {
+    let forged_key = mqsync::protocol::wire::Keys::new(vec![mqsync::protocol::wire::Keys::derive(
+        b"not the group key",
+    )])
+    .unwrap();
+    let forged = mqsync::protocol::wire::encode(
+        &mqsync::protocol::wire::Envelope {
             from: "n3".into(),
-            msg: mqsync::wire::Message::Request {
+            msg: mqsync::protocol::wire::Message::Request {
                 to: "*".into(),
                 hashes: vec![],
             },
@@ -149,7 +151,7 @@ fn malformed_and_forged_messages_are_logged_and_dropped() {
     )
     .unwrap();
     // Larger than any mqsync message but within the broker's packet limit.
-    let oversized = vec![0u8; mqsync::wire::MAX_MESSAGE_BYTES + 1000];
+    let oversized = vec![0u8; mqsync::protocol::wire::MAX_MESSAGE_BYTES + 1000];
     rogue_publish(
         &c,
         &[

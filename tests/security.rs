@@ -6,9 +6,9 @@ mod common;
 
 use common::*;
 use mqsync::engine::{ChunkRef, Content, Entry, VersionVector};
-use mqsync::relpath::RelPath;
-use mqsync::status::{FolderStatus, State};
-use mqsync::wire::{self, Envelope, Keys, Message};
+use mqsync::ops::status::{FolderStatus, State};
+use mqsync::protocol::relpath::RelPath;
+use mqsync::protocol::wire::{self, Envelope, Keys, Message};
 use rand::{Rng, SeedableRng};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, Transport};
 use std::fs;
@@ -35,7 +35,7 @@ impl Client {
     fn connect(c: &Cluster, port: u16, id: &str, cert: &str, subscribe: Option<&str>) -> Client {
         let rt = tokio::runtime::Runtime::new().unwrap();
         let certs = c.path("certs");
-        let tls = mqsync::tls::client_config(
+        let tls = mqsync::transport::tls::client_config(
             &certs.join("ca.pem"),
             Some(&certs.join(format!("{cert}.pem"))),
             Some(&certs.join(format!("{cert}.key"))),
@@ -327,7 +327,7 @@ fn a_rogue_client_without_the_group_key_changes_nothing() {
         insecure_plaintext: false,
         updated_ms: now_ms(),
     };
-    let forged = mqsync::status::signed_json(&fake, status_topic, &forged_key).unwrap();
+    let forged = mqsync::ops::status::signed_json(&fake, status_topic, &forged_key).unwrap();
     rogue.publish_retained(status_topic, forged);
     let cfg = c.path("n1.toml");
     let out = cli(&["status", "--config", cfg.to_str().unwrap(), "--json"]);
@@ -790,7 +790,7 @@ fn plaintext_is_refused_unless_asked_for_and_then_reported() {
 /// its hash makes them ask for the chunk whole. Nothing is written wrong meanwhile.
 #[test]
 fn patches_and_deltas_apply_only_against_what_a_node_holds() {
-    use mqsync::delta::{ChunkDelta, DeltaOp};
+    use mqsync::protocol::delta::{ChunkDelta, DeltaOp};
     let mut c = Cluster::new(3);
     start_pair(&mut c);
     let mut old = vec![0u8; 3 << 20];
@@ -800,7 +800,7 @@ fn patches_and_deltas_apply_only_against_what_a_node_holds() {
     fs::rename(c.path("p.tmp"), c.folder(0).join("p.bin")).unwrap();
     assert!(wait_until(T, || fs::read(c.folder(1).join("p.bin"))
         .is_ok_and(|d| d == old)));
-    let (chunks, _) = mqsync::chunker::chunk_path(&c.folder(1).join("p.bin")).unwrap();
+    let (chunks, _) = mqsync::protocol::chunker::chunk_path(&c.folder(1).join("p.bin")).unwrap();
     assert!(chunks.len() >= 3, "{} chunks", chunks.len());
     let last = *chunks.last().unwrap();
     let last_at = old.len() - last.len as usize;
@@ -809,7 +809,7 @@ fn patches_and_deltas_apply_only_against_what_a_node_holds() {
     let mut new = old.clone();
     rand::rngs::StdRng::seed_from_u64(32).fill(&mut new[last_at + half..]);
     let new_last = ChunkRef {
-        hash: mqsync::chunker::hash(&new[last_at..]),
+        hash: mqsync::protocol::chunker::hash(&new[last_at..]),
         len: last.len,
     };
     let version = |n3: u64| {
@@ -896,7 +896,8 @@ fn patches_and_deltas_apply_only_against_what_a_node_holds() {
         hash: [9; 32],
         len: last.len,
     };
-    let (new_chunks, _) = mqsync::chunker::chunk_path(&c.folder(1).join("p.bin")).unwrap();
+    let (new_chunks, _) =
+        mqsync::protocol::chunker::chunk_path(&c.folder(1).join("p.bin")).unwrap();
     n3.publish_acked(&[
         sign(Message::Patch {
             patches: vec![patch(wire::chunk_list_id(&new_chunks), version(3), third)],
@@ -919,7 +920,7 @@ fn patches_and_deltas_apply_only_against_what_a_node_holds() {
     let mut newer = new.clone();
     rand::rngs::StdRng::seed_from_u64(33).fill(&mut newer[last_at..last_at + half]);
     let newer_last = ChunkRef {
-        hash: mqsync::chunker::hash(&newer[last_at..]),
+        hash: mqsync::protocol::chunker::hash(&newer[last_at..]),
         len: last.len,
     };
     let early = ChunkDelta {

@@ -9,7 +9,7 @@
 //! `MQSYNC_SIM_SEED=S` replays one seed. A failing seed is printed.
 
 use mqsync::engine::{ChunkRef, Content, Digest, Effect, Engine, Entry, Mode, VersionVector};
-use mqsync::relpath::RelPath;
+use mqsync::protocol::relpath::RelPath;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, VecDeque};

@@ -5,8 +5,9 @@ use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::time::Duration;
 
+use mqsync::broker::certs;
 use mqsync::broker::{self, BrokerSettings, DEFAULT_MAX_PACKET_BYTES};
-use mqsync::{certs, tls};
+use mqsync::transport::tls;
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS, Transport};
 use tokio::time::{Instant, timeout_at};
 

@@ -304,8 +304,11 @@ fn the_plugin_answers_malformed_requests_with_errors_and_keeps_running() {
     );
 }
 
-fn rogue_key() -> mqsync::wire::Keys {
-    mqsync::wire::Keys::new(vec![mqsync::wire::Keys::derive(b"not the group key")]).unwrap()
+fn rogue_key() -> mqsync::protocol::wire::Keys {
+    mqsync::protocol::wire::Keys::new(vec![mqsync::protocol::wire::Keys::derive(
+        b"not the group key",
+    )])
+    .unwrap()
 }
 
 fn forged_announcement(name: &str) -> Vec<u8> {

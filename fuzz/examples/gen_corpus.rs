@@ -7,8 +7,8 @@
 //! when the wire format changes (and commit the result).
 
 use mqsync::engine::{BUCKETS, ChunkRef, Content, Entry, VersionVector};
-use mqsync::relpath::RelPath;
-use mqsync::wire::{self, ChunkData, Envelope, Message};
+use mqsync::protocol::relpath::RelPath;
+use mqsync::protocol::wire::{self, ChunkData, Envelope, Message};
 use mqsync_fuzz::{
     CTL_COMPRESS, CTL_DECLARED_LEN, FLAG_ZSTD, NODE, TOPIC, keys, sign, signed_input_from_message,
     signed_message,

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mqsync::wire;
+use mqsync::protocol::wire;
 use mqsync_fuzz::{NODE, TOPIC, keys};
 use std::sync::LazyLock;
 

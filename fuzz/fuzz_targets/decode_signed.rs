@@ -6,11 +6,11 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mqsync::chunker::MAX_CHUNK;
-use mqsync::delta::{DeltaOp, MAX_BASES};
+use mqsync::protocol::chunker::MAX_CHUNK;
+use mqsync::protocol::delta::{DeltaOp, MAX_BASES};
 use mqsync::engine::{BUCKETS, Content};
-use mqsync::relpath::{MAX_COMPONENT_BYTES, MAX_PATH_BYTES};
-use mqsync::wire::{
+use mqsync::protocol::relpath::{MAX_COMPONENT_BYTES, MAX_PATH_BYTES};
+use mqsync::protocol::wire::{
     self, MAX_CHUNKS_PER_FILE, MAX_DELTAS, MAX_ENTRIES, MAX_MESSAGE_BYTES, MAX_REQUEST_HASHES,
     Message,
 };

@@ -8,7 +8,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use mqsync::engine::{Causality, ChunkRef, Content, Digest, Effect, Engine, Mode};
-use mqsync::wire::{self, Message};
+use mqsync::protocol::wire::{self, Message};
 use mqsync_fuzz::{NODE, TOPIC, keys, signed_message};
 use std::sync::LazyLock;
 
@@ -97,7 +97,7 @@ fuzz_target!(|data: &[u8]| {
             let zeros = vec![0u8; 1 << 20];
             for d in deltas {
                 let bases: Vec<&[u8]> = d.bases.iter().map(|_| &zeros[..]).collect();
-                if let Ok(chunk) = mqsync::delta::patch(&d, &bases) {
+                if let Ok(chunk) = mqsync::protocol::delta::patch(&d, &bases) {
                     assert_eq!(chunk.len(), d.len as usize);
                 }
             }

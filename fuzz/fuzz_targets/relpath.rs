@@ -5,7 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mqsync::relpath::{MAX_COMPONENT_BYTES, MAX_PATH_BYTES, RelPath};
+use mqsync::protocol::relpath::{MAX_COMPONENT_BYTES, MAX_PATH_BYTES, RelPath};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path};

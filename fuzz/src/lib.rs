@@ -3,7 +3,7 @@
 //! correctly authenticated message around any body, following the layout in
 //! docs/PROTOCOL.md (`wire.rs` keeps its MAC helper private).
 
-use mqsync::wire::{HEADER_LEN, Keys, MAGIC};
+use mqsync::protocol::wire::{HEADER_LEN, Keys, MAGIC};
 
 /// Topic every fuzzed message is "received" on; its last level is [`NODE`].
 pub const TOPIC: &str = "mqsync/fuzz/v1/n1";

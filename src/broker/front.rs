@@ -98,7 +98,7 @@ async fn serve(
                 .1
                 .peer_certificates()
                 .and_then(|certs| certs.first())
-                .and_then(|cert| crate::tls::common_name(cert))
+                .and_then(|cert| crate::transport::tls::common_name(cert))
                 .unwrap_or_default();
             let upstream = match TcpStream::connect(backend).await {
                 Ok(s) => s,

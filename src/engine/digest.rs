@@ -3,7 +3,7 @@
 //! O(1) per change and two nodes holding the same entries hold the same buckets.
 
 use super::entry::Entry;
-use crate::relpath::RelPath;
+use crate::protocol::relpath::RelPath;
 
 /// Number of buckets. Part of the wire protocol: both sides must agree.
 pub const BUCKETS: usize = 1024;

@@ -2,7 +2,7 @@
 //! by its own path: a map from path to entry held the path twice, 16 bytes per file.
 
 use super::entry::Entry;
-use crate::relpath::RelPath;
+use crate::protocol::relpath::RelPath;
 use std::borrow::Borrow;
 use std::cmp::Ordering;
 use std::collections::BTreeSet;

@@ -3,7 +3,7 @@
 //! Entries travel in manifests and are stored in the index unchanged.
 
 use super::version::VersionVector;
-use crate::relpath::RelPath;
+use crate::protocol::relpath::RelPath;
 use serde::{Deserialize, Serialize};
 
 /// BLAKE3 hash of a chunk's plain bytes.

@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::fmt;
 use std::sync::{Mutex, OnceLock};
 
-pub use crate::shared_str::SharedStr as NodeId;
+pub use crate::protocol::shared_str::SharedStr as NodeId;
 
 /// Names kept at most: a peer that invents ids cannot grow the table without bound;
 /// later names are simply not shared.

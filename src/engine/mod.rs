@@ -22,7 +22,7 @@ pub use entry::{ChunkRef, Chunks, Content, Entry, Hash};
 pub use resolve::{Decision, beats, conflict_name, resolve};
 pub use version::{Causality, VersionVector};
 
-use crate::relpath::RelPath;
+use crate::protocol::relpath::RelPath;
 
 /// How a folder treats local and remote changes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

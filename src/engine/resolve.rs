@@ -5,7 +5,7 @@
 
 use super::entry::{Content, Entry};
 use super::version::Causality;
-use crate::relpath::RelPath;
+use crate::protocol::relpath::RelPath;
 
 /// What to do with an incoming entry, relative to the entry a node has on disk.
 #[derive(Debug, Clone, PartialEq, Eq)]

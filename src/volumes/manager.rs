@@ -10,7 +10,7 @@ use super::{VolumeServiceError, VolumeSettings};
 use crate::config::FolderConfig;
 use crate::config::{DEFAULT_DEBOUNCE_MS, DEFAULT_MAX_DELETE_PERCENT, DEFAULT_TOMBSTONE_DAYS};
 use crate::node::{self, NodeError};
-use crate::status::Topics;
+use crate::ops::status::Topics;
 use crate::transport::{self, NetEvent, Publisher};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};

@@ -4,8 +4,8 @@
 //! or published on another volume's or node's topic is refused here.
 
 use super::registry::{Announcement, MountReport, check_name};
-use crate::status::{MacError, check_mac, signed_json};
-use crate::wire::Keys;
+use crate::ops::status::{MacError, check_mac, signed_json};
+use crate::protocol::wire::Keys;
 
 /// Largest accepted document; real ones are a few hundred bytes.
 pub const MAX_DOC_BYTES: usize = 64 * 1024;
@@ -89,7 +89,8 @@ pub fn decode_announcement(
             a.ignore.len()
         )));
     }
-    crate::scanner::Ignore::new(&a.ignore).map_err(|e| MessageError::Malformed(e.to_string()))?;
+    crate::fs::scanner::Ignore::new(&a.ignore)
+        .map_err(|e| MessageError::Malformed(e.to_string()))?;
     Ok(a)
 }
 

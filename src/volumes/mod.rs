@@ -38,7 +38,7 @@ pub fn prepare(s: &VolumeSettings) -> Result<tokio::net::UnixListener, VolumeSer
 /// The folder ids of the volumes this node has health files for (`vol.NAME`), for
 /// `mqsync healthcheck`.
 pub fn health_ids(state_dir: &std::path::Path) -> Vec<String> {
-    let dir = crate::status::health_file(state_dir, "x");
+    let dir = crate::ops::status::health_file(state_dir, "x");
     let Some(dir) = dir.parent() else {
         return Vec::new();
     };

@@ -646,7 +646,7 @@ pub fn rogue_publish(c: &Cluster, msgs: &[(&str, Vec<u8>)], retain: bool) {
     let certs = c.path("certs");
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let tls = mqsync::tls::client_config(
+        let tls = mqsync::transport::tls::client_config(
             &certs.join("ca.pem"),
             Some(&certs.join("n3.pem")),
             Some(&certs.join("n3.key")),

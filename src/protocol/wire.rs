@@ -4,10 +4,10 @@
 //! allocates, so a hostile payload costs at most `MAX_MESSAGE_BYTES` to reject.
 //! docs/PROTOCOL.md describes the layout byte by byte.
 
-use crate::delta::{ChunkDelta, DeltaOp};
 use crate::engine::intern::NodeId;
 use crate::engine::{ChunkRef, Chunks, Content, Entry, Hash, VersionVector};
-use crate::relpath::RelPath;
+use crate::protocol::delta::{ChunkDelta, DeltaOp};
+use crate::protocol::relpath::RelPath;
 use serde::{Deserialize, Serialize};
 
 pub const MAGIC: &[u8; 4] = b"MQS1";
@@ -52,10 +52,10 @@ pub enum Message {
     /// Asks node `to` (or `"*"`: anyone) to publish these chunks.
     Request { to: String, hashes: Vec<Hash> },
     /// Tells writer `to` that its chunk messages up to the one ending with chunk `last`
-    /// were processed (flow control, [`crate::push_window`]).
+    /// were processed (flow control, [`crate::transfer::push_window`]).
     Progress { to: String, last: Hash },
     /// New chunks of a live change described as edits of the chunks they replaced,
-    /// which the receivers hold ([`crate::delta`]).
+    /// which the receivers hold ([`crate::protocol::delta`]).
     Deltas { deltas: Vec<ChunkDelta> },
     /// Live changes of large files as edits of their previous chunk lists.
     Patch { patches: Vec<FilePatch> },
@@ -422,7 +422,7 @@ fn check_patch(p: &FilePatch) -> Result<(), DecodeError> {
     if let Some(c) = p
         .chunks
         .iter()
-        .find(|c| c.len == 0 || c.len > crate::chunker::MAX_CHUNK)
+        .find(|c| c.len == 0 || c.len > crate::protocol::chunker::MAX_CHUNK)
     {
         return Err(bad(format!("chunk of {} bytes", c.len)));
     }
@@ -430,22 +430,22 @@ fn check_patch(p: &FilePatch) -> Result<(), DecodeError> {
 }
 
 /// A delta rebuilds one chunk of at most `MAX_CHUNK` bytes from at most
-/// [`crate::delta::MAX_BASES`] distinct others, in at most two steps per block of it
-/// (a copy and new bytes), none of them empty; [`crate::delta::patch`] bounds the rest.
+/// [`crate::protocol::delta::MAX_BASES`] distinct others, in at most two steps per block of it
+/// (a copy and new bytes), none of them empty; [`crate::protocol::delta::patch`] bounds the rest.
 fn check_delta(d: &ChunkDelta) -> Result<(), DecodeError> {
-    let most_ops = 2 * (d.len as usize).div_ceil(crate::delta::BLOCK) + 2;
+    let most_ops = 2 * (d.len as usize).div_ceil(crate::protocol::delta::BLOCK) + 2;
     let distinct = d
         .bases
         .iter()
         .enumerate()
         .all(|(i, b)| !d.bases[..i].contains(b));
-    let reason = if d.len == 0 || d.len > crate::chunker::MAX_CHUNK {
+    let reason = if d.len == 0 || d.len > crate::protocol::chunker::MAX_CHUNK {
         format!("chunk of {} bytes", d.len)
-    } else if d.bases.len() > crate::delta::MAX_BASES || !distinct {
+    } else if d.bases.len() > crate::protocol::delta::MAX_BASES || !distinct {
         format!(
             "{} bases, more than {} or repeated",
             d.bases.len(),
-            crate::delta::MAX_BASES
+            crate::protocol::delta::MAX_BASES
         )
     } else if d.ops.len() > most_ops {
         format!("{} steps, more than {most_ops}", d.ops.len())
@@ -489,7 +489,7 @@ pub fn check_entry(e: &crate::engine::Entry) -> Result<(), DecodeError> {
     }
     let mut total = 0u64;
     for c in chunks {
-        if c.len == 0 || c.len > crate::chunker::MAX_CHUNK {
+        if c.len == 0 || c.len > crate::protocol::chunker::MAX_CHUNK {
             return Err(bad(format!("chunk of {} bytes", c.len)));
         }
         total += u64::from(c.len);
@@ -506,7 +506,7 @@ pub fn check_entry(e: &crate::engine::Entry) -> Result<(), DecodeError> {
 mod tests {
     use super::*;
     use crate::engine::{Content, VersionVector};
-    use crate::relpath::RelPath;
+    use crate::protocol::relpath::RelPath;
     use proptest::prelude::*;
 
     fn keys() -> Keys {
@@ -736,8 +736,8 @@ mod tests {
         assert!(delta(100_000, 1, vec![copy(0, 100_000)]).is_ok());
         for bad in [
             delta(0, 1, vec![]),
-            delta(crate::chunker::MAX_CHUNK + 1, 1, vec![]),
-            delta(100_000, crate::delta::MAX_BASES + 1, vec![]),
+            delta(crate::protocol::chunker::MAX_CHUNK + 1, 1, vec![]),
+            delta(100_000, crate::protocol::delta::MAX_BASES + 1, vec![]),
             delta(100_000, 1, vec![copy(1, 10)]),
             delta(100_000, 1, vec![copy(0, 0)]),
             delta(100_000, 1, vec![DeltaOp::Data(vec![])]),

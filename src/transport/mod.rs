@@ -8,6 +8,8 @@
 //! so the folder never blocks on an event loop and limits what it puts in flight by
 //! watching `queued_bytes`.
 
+pub mod tls;
+
 use rumqttc::{
     AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, QoS, SubscribeFilter,
     TlsConfiguration, Transport,
@@ -226,7 +228,7 @@ async fn drive(
                 if matches!(e, rumqttc::ConnectionError::RequestsDone) {
                     return;
                 }
-                let fatal = crate::tls::describe_fatal(&e);
+                let fatal = crate::transport::tls::describe_fatal(&e);
                 let reason = match &fatal {
                     Some(msg) => msg.clone(),
                     None => format!("connection to {host} failed: {e}"),

@@ -178,7 +178,7 @@ pub struct FolderConfig {
     /// changed paths on stdin, one per line.
     pub on_change: Option<String>,
     /// Whether chunk data is sent zstd-compressed: measured (`auto`), `always`, `never`.
-    pub compression: crate::compression::Mode,
+    pub compression: crate::transfer::compression::Mode,
 }
 
 /// Direction of sync of a folder.
@@ -1026,10 +1026,10 @@ fn validate_folder(raw: RawFolder, key: &str, base: &Path, errors: &mut Errors) 
         );
     }
     let compression = match raw.compression.as_deref() {
-        None => crate::compression::Mode::default(),
+        None => crate::transfer::compression::Mode::default(),
         Some(s) => s.parse().unwrap_or_else(|e: String| {
             errors.push(format!("{key}.compression"), e);
-            crate::compression::Mode::default()
+            crate::transfer::compression::Mode::default()
         }),
     };
     FolderConfig {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::status::{FolderStatus, State, health_file};
+use crate::ops::status::{FolderStatus, State, health_file};
 
 /// How often the status files are read.
 const POLL: Duration = Duration::from_millis(200);

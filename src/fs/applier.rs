@@ -6,11 +6,11 @@
 //! during an apply changes nothing), and the target is re-checked against what the index expects before it
 //! is replaced, so a local edit made meanwhile is never overwritten blindly.
 
-use crate::chunker;
 use crate::engine::{Content, Entry, Hash, VersionVector};
-use crate::index::LocalMeta;
-use crate::relpath::RelPath;
-use crate::scanner::TEMP_INFIX;
+use crate::fs::scanner::TEMP_INFIX;
+use crate::protocol::chunker;
+use crate::protocol::relpath::RelPath;
+use crate::store::index::LocalMeta;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::{self, File};
 use std::io;
@@ -39,7 +39,7 @@ pub enum ApplyError {
     NotEmpty(PathBuf),
     /// Checked by the node before an apply; retried, since the twin may go away.
     #[error("{0}")]
-    CaseCollision(crate::casefold::Collision),
+    CaseCollision(crate::fs::casefold::Collision),
 }
 
 impl ApplyError {

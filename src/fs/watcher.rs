@@ -3,7 +3,7 @@
 //! closed after writing or moved into place is flagged urgent (scanned at once);
 //! everything else waits for the folder's debounce.
 
-use crate::relpath::RelPath;
+use crate::protocol::relpath::RelPath;
 use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RenameMode};
 use notify::{Config, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use std::path::{Path, PathBuf};
@@ -98,5 +98,5 @@ fn is_symlink_create(kind: &EventKind, paths: &[&Path]) -> bool {
 fn is_temp(path: &Path) -> bool {
     path.file_name()
         .and_then(|n| n.to_str())
-        .is_some_and(crate::scanner::is_temp_name)
+        .is_some_and(crate::fs::scanner::is_temp_name)
 }

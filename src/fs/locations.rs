@@ -2,9 +2,9 @@
 //! trees of a million files: a map from the first 8 bytes of the chunk hash to the path
 //! only; the offset and length come from the path's confirmed entry when asked.
 
-use crate::chunker;
 use crate::engine::{Content, Engine, Hash};
-use crate::relpath::RelPath;
+use crate::protocol::chunker;
+use crate::protocol::relpath::RelPath;
 use std::collections::BTreeMap;
 
 /// Chunk hash prefix → a path whose confirmed entry lists that chunk.

@@ -4,9 +4,9 @@
 //! (`daemon::connect_settings`): a resync command carries no MAC. With the key, status
 //! readers drop any status whose MAC does not verify.
 
-use crate::status::FolderStatus;
+use crate::ops::status::FolderStatus;
+use crate::protocol::wire::Keys;
 use crate::transport::ConnectSettings;
-use crate::wire::Keys;
 use rumqttc::{
     AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS, TlsConfiguration, Transport,
 };
@@ -82,7 +82,7 @@ pub async fn publish(
 
 /// A refused connection (certificates, authorisation) or another connection failure.
 fn connection_error(e: &rumqttc::ConnectionError) -> ControlError {
-    match crate::tls::describe_fatal(e) {
+    match crate::transport::tls::describe_fatal(e) {
         Some(msg) => ControlError::Refused(msg),
         None => ControlError::Connection(e.to_string()),
     }
@@ -116,7 +116,7 @@ pub async fn watch_status(
     tx: mpsc::Sender<StatusMap>,
 ) -> Result<(), ControlError> {
     let (client, mut el) = short_client(s, "status");
-    let filter = crate::status::Topics::all_status_filter(prefix);
+    let filter = crate::ops::status::Topics::all_status_filter(prefix);
     let mut map = StatusMap::new();
     loop {
         match el.poll().await {
@@ -148,7 +148,7 @@ pub async fn watch_status(
                     }
                     continue;
                 }
-                match crate::status::verify(&p.payload, &p.topic, keys) {
+                match crate::ops::status::verify(&p.payload, &p.topic, keys) {
                     Ok(doc) => {
                         map.insert((doc.folder.clone(), doc.node.clone()), doc);
                         if tx.send(map.clone()).await.is_err() {
@@ -207,7 +207,7 @@ pub async fn read_status(
 pub fn folder_in_sync(map: &StatusMap, folder: &str) -> Result<usize, String> {
     let online: Vec<&FolderStatus> = map
         .values()
-        .filter(|d| d.folder == folder && d.state != crate::status::State::Offline)
+        .filter(|d| d.folder == folder && d.state != crate::ops::status::State::Offline)
         .collect();
     if online.is_empty() {
         return Err(format!("no online node reports folder {folder}"));
@@ -220,7 +220,7 @@ pub fn folder_in_sync(map: &StatusMap, folder: &str) -> Result<usize, String> {
                 online[0].node, digest, d.node, d.digest
             ));
         }
-        if d.pending > 0 || d.state != crate::status::State::Idle {
+        if d.pending > 0 || d.state != crate::ops::status::State::Idle {
             return Err(format!(
                 "folder {folder}: node {} is {:?} with {} pending",
                 d.node, d.state, d.pending

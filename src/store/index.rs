@@ -3,16 +3,16 @@
 //! the fast path of the start-up scan: a file whose size, mtime, inode and mode are
 //! unchanged is not read again. Writes are batched into one ACID transaction.
 
-use crate::delta::Signature;
 use crate::engine::{Entry, Hash};
-use crate::relpath::RelPath;
+use crate::protocol::delta::Signature;
+use crate::protocol::relpath::RelPath;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 const ENTRIES: TableDefinition<&str, &[u8]> = TableDefinition::new("entries_v1");
 /// Block signatures of large chunks this node pushed or received, by chunk hash
-/// ([`crate::delta::Signature`]): what lets it send a later edit as a delta.
+/// ([`crate::protocol::delta::Signature`]): what lets it send a later edit as a delta.
 const SIGNATURES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("signatures_v1");
 
 /// redb's page cache. Its default (1 GiB) kept every page read by the start-up load

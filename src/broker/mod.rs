@@ -4,6 +4,7 @@
 //! their own threads and returns once they accept connections.
 
 pub mod acl;
+pub mod certs;
 mod front;
 
 use std::collections::HashMap;
@@ -87,9 +88,9 @@ impl BrokerSettings {
     pub fn with_certs_dir(listen: SocketAddr, dir: &Path) -> Self {
         Self {
             listen,
-            ca: dir.join(crate::certs::CA_CERT),
-            cert: dir.join(crate::certs::BROKER_CERT),
-            key: dir.join(crate::certs::BROKER_KEY),
+            ca: dir.join(crate::broker::certs::CA_CERT),
+            cert: dir.join(crate::broker::certs::BROKER_CERT),
+            key: dir.join(crate::broker::certs::BROKER_KEY),
             max_packet_bytes: DEFAULT_MAX_PACKET_BYTES,
             max_inflight: DEFAULT_MAX_INFLIGHT,
             shared_node_cert: false,
@@ -201,11 +202,12 @@ fn start_config(mut config: Config, shared_node_cert: bool) -> Result<BrokerHand
                 server.name
             )));
         };
-        let tls =
-            crate::tls::server_config(Path::new(&ca), Path::new(&certpath), Path::new(&keypath))
-                .map_err(|e| {
-                    BrokerError::InvalidConfig(format!("listener {:?}: {e}", server.name))
-                })?;
+        let tls = crate::transport::tls::server_config(
+            Path::new(&ca),
+            Path::new(&certpath),
+            Path::new(&keypath),
+        )
+        .map_err(|e| BrokerError::InvalidConfig(format!("listener {:?}: {e}", server.name)))?;
         let public = bind(server.listen)?;
         let backend = loopback_port()?;
         server.listen = backend;

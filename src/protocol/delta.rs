@@ -5,8 +5,8 @@
 //! plus the bytes that are new, and the receiver rebuilds it from its own copy of the
 //! old chunks. The rebuilt chunk is checked against its BLAKE3 hash like any other.
 
-use crate::chunker::offsets;
 use crate::engine::{ChunkRef, Hash};
+use crate::protocol::chunker::offsets;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use xxhash_rust::xxh3::xxh3_64;
@@ -334,7 +334,7 @@ pub enum DeltaError {
 /// `delta.bases`), checking length and hash.
 pub fn patch(delta: &ChunkDelta, bases: &[&[u8]]) -> Result<Vec<u8>, DeltaError> {
     let want = delta.len as usize;
-    let mut out = Vec::with_capacity(want.min(crate::chunker::MAX_CHUNK as usize));
+    let mut out = Vec::with_capacity(want.min(crate::protocol::chunker::MAX_CHUNK as usize));
     for op in &delta.ops {
         let piece = match op {
             DeltaOp::Copy { base, offset, len } => bases
@@ -350,7 +350,7 @@ pub fn patch(delta: &ChunkDelta, bases: &[&[u8]]) -> Result<Vec<u8>, DeltaError>
         }
         out.extend_from_slice(piece);
     }
-    if out.len() != want || crate::chunker::hash(&out) != delta.hash {
+    if out.len() != want || crate::protocol::chunker::hash(&out) != delta.hash {
         return Err(DeltaError::Mismatch);
     }
     Ok(out)
@@ -370,9 +370,12 @@ mod tests {
     fn delta(new: &[u8], bases: &[&[u8]]) -> ChunkDelta {
         let sigs: Vec<Signature> = bases.iter().map(|b| Signature::of(b).unwrap()).collect();
         ChunkDelta {
-            hash: crate::chunker::hash(new),
+            hash: crate::protocol::chunker::hash(new),
             len: new.len() as u32,
-            bases: bases.iter().map(|b| crate::chunker::hash(b)).collect(),
+            bases: bases
+                .iter()
+                .map(|b| crate::protocol::chunker::hash(b))
+                .collect(),
             ops: diff(new, &sigs.iter().collect::<Vec<_>>()),
         }
     }

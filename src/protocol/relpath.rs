@@ -3,7 +3,7 @@
 //! no backslash-free escapes, and bounded lengths, so joining it to a folder root can
 //! never leave that root (symlinks on the way are the applier's job).
 
-use crate::shared_str::SharedStr;
+use crate::protocol::shared_str::SharedStr;
 use serde::{Deserialize, Deserializer, Serialize};
 use std::fmt;
 use std::path::{Path, PathBuf};

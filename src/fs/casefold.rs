@@ -3,7 +3,7 @@
 //! silently overwrite the first. [`CaseFolds`] maps each name present on disk by its
 //! folded form, so a node can refuse and report such an apply instead.
 
-use crate::relpath::RelPath;
+use crate::protocol::relpath::RelPath;
 use std::collections::HashMap;
 use std::io;
 use std::path::Path;
@@ -21,7 +21,7 @@ pub fn fold(s: &str) -> String {
 pub fn probe(dir: &Path) -> io::Result<bool> {
     let name = format!(
         ".CaseProbe{}{}",
-        crate::scanner::TEMP_INFIX,
+        crate::fs::scanner::TEMP_INFIX,
         std::process::id()
     );
     let upper = dir.join(&name);

@@ -3,7 +3,7 @@
 //! (one per line) and the folder, node and root in the environment. Failures are
 //! reported to the caller, never fatal.
 
-use crate::relpath::RelPath;
+use crate::protocol::relpath::RelPath;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;

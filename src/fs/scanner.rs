@@ -3,10 +3,10 @@
 //! whose metadata differ. Produces observations for the engine; never writes anything
 //! except removing stale temp files of interrupted applies.
 
-use crate::chunker;
 use crate::engine::Content;
-use crate::index::LocalMeta;
-use crate::relpath::RelPath;
+use crate::protocol::chunker;
+use crate::protocol::relpath::RelPath;
+use crate::store::index::LocalMeta;
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use rustix::fs::{AtFlags, FileType, OFlags};
 use std::collections::{BTreeMap, HashSet};

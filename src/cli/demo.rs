@@ -2,8 +2,8 @@
 //! its own sub-folder of a demo directory, so a newcomer can watch files propagate
 //! without writing any configuration.
 
+use crate::broker::certs;
 use crate::broker::{self, BrokerSettings};
-use crate::certs;
 use crate::daemon::{DaemonError, MAX_PACKET, read_group_key};
 use crate::engine::Mode;
 use crate::node::{self, FolderSettings, NodeSettings};
@@ -57,7 +57,7 @@ pub async fn start(
     for n in &nodes {
         let path = dir.join(n);
         folders.push(path.clone());
-        let tls = crate::tls::client_config(
+        let tls = crate::transport::tls::client_config(
             &certs_dir.join(certs::CA_CERT),
             Some(&certs_dir.join(format!("{n}.pem"))),
             Some(&certs_dir.join(format!("{n}.key"))),

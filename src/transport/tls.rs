@@ -433,7 +433,7 @@ mod tests {
         let err = client_config(&empty, None, None).expect_err("empty");
         assert!(matches!(err, TlsError::NoCertificate { .. }), "{err}");
 
-        crate::certs::init(dir.path(), &["a".into(), "b".into()], &["localhost".into()])
+        crate::broker::certs::init(dir.path(), &["a".into(), "b".into()], &["localhost".into()])
             .expect("certs");
         let ca = dir.path().join("ca.pem");
         client_config(&ca, None, None).expect("roots only");

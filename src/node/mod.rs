@@ -3,19 +3,19 @@
 //! engine's effects (publish, store, apply). All I/O of the sync path meets here; the
 //! decisions stay in `engine`.
 
-use crate::applier::{Applier, ApplyError, Outcome};
-use crate::casefold::CaseFolds;
-use crate::chunker;
-use crate::delta::{ChunkDelta, Signature};
 use crate::engine::{Chunks, Content, Digest, Effect, Engine, Entry, Hash, Mode};
-use crate::index::{Index, IndexError, LocalMeta, Record};
-use crate::locations::ChunkLocations;
-use crate::relpath::RelPath;
-use crate::scanner::{Ignore, MARKER, Observed, Scanner};
-use crate::status::{FolderStatus, State, Topics};
+use crate::fs::applier::{Applier, ApplyError, Outcome};
+use crate::fs::casefold::CaseFolds;
+use crate::fs::locations::ChunkLocations;
+use crate::fs::scanner::{Ignore, MARKER, Observed, Scanner};
+use crate::fs::watcher::{self, FsEvent};
+use crate::ops::status::{FolderStatus, State, Topics};
+use crate::protocol::chunker;
+use crate::protocol::delta::{ChunkDelta, Signature};
+use crate::protocol::relpath::RelPath;
+use crate::protocol::wire::{self, ChunkData, Envelope, FilePatch, Keys, Message};
+use crate::store::index::{Index, IndexError, LocalMeta, Record};
 use crate::transport::{self, ConnectSettings, NetEvent, Publisher};
-use crate::watcher::{self, FsEvent};
-use crate::wire::{self, ChunkData, Envelope, FilePatch, Keys, Message};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -86,7 +86,7 @@ pub struct FolderSettings {
     /// Run with `sh -c` after a batch of remote changes was applied.
     pub on_change: Option<String>,
     /// Whether chunk data goes out compressed.
-    pub compression: crate::compression::Mode,
+    pub compression: crate::transfer::compression::Mode,
 }
 
 /// A held mass deletion needs at least this many files: deleting 1 of 2 files is normal.
@@ -191,7 +191,7 @@ fn index_path(state_dir: &Path, id: &str) -> PathBuf {
 pub fn forget_folder(state_dir: &Path, id: &str) -> std::io::Result<()> {
     for path in [
         index_path(state_dir, id),
-        crate::status::health_file(state_dir, id),
+        crate::ops::status::health_file(state_dir, id),
     ] {
         match std::fs::remove_file(&path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
@@ -297,11 +297,11 @@ struct Folder {
     push: VecDeque<Hash>,
     pushing: HashSet<Hash>,
     /// Flow control of chunk pushes: how far behind our receivers are.
-    window: crate::push_window::PushWindow,
+    window: crate::transfer::push_window::PushWindow,
     /// Whether chunk messages go out compressed (the folder's `compression`).
-    compression: crate::compression::Compression,
+    compression: crate::transfer::compression::Compression,
     /// Progress still to report to each writer we receive chunks from.
-    reports: crate::push_window::ProgressReports,
+    reports: crate::transfer::push_window::ProgressReports,
     /// Chunks new to this node in the latest scan: sent right after their manifest.
     fresh: HashSet<Hash>,
     /// Chunks whose push found their file gone: new again for the next scan that
@@ -311,7 +311,7 @@ struct Folder {
     /// manifests are patches of, and their new chunks deltas of.
     previous: HashMap<RelPath, Chunks>,
     /// Chunks to push as deltas, with the old chunks to describe them by
-    /// ([`crate::delta::bases`]); pushed whole when asked for again.
+    /// ([`crate::protocol::delta::bases`]); pushed whole when asked for again.
     delta_bases: HashMap<Hash, Vec<Hash>>,
     /// Signatures of large chunks pushed or received, to store with the next batch.
     signatures: Vec<(Hash, Signature)>,
@@ -438,7 +438,7 @@ impl Folder {
             push: VecDeque::new(),
             pushing: HashSet::new(),
             window: Default::default(),
-            compression: crate::compression::Compression::new(f.compression),
+            compression: crate::transfer::compression::Compression::new(f.compression),
             reports: Default::default(),
             fresh: HashSet::new(),
             unpushed: HashSet::new(),
@@ -452,7 +452,7 @@ impl Folder {
             store: vec![],
             forget: vec![],
             retries: HashMap::new(),
-            apply_slots: apply_slots(crate::rlimit::open_files(), s.folders.len()),
+            apply_slots: apply_slots(crate::sys::rlimit::open_files(), s.folders.len()),
             queued: VecDeque::new(),
             queued_applies: HashMap::new(),
             source: "*".into(),
@@ -727,7 +727,7 @@ impl Folder {
             tx.clone(),
         );
         tokio::spawn(async move {
-            let res = crate::hook::run(&cmd, &root, &folder, &node, &paths).await;
+            let res = crate::ops::hook::run(&cmd, &root, &folder, &node, &paths).await;
             let _ = tx.send(res);
         });
     }
@@ -1020,7 +1020,7 @@ impl Folder {
         d: &ChunkDelta,
         read: &mut HashMap<Hash, Option<Vec<u8>>>,
     ) -> Result<Vec<u8>, String> {
-        if read.len() + d.bases.len() > 2 * crate::delta::MAX_BASES {
+        if read.len() + d.bases.len() > 2 * crate::protocol::delta::MAX_BASES {
             // Kept for deltas of neighbouring chunks; bounded against a message naming
             // many different bases.
             read.clear();
@@ -1039,7 +1039,7 @@ impl Folder {
             .map(|b| read.get(b).and_then(|d| d.as_deref()))
             .collect::<Option<Vec<&[u8]>>>()
             .ok_or("an old chunk it edits is not on this node")?;
-        crate::delta::patch(d, &bases).map_err(|e| e.to_string())
+        crate::protocol::delta::patch(d, &bases).map_err(|e| e.to_string())
     }
 
     fn on_fs(&mut self, ev: FsEvent) {
@@ -1128,7 +1128,7 @@ impl Folder {
                 && let Some(needs) = r.needs_space
                 && needs
                     > *free.get_or_insert_with(|| {
-                        crate::applier::free_space(&self.cfg.path).unwrap_or(u64::MAX)
+                        crate::fs::applier::free_space(&self.cfg.path).unwrap_or(u64::MAX)
                     })
             {
                 r.at = now + RETRY_AFTER;
@@ -1232,7 +1232,7 @@ impl Folder {
     /// Finds out whether the folder's file system folds case (probing in its root); if so, applies are checked for case collisions from now on.
     fn probe_case(&mut self) {
         let dir = &self.cfg.path;
-        match crate::casefold::probe(dir) {
+        match crate::fs::casefold::probe(dir) {
             Ok(true) => {
                 info!(folder = %self.cfg.id, "case-insensitive file system: names that differ only in case will be refused and reported");
                 self.case_folds = Some(CaseFolds::new(self.known.keys()));
@@ -1244,7 +1244,7 @@ impl Folder {
         }
     }
 
-    fn take_scan(&mut self, res: crate::scanner::ScanResult) {
+    fn take_scan(&mut self, res: crate::fs::scanner::ScanResult) {
         for (path, e) in &res.errors {
             warn!(folder = %self.cfg.id, path = %path.display(), "scan: {e}");
             self.last_error = Some(format!("{}: {e}", path.display()));
@@ -1431,7 +1431,7 @@ impl Folder {
                 if *size == known.size && *mtime_ns == known.mtime_ns)
                 && file
                     .metadata()
-                    .is_ok_and(|md| md.is_file() && crate::scanner::local_meta(&md) == *known)
+                    .is_ok_and(|md| md.is_file() && crate::fs::scanner::local_meta(&md) == *known)
         });
         chunker::read_chunk(&file, off, len, (!unchanged).then_some(hash))
     }
@@ -1538,7 +1538,7 @@ impl Folder {
         self.index_failed_at = None;
     }
 
-    fn index_write_failed(&mut self, e: crate::index::IndexError) {
+    fn index_write_failed(&mut self, e: crate::store::index::IndexError) {
         let msg = format!("index: {e}");
         if self.index_failed.as_ref() != Some(&msg) {
             error!(folder = %self.cfg.id, "index write failed, will retry: {e}");
@@ -1703,7 +1703,7 @@ impl Folder {
         &mut self,
         entry: Entry,
         conflict_copy: Option<RelPath>,
-        c: crate::casefold::Collision,
+        c: crate::fs::casefold::Collision,
     ) {
         if entry.content.is_deleted() {
             return self.on_outcome(Outcome::Done {
@@ -1878,7 +1878,7 @@ impl Folder {
                         }
                     }
                     if let Some(old) = self.previous.get(&e.path) {
-                        for (h, bases) in crate::delta::bases(old, cs) {
+                        for (h, bases) in crate::protocol::delta::bases(old, cs) {
                             if chunks[first..].contains(&h) {
                                 self.delta_bases.insert(h, bases);
                             }
@@ -2030,7 +2030,7 @@ impl Folder {
         if sigs.is_empty() {
             return None;
         }
-        let ops = crate::delta::diff(data, &sigs.iter().collect::<Vec<_>>());
+        let ops = crate::protocol::delta::diff(data, &sigs.iter().collect::<Vec<_>>());
         let d = ChunkDelta {
             hash,
             len: data.len() as u32,
@@ -2132,7 +2132,7 @@ impl Folder {
             // The end of a busy period (the first scan, a large sync): what it freed
             // goes back to the system instead of staying in the allocator.
             self.shrink_buffers();
-            crate::heap::release_free_memory();
+            crate::sys::heap::release_free_memory();
         }
         self.last_status = Some(doc.clone());
         let mut doc = doc;
@@ -2215,13 +2215,13 @@ impl Folder {
 
     /// The status JSON as published: signed under the group key (`status::signed_json`).
     fn signed_status(&self, doc: &FolderStatus) -> Vec<u8> {
-        crate::status::signed_json(doc, &self.topics.status(&self.node), &self.keys)
+        crate::ops::status::signed_json(doc, &self.topics.status(&self.node), &self.keys)
             .unwrap_or_default()
     }
 
     /// The local copy of the status for `mqsync healthcheck` (written atomically).
     fn write_health(&self, bytes: &[u8]) {
-        let path = crate::status::health_file(&self.state_dir, &self.cfg.id);
+        let path = crate::ops::status::health_file(&self.state_dir, &self.cfg.id);
         let tmp = path.with_extension("json.tmp");
         let res = std::fs::create_dir_all(path.parent().unwrap_or(&self.state_dir))
             .and_then(|()| std::fs::write(&tmp, bytes))

@@ -4,7 +4,7 @@
 //! under the group key, so readers that hold the key can tell a node's status from a
 //! forged one while tools without it still read plain JSON.
 
-use crate::wire::Keys;
+use crate::protocol::wire::Keys;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

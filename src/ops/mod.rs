@@ -1,0 +1,7 @@
+//! What operators see and say: status documents and topics ([`status`]), control
+//! commands ([`control`]), Prometheus metrics ([`metrics`]) and change hooks ([`hook`]).
+
+pub mod control;
+pub mod hook;
+pub mod metrics;
+pub mod status;

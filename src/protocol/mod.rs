@@ -1,0 +1,9 @@
+//! What crosses the wire: message schema, codec, bounds and MAC keys ([`wire`]), the
+//! content-defined chunking whose parameters every node must share ([`chunker`]), deltas
+//! within chunks ([`delta`]), and the checked relative paths messages carry ([`relpath`]).
+
+pub mod chunker;
+pub mod delta;
+pub mod relpath;
+pub mod shared_str;
+pub mod wire;
