@@ -17,7 +17,7 @@
 //!
 //! Arrows point from the driver outwards: `node` uses `engine`, `protocol`, `fs`,
 //! `store`, `transfer`, `transport` and `ops`; `engine` uses nothing but `protocol`'s
-//! path and string types.
+//! path and string types. See docs/ARCHITECTURE.md.
 
 pub mod broker;
 pub mod cli;
