@@ -72,6 +72,14 @@ fn costs_no_chunks(
             a.2 - b.2
         );
     }
+    for i in 0..3 {
+        let log = c.nodes[i].as_ref().unwrap().log_text();
+        assert!(
+            !log.contains("deleted locally"),
+            "{what}: node {} took applied deletions for local ones",
+            i + 1
+        );
+    }
     let temps = (0..3)
         .flat_map(|i| walk(&c.folder(i)))
         .filter(|(rel, _)| rel.contains(".mqsync-tmp-"))

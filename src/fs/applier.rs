@@ -11,7 +11,7 @@ use crate::fs::scanner::TEMP_INFIX;
 use crate::protocol::chunker;
 use crate::protocol::relpath::RelPath;
 use crate::store::index::LocalMeta;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fs::{self, File};
 use std::io;
 use std::ops::Bound;
@@ -185,6 +185,8 @@ pub struct Applier {
     parents: BTreeMap<String, (Weak<ParentDir>, Instant)>,
     /// Complete files waiting for the next [`Applier::commit`].
     staged: Vec<Fetch>,
+    /// Files removed since the last commit, whose removal the commit makes durable.
+    deleted: Vec<(RelPath, VersionVector, ParentDir)>,
     needs: HashMap<Hash, Vec<RelPath>>,
     cache: ChunkCache,
     next_seq: u64,
@@ -214,6 +216,7 @@ impl Applier {
             fetches: HashMap::new(),
             parents: BTreeMap::new(),
             staged: Vec::new(),
+            deleted: Vec::new(),
             needs: HashMap::new(),
             cache: ChunkCache {
                 map: HashMap::new(),
@@ -233,6 +236,12 @@ impl Applier {
     /// Complete files waiting for [`Applier::commit`].
     pub fn staged_len(&self) -> usize {
         self.staged.len()
+    }
+
+    /// Paths removed by deletes that the next commit reports: a scan must not take
+    /// their absence for a local deletion.
+    pub fn removing(&self) -> HashSet<&RelPath> {
+        self.deleted.iter().map(|(p, _, _)| p).collect()
     }
 
     pub fn is_fetching(&self, path: &RelPath) -> bool {
@@ -260,7 +269,17 @@ impl Applier {
             Content::Symlink { target } => {
                 self.apply_symlink(&path, target, expected, conflict_copy.as_ref())
             }
-            Content::Deleted => self.apply_delete(&path, expected),
+            Content::Deleted => match self.apply_delete(&path, expected) {
+                // Made durable by the next commit's one flush, with the files: a
+                // directory fsync per deleted file made a renamed tree's deletions
+                // take longer than its new files.
+                Ok(Some(parent)) => {
+                    self.deleted.push((path, version, parent));
+                    return Outcome::Staged;
+                }
+                Ok(None) => Ok(None),
+                Err(e) => Err(e),
+            },
         };
         match res {
             Ok(meta) => Outcome::Done {
@@ -278,6 +297,8 @@ impl Applier {
     }
 
     pub fn cancel(&mut self, path: &RelPath) {
+        // A removal already happened; only its report is dropped, as for a staged file.
+        self.deleted.retain(|(p, _, _)| p != path);
         if let Some(i) = self.staged.iter().position(|f| &f.entry.path == path) {
             let f = self.staged.swap_remove(i);
             let _ = f.parent.remove_file(&f.tmp);
@@ -649,6 +670,19 @@ impl Applier {
             // The renames: durable before the index records them as applied.
             let _ = f.parent.sync_fs();
         }
+        let deleted = std::mem::take(&mut self.deleted);
+        if let Some((_, _, parent)) = deleted.first() {
+            // One flush for every removal since the last commit. Should it fail, the
+            // removals are still reported done: the files are gone, and a crash
+            // before the disk has them makes the start-up scan find them again.
+            let _ = parent.sync_fs();
+        }
+        out.extend(deleted.into_iter().map(|(path, version, _)| Outcome::Done {
+            path,
+            version,
+            meta: None,
+            conflict_copy: None,
+        }));
         out
     }
 
@@ -771,11 +805,13 @@ impl Applier {
             })
     }
 
+    /// Removes `path`. Returns the parent of a removed file, whose removal is durable
+    /// only after a flush ([`Applier::commit`]); a removed directory is flushed here.
     fn apply_delete(
         &self,
         path: &RelPath,
         expected: Option<LocalMeta>,
-    ) -> Result<Option<LocalMeta>, ApplyError> {
+    ) -> Result<Option<ParentDir>, ApplyError> {
         let Ok(parent) = ParentDir::open(&self.root, path, false) else {
             // A parent is gone or unsafe: the path cannot be there (below the root).
             return Ok(None);
@@ -797,8 +833,7 @@ impl Applier {
                     return Err(ApplyError::ChangedLocally(shown));
                 }
                 parent.remove_file(name).map_err(io_err(&shown))?;
-                parent.sync();
-                Ok(None)
+                Ok(Some(parent))
             }
         }
     }

@@ -1255,6 +1255,12 @@ impl Folder {
             self.dirty_due = Some(self.dirty_due.map_or(due, |d| d.min(due)));
         }
         let mut changed = res.changed;
+        // A file this node's applier removed is reported by the applier's next
+        // commit; seen missing before that, it is not a local deletion.
+        let removing = self.applier.removing();
+        if !removing.is_empty() {
+            changed.retain(|o| !(o.content.is_deleted() && removing.contains(&o.path)));
+        }
         // Parents before children, so a created tree arrives in order.
         changed.sort_by(|a, b| a.path.cmp(&b.path));
         self.guard_mass_delete(&mut changed);
