@@ -11,7 +11,7 @@ use crate::fs::scanner::TEMP_INFIX;
 use crate::protocol::chunker;
 use crate::protocol::relpath::RelPath;
 use crate::store::index::LocalMeta;
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::{self, File};
 use std::io;
 use std::ops::Bound;
@@ -185,8 +185,10 @@ pub struct Applier {
     parents: BTreeMap<String, (Weak<ParentDir>, Instant)>,
     /// Complete files waiting for the next [`Applier::commit`].
     staged: Vec<Fetch>,
-    /// Files removed since the last commit, whose removal the commit makes durable.
-    deleted: Vec<(RelPath, VersionVector, ParentDir)>,
+    /// Files removed since the last commit, with the version removed: the commit makes
+    /// the removals durable (one `syncfs`) and reports them. Paths only: a descriptor
+    /// per removal ran out of descriptors on a large renamed tree.
+    deleted: HashMap<RelPath, VersionVector>,
     needs: HashMap<Hash, Vec<RelPath>>,
     cache: ChunkCache,
     next_seq: u64,
@@ -216,7 +218,7 @@ impl Applier {
             fetches: HashMap::new(),
             parents: BTreeMap::new(),
             staged: Vec::new(),
-            deleted: Vec::new(),
+            deleted: HashMap::new(),
             needs: HashMap::new(),
             cache: ChunkCache {
                 map: HashMap::new(),
@@ -240,8 +242,8 @@ impl Applier {
 
     /// Paths removed by deletes that the next commit reports: a scan must not take
     /// their absence for a local deletion.
-    pub fn removing(&self) -> HashSet<&RelPath> {
-        self.deleted.iter().map(|(p, _, _)| p).collect()
+    pub fn removing(&self) -> &HashMap<RelPath, VersionVector> {
+        &self.deleted
     }
 
     pub fn is_fetching(&self, path: &RelPath) -> bool {
@@ -273,11 +275,11 @@ impl Applier {
                 // Made durable by the next commit's one flush, with the files: a
                 // directory fsync per deleted file made a renamed tree's deletions
                 // take longer than its new files.
-                Ok(Some(parent)) => {
-                    self.deleted.push((path, version, parent));
+                Ok(true) => {
+                    self.deleted.insert(path, version);
                     return Outcome::Staged;
                 }
-                Ok(None) => Ok(None),
+                Ok(false) => Ok(None),
                 Err(e) => Err(e),
             },
         };
@@ -297,8 +299,8 @@ impl Applier {
     }
 
     pub fn cancel(&mut self, path: &RelPath) {
-        // A removal already happened; only its report is dropped, as for a staged file.
-        self.deleted.retain(|(p, _, _)| p != path);
+        // A removal already happened: it is still reported at the commit (before any
+        // file of the same path), so the node knows the path is gone.
         if let Some(i) = self.staged.iter().position(|f| &f.entry.path == path) {
             let f = self.staged.swap_remove(i);
             let _ = f.parent.remove_file(&f.tmp);
@@ -614,13 +616,14 @@ impl Applier {
     /// fsynced on its own (the latency case); a batch is flushed with one `syncfs`
     /// before the renames and one after, instead of two fsyncs per file.
     pub fn commit(&mut self) -> Vec<Outcome> {
+        let mut out = self.commit_removals();
         let staged = std::mem::take(&mut self.staged);
         let batch = staged.len() > 1;
         let flushed = match staged.first() {
             Some(f) if batch => f.parent.sync_fs(),
             _ => Ok(()),
         };
-        let mut out = Vec::with_capacity(staged.len());
+        out.reserve(staged.len());
         for f in &staged {
             let shown = f.parent.shown(f.entry.path.file_name());
             let res = match &flushed {
@@ -670,20 +673,33 @@ impl Applier {
             // The renames: durable before the index records them as applied.
             let _ = f.parent.sync_fs();
         }
-        let deleted = std::mem::take(&mut self.deleted);
-        if let Some((_, _, parent)) = deleted.first() {
-            // One flush for every removal since the last commit. Should it fail, the
-            // removals are still reported done: the files are gone, and a crash
-            // before the disk has them makes the start-up scan find them again.
-            let _ = parent.sync_fs();
-        }
-        out.extend(deleted.into_iter().map(|(path, version, _)| Outcome::Done {
-            path,
-            version,
-            meta: None,
-            conflict_copy: None,
-        }));
         out
+    }
+
+    /// Makes the removals since the last commit durable with one `syncfs` of the
+    /// folder's file system and reports them, first: a file staged at the same path
+    /// since is reported after, so the node ends up knowing the file.
+    fn commit_removals(&mut self) -> Vec<Outcome> {
+        if self.deleted.is_empty() {
+            return Vec::new();
+        }
+        let deleted = std::mem::take(&mut self.deleted);
+        if let Err(e) = File::open(&self.root)
+            .and_then(|root| rustix::fs::syncfs(&root).map_err(io::Error::from))
+        {
+            // The files are gone either way; should a crash lose the removals, the
+            // start-up scan finds the files again and compares them with the index.
+            tracing::warn!("flushing removals in {}: {e}", self.root.display());
+        }
+        deleted
+            .into_iter()
+            .map(|(path, version)| Outcome::Done {
+                path,
+                version,
+                meta: None,
+                conflict_copy: None,
+            })
+            .collect()
     }
 
     /// Checks the target still is what the index expects, moves a conflict loser
@@ -805,27 +821,35 @@ impl Applier {
             })
     }
 
-    /// Removes `path`. Returns the parent of a removed file, whose removal is durable
+    /// Removes `path`. Returns whether a file was removed, whose removal is durable
     /// only after a flush ([`Applier::commit`]); a removed directory is flushed here.
     fn apply_delete(
         &self,
         path: &RelPath,
         expected: Option<LocalMeta>,
-    ) -> Result<Option<ParentDir>, ApplyError> {
-        let Ok(parent) = ParentDir::open(&self.root, path, false) else {
+    ) -> Result<bool, ApplyError> {
+        let parent = match ParentDir::open(&self.root, path, false) {
+            Ok(p) => p,
             // A parent is gone or unsafe: the path cannot be there (below the root).
-            return Ok(None);
+            Err(ApplyError::UnsafeParent(_)) => return Ok(false),
+            Err(ApplyError::Io { source, .. })
+                if matches!(source.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) =>
+            {
+                return Ok(false);
+            }
+            // Anything else (out of descriptors, permission) may pass: retried.
+            Err(e) => return Err(e),
         };
         let name = path.file_name();
         let shown = parent.shown(name);
         match parent.meta(name).map_err(io_err(&shown))? {
-            None => Ok(None),
+            None => Ok(false),
             Some(m) if m.mode & libc::S_IFMT == libc::S_IFDIR => match parent.remove_dir(name) {
                 Ok(()) => {
                     parent.sync();
-                    Ok(None)
+                    Ok(false)
                 }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
                 Err(_) => Err(ApplyError::NotEmpty(shown)),
             },
             Some(m) => {
@@ -833,7 +857,7 @@ impl Applier {
                     return Err(ApplyError::ChangedLocally(shown));
                 }
                 parent.remove_file(name).map_err(io_err(&shown))?;
-                Ok(Some(parent))
+                Ok(true)
             }
         }
     }

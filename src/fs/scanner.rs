@@ -101,11 +101,18 @@ pub(crate) fn meta_of_stat(st: &rustix::fs::Stat) -> LocalMeta {
 /// taken as complete.
 const SETTLE: std::time::Duration = std::time::Duration::from_millis(100);
 
+/// A file older than this is taken as it is even while it keeps changing (a log that
+/// is appended to all the time would otherwise wait for the hourly scan).
+const SETTLE_MAX: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Written in the last [`SETTLE`] and created in the last [`SETTLE_MAX`] (where the
+/// file system records creation times; elsewhere never deferred).
 fn just_written(md: &Metadata) -> bool {
-    md.modified()
-        .ok()
-        .and_then(|m| std::time::SystemTime::now().duration_since(m).ok())
-        .is_some_and(|age| age < SETTLE)
+    let now = std::time::SystemTime::now();
+    let age =
+        |t: std::io::Result<std::time::SystemTime>| t.ok().and_then(|t| now.duration_since(t).ok());
+    age(md.modified()).is_some_and(|a| a < SETTLE)
+        && age(md.created()).is_some_and(|a| a < SETTLE_MAX)
 }
 
 pub fn mtime_ns(md: &Metadata) -> i64 {

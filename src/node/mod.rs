@@ -252,8 +252,6 @@ struct Retry {
     /// The apply failed on a full disk: tried again only once the folder's file
     /// system has this many bytes free, so a full disk costs no refetched chunks.
     needs_space: Option<u64>,
-    /// Counts as a failure in status and healthcheck.
-    failing: bool,
     at: Instant,
 }
 
@@ -345,6 +343,9 @@ struct Folder {
     index_failed_at: Option<Instant>,
     /// Since when (ms since the epoch) an apply or the index has kept failing.
     failing_since_ms: Option<u64>,
+    /// Paths whose apply failed and is retried, until one succeeds or the change is
+    /// no longer wanted (kept while a retry fetches, so the failure stays visible).
+    failing: HashSet<RelPath>,
     /// When the last chunk message arrived (from anyone).
     last_chunk_at: Option<Instant>,
     paused: Option<String>,
@@ -463,6 +464,7 @@ impl Folder {
             index_failed: None,
             index_failed_at: None,
             failing_since_ms: None,
+            failing: HashSet::new(),
             last_chunk_at: None,
             paused: None,
             last_status: None,
@@ -1122,17 +1124,22 @@ impl Folder {
             .map(|(p, _)| p.clone())
             .collect();
         // One look at the free space per tick, for every retry that waits for it.
-        let mut free = None;
         for p in due {
+            // Asked where the file goes: a mount inside the folder is another file
+            // system. (A full quota does not show here: those retries refetch.)
             if let Some(r) = self.retries.get_mut(&p)
                 && let Some(needs) = r.needs_space
                 && needs
-                    > *free.get_or_insert_with(|| {
-                        crate::fs::applier::free_space(&self.cfg.path).unwrap_or(u64::MAX)
-                    })
+                    > p.to_local(&self.cfg.path)
+                        .parent()
+                        .and_then(crate::fs::applier::free_space)
+                        .unwrap_or(u64::MAX)
             {
                 r.at = now + RETRY_AFTER;
                 continue;
+            }
+            if !self.engine.is_pending(&p) {
+                self.failing.remove(&p);
             }
             if let Some(r) = self.retries.remove(&p)
                 && self.engine.is_pending(&p)
@@ -1259,7 +1266,7 @@ impl Folder {
         // commit; seen missing before that, it is not a local deletion.
         let removing = self.applier.removing();
         if !removing.is_empty() {
-            changed.retain(|o| !(o.content.is_deleted() && removing.contains(&o.path)));
+            changed.retain(|o| !(o.content.is_deleted() && removing.contains_key(&o.path)));
         }
         // Parents before children, so a created tree arrives in order.
         changed.sort_by(|a, b| a.path.cmp(&b.path));
@@ -1369,9 +1376,12 @@ impl Folder {
         let transient = |p: &RelPath, seen: &Instant| {
             let seen_ms = wall.saturating_sub(now.duration_since(*seen).as_millis() as u64);
             self.engine.entry(p).is_some_and(|e| {
-                // Only this node's own writes: their times come from this clock.
+                // Only this node's own writes: their times come from this clock (and
+                // one from the future, after the clock stepped back, is not recent).
                 &*e.modified_by == self.node.as_str()
-                    && seen_ms.saturating_sub(e.changed_ms) < TRANSIENT_MS
+                    && seen_ms
+                        .checked_sub(e.changed_ms)
+                        .is_some_and(|age| age < TRANSIENT_MS)
             })
         };
         let deletes = gone
@@ -1409,16 +1419,24 @@ impl Folder {
     /// Its first, middle and last chunks are checked (each lookup walks the holder's
     /// chunk list, so all of a large file's would cost its chunk count squared).
     fn moved_elsewhere(&self, path: &RelPath, leaving: &HashSet<&RelPath>) -> bool {
-        let Some(Content::File { chunks, .. }) = self.engine.entry(path).map(|e| &e.content) else {
+        let Some(Content::File { chunks, size, .. }) = self.engine.entry(path).map(|e| &e.content)
+        else {
             return false;
         };
         let n = chunks.len();
+        // The holder must be the same file, not another version sharing some chunks.
+        let same_file = |holder: &RelPath| {
+            matches!(self.engine.entry(holder).map(|e| &e.content),
+                Some(Content::File { chunks: c, size: s, .. }) if s == size && c.len() == n)
+        };
         n > 0
             && [0, n / 2, n - 1].iter().all(|&i| {
                 let c = &chunks[i];
                 self.locations
                     .find(&c.hash, &self.engine)
-                    .is_some_and(|(holder, _, _)| &holder != path && !leaving.contains(&holder))
+                    .is_some_and(|(holder, _, _)| {
+                        &holder != path && !leaving.contains(&holder) && same_file(&holder)
+                    })
             })
     }
 
@@ -1465,6 +1483,7 @@ impl Folder {
                 }
                 Effect::Cancel(p) => {
                     self.retries.remove(&p);
+                    self.failing.remove(&p);
                     self.queued_applies.remove(&p);
                     self.applier.cancel(&p);
                     self.release_name(&p);
@@ -1503,20 +1522,21 @@ impl Folder {
     }
 
     fn flush_store(&mut self) {
+        // After a failed write, try again once a second, not at every turn of the loop
+        // (each try reopens the database).
+        if self.index_failed.is_some()
+            && self
+                .index_failed_at
+                .is_some_and(|t| t.elapsed() < INDEX_RETRY)
+        {
+            return;
+        }
         // Signatures go with entries, or in batches: a transaction per chunk message
         // made a receiver of 512 MiB three times slower.
         if self.signatures.len() >= SIGNATURE_BATCH || !self.store.is_empty() {
             self.flush_signatures();
         }
         if self.forget.is_empty() && self.store.is_empty() {
-            return;
-        }
-        // After a failed write, try again once a second, not at every turn of the loop.
-        if self.index_failed.is_some()
-            && self
-                .index_failed_at
-                .is_some_and(|t| t.elapsed() < INDEX_RETRY)
-        {
             return;
         }
         if !self.forget.is_empty() {
@@ -1683,11 +1703,13 @@ impl Folder {
                     conflict_copy: conflict_copy.clone(),
                     source,
                     needs_space: error.no_space().then(|| entry.content.size()),
-                    // A directory that waits for its entries to go is ordinary order.
-                    failing: !matches!(error, ApplyError::NotEmpty(_)),
                     at: Instant::now() + RETRY_AFTER,
                 },
             );
+            // A directory that waits for its entries to go is ordinary order.
+            if !matches!(error, ApplyError::NotEmpty(_)) {
+                self.failing.insert(entry.path.clone());
+            }
         }
         self.on_outcome(outcome);
     }
@@ -1738,6 +1760,7 @@ impl Folder {
             } => {
                 debug!(folder = %self.cfg.id, %path, "applied");
                 self.retry_warned.remove(&path);
+                self.failing.remove(&path);
                 if let Some((p, msg)) = &self.last_error_path
                     && p == &path
                 {
@@ -1794,6 +1817,7 @@ impl Folder {
         match error {
             ApplyError::ChangedLocally(_) => {
                 self.apply_started.remove(&path);
+                self.failing.remove(&path);
                 debug!(folder = %self.cfg.id, %path, "changed locally during apply; rescanning");
                 self.scan_paths(std::slice::from_ref(&path));
                 self.engine.handle_applied(&path, &version, false);
@@ -1816,6 +1840,7 @@ impl Folder {
             }
             e => {
                 self.apply_started.remove(&path);
+                self.failing.remove(&path);
                 metrics::counter!("mqsync_apply_errors_total", "folder" => self.cfg.id.clone())
                     .increment(1);
                 error!(folder = %self.cfg.id, %path, "apply refused: {e}");
@@ -2120,7 +2145,7 @@ impl Folder {
 
     /// Publishes the retained status when it changed (or was invalidated by the timer).
     fn publish_status(&mut self, state: State) {
-        let failing = self.index_failed.is_some() || self.retries.values().any(|r| r.failing);
+        let failing = self.index_failed.is_some() || !self.failing.is_empty();
         match (failing, self.failing_since_ms) {
             (true, None) => self.failing_since_ms = Some(now_ms()),
             (false, Some(_)) => self.failing_since_ms = None,
