@@ -4,8 +4,7 @@
 
 use crate::broker::certs;
 use crate::broker::{self, BrokerHandle, BrokerSettings};
-use crate::config::{Config, FolderConfig, FolderMode};
-use crate::engine::Mode;
+use crate::config::{Config, FolderConfig};
 use crate::node::{self, FolderSettings, NodeSettings};
 use crate::protocol::wire::Keys;
 use crate::transport::ConnectSettings;
@@ -54,14 +53,6 @@ pub enum DaemonError {
 
 /// Largest MQTT packet the nodes send or accept: a chunk message plus headroom.
 pub const MAX_PACKET: usize = broker::DEFAULT_MAX_PACKET_BYTES;
-
-pub fn engine_mode(m: FolderMode) -> Mode {
-    match m {
-        FolderMode::SendReceive => Mode::SendReceive,
-        FolderMode::SendOnly => Mode::SendOnly,
-        FolderMode::ReceiveOnly => Mode::ReceiveOnly,
-    }
-}
 
 pub fn read_group_key(path: &Path) -> Result<Keys, DaemonError> {
     let text = std::fs::read(path).map_err(|source| DaemonError::GroupKey {
@@ -186,7 +177,7 @@ pub fn folder_settings(f: &FolderConfig) -> FolderSettings {
     FolderSettings {
         id: f.id.clone(),
         path: f.path.clone(),
-        mode: engine_mode(f.mode),
+        mode: f.mode,
         ignore: f.ignore.clone(),
         debounce: Duration::from_millis(f.debounce_ms),
         rescan_interval: Duration::from_secs(3600),

@@ -316,7 +316,7 @@ fn forged_announcement(name: &str) -> Vec<u8> {
         name: name.into(),
         generation: "0".into(),
         present: true,
-        mode: mqsync::config::FolderMode::SendReceive,
+        mode: mqsync::config::Mode::SendReceive,
         ignore: vec![],
         creator: "n3".into(),
         created_ms: u64::MAX / 2,

@@ -53,6 +53,8 @@ use std::str::FromStr;
 
 use serde::Deserialize;
 
+pub use crate::engine::Mode;
+
 /// Default `state_dir`.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/mqsync";
 /// Default `broker.topic_prefix`.
@@ -164,7 +166,7 @@ pub struct FolderConfig {
     /// Absolute root of the folder on this node.
     pub path: PathBuf,
     /// Direction of sync.
-    pub mode: FolderMode,
+    pub mode: Mode,
     /// Glob patterns of ignored paths (each compiles with `globset`).
     pub ignore: Vec<String>,
     /// Delay before sending ordinary changes, in milliseconds (0..=60000).
@@ -179,19 +181,6 @@ pub struct FolderConfig {
     pub on_change: Option<String>,
     /// Whether chunk data is sent zstd-compressed: measured (`auto`), `always`, `never`.
     pub compression: crate::transfer::compression::Mode,
-}
-
-/// Direction of sync of a folder.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum FolderMode {
-    /// Send local changes and apply remote ones (default).
-    #[default]
-    SendReceive,
-    /// A master: send local changes, ignore remote ones.
-    SendOnly,
-    /// A replica: apply remote changes, never send local ones.
-    ReceiveOnly,
 }
 
 /// Log output format.
@@ -255,30 +244,6 @@ fn render_invalid(file: &Path, errors: &[KeyError]) -> String {
         .map(|e| format!("{}: {}: {}", file.display(), e.key, e.reason))
         .collect::<Vec<_>>()
         .join("\n")
-}
-
-impl fmt::Display for FolderMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            FolderMode::SendReceive => "send-receive",
-            FolderMode::SendOnly => "send-only",
-            FolderMode::ReceiveOnly => "receive-only",
-        })
-    }
-}
-
-impl FromStr for FolderMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "send-receive" => Ok(FolderMode::SendReceive),
-            "send-only" => Ok(FolderMode::SendOnly),
-            "receive-only" => Ok(FolderMode::ReceiveOnly),
-            other => Err(format!(
-                "unknown mode {other:?} (expected \"send-receive\", \"send-only\" or \"receive-only\")"
-            )),
-        }
-    }
 }
 
 impl fmt::Display for LogFormat {
@@ -986,10 +951,10 @@ fn validate_folder(raw: RawFolder, key: &str, base: &Path, errors: &mut Errors) 
         }
     };
     let mode = match raw.mode.as_deref() {
-        None => FolderMode::default(),
+        None => Mode::default(),
         Some(s) => s.parse().unwrap_or_else(|e: String| {
             errors.push(format!("{key}.mode"), e);
-            FolderMode::default()
+            Mode::default()
         }),
     };
     let ignore = raw.ignore.unwrap_or_default();
@@ -1352,7 +1317,7 @@ path = "/srv/media"
         );
         assert_eq!(c.client_id(), "mqsync-n1");
         let f = &c.folders[0];
-        assert_eq!(f.mode, FolderMode::SendReceive);
+        assert_eq!(f.mode, Mode::SendReceive);
         assert_eq!(f.debounce_ms, 100);
         assert!(c.validate_for_run().is_ok());
     }
@@ -1516,7 +1481,7 @@ path = "/srv/media/sub"
         );
         let media = c.folder("media").expect("media");
         assert_eq!(media.path, Path::new("/data/media"));
-        assert_eq!(media.mode, FolderMode::ReceiveOnly);
+        assert_eq!(media.mode, Mode::ReceiveOnly);
         assert_eq!(media.ignore, ["*.swp", "*.tmp"]);
         let conf = c.folder("conf-2").expect("declared by env");
         assert_eq!(conf.path, Path::new("/etc/app"));

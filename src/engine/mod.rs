@@ -24,15 +24,44 @@ pub use version::{Causality, VersionVector};
 
 use crate::protocol::relpath::RelPath;
 
-/// How a folder treats local and remote changes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// How a folder treats local and remote changes: the config's `mode`, the volume
+/// option, and the engine's rule, one type.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Deserialize, serde::Serialize,
+)]
+#[serde(rename_all = "kebab-case")]
 pub enum Mode {
+    /// Send local changes and apply remote ones (default).
     #[default]
     SendReceive,
     /// A master: local changes are sent, remote changes are not applied.
     SendOnly,
     /// A replica: remote changes are applied, local changes are not sent.
     ReceiveOnly,
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Mode::SendReceive => "send-receive",
+            Mode::SendOnly => "send-only",
+            Mode::ReceiveOnly => "receive-only",
+        })
+    }
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "send-receive" => Ok(Mode::SendReceive),
+            "send-only" => Ok(Mode::SendOnly),
+            "receive-only" => Ok(Mode::ReceiveOnly),
+            other => Err(format!(
+                "unknown mode {other:?} (expected \"send-receive\", \"send-only\" or \"receive-only\")"
+            )),
+        }
+    }
 }
 
 /// An action for the runtime to carry out.

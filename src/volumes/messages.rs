@@ -116,7 +116,7 @@ pub fn decode_mounts(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::FolderMode;
+    use crate::engine::Mode;
 
     fn keys(k: &[u8]) -> Keys {
         Keys::new(vec![Keys::derive(k)]).unwrap()
@@ -127,7 +127,7 @@ mod tests {
             name: "demo".into(),
             generation: "00ff".into(),
             present: true,
-            mode: FolderMode::SendReceive,
+            mode: Mode::SendReceive,
             ignore: vec!["*.tmp".into()],
             creator: "n1".into(),
             created_ms: 1,

@@ -3,7 +3,7 @@
 //! mount each volume here, and the mount reports of the other nodes. The manager feeds
 //! it requests and messages and carries out the changes it returns.
 
-use crate::config::FolderMode;
+use crate::engine::Mode;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -22,7 +22,7 @@ pub struct Announcement {
     pub generation: String,
     pub present: bool,
     /// `send-receive`, or `receive-only` (only `creator` writes; the others replicate).
-    pub mode: FolderMode,
+    pub mode: Mode,
     pub ignore: Vec<String>,
     /// The node whose `docker volume create` made this generation.
     pub creator: String,
@@ -38,9 +38,9 @@ impl Announcement {
     }
 
     /// This node's folder mode for the volume.
-    pub fn mode_on(&self, node: &str) -> FolderMode {
+    pub fn mode_on(&self, node: &str) -> Mode {
         if self.creator == node {
-            FolderMode::SendReceive
+            Mode::SendReceive
         } else {
             self.mode
         }
@@ -59,7 +59,7 @@ pub struct MountReport {
 /// Options of `docker volume create -o KEY=VALUE`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct VolumeOptions {
-    pub mode: Option<FolderMode>,
+    pub mode: Option<Mode>,
     pub ignore: Option<Vec<String>>,
 }
 
@@ -121,8 +121,8 @@ pub fn parse_options(opts: &BTreeMap<String, String>) -> Result<VolumeOptions, V
         match k.as_str() {
             "mode" => {
                 out.mode = Some(match v.as_str() {
-                    "send-receive" => FolderMode::SendReceive,
-                    "receive-only" => FolderMode::ReceiveOnly,
+                    "send-receive" => Mode::SendReceive,
+                    "receive-only" => Mode::ReceiveOnly,
                     _ => return Err(VolumeError::BadMode(v.clone())),
                 })
             }
@@ -276,7 +276,7 @@ impl Registry {
             name: name.into(),
             generation,
             present: true,
-            mode: opts.mode.unwrap_or(FolderMode::SendReceive),
+            mode: opts.mode.unwrap_or(Mode::SendReceive),
             ignore: opts.ignore.clone().unwrap_or_default(),
             creator: self.node.clone(),
             created_ms: updated_ms,
@@ -438,7 +438,7 @@ mod tests {
         o.insert("mode".to_string(), "receive-only".to_string());
         o.insert("ignore".to_string(), "*.tmp, cache/**".to_string());
         let p = parse_options(&o).unwrap();
-        assert_eq!(p.mode, Some(FolderMode::ReceiveOnly));
+        assert_eq!(p.mode, Some(Mode::ReceiveOnly));
         assert_eq!(p.ignore.unwrap(), vec!["*.tmp", "cache/**"]);
         o.insert("mode".into(), "send-only".into());
         assert!(matches!(parse_options(&o), Err(VolumeError::BadMode(_))));
@@ -461,7 +461,7 @@ mod tests {
         assert_eq!(a.creator, "n1");
         assert_eq!(r.create("demo", &opts(), "g2".into(), 11), Ok(None));
         let ro = VolumeOptions {
-            mode: Some(FolderMode::ReceiveOnly),
+            mode: Some(Mode::ReceiveOnly),
             ..opts()
         };
         assert!(matches!(
@@ -469,14 +469,14 @@ mod tests {
             Err(VolumeError::OptionsDiffer { .. })
         ));
         assert_eq!(r.present().count(), 1);
-        assert_eq!(a.mode_on("n1"), FolderMode::SendReceive);
+        assert_eq!(a.mode_on("n1"), Mode::SendReceive);
         assert_eq!(
             Announcement {
-                mode: FolderMode::ReceiveOnly,
+                mode: Mode::ReceiveOnly,
                 ..a.clone()
             }
             .mode_on("n2"),
-            FolderMode::ReceiveOnly
+            Mode::ReceiveOnly
         );
     }
 
