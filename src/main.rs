@@ -8,6 +8,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use tokio::sync::watch;
 
+/// How long `run` waits for its folders to say goodbye after SIGTERM or Ctrl-C.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(8);
+
 #[derive(Parser)]
 #[command(
     name = "mqsync",
@@ -231,17 +234,24 @@ fn main() -> Result<()> {
                 .collect();
             rt.block_on(async {
                 let (tx, rx) = watch::channel(false);
-                let daemon = tokio::spawn(mqsync::daemon::run(cfg, rx));
+                let mut daemon = tokio::spawn(mqsync::daemon::run(cfg, rx));
                 tokio::spawn(mqsync::cli::progress::initial_sync(progress));
                 tokio::select! {
-                    r = daemon => return r?.map_err(anyhow::Error::from),
+                    r = &mut daemon => return r?.map_err(anyhow::Error::from),
                     _ = shutdown_signal() => {}
                 }
                 tracing::info!("shutting down");
                 let _ = tx.send(true);
-                // Give folders a moment to remove temp files and say goodbye.
-                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-                Ok(())
+                // Every folder removes its temp files, records what it applied, publishes
+                // its offline status and disconnects; bounded, so a stuck broker
+                // connection cannot hold the exit.
+                match tokio::time::timeout(SHUTDOWN_GRACE, daemon).await {
+                    Ok(r) => r?.map_err(anyhow::Error::from),
+                    Err(_) => {
+                        tracing::warn!("shutdown took longer than {SHUTDOWN_GRACE:?}; exiting");
+                        Ok(())
+                    }
+                }
             })
         }
         Cmd::Resync {
