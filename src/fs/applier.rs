@@ -279,8 +279,7 @@ impl Applier {
                     self.deleted.insert(path, version);
                     return Outcome::Staged;
                 }
-                Ok(false) => Ok(None),
-                Err(e) => Err(e),
+                res => res.map(|_| None),
             },
         };
         match res {

@@ -339,8 +339,7 @@ struct Folder {
     retry_warned: HashMap<RelPath, String>,
     /// The index write that last failed (a full or read-only state directory); the
     /// records stay in `store` and are written again at the next flush.
-    index_failed: Option<String>,
-    index_failed_at: Option<Instant>,
+    index_failed: Option<(String, Instant)>,
     /// Since when (ms since the epoch) an apply or the index has kept failing.
     failing_since_ms: Option<u64>,
     /// Paths whose apply failed and is retried, until one succeeds or the change is
@@ -462,7 +461,6 @@ impl Folder {
             last_error_path: None,
             retry_warned: HashMap::new(),
             index_failed: None,
-            index_failed_at: None,
             failing_since_ms: None,
             failing: HashSet::new(),
             last_chunk_at: None,
@@ -1125,10 +1123,16 @@ impl Folder {
             .collect();
         // One look at the free space per tick, for every retry that waits for it.
         for p in due {
+            let Some(mut r) = self.retries.remove(&p) else {
+                continue;
+            };
+            if !self.engine.is_pending(&p) {
+                self.failing.remove(&p);
+                continue;
+            }
             // Asked where the file goes: a mount inside the folder is another file
             // system. (A full quota does not show here: those retries refetch.)
-            if let Some(r) = self.retries.get_mut(&p)
-                && let Some(needs) = r.needs_space
+            if let Some(needs) = r.needs_space
                 && needs
                     > p.to_local(&self.cfg.path)
                         .parent()
@@ -1136,22 +1140,16 @@ impl Folder {
                         .unwrap_or(u64::MAX)
             {
                 r.at = now + RETRY_AFTER;
+                self.retries.insert(p, r);
                 continue;
             }
-            if !self.engine.is_pending(&p) {
-                self.failing.remove(&p);
-            }
-            if let Some(r) = self.retries.remove(&p)
-                && self.engine.is_pending(&p)
-            {
-                // Not live: whatever chunks the failed attempt dropped are asked for.
-                self.enqueue_apply(QueuedApply {
-                    entry: r.entry,
-                    conflict_copy: r.conflict_copy,
-                    source: r.source,
-                    live: false,
-                });
-            }
+            // Not live: whatever chunks the failed attempt dropped are asked for.
+            self.enqueue_apply(QueuedApply {
+                entry: r.entry,
+                conflict_copy: r.conflict_copy,
+                source: r.source,
+                live: false,
+            });
         }
         if self.retries.is_empty() {
             self.retry_warned.clear();
@@ -1524,10 +1522,10 @@ impl Folder {
     fn flush_store(&mut self) {
         // After a failed write, try again once a second, not at every turn of the loop
         // (each try reopens the database).
-        if self.index_failed.is_some()
-            && self
-                .index_failed_at
-                .is_some_and(|t| t.elapsed() < INDEX_RETRY)
+        if self
+            .index_failed
+            .as_ref()
+            .is_some_and(|(_, at)| at.elapsed() < INDEX_RETRY)
         {
             return;
         }
@@ -1561,18 +1559,16 @@ impl Folder {
         if self.index_failed.take().is_some() {
             info!(folder = %self.cfg.id, "index writes work again");
         }
-        self.index_failed_at = None;
     }
 
     fn index_write_failed(&mut self, e: crate::store::index::IndexError) {
         let msg = format!("index: {e}");
-        if self.index_failed.as_ref() != Some(&msg) {
+        if self.index_failed.as_ref().map(|(m, _)| m) != Some(&msg) {
             error!(folder = %self.cfg.id, "index write failed, will retry: {e}");
             metrics::counter!("mqsync_index_errors_total", "folder" => self.cfg.id.clone())
                 .increment(1);
         }
-        self.index_failed = Some(msg);
-        self.index_failed_at = Some(Instant::now());
+        self.index_failed = Some((msg, Instant::now()));
     }
 
     fn start_apply(&mut self, entry: Entry, conflict_copy: Option<RelPath>) {
@@ -2134,7 +2130,7 @@ impl Folder {
             last_error: self
                 .paused
                 .clone()
-                .or_else(|| self.index_failed.clone())
+                .or_else(|| self.index_failed.as_ref().map(|(m, _)| m.clone()))
                 .or_else(|| self.last_error.clone()),
             failing_since_ms: self.failing_since_ms,
             connected: self.connected,
