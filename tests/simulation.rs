@@ -5,14 +5,22 @@
 //! must be the final version, survive as a conflict copy, or have been overwritten by a
 //! write that causally followed it.
 //!
+//! A second pass makes applies fail now and then (a full disk, a permission), so the
+//! engine's retry policy is driven by simulated time too; and a separate simulation
+//! drives the mass-delete guard (`DeleteGuard`) between a writer's disk and its engine.
+//!
 //! `MQSYNC_SIM_SEEDS=N` sets the number of seeds (default 2000);
 //! `MQSYNC_SIM_SEED=S` replays one seed. A failing seed is printed.
 
-use mqsync::engine::{ChunkRef, Content, Digest, Effect, Engine, Entry, Mode, VersionVector};
+use mqsync::engine::{
+    ChunkRef, Content, DeleteGuard, Digest, Effect, Engine, Entry, Failure, Mode, RETRY_AFTER,
+    VersionVector,
+};
 use mqsync::protocol::relpath::RelPath;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::time::{Duration, Instant};
 
 const PATHS: &[&str] = &["a.txt", "b.txt", "d/c.txt", "d/e.txt", "d/f/g.txt"];
 
@@ -55,6 +63,13 @@ struct Sim {
     loss: f64,
     dup: f64,
     log: VecDeque<String>,
+    /// Chance that an apply fails in a retryable way (0: the plain simulation, whose
+    /// random stream is unchanged by this option).
+    fail: f64,
+    /// Simulated monotonic time, for the engine's retry policy.
+    start: Instant,
+    elapsed: Duration,
+    healing: bool,
 }
 
 fn content(data: u32, mtime: i64) -> Content {
@@ -103,6 +118,37 @@ impl Sim {
             loss,
             dup,
             log: VecDeque::new(),
+            fail: 0.0,
+            start: Instant::now(),
+            elapsed: Duration::ZERO,
+            healing: false,
+        }
+    }
+
+    /// The same seed with applies that fail in a retryable way now and then.
+    fn with_failures(seed: u64) -> Sim {
+        let mut sim = Sim::new(seed);
+        sim.fail = sim.rng.random_range(0.05..0.4);
+        sim
+    }
+
+    fn now(&self) -> Instant {
+        self.start + self.elapsed
+    }
+
+    /// Time passes: every node's engine does what is due (retries).
+    fn advance(&mut self, by: Duration) {
+        self.elapsed += by;
+        let now = self.now();
+        for i in 0..self.nodes.len() {
+            if self.nodes[i]
+                .engine
+                .poll_timeout()
+                .is_some_and(|t| t <= now)
+            {
+                self.nodes[i].engine.handle_timeout(now);
+                self.drain(i);
+            }
         }
     }
 
@@ -120,7 +166,7 @@ impl Sim {
                 Effect::Store(e) => {
                     self.nodes[i].persisted.insert(e.path.clone(), e);
                 }
-                Effect::Announce(e) => {
+                Effect::Announce { entry: e, .. } => {
                     if let Some(w) = self
                         .writes
                         .iter_mut()
@@ -141,6 +187,7 @@ impl Sim {
                 Effect::Apply {
                     entry,
                     conflict_copy,
+                    ..
                 } => {
                     let n = &mut self.nodes[i];
                     n.applies.retain(|a| a.entry.path != entry.path);
@@ -229,6 +276,26 @@ impl Sim {
             self.drain(i);
             return;
         }
+        if !self.healing && self.fail > 0.0 && self.rng.random_bool(self.fail) {
+            // A full disk or a permission: nothing changed on disk; the engine
+            // schedules the same apply again.
+            self.note(format!("n{i} apply of {path} fails"));
+            let (failure, now) = (
+                Failure::Retry {
+                    needs_space: None,
+                    reported: true,
+                },
+                self.now(),
+            );
+            let n = &mut self.nodes[i];
+            n.engine
+                .handle_apply_failed(&path, &a.entry.version, failure, now);
+            if n.engine.failing_count() == 0 {
+                self.note(format!("n{i}: a failed apply is not reported"));
+            }
+            return;
+        }
+        let n = &mut self.nodes[i];
         let mut moved = None;
         if let (Some(cc), Some(cur)) = (&a.conflict_copy, current) {
             n.disk.insert(cc.clone(), cur.clone());
@@ -330,12 +397,17 @@ impl Sim {
                 ));
             }
             92..=94 => self.crash(i),
+            95..=99 if self.fail > 0.0 => {
+                let ms = self.rng.random_range(100..3000);
+                self.advance(Duration::from_millis(ms));
+            }
             _ => {}
         }
     }
 
     /// Heals everything and runs until quiet. Returns false if it never settles.
     fn heal(&mut self) -> bool {
+        self.healing = true;
         for node in &mut self.nodes {
             node.up = true;
         }
@@ -344,10 +416,18 @@ impl Sim {
                 self.send_digest(i, true);
             }
             let mut guard = 0;
-            while !self.net.is_empty() || self.nodes.iter().any(|n| !n.applies.is_empty()) {
+            loop {
                 guard += 1;
                 if guard > 200_000 {
                     return false;
+                }
+                if self.net.is_empty() && self.nodes.iter().all(|n| n.applies.is_empty()) {
+                    // Failed applies wait for their retry.
+                    if self.nodes.iter().all(|n| n.engine.poll_timeout().is_none()) {
+                        break;
+                    }
+                    self.advance(RETRY_AFTER);
+                    continue;
                 }
                 if !self.net.is_empty() {
                     let k = self.rng.random_range(0..self.net.len());
@@ -401,7 +481,10 @@ impl Sim {
 }
 
 fn run_seed(seed: u64) -> Result<(), String> {
-    let mut sim = Sim::new(seed);
+    run_sim(Sim::new(seed))
+}
+
+fn run_sim(mut sim: Sim) -> Result<(), String> {
     let steps = sim.rng.random_range(50..400);
     for _ in 0..steps {
         sim.step();
@@ -434,6 +517,13 @@ fn run_seed(seed: u64) -> Result<(), String> {
             })
             .collect();
         Err(format!("did not converge:\n{}", disks.join("\n")))
+    } else if let Some(n) = sim.nodes.iter().find(|n| n.engine.failing_count() > 0) {
+        Err(format!(
+            "{} still reports failing applies after healing",
+            n.name
+        ))
+    } else if let Some(line) = sim.log.iter().find(|l| l.contains("is not reported")) {
+        Err(line.clone())
     } else {
         sim.check_preserved()
     };
@@ -471,6 +561,182 @@ fn simulated_clusters_converge_and_lose_no_write() {
         start.elapsed(),
         start.elapsed() / seeds.max(1) as u32
     );
+}
+
+/// The same clusters with applies that fail now and then: the engine's retry policy
+/// (driven by simulated time) must bring every failed apply in, and nothing may still
+/// be reported as failing once the cluster is healed.
+#[test]
+fn simulated_clusters_with_failing_applies_retry_until_converged() {
+    let seeds: u64 = std::env::var("MQSYNC_SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1000);
+    for seed in 0..seeds {
+        if let Err(e) = run_sim(Sim::with_failures(seed)) {
+            panic!("seed {seed} with failing applies failed: {e}");
+        }
+    }
+}
+
+/// One writer with a mass-delete guard and one receiver, over a folder of 10 to 60
+/// files: the writer deletes some (some as the first half of a move, some brought
+/// back, some its own files of a moment ago) in bursts over simulated time. Whatever
+/// the guard decides, nothing leaves before the deletions have been quiet for the
+/// grace period; a mass deletion (enough counted deletions, over the percentage) is
+/// held and reaches the receiver only after a resync; anything else reaches it.
+fn run_guard_seed(seed: u64) -> Result<(), String> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let files = rng.random_range(10..60);
+    let percent = [0u64, 10, 25, 50, 100][rng.random_range(0..5)];
+    let start = Instant::now();
+    let mut now = start;
+    let mut wall = 1_000_000u64;
+    let mut w = Engine::new("w", Mode::SendReceive, []);
+    let mut r = Engine::new("r", Mode::SendReceive, []);
+    let mut disk: BTreeMap<RelPath, Content> = BTreeMap::new();
+    let mut guard = DeleteGuard::new(percent);
+    // Carries the writer's announcements to the receiver, whose applies all succeed.
+    let sync = |w: &mut Engine, r: &mut Engine| {
+        while let Some(e) = w.poll_effect() {
+            if let Effect::Announce { entry, .. } = e {
+                r.handle_remote(entry);
+            }
+        }
+        while let Some(e) = r.poll_effect() {
+            if let Effect::Apply { entry, .. } = e {
+                r.handle_applied(&entry.path, &entry.version, true);
+            }
+        }
+    };
+    let path = |i: usize| RelPath::new(format!("f{i:03}")).expect("path");
+    w.set_clock(wall);
+    for i in 0..files {
+        disk.insert(path(i), content(i as u32, 1));
+        w.handle_local(path(i), content(i as u32, 1));
+    }
+    sync(&mut w, &mut r);
+    // A minute later, some of the files go.
+    now += Duration::from_secs(60);
+    wall += 60_000;
+    w.set_clock(wall);
+    let gone = rng.random_range(0..=files);
+    let mut moved = 0;
+    let mut counted = 0;
+    let mut last_delete = now;
+    for i in 0..gone {
+        let p = path(i);
+        let Some(c) = disk.remove(&p) else { continue };
+        match rng.random_range(0..4) {
+            // Moved: the same content under a new name.
+            0 => {
+                let to = RelPath::new(format!("moved/{i:03}")).expect("path");
+                disk.insert(to.clone(), c.clone());
+                w.handle_local(to, c);
+                moved += 1;
+            }
+            // Brought back before the guard looks.
+            1 => {
+                disk.insert(p.clone(), c);
+            }
+            _ => counted += 1,
+        }
+        if guard.hold(&w, &p, now) {
+            last_delete = now;
+        } else if !guard.is_off() {
+            return Err(format!("deletion of present {p} was not held"));
+        }
+        // Deletions in bursts: usually close together, sometimes not.
+        now += Duration::from_millis(rng.random_range(0..700));
+    }
+    sync(&mut w, &mut r);
+    let absent = |disk: &BTreeMap<RelPath, Content>, p: &RelPath| !disk.contains_key(p);
+    let moved_away = |disk: &BTreeMap<RelPath, Content>,
+                      w: &Engine,
+                      p: &RelPath,
+                      leaving: &HashSet<&RelPath>| {
+        let c = w.entry(p).map(|e| &e.content);
+        disk.iter()
+            .any(|(q, d)| q != p && !leaving.contains(q) && Some(d) == c)
+    };
+    let send = |w: &mut Engine, r: &mut Engine, paths: Vec<RelPath>| {
+        for p in paths {
+            w.handle_local(p, Content::Deleted);
+        }
+        sync(w, r);
+    };
+    if guard.is_off() {
+        // Off: deletions go to the engine at once (the runtime's other path).
+        let all: Vec<RelPath> = (0..gone).map(path).filter(|p| absent(&disk, p)).collect();
+        send(&mut w, &mut r, all);
+    } else {
+        let early = now.min(last_delete + Duration::from_millis(999));
+        let rel = guard.release(
+            early,
+            wall,
+            &w,
+            |p| absent(&disk, p),
+            |p, l| moved_away(&disk, &w, p, l),
+        );
+        if early < last_delete + Duration::from_secs(1)
+            && (!rel.send.is_empty() || rel.held.is_some())
+        {
+            return Err("deletions released within the grace period".into());
+        }
+        now = now.max(last_delete + Duration::from_secs(1));
+        let rel = guard.release(
+            now,
+            wall,
+            &w,
+            |p| absent(&disk, p),
+            |p, l| moved_away(&disk, &w, p, l),
+        );
+        let (present, _) = w.present();
+        let mass = counted >= 10 && counted as u64 * 100 > percent * present;
+        match rel.held {
+            Some((n, _, _)) if mass => {
+                if n != counted {
+                    return Err(format!("held {n} deletions, counted {counted}"));
+                }
+                // Held: the receiver still has every file; the resync sends them.
+                if r.present().0 != w.present().0 {
+                    return Err("a held deletion reached the receiver".into());
+                }
+                let all = guard.take_all();
+                let all = all.into_iter().filter(|p| absent(&disk, p)).collect();
+                send(&mut w, &mut r, all);
+            }
+            None if !mass => send(&mut w, &mut r, rel.send),
+            held => {
+                return Err(format!(
+                    "{counted} counted deletions ({moved} moves) of {present} at {percent}%: held = {held:?}"
+                ));
+            }
+        }
+    }
+    let on_r: BTreeMap<&RelPath, &Content> = r
+        .entries()
+        .filter(|e| !e.content.is_deleted())
+        .map(|e| (&e.path, &e.content))
+        .collect();
+    let on_w: BTreeMap<&RelPath, &Content> = disk.iter().collect();
+    if on_r != on_w {
+        return Err(format!(
+            "receiver differs from the writer's disk: {} vs {} files",
+            on_r.len(),
+            on_w.len()
+        ));
+    }
+    Ok(())
+}
+
+#[test]
+fn simulated_mass_deletes_are_held_until_a_resync_and_other_deletes_go_out() {
+    for seed in 0..2000 {
+        if let Err(e) = run_guard_seed(seed) {
+            panic!("guard seed {seed} failed: {e}");
+        }
+    }
 }
 
 /// Seed 35 found a node whose index claimed a file its disk had lost: a local delete

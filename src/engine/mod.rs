@@ -10,16 +10,21 @@
 pub mod digest;
 pub mod entries;
 pub mod entry;
+pub mod guard;
 pub mod intern;
 pub mod resolve;
+pub mod schedule;
 pub mod version;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::{Duration, Instant};
 
 pub use digest::{BUCKETS, Digest, bucket_of};
 pub use entries::Entries;
 pub use entry::{ChunkRef, Chunks, Content, Entry, Hash};
+pub use guard::{DeleteGuard, Release};
 pub use resolve::{Decision, beats, conflict_name, resolve};
+pub use schedule::Schedule;
 pub use version::{Causality, VersionVector};
 
 use crate::protocol::relpath::RelPath;
@@ -64,18 +69,65 @@ impl std::str::FromStr for Mode {
     }
 }
 
+/// How long a failed apply waits before it is tried again.
+pub const RETRY_AFTER: Duration = Duration::from_secs(2);
+
+/// Who caused an apply: the node whose message carried the change (the one to ask
+/// for its chunks; `*` asks anyone), and whether that message was live (its chunks
+/// follow it unasked).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub node: String,
+    pub live: bool,
+}
+
+impl Origin {
+    /// No particular node: a change this engine decided itself (a conflict with a
+    /// local edit, a resync's revert).
+    pub fn any() -> Self {
+        Origin {
+            node: "*".into(),
+            live: false,
+        }
+    }
+}
+
+/// How an apply failed, as the runtime judged it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// Worth trying again (a full disk, a permission, a directory not yet empty).
+    /// `needs_space`: tried again only once this many bytes are free. `reported`:
+    /// counts as a failure in status (a directory waiting for its entries does not).
+    Retry {
+        needs_space: Option<u64>,
+        reported: bool,
+    },
+    /// Given up: the version stays pending no more (a peer offers it again later).
+    Refused,
+}
+
 /// An action for the runtime to carry out.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect {
-    /// Publish this local change in a manifest.
-    Announce(Entry),
+    /// Publish this local change in a manifest. `previous`: the chunk list it replaces
+    /// (what receivers hold), when both are files: the change can go out as a patch
+    /// of it, and its new chunks as deltas.
+    Announce {
+        entry: Entry,
+        previous: Option<Chunks>,
+    },
     /// Persist this confirmed entry in the index.
     Store(Entry),
-    /// Make the disk hold `entry` (fetching chunks as needed), moving the current local
-    /// file to `conflict_copy` first when set; then report `handle_applied`.
+    /// Make the disk hold `entry` (fetching chunks as needed, from `from`), moving the
+    /// current local file to `conflict_copy` first when set; then report
+    /// `handle_applied` or `handle_apply_failed`. `needs_space`: a retry after a full
+    /// disk, to start only once the disk has that many bytes free (otherwise report
+    /// it failed again at once).
     Apply {
         entry: Entry,
         conflict_copy: Option<RelPath>,
+        from: Origin,
+        needs_space: Option<u64>,
     },
     /// Abandon an unfinished `Apply` for this path.
     Cancel(RelPath),
@@ -87,9 +139,29 @@ pub enum Effect {
     SendDigest { reply: bool },
 }
 
+/// The order entries are published in, so that a receiver can apply them as they
+/// come: changes before deletions, parents before their children, and deletions
+/// deepest first (a directory's entries go before the directory).
+pub fn announce_order(a: &Entry, b: &Entry) -> std::cmp::Ordering {
+    let (ad, bd) = (a.content.is_deleted(), b.content.is_deleted());
+    ad.cmp(&bd).then_with(|| {
+        if ad {
+            b.path
+                .depth()
+                .cmp(&a.path.depth())
+                .then(a.path.cmp(&b.path))
+        } else {
+            a.path.cmp(&b.path)
+        }
+    })
+}
+
+/// An accepted remote version the applier has not finished.
 #[derive(Debug, Clone)]
 struct Pending {
     entry: Entry,
+    conflict_copy: Option<RelPath>,
+    from: Origin,
 }
 
 /// The sync state of one folder on one node.
@@ -109,6 +181,13 @@ pub struct Engine {
     now_ms: u64,
     /// How long tombstones are kept; `None` keeps them forever.
     tombstone_ttl_ms: Option<u64>,
+    /// Failed applies to start again, by when (the retry policy).
+    retries: BTreeMap<RelPath, (Instant, Option<u64>)>,
+    /// Pending paths whose apply failed and is retried: reported until one attempt
+    /// succeeds or the version is no longer wanted.
+    failing: BTreeSet<RelPath>,
+    /// Digests, repairs and tombstone collection over time.
+    schedule: Schedule,
 }
 
 impl Engine {
@@ -142,7 +221,17 @@ impl Engine {
             effects: VecDeque::new(),
             now_ms: 0,
             tombstone_ttl_ms: None,
+            retries: BTreeMap::new(),
+            failing: BTreeSet::new(),
+            schedule: Schedule::default(),
         }
+    }
+
+    /// Compares digests with peers every `digest` while connected, and collects
+    /// expired tombstones every `collect` (see [`Schedule`]).
+    pub fn with_intervals(mut self, digest: Duration, collect: Duration) -> Self {
+        self.schedule = Schedule::new(digest, collect);
+        self
     }
 
     /// Keeps deletion records for `ttl_ms`, then forgets them (see `collect_tombstones`).
@@ -249,6 +338,100 @@ impl Engine {
         self.effects.pop_front()
     }
 
+    /// When `handle_timeout` has something to do next (a retry, a digest, a repair,
+    /// a tombstone collection), if anything.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let retry = self.retries.values().map(|(at, _)| *at).min();
+        [retry, self.schedule.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Does what is due at `now`: starts failed applies again (as `Apply` effects,
+    /// asking their source, or the entry's author, for chunks), publishes the digest,
+    /// asks for a repair, forgets expired tombstones.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let due: Vec<RelPath> = self
+            .retries
+            .iter()
+            .filter(|(_, (at, _))| *at <= now)
+            .map(|(p, _)| p.clone())
+            .collect();
+        for path in due {
+            let Some((_, needs_space)) = self.retries.remove(&path) else {
+                continue;
+            };
+            let Some(p) = self.pending.get(&path) else {
+                continue;
+            };
+            // Not live: whatever chunks the failed attempt dropped are asked for.
+            let node = if p.from.node == "*" {
+                p.entry.modified_by.to_string()
+            } else {
+                p.from.node.clone()
+            };
+            self.effects.push_back(Effect::Apply {
+                entry: p.entry.clone(),
+                conflict_copy: p.conflict_copy.clone(),
+                from: Origin { node, live: false },
+                needs_space,
+            });
+        }
+        let due = self.schedule.due(now);
+        if due.collect {
+            self.collect_tombstones();
+        }
+        if let Some(reply) = due.digest {
+            self.effects.push_back(Effect::SendDigest { reply });
+        }
+    }
+
+    /// The folder starts at `now`: forgets expired tombstones, and starts the timers.
+    pub fn start(&mut self, now: Instant) {
+        self.schedule.start(now);
+        self.collect_tombstones();
+    }
+
+    /// The node (re)connected to the broker: compare full state with every peer, so
+    /// catch-up never relies on the broker having queued anything.
+    pub fn handle_connected(&mut self, now: Instant) {
+        self.schedule.connected(now);
+        self.effects.push_back(Effect::SendDigest { reply: true });
+    }
+
+    pub fn handle_disconnected(&mut self) {
+        self.schedule.disconnected();
+    }
+
+    /// A patch of a version this node does not hold arrived: compare digests soon (at
+    /// most every [`schedule::REPAIR_INTERVAL`]), so the writer sends those entries whole.
+    pub fn handle_unknown_base(&mut self, now: Instant) {
+        self.schedule.repair(now);
+    }
+
+    /// The chunk lists a patch of `path` may edit: the version being applied, then
+    /// the one on disk (a patch names its base by id, so at most one matches).
+    pub fn patch_bases(&self, path: &RelPath) -> impl Iterator<Item = &Chunks> {
+        [self.pending_entry(path), self.entry(path)]
+            .into_iter()
+            .flatten()
+            .filter_map(|e| match &e.content {
+                Content::File { chunks, .. } => Some(chunks),
+                _ => None,
+            })
+    }
+
+    /// Pending paths whose apply keeps failing (see [`Failure::Retry`]).
+    pub fn failing_count(&self) -> usize {
+        self.failing.len()
+    }
+
+    /// Paths whose failed apply waits for its retry.
+    pub fn retrying(&self) -> impl Iterator<Item = &RelPath> {
+        self.retries.keys()
+    }
+
     /// The scanner saw `content` at `path` on the local disk (`Content::Deleted` when
     /// the path is absent).
     pub fn handle_local(&mut self, path: RelPath, content: Content) {
@@ -276,7 +459,11 @@ impl Engine {
             changed_ms: self.now_ms,
             content,
         };
-        if let Some(p) = self.pending.remove(&path) {
+        let previous = match (current.map(|e| &e.content), &local.content) {
+            (Some(Content::File { chunks, .. }), Content::File { .. }) => Some(chunks.clone()),
+            _ => None,
+        };
+        if let Some(p) = self.take_pending(&path) {
             // The disk changed under an unfinished apply: the two versions conflict.
             if beats(&p.entry, &local)
                 && let Decision::Install {
@@ -288,17 +475,26 @@ impl Engine {
                 // never claims data the disk lost, but do not announce it (it lost);
                 // then install the winner, keeping `local` as a conflict copy.
                 self.confirm(local);
-                self.start_apply(entry, conflict_copy);
+                self.start_apply(entry, conflict_copy, Origin::any());
                 return;
             }
             self.effects.push_back(Effect::Cancel(path.clone()));
         }
         self.confirm(local.clone());
-        self.effects.push_back(Effect::Announce(local));
+        self.effects.push_back(Effect::Announce {
+            entry: local,
+            previous,
+        });
     }
 
-    /// A peer published `entry` (in a live manifest or in answer to a digest).
+    /// A peer published `entry` (in a live manifest or in answer to a digest); no
+    /// particular node is asked for its chunks.
     pub fn handle_remote(&mut self, entry: Entry) {
+        self.handle_remote_from(entry, &Origin::any());
+    }
+
+    /// A peer published `entry` in a message of `from`.
+    pub fn handle_remote_from(&mut self, entry: Entry, from: &Origin) {
         if self.mode == Mode::SendOnly {
             return;
         }
@@ -311,7 +507,7 @@ impl Engine {
                 Causality::Greater | Causality::Concurrent => {
                     // Re-decide against what is on disk; the old target is dropped
                     // (its author still holds it and will offer it again if it wins).
-                    self.pending.remove(&entry.path);
+                    self.take_pending(&entry.path);
                     self.effects.push_back(Effect::Cancel(entry.path.clone()));
                 }
             }
@@ -324,7 +520,7 @@ impl Engine {
                 conflict_copy,
             } => {
                 self.local_changes.remove(&entry.path);
-                self.start_apply(entry, conflict_copy)
+                self.start_apply(entry, conflict_copy, from.clone())
             }
         }
     }
@@ -348,7 +544,7 @@ impl Engine {
                 changed_ms: self.now_ms,
                 content: Content::Deleted,
             });
-            self.start_apply(entry, None);
+            self.start_apply(entry, None, Origin::any());
         }
     }
 
@@ -360,11 +556,43 @@ impl Engine {
         if &p.entry.version != version {
             return;
         }
-        if let Some(p) = self.pending.remove(path)
+        if let Some(p) = self.take_pending(path)
             && ok
             && !p.entry.version.is_empty()
         {
             self.confirm(p.entry);
+        }
+    }
+
+    /// The apply of `version` at `path` failed. A retryable failure is tried again
+    /// after [`RETRY_AFTER`] with the same entry and conflict copy; a refused one is
+    /// given up like `handle_applied(.., false)`.
+    pub fn handle_apply_failed(
+        &mut self,
+        path: &RelPath,
+        version: &VersionVector,
+        failure: Failure,
+        now: Instant,
+    ) {
+        if self
+            .pending
+            .get(path)
+            .is_none_or(|p| &p.entry.version != version)
+        {
+            return;
+        }
+        match failure {
+            Failure::Refused => self.handle_applied(path, version, false),
+            Failure::Retry {
+                needs_space,
+                reported,
+            } => {
+                self.retries
+                    .insert(path.clone(), (now + RETRY_AFTER, needs_space));
+                if reported {
+                    self.failing.insert(path.clone());
+                }
+            }
         }
     }
 
@@ -392,17 +620,31 @@ impl Engine {
         }
     }
 
-    fn start_apply(&mut self, entry: Entry, conflict_copy: Option<RelPath>) {
+    fn start_apply(&mut self, entry: Entry, conflict_copy: Option<RelPath>, from: Origin) {
+        // A new version replaces a failed one and its retry (and its failure).
+        self.retries.remove(&entry.path);
+        self.failing.remove(&entry.path);
         self.pending.insert(
             entry.path.clone(),
             Pending {
                 entry: entry.clone(),
+                conflict_copy: conflict_copy.clone(),
+                from: from.clone(),
             },
         );
         self.effects.push_back(Effect::Apply {
             entry,
             conflict_copy,
+            from,
+            needs_space: None,
         });
+    }
+
+    /// Removes a pending apply with its retry and failure.
+    fn take_pending(&mut self, path: &RelPath) -> Option<Pending> {
+        self.retries.remove(path);
+        self.failing.remove(path);
+        self.pending.remove(path)
     }
 
     fn confirm(&mut self, entry: Entry) {

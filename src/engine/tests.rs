@@ -65,7 +65,7 @@ impl Net {
                 while let Some(eff) = self.nodes[i].engine.poll_effect() {
                     any = true;
                     match eff {
-                        Effect::Announce(e) => msgs.push((i, vec![e], None)),
+                        Effect::Announce { entry: e, .. } => msgs.push((i, vec![e], None)),
                         Effect::SendEntries(es) => msgs.push((i, es, None)),
                         Effect::SendDigest { reply } => {
                             let d = self.nodes[i].engine.digest().clone();
@@ -75,6 +75,7 @@ impl Net {
                         Effect::Apply {
                             entry,
                             conflict_copy,
+                            ..
                         } => {
                             let n = &mut self.nodes[i];
                             if let Some(cc) = conflict_copy {
@@ -252,7 +253,7 @@ fn older_and_duplicate_messages_are_harmless() {
     a.handle_local(p("f"), file(2, 2));
     let mut announced = vec![];
     while let Some(eff) = a.poll_effect() {
-        if let Effect::Announce(en) = eff {
+        if let Effect::Announce { entry: en, .. } = eff {
             announced.push(en);
         }
     }
@@ -276,7 +277,7 @@ fn receive_only_does_not_announce_and_send_only_does_not_apply() {
     let mut a = Engine::new("a", Mode::SendReceive, []);
     a.handle_local(p("f"), file(1, 1));
     while let Some(eff) = a.poll_effect() {
-        if let Effect::Announce(en) = eff {
+        if let Effect::Announce { entry: en, .. } = eff {
             s.handle_remote(en);
         }
     }
@@ -289,7 +290,7 @@ fn resync_reverts_local_changes_of_a_replica() {
     let mut a = Engine::new("a", Mode::SendReceive, []);
     a.handle_local(p("f"), file(1, 1));
     while let Some(eff) = a.poll_effect() {
-        if let Effect::Announce(en) = eff {
+        if let Effect::Announce { entry: en, .. } = eff {
             r.handle_remote(en);
         }
     }

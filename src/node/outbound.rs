@@ -1,0 +1,457 @@
+//! What a folder publishes: manifests and patches of local changes in announce order,
+//! answers to digests, chunk requests, and the queue of chunks to push, read from
+//! local files and sent whole or as deltas under flow control and a per-turn budget.
+
+use super::records::Records;
+use crate::engine::{Chunks, Content, Engine, Entry, Hash};
+use crate::fs::locations::ChunkLocations;
+use crate::ops::status::Topics;
+use crate::protocol::chunker;
+use crate::protocol::delta::{ChunkDelta, Signature};
+use crate::protocol::relpath::RelPath;
+use crate::protocol::wire::{self, ChunkData, Envelope, FilePatch, Keys, Message};
+use crate::store::index::LocalMeta;
+use crate::transfer::compression::Compression;
+use crate::transfer::push_window::{ProgressReports, PushWindow};
+use crate::transport::Publisher;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::path::Path;
+use std::time::Instant;
+use tracing::{debug, error};
+
+/// Chunk bytes per Chunks message before another message is started.
+const CHUNK_MSG_BYTES: usize = 1 << 20;
+/// Serialized entry bytes per manifest message.
+const MANIFEST_MSG_BYTES: usize = 512 << 10;
+/// Bytes the folder may have queued for publishing before it stops reading chunks.
+const MAX_QUEUED_BYTES: usize = 16 << 20;
+/// Chunk bytes the writer may publish per turn of its event loop (checked between
+/// messages of about 1 MiB). The publisher drains its queue while chunks are read and
+/// encoded, so without a bound one call could push a whole first scan (148 MB in one
+/// bench run) without reading a single progress report, and the flow-control window
+/// never closed.
+pub(super) const PUMP_BUDGET: usize = 4 << 20;
+/// Bound of [`Outbound::unpushed`]: past it, receivers ask for what was not pushed.
+const MAX_UNPUSHED: usize = 65_536;
+
+/// Where the chunks of this node's files are read from, and what the scan saw of each
+/// file (a chunk of an unchanged file is not hashed again).
+pub(super) struct LocalChunks<'a> {
+    root: &'a Path,
+    locations: &'a ChunkLocations,
+    engine: &'a Engine,
+    known: &'a BTreeMap<RelPath, LocalMeta>,
+}
+
+impl<'a> LocalChunks<'a> {
+    pub fn new(
+        root: &'a Path,
+        locations: &'a ChunkLocations,
+        engine: &'a Engine,
+        known: &'a BTreeMap<RelPath, LocalMeta>,
+    ) -> Self {
+        LocalChunks {
+            root,
+            locations,
+            engine,
+            known,
+        }
+    }
+
+    /// Reads a chunk to push. While its file's metadata is what the scan that hashed
+    /// it saw (the test the start-up scan also trusts), the bytes are not hashed again:
+    /// that second pass was a quarter of a writer's CPU in the bulk benchmark. A file
+    /// changed since is verified, and every receiver checks every chunk's hash anyway.
+    fn read(&self, hash: &Hash) -> Option<Vec<u8>> {
+        let (path, off, len) = self.locations.find(hash, self.engine)?;
+        let file = std::fs::File::open(path.to_local(self.root)).ok()?;
+        // The confirmed entry must describe the file too: on a receive-only folder a
+        // local change can leave a file that is not the entry's.
+        let confirmed = self.engine.entry(&path).map(|e| &e.content);
+        let unchanged = self.known.get(&path).is_some_and(|known| {
+            matches!(confirmed, Some(Content::File { size, mtime_ns, .. })
+                if *size == known.size && *mtime_ns == known.mtime_ns)
+                && file
+                    .metadata()
+                    .is_ok_and(|md| md.is_file() && crate::fs::scanner::local_meta(&md) == *known)
+        });
+        chunker::read_chunk(&file, off, len, (!unchanged).then_some(hash))
+    }
+
+    /// Reads and verifies a chunk from whichever local file holds it.
+    pub fn read_verified(&self, hash: &Hash) -> Option<Vec<u8>> {
+        let (p, off, len) = self.locations.find(hash, self.engine)?;
+        chunker::read_verified(&p.to_local(self.root), off, len, hash)
+    }
+}
+
+/// The folder's publishing side.
+pub(super) struct Outbound {
+    pub node: String,
+    folder: String,
+    pub topics: Topics,
+    pub keys: Keys,
+    pub publisher: Option<Publisher>,
+    /// Chunks to publish, with a set to skip duplicates.
+    push: VecDeque<Hash>,
+    pushing: HashSet<Hash>,
+    /// Flow control of chunk pushes: how far behind our receivers are.
+    pub window: PushWindow,
+    /// Whether chunk messages go out compressed (the folder's `compression`).
+    compression: Compression,
+    /// Progress still to report to each writer we receive chunks from.
+    pub reports: ProgressReports,
+    /// Chunks whose push found their file gone: new again for the next scan that
+    /// finds them (the renamed file), which pushes them after its manifest.
+    unpushed: HashSet<Hash>,
+    /// Chunks to push as deltas, with the old chunks to describe them by
+    /// ([`crate::protocol::delta::bases`]); pushed whole when asked for again.
+    delta_bases: HashMap<Hash, Vec<Hash>>,
+    /// Chunk bytes still to publish in this turn of the event loop ([`PUMP_BUDGET`]).
+    pump_budget: usize,
+    /// The budget ran out with chunks left to push: the loop turns again at once
+    /// instead of waiting for the queue to drain (it may already be empty).
+    pump_more: bool,
+}
+
+impl Outbound {
+    pub fn new(
+        node: String,
+        folder: String,
+        topics: Topics,
+        keys: Keys,
+        compression: crate::transfer::compression::Mode,
+    ) -> Self {
+        Outbound {
+            node,
+            folder,
+            topics,
+            keys,
+            publisher: None,
+            push: VecDeque::new(),
+            pushing: HashSet::new(),
+            window: Default::default(),
+            compression: Compression::new(compression),
+            reports: Default::default(),
+            unpushed: HashSet::new(),
+            delta_bases: HashMap::new(),
+            pump_budget: PUMP_BUDGET,
+            pump_more: false,
+        }
+    }
+
+    /// Starts a turn of the folder's loop: a fresh push budget. Returns whether the
+    /// last turn ran out of it (then the loop turns again at once), and whether the
+    /// loop should wait for room in the publisher's queue.
+    pub fn start_turn(&mut self) -> (bool, bool) {
+        let more = std::mem::take(&mut self.pump_more);
+        self.pump_budget = PUMP_BUDGET;
+        (more, !self.push.is_empty() && !more)
+    }
+
+    /// Whether a chunk of a file a scan found is new to receivers: no local file held
+    /// it, or its push found its file gone (it was renamed meanwhile).
+    pub fn is_fresh(&mut self, locations: &ChunkLocations, hash: &Hash) -> bool {
+        !locations.contains(hash) || self.unpushed.remove(hash)
+    }
+
+    /// Queues a chunk a peer asked for; false when it is queued already.
+    pub fn queue(&mut self, hash: Hash) -> bool {
+        let new = self.pushing.insert(hash);
+        if new {
+            self.push.push_back(hash);
+        }
+        new
+    }
+
+    pub fn request(&mut self, to: String, hashes: Vec<Hash>) {
+        debug!(folder = %self.folder, %to, chunks = hashes.len(), "requesting chunks");
+        for part in hashes.chunks(wire::MAX_REQUEST_HASHES) {
+            self.send(Message::Request {
+                to: to.clone(),
+                hashes: part.to_vec(),
+            });
+        }
+    }
+
+    /// Publishes entries in manifests in the engine's announce order; local changes
+    /// (`live`) of large files go out as patches of what receivers hold, and their
+    /// chunks that are `fresh` follow, in the same order, as deltas where they can.
+    pub fn publish_entries(
+        &mut self,
+        mut entries: Vec<(Entry, Option<Chunks>)>,
+        fresh: &mut HashSet<Hash>,
+        live: bool,
+        chunks: &LocalChunks,
+        records: &mut Records,
+    ) {
+        entries.sort_by(|(a, _), (b, _)| crate::engine::announce_order(a, b));
+        let mut push = Vec::new();
+        let mut patches = Vec::new();
+        let mut whole = Vec::new();
+        if live {
+            debug!(folder = %self.folder, entries = entries.len(), "announce");
+            // A large file's edit goes out as a patch of the chunk list its receivers
+            // hold, before the manifests; chunks are pushed in the same order as the
+            // files they belong to are announced.
+            let mut patched = Vec::new();
+            let mut plain = Vec::new();
+            for (e, old) in entries {
+                match old.as_ref().and_then(|old| FilePatch::of(&e, old)) {
+                    Some(p) => patched.push((e, p, old)),
+                    None => plain.push((e, old)),
+                }
+            }
+            let order = patched
+                .iter()
+                .map(|(e, _, old)| (e, old))
+                .chain(plain.iter().map(|(e, old)| (e, old)));
+            for (e, old) in order {
+                if let Content::File { chunks: cs, .. } = &e.content {
+                    let first = push.len();
+                    for c in cs {
+                        if fresh.remove(&c.hash) {
+                            push.push(c.hash);
+                        }
+                    }
+                    if let Some(old) = old {
+                        for (h, bases) in crate::protocol::delta::bases(old, cs) {
+                            if push[first..].contains(&h) {
+                                self.delta_bases.insert(h, bases);
+                            }
+                        }
+                    }
+                }
+            }
+            patches = patched.into_iter().map(|(_, p, _)| p).collect();
+            whole = plain.into_iter().map(|(e, _)| e).collect();
+        } else {
+            whole.extend(entries.into_iter().map(|(e, _)| e));
+        }
+        if !patches.is_empty() {
+            debug!(folder = %self.folder, files = patches.len(), "sending patches");
+        }
+        for batch in batches(patches, MANIFEST_MSG_BYTES, wire::MAX_ENTRIES) {
+            self.send(Message::Patch { patches: batch });
+        }
+        for batch in batches(whole, MANIFEST_MSG_BYTES, wire::MAX_ENTRIES) {
+            self.send(Message::Manifest {
+                live,
+                entries: batch,
+            });
+        }
+        if !push.is_empty() {
+            debug!(folder = %self.folder, chunks = push.len(), "pushing new chunks");
+        }
+        for h in push {
+            self.queue(h);
+        }
+        self.pump(chunks, records);
+    }
+
+    /// Publishes queued chunks while the outgoing queue has room and this turn's
+    /// [`PUMP_BUDGET`] lasts.
+    pub fn pump(&mut self, chunks: &LocalChunks, records: &mut Records) {
+        let Some(p) = self.publisher.clone() else {
+            return;
+        };
+        if !self.delta_bases.is_empty() {
+            // Deltas read the signatures of their bases from the index.
+            records.flush_signatures();
+        }
+        while !self.push.is_empty() && p.queued_bytes() < MAX_QUEUED_BYTES {
+            if self.pump_budget == 0 {
+                self.pump_more = true;
+                break;
+            }
+            let was_waiting = self.window.waiting();
+            if !self.window.open(Instant::now()) {
+                if !was_waiting {
+                    debug!(folder = %self.folder, behind = self.window.behind(Instant::now()), "waiting for receivers to catch up");
+                }
+                break;
+            }
+            let (msg, deltas, bytes) = self.fill_message(chunks, records);
+            if self.push.is_empty() {
+                // Chunks planned as deltas that were never pushed (gone meanwhile).
+                self.delta_bases.clear();
+            }
+            self.pump_budget = self.pump_budget.saturating_sub(bytes);
+            let last = msg
+                .last()
+                .map(|c| c.hash)
+                .or_else(|| deltas.last().map(|d| d.hash));
+            let Some(last) = last else {
+                break;
+            };
+            self.window.pushed(last, bytes as u64, Instant::now());
+            let was = self.compression.on();
+            self.compression.pushed(bytes as u64, Instant::now());
+            if self.compression.on() != was {
+                let [off, on] = self
+                    .compression
+                    .rates()
+                    .map(|r| r.map(|r| (r / 1e6).round()));
+                debug!(folder = %self.folder, compress = self.compression.on(), mb_s_without = ?off, mb_s_with = ?on, "chunk compression switched");
+            }
+            if msg.is_empty() {
+                debug!(folder = %self.folder, chunks = deltas.len(), bytes = deltas.iter().map(ChunkDelta::data_len).sum::<usize>(), "pushing chunks as deltas");
+                self.send(Message::Deltas { deltas });
+            } else {
+                self.send(Message::Chunks { chunks: msg });
+            }
+        }
+        if self.push.is_empty() {
+            self.compression.drained(Instant::now());
+        }
+    }
+
+    /// Takes queued chunks for one message: whole chunks or deltas, in queue order
+    /// (receivers start fetching files in that order, and a file whose chunks arrive
+    /// after a later file's counts as overtaken and asks for them again).
+    fn fill_message(
+        &mut self,
+        chunks: &LocalChunks,
+        records: &mut Records,
+    ) -> (Vec<ChunkData>, Vec<ChunkDelta>, usize) {
+        let mut msg = Vec::new();
+        let mut deltas = Vec::new();
+        let mut bytes = 0;
+        while bytes < CHUNK_MSG_BYTES && deltas.len() < wire::MAX_DELTAS {
+            let Some(h) = self.push.pop_front() else {
+                break;
+            };
+            self.pushing.remove(&h);
+            let Some(data) = tokio::task::block_in_place(|| chunks.read(&h)) else {
+                // Its file went before it was read (a temp file renamed into
+                // place at once): the file that holds it now pushes it.
+                debug!(folder = %self.folder, "chunk no longer available locally");
+                if self.unpushed.len() < MAX_UNPUSHED {
+                    self.unpushed.insert(h);
+                }
+                continue;
+            };
+            if let Some(sig) = Signature::of(&data) {
+                records.signatures.push((h, sig));
+            }
+            let bases = self.delta_bases.remove(&h);
+            let delta = bases.clone().and_then(|b| delta(records, h, &data, b));
+            let switches = if delta.is_some() {
+                !msg.is_empty()
+            } else {
+                !deltas.is_empty()
+            };
+            if switches {
+                // The other kind: it starts the next message.
+                self.push.push_front(h);
+                self.pushing.insert(h);
+                if let Some(b) = bases {
+                    self.delta_bases.insert(h, b);
+                }
+                break;
+            }
+            match delta {
+                Some(d) => {
+                    bytes += delta_cost(&d) as usize;
+                    deltas.push(d);
+                }
+                None => {
+                    bytes += data.len();
+                    msg.push(ChunkData { hash: h, data });
+                }
+            }
+        }
+        (msg, deltas, bytes)
+    }
+
+    pub fn send(&mut self, msg: Message) {
+        let Some(p) = &self.publisher else { return };
+        let topic = self.topics.data(&self.node);
+        let env = Envelope {
+            from: self.node.clone(),
+            msg,
+        };
+        let kind = match &env.msg {
+            Message::Manifest { .. } => "manifest",
+            Message::Chunks { .. } => "chunks",
+            Message::Digest { .. } => "digest",
+            Message::Request { .. } => "request",
+            Message::Progress { .. } => "progress",
+            Message::Deltas { .. } => "deltas",
+            Message::Patch { .. } => "patch",
+        };
+        // Chunk data is compressed as the folder's setting (or its measurement)
+        // says; everything else always is (small, and compresses well).
+        let compress = match &env.msg {
+            Message::Chunks { .. } | Message::Deltas { .. } => self.compression.on(),
+            _ => true,
+        };
+        match wire::encode_with(&env, &topic, &self.keys, compress) {
+            Ok(bytes) => {
+                let folder = self.folder.clone();
+                metrics::counter!("mqsync_messages_sent_total", "folder" => folder.clone(), "kind" => kind).increment(1);
+                metrics::counter!("mqsync_bytes_sent_total", "folder" => folder)
+                    .increment(bytes.len() as u64);
+                p.publish(topic, bytes, false)
+            }
+            Err(e) => error!(folder = %self.folder, "cannot encode message: {e}"),
+        }
+    }
+
+    /// Drops the capacity the queues grew to in a busy period.
+    pub fn shrink_buffers(&mut self) {
+        self.push.shrink_to_fit();
+        self.pushing.shrink_to_fit();
+        self.unpushed = HashSet::new();
+    }
+}
+
+/// Chunk `hash` (read as `data`) as a delta of the old chunks `bases`, when their
+/// signatures are at hand and the delta carries less than 7/8 of the chunk.
+fn delta(records: &Records, hash: Hash, data: &[u8], bases: Vec<Hash>) -> Option<ChunkDelta> {
+    let (bases, sigs): (Vec<Hash>, Vec<Signature>) = tokio::task::block_in_place(|| {
+        bases
+            .into_iter()
+            .filter_map(|b| Some((b, records.signature(&b)?)))
+            .unzip()
+    });
+    if sigs.is_empty() {
+        return None;
+    }
+    let ops = crate::protocol::delta::diff(data, &sigs.iter().collect::<Vec<_>>());
+    let d = ChunkDelta {
+        hash,
+        len: data.len() as u32,
+        bases,
+        ops,
+    };
+    (d.data_len() < data.len() / 8 * 7).then_some(d)
+}
+
+/// What a delta counts for in push budgets and flow control: its new bytes, and at
+/// least an eighth of its chunk (a receiver reads its bases, and a message of deltas
+/// that carry almost nothing must still end).
+pub(super) fn delta_cost(d: &ChunkDelta) -> u64 {
+    d.data_len().max(d.len as usize / 8) as u64
+}
+
+/// Splits `items` into message batches of about `max_bytes` encoded and at most
+/// `max_items` each, in order.
+fn batches<T: serde::Serialize>(items: Vec<T>, max_bytes: usize, max_items: usize) -> Vec<Vec<T>> {
+    let mut out = vec![];
+    let mut batch = Vec::new();
+    let mut size = 0;
+    for item in items {
+        let len = postcard::experimental::serialized_size(&item).unwrap_or(256);
+        if !batch.is_empty() && (size + len > max_bytes || batch.len() >= max_items) {
+            out.push(std::mem::take(&mut batch));
+            size = 0;
+        }
+        size += len;
+        batch.push(item);
+    }
+    if !batch.is_empty() {
+        out.push(batch);
+    }
+    out
+}
