@@ -11,7 +11,7 @@ use super::{FolderSettings, NodeError, NodeSettings, index_path, now_ms};
 use crate::engine::{Chunks, Effect, Engine, Entry, Hash};
 use crate::fs::applier::Applier;
 use crate::fs::locations::ChunkLocations;
-use crate::fs::scanner::{Ignore, MARKER};
+use crate::fs::scanner::Ignore;
 use crate::fs::watcher::{self, FsEvent};
 use crate::ops::status::{State, Topics};
 use crate::protocol::relpath::RelPath;
@@ -26,8 +26,6 @@ use tracing::{debug, error, info, warn};
 const FETCH_STALL: Duration = Duration::from_secs(3);
 /// Network events taken in one loop turn before staged files are committed.
 const MAX_BATCH_EVENTS: usize = 256;
-/// Fewest stored changes after which the per-file maps are rebuilt when idle.
-const COMPACT_MIN_CHANGES: usize = 10_000;
 /// Least time between two resyncs of a folder (the cmd topic needs no key).
 const RESYNC_MIN_INTERVAL: Duration = Duration::from_secs(10);
 /// How often a paused folder looks for its root and marker again.
@@ -156,50 +154,6 @@ impl Folder {
         folder.drop_stale_signatures();
         debug!(folder = %f.id, ms = started.elapsed().as_millis() as u64, "folder state built");
         Ok(folder)
-    }
-
-    /// Checks the folder root and its marker. A folder that has synced before but whose
-    /// root or marker is gone is paused: it may be an unmounted volume, and mirroring it
-    /// would delete everything everywhere.
-    pub(super) fn check_root(&mut self) -> bool {
-        let root = &self.cfg.path;
-        let marker = root.join(MARKER);
-        let has_history = self.engine.entries().next().is_some();
-        let problem = if !root.is_dir() {
-            if has_history {
-                Some(format!(
-                    "folder root {} is missing (unmounted volume?); paused",
-                    root.display()
-                ))
-            } else {
-                std::fs::create_dir_all(root)
-                    .err()
-                    .map(|e| format!("cannot create folder root {}: {e}", root.display()))
-            }
-        } else {
-            None
-        };
-        let problem = problem.or_else(|| {
-            if marker.exists() {
-                None
-            } else if has_history {
-                Some(format!(
-                    "marker {} is missing (unmounted or replaced volume?); paused. Recreate it to resume.",
-                    marker.display()
-                ))
-            } else {
-                std::fs::write(&marker, b"")
-                    .err()
-                    .map(|e| format!("cannot create marker {}: {e}", marker.display()))
-            }
-        });
-        if let Some(p) = &problem
-            && self.health.paused.as_ref() != Some(p)
-        {
-            error!(folder = %self.cfg.id, "{p}");
-        }
-        self.health.paused = problem;
-        self.health.paused.is_none()
     }
 
     pub async fn run(
@@ -601,52 +555,6 @@ impl Folder {
         self.health.shrink_buffers();
         self.engine.shrink_buffers();
         self.compact();
-    }
-
-    /// Where each chunk of the files on disk is, from the confirmed entries (borrowed,
-    /// not cloned: a copy of every entry here was once the peak of a start).
-    fn rebuild_locations(&mut self) {
-        let known = &self.local.known;
-        self.locations = ChunkLocations::build(
-            self.engine
-                .entries()
-                .filter(|e| known.contains_key(&e.path))
-                .map(|e| (&e.path, &e.content)),
-        );
-    }
-
-    /// Forgets the signatures of chunks no local file holds any more.
-    fn drop_stale_signatures(&mut self) {
-        let locations = &self.locations;
-        match self
-            .records
-            .index
-            .retain_signatures(|h| locations.contains(h))
-        {
-            Ok(0) => {}
-            Ok(n) => {
-                debug!(folder = %self.cfg.id, dropped = n, "chunk signatures of chunks no file holds")
-            }
-            Err(e) => warn!(folder = %self.cfg.id, "pruning chunk signatures failed: {e}"),
-        }
-    }
-
-    /// After many changes, rebuilds the per-file maps from their sorted contents. Filled
-    /// one insert at a time (a first scan, a large sync), their B-tree nodes are about
-    /// half empty; a start from the index builds them full. Rebuilding a million entries
-    /// takes a fraction of a second, so it waits for a change of an eighth of the folder.
-    fn compact(&mut self) {
-        let files = self.local.known.len().max(self.engine.present().0 as usize);
-        if self.records.stored_since_compact < COMPACT_MIN_CHANGES.max(files / 8) {
-            return;
-        }
-        let started = Instant::now();
-        self.records.stored_since_compact = 0;
-        self.engine.compact();
-        self.local.compact();
-        self.rebuild_locations();
-        self.drop_stale_signatures();
-        debug!(folder = %self.cfg.id, files, ms = started.elapsed().as_millis() as u64, "maps compacted");
     }
 }
 

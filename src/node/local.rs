@@ -7,14 +7,14 @@ use super::now_ms;
 use crate::engine::{Content, DeleteGuard, Engine, Hash};
 use crate::fs::applier::Applier;
 use crate::fs::casefold::CaseFolds;
-use crate::fs::scanner::{Ignore, Observed, ScanResult, Scanner};
+use crate::fs::scanner::{Ignore, MARKER, Observed, ScanResult, Scanner};
 use crate::fs::watcher::FsEvent;
 use crate::protocol::relpath::RelPath;
 use crate::store::index::LocalMeta;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 /// When a new directory is scanned again, after the watcher surely covers it.
 const RECHECK_AFTER: [Duration; 2] = [Duration::from_millis(250), Duration::from_secs(2)];
@@ -252,6 +252,50 @@ impl Local {
 }
 
 impl Folder {
+    /// Checks the folder root and its marker. A folder that has synced before but whose
+    /// root or marker is gone is paused: it may be an unmounted volume, and mirroring it
+    /// would delete everything everywhere.
+    pub(super) fn check_root(&mut self) -> bool {
+        let root = &self.cfg.path;
+        let marker = root.join(MARKER);
+        let has_history = self.engine.entries().next().is_some();
+        let problem = if !root.is_dir() {
+            if has_history {
+                Some(format!(
+                    "folder root {} is missing (unmounted volume?); paused",
+                    root.display()
+                ))
+            } else {
+                std::fs::create_dir_all(root)
+                    .err()
+                    .map(|e| format!("cannot create folder root {}: {e}", root.display()))
+            }
+        } else {
+            None
+        };
+        let problem = problem.or_else(|| {
+            if marker.exists() {
+                None
+            } else if has_history {
+                Some(format!(
+                    "marker {} is missing (unmounted or replaced volume?); paused. Recreate it to resume.",
+                    marker.display()
+                ))
+            } else {
+                std::fs::write(&marker, b"")
+                    .err()
+                    .map(|e| format!("cannot create marker {}: {e}", marker.display()))
+            }
+        });
+        if let Some(p) = &problem
+            && self.health.paused.as_ref() != Some(p)
+        {
+            error!(folder = %self.cfg.id, "{p}");
+        }
+        self.health.paused = problem;
+        self.health.paused.is_none()
+    }
+
     /// Scans the whole tree.
     pub(super) fn full_scan(&mut self, remove_temps: bool) {
         if self.check_root() {

@@ -1,20 +1,24 @@
 //! The folder's writes to its index: confirmed entries (with what the disk held), the
 //! tombstones forgotten, and chunk signatures, written in batches. A failed write (a
 //! full or read-only state directory) keeps its records and is tried again each second.
+//! Also the in-memory maps built from the index (chunk locations) and their compaction.
 
+use super::folder::Folder;
 use crate::engine::Hash;
 use crate::fs::locations::ChunkLocations;
 use crate::protocol::delta::Signature;
 use crate::protocol::relpath::RelPath;
 use crate::store::index::{Index, IndexError, Record};
 use std::time::{Duration, Instant};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 /// Chunk signatures collected before they are written on their own (about 256 MiB
 /// of chunks).
 const SIGNATURE_BATCH: usize = 1024;
 /// How often a failed index write (a full state directory) is tried again.
 const INDEX_RETRY: Duration = Duration::from_secs(1);
+/// Fewest stored changes after which the per-file maps are rebuilt when idle.
+const COMPACT_MIN_CHANGES: usize = 10_000;
 
 pub(super) struct Records {
     folder: String,
@@ -124,5 +128,53 @@ impl Records {
                 .increment(1);
         }
         self.failed = Some((msg, Instant::now()));
+    }
+}
+
+impl Folder {
+    /// Where each chunk of the files on disk is, from the confirmed entries (borrowed,
+    /// not cloned: a copy of every entry here was once the peak of a start).
+    pub(super) fn rebuild_locations(&mut self) {
+        let known = &self.local.known;
+        self.locations = ChunkLocations::build(
+            self.engine
+                .entries()
+                .filter(|e| known.contains_key(&e.path))
+                .map(|e| (&e.path, &e.content)),
+        );
+    }
+
+    /// Forgets the signatures of chunks no local file holds any more.
+    pub(super) fn drop_stale_signatures(&mut self) {
+        let locations = &self.locations;
+        match self
+            .records
+            .index
+            .retain_signatures(|h| locations.contains(h))
+        {
+            Ok(0) => {}
+            Ok(n) => {
+                debug!(folder = %self.cfg.id, dropped = n, "chunk signatures of chunks no file holds")
+            }
+            Err(e) => warn!(folder = %self.cfg.id, "pruning chunk signatures failed: {e}"),
+        }
+    }
+
+    /// After many changes, rebuilds the per-file maps from their sorted contents. Filled
+    /// one insert at a time (a first scan, a large sync), their B-tree nodes are about
+    /// half empty; a start from the index builds them full. Rebuilding a million entries
+    /// takes a fraction of a second, so it waits for a change of an eighth of the folder.
+    pub(super) fn compact(&mut self) {
+        let files = self.local.known.len().max(self.engine.present().0 as usize);
+        if self.records.stored_since_compact < COMPACT_MIN_CHANGES.max(files / 8) {
+            return;
+        }
+        let started = Instant::now();
+        self.records.stored_since_compact = 0;
+        self.engine.compact();
+        self.local.compact();
+        self.rebuild_locations();
+        self.drop_stale_signatures();
+        debug!(folder = %self.cfg.id, files, ms = started.elapsed().as_millis() as u64, "maps compacted");
     }
 }
