@@ -1029,7 +1029,7 @@ impl Folder {
             read.entry(*b).or_insert_with(|| {
                 tokio::task::block_in_place(|| {
                     let (p, off, len) = self.locations.find(b, &self.engine)?;
-                    chunker::read_verified(&p.to_local(&self.cfg.path), off, len, b)
+                    crate::fs::chunks::read_verified(&p.to_local(&self.cfg.path), off, len, b)
                 })
             });
         }
@@ -1455,7 +1455,7 @@ impl Folder {
                     .metadata()
                     .is_ok_and(|md| md.is_file() && crate::fs::scanner::local_meta(&md) == *known)
         });
-        chunker::read_chunk(&file, off, len, (!unchanged).then_some(hash))
+        crate::fs::chunks::read_chunk(&file, off, len, (!unchanged).then_some(hash))
     }
 
     /// Carries out the engine's effects until it has nothing more to say.
@@ -1658,7 +1658,7 @@ impl Folder {
             let root = &self.cfg.path;
             let local = |h: &Hash| {
                 let (p, off, len) = locations.find(h, engine)?;
-                chunker::read_verified(&p.to_local(root), off, len, h)
+                crate::fs::chunks::read_verified(&p.to_local(root), off, len, h)
             };
             self.applier
                 .start(entry, conflict_copy, expected, &source, &local)
