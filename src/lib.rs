@@ -4,8 +4,9 @@
 //! # Layout
 //!
 //! - [`engine`]: the pure sync logic (versions, conflicts, digests); no I/O, no clock.
-//! - [`protocol`]: messages, codec, MAC keys, chunking and deltas.
-//! - [`fs`]: the folder on disk: watch, scan, apply, chunk locations, case folding.
+//! - [`protocol`]: messages, codec, MAC keys, chunking of bytes and deltas; no file I/O.
+//! - [`fs`]: the folder on disk: watch, scan, apply, chunking files and reading chunks
+//!   back, chunk locations, case folding.
 //! - [`store`]: the redb index.
 //! - [`transfer`]: flow control and compression of chunk data.
 //! - [`transport`]: the MQTT client connections and TLS.

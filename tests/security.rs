@@ -800,7 +800,7 @@ fn patches_and_deltas_apply_only_against_what_a_node_holds() {
     fs::rename(c.path("p.tmp"), c.folder(0).join("p.bin")).unwrap();
     assert!(wait_until(T, || fs::read(c.folder(1).join("p.bin"))
         .is_ok_and(|d| d == old)));
-    let (chunks, _) = mqsync::protocol::chunker::chunk_path(&c.folder(1).join("p.bin")).unwrap();
+    let (chunks, _) = mqsync::fs::chunks::chunk_path(&c.folder(1).join("p.bin")).unwrap();
     assert!(chunks.len() >= 3, "{} chunks", chunks.len());
     let last = *chunks.last().unwrap();
     let last_at = old.len() - last.len as usize;
@@ -896,8 +896,7 @@ fn patches_and_deltas_apply_only_against_what_a_node_holds() {
         hash: [9; 32],
         len: last.len,
     };
-    let (new_chunks, _) =
-        mqsync::protocol::chunker::chunk_path(&c.folder(1).join("p.bin")).unwrap();
+    let (new_chunks, _) = mqsync::fs::chunks::chunk_path(&c.folder(1).join("p.bin")).unwrap();
     n3.publish_acked(&[
         sign(Message::Patch {
             patches: vec![patch(wire::chunk_list_id(&new_chunks), version(3), third)],

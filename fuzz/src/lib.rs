@@ -1,7 +1,7 @@
 //! Shared pieces of the mqsync fuzz targets and of the corpus generator
 //! (`examples/gen_corpus.rs`): the fixed key and topic, and a signer that builds a
 //! correctly authenticated message around any body, following the layout in
-//! docs/PROTOCOL.md (`wire.rs` keeps its MAC helper private).
+//! docs/PROTOCOL.md (`wire/keys.rs` keeps its MAC helper private).
 
 use mqsync::protocol::wire::{HEADER_LEN, Keys, MAGIC};
 

@@ -4,7 +4,7 @@
 //! except removing stale temp files of interrupted applies.
 
 use crate::engine::Content;
-use crate::protocol::chunker;
+use crate::fs::chunks::chunk_file;
 use crate::protocol::relpath::RelPath;
 use crate::store::index::LocalMeta;
 use globset::{Glob, GlobSet, GlobSetBuilder};
@@ -353,7 +353,7 @@ impl Scanner<'_> {
         before: &Metadata,
     ) -> io::Result<Option<(crate::engine::Chunks, u64)>> {
         let f = fs::File::open(full)?;
-        let (chunks, size) = chunker::chunk_file(&f)?;
+        let (chunks, size) = chunk_file(&f)?;
         let after = f.metadata()?;
         let same = size == before.len()
             && after.len() == before.len()

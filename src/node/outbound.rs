@@ -6,7 +6,6 @@ use super::records::Records;
 use crate::engine::{Chunks, Content, Engine, Entry, Hash};
 use crate::fs::locations::ChunkLocations;
 use crate::ops::status::Topics;
-use crate::protocol::chunker;
 use crate::protocol::delta::{ChunkDelta, Signature};
 use crate::protocol::relpath::RelPath;
 use crate::protocol::wire::{self, ChunkData, Envelope, FilePatch, Keys, Message};
@@ -75,13 +74,13 @@ impl<'a> LocalChunks<'a> {
                     .metadata()
                     .is_ok_and(|md| md.is_file() && crate::fs::scanner::local_meta(&md) == *known)
         });
-        chunker::read_chunk(&file, off, len, (!unchanged).then_some(hash))
+        crate::fs::chunks::read_chunk(&file, off, len, (!unchanged).then_some(hash))
     }
 
     /// Reads and verifies a chunk from whichever local file holds it.
     pub fn read_verified(&self, hash: &Hash) -> Option<Vec<u8>> {
         let (p, off, len) = self.locations.find(hash, self.engine)?;
-        chunker::read_verified(&p.to_local(self.root), off, len, hash)
+        crate::fs::chunks::read_verified(&p.to_local(self.root), off, len, hash)
     }
 }
 

@@ -2,13 +2,10 @@
 //! every chunk boundary, so they are part of the wire protocol: changing them makes
 //! every node see every file as new. An insert or edit in the middle of a large file
 //! changes only the chunks around it, which is what makes deltas and renames cheap.
+//! Only bytes in memory here: reading files to chunk them is `crate::fs::chunks`'s job.
 
 use crate::engine::{ChunkRef, Chunks, Hash};
 use fastcdc::v2020::{FastCDC, Normalization};
-use std::fs::File;
-use std::io::{self, Read};
-use std::os::unix::fs::FileExt;
-use std::path::Path;
 
 pub const MIN_CHUNK: u32 = 64 * 1024;
 pub const AVG_CHUNK: u32 = 256 * 1024;
@@ -18,88 +15,33 @@ pub fn hash(data: &[u8]) -> Hash {
     *blake3::hash(data).as_bytes()
 }
 
-/// Bytes read from a file at a time. Several chunks are cut and hashed in place from
-/// one block; only the tail that may still grow into a chunk is moved to the front.
-const BLOCK: usize = 4 << 20;
-
-thread_local! {
-    /// One read buffer per scanning thread: allocating a block per file would make
-    /// a tree of small files pay for a fresh mapping each time.
-    static BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// Chunks and hashes an open file from its start. Returns the chunks and total size.
+/// Cuts and hashes the chunks that `buf` (bytes from a chunk boundary on) already
+/// decides, appends them to `chunks` and returns how many bytes of `buf` they cover.
 ///
-/// The cut points are exactly those of fastcdc's `StreamCDC` with the same
-/// parameters (which the wire protocol depends on): a cut is only searched once the
-/// block holds at least `MAX_CHUNK` bytes past the chunk start, or the rest of the file.
-pub fn chunk_file(file: &File) -> io::Result<(Chunks, u64)> {
-    BUFFER.with(|b| {
-        let mut buf = b.borrow_mut();
-        if buf.len() < BLOCK {
-            buf.resize(BLOCK, 0);
-        }
-        chunk_reader(file, &mut buf)
-    })
-}
-
-fn chunk_reader(mut file: impl Read, buf: &mut [u8]) -> io::Result<(Chunks, u64)> {
-    let mut chunks = Chunks::new();
-    let mut size = 0u64;
-    let mut len = 0;
-    let mut eof = false;
-    loop {
-        while !eof && len < buf.len() {
-            match file.read(&mut buf[len..]) {
-                Ok(0) => eof = true,
-                Ok(n) => len += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        let cdc = FastCDC::with_level(
-            &buf[..len],
-            MIN_CHUNK as usize,
-            AVG_CHUNK as usize,
-            MAX_CHUNK as usize,
-            Normalization::Level1,
-        );
-        let mut start = 0;
-        while start < len && (eof || len - start >= MAX_CHUNK as usize) {
-            let (_, end) = cdc.cut(start, len - start);
-            chunks.push(ChunkRef {
-                hash: hash(&buf[start..end]),
-                len: (end - start) as u32,
-            });
-            size += (end - start) as u64;
-            start = end;
-        }
-        buf.copy_within(start..len, 0);
-        len -= start;
-        if eof && len == 0 {
-            // Kept for as long as the file is indexed: no spare capacity, and one chunk
-            // moves back inline.
-            chunks.shrink_to_fit();
-            return Ok((chunks, size));
-        }
+/// The cut points are exactly those of fastcdc's `StreamCDC` with the same parameters
+/// (which the wire protocol depends on): a cut is only searched while `buf` holds at
+/// least `MAX_CHUNK` bytes past the chunk start, unless `last` says that `buf` is the
+/// rest of the data, which is then cut to its end. A caller reading a stream keeps the
+/// uncovered tail, appends more bytes to it and calls again.
+pub fn cut(buf: &[u8], last: bool, chunks: &mut Chunks) -> usize {
+    let len = buf.len();
+    let cdc = FastCDC::with_level(
+        buf,
+        MIN_CHUNK as usize,
+        AVG_CHUNK as usize,
+        MAX_CHUNK as usize,
+        Normalization::Level1,
+    );
+    let mut start = 0;
+    while start < len && (last || len - start >= MAX_CHUNK as usize) {
+        let (_, end) = cdc.cut(start, len - start);
+        chunks.push(ChunkRef {
+            hash: hash(&buf[start..end]),
+            len: (end - start) as u32,
+        });
+        start = end;
     }
-}
-
-pub fn chunk_path(path: &Path) -> io::Result<(Chunks, u64)> {
-    chunk_file(&File::open(path)?)
-}
-
-/// Reads `len` bytes at `offset` and returns them only if they hash to `want`
-/// (a local file may have changed since it was indexed).
-pub fn read_verified(path: &Path, offset: u64, len: u32, want: &Hash) -> Option<Vec<u8>> {
-    read_chunk(&File::open(path).ok()?, offset, len, Some(want))
-}
-
-/// Reads `len` bytes at `offset` of an open file; with `verify`, only if they hash to it.
-pub fn read_chunk(f: &File, offset: u64, len: u32, verify: Option<&Hash>) -> Option<Vec<u8>> {
-    let mut buf = vec![0u8; len as usize];
-    f.read_exact_at(&mut buf, offset).ok()?;
-    verify.is_none_or(|want| hash(&buf) == *want).then_some(buf)
+    start
 }
 
 /// Byte offset of each chunk in file order.
@@ -111,122 +53,55 @@ pub fn offsets(chunks: &[ChunkRef]) -> impl Iterator<Item = (u64, &ChunkRef)> {
     })
 }
 
+/// Sizes around the chunking bounds, where off-by-one errors live; for every chunking
+/// test.
+#[cfg(test)]
+pub(crate) const SIZES: &[usize] = &[
+    0, 1, 65_535, 65_536, 65_537, 262_144, 1_048_575, 1_048_576, 1_048_577, 3_000_001,
+];
+
+/// Asserts that every chunk is within the bounds: at most `MAX_CHUNK`, and at least
+/// `MIN_CHUNK` but for the last.
+#[cfg(test)]
+pub(crate) fn assert_within_bounds(chunks: &[ChunkRef]) {
+    for (i, c) in chunks.iter().enumerate() {
+        assert!(c.len <= MAX_CHUNK);
+        if i + 1 < chunks.len() {
+            assert!(c.len >= MIN_CHUNK);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
-    use std::io::Write;
-
-    fn write_tmp(data: &[u8]) -> tempfile::NamedTempFile {
-        let mut f = tempfile::NamedTempFile::new().unwrap();
-        f.write_all(data).unwrap();
-        f
-    }
-
-    /// Sizes around the chunking bounds, where off-by-one errors live.
-    const SIZES: &[usize] = &[
-        0, 1, 65_535, 65_536, 65_537, 262_144, 1_048_575, 1_048_576, 1_048_577, 3_000_001,
-    ];
 
     #[test]
-    fn chunks_cover_the_file_within_bounds() {
+    fn the_last_cut_covers_the_data_within_bounds() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         for &n in SIZES {
             let mut data = vec![0u8; n];
             rng.fill(&mut data[..]);
-            let f = write_tmp(&data);
-            let (chunks, size) = chunk_path(f.path()).unwrap();
-            assert_eq!(size as usize, n);
-            assert_eq!(chunks.iter().map(|c| c.len as usize).sum::<usize>(), n);
-            for (i, (off, c)) in offsets(&chunks).enumerate() {
-                assert!(c.len <= MAX_CHUNK);
-                if i + 1 < chunks.len() {
-                    assert!(c.len >= MIN_CHUNK);
-                }
-                let got = read_verified(f.path(), off, c.len, &c.hash).unwrap();
-                assert_eq!(&got[..], &data[off as usize..off as usize + c.len as usize]);
+            let mut chunks = Chunks::new();
+            assert_eq!(cut(&data, true, &mut chunks), n);
+            assert_within_bounds(&chunks);
+            for (off, c) in offsets(&chunks) {
+                assert_eq!(hash(&data[off as usize..][..c.len as usize]), c.hash);
             }
         }
     }
 
     #[test]
-    fn reads_check_the_hash_only_when_asked() {
-        let f = write_tmp(b"0123456789");
-        let file = File::open(f.path()).unwrap();
-        let right = hash(b"2345");
-        assert_eq!(
-            read_chunk(&file, 2, 4, Some(&right)).as_deref(),
-            Some(&b"2345"[..])
-        );
-        assert_eq!(read_chunk(&file, 3, 4, Some(&right)), None);
-        assert_eq!(read_chunk(&file, 3, 4, None).as_deref(), Some(&b"3456"[..]));
-        // Past the end is never a chunk.
-        assert_eq!(read_chunk(&file, 8, 4, None), None);
-    }
-
-    /// The cut points and hashes are those of fastcdc's `StreamCDC`, which earlier
-    /// versions used: a difference would make every node see every file as changed.
-    #[test]
-    fn chunks_match_fastcdc_stream_chunking() {
-        use fastcdc::v2020::StreamCDC;
-        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
-        let mut sizes = SIZES.to_vec();
-        sizes.extend([BLOCK - 1, BLOCK, BLOCK + 1, 3 * BLOCK + 12_345, 9_000_000]);
-        for n in sizes {
-            // Half random, half repetitive text: both kinds of cut decisions.
-            let mut data = vec![0u8; n];
-            rng.fill(&mut data[..n / 2]);
-            for (i, b) in data[n / 2..].iter_mut().enumerate() {
-                *b = b"the quick brown fox jumps over the lazy dog "[i % 44];
-            }
-            let want: Vec<ChunkRef> = StreamCDC::with_level(
-                &data[..],
-                MIN_CHUNK as usize,
-                AVG_CHUNK as usize,
-                MAX_CHUNK as usize,
-                Normalization::Level1,
-            )
-            .map(|c| {
-                let c = c.unwrap();
-                ChunkRef {
-                    hash: hash(&c.data),
-                    len: c.length as u32,
-                }
-            })
-            .collect();
-            let (got, size) = chunk_path(write_tmp(&data).path()).unwrap();
-            assert_eq!(size as usize, n);
-            assert_eq!(got.to_vec(), want, "{n} bytes");
-            // A reader that returns a few bytes at a time cuts the same way.
-            let mut small = vec![0u8; BLOCK];
-            let (got, _) = chunk_reader(Trickle(&data[..]), &mut small).unwrap();
-            assert_eq!(got.to_vec(), want, "{n} bytes, read in small pieces");
-        }
-    }
-
-    /// Returns at most 1,000 bytes per read.
-    struct Trickle<'a>(&'a [u8]);
-
-    impl Read for Trickle<'_> {
-        fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-            let n = out.len().min(self.0.len()).min(1_000);
-            out[..n].copy_from_slice(&self.0[..n]);
-            self.0 = &self.0[n..];
-            Ok(n)
-        }
-    }
-
-    #[test]
-    fn an_edit_in_the_middle_changes_few_chunks() {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
-        let mut data = vec![0u8; 8 << 20];
+    fn a_cut_before_the_end_keeps_a_tail_that_may_grow() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(8);
+        let mut data = vec![0u8; 3 * MAX_CHUNK as usize];
         rng.fill(&mut data[..]);
-        let (a, _) = chunk_path(write_tmp(&data).path()).unwrap();
-        for b in &mut data[4 << 20..(4 << 20) + 100_000] {
-            *b = b.wrapping_add(1);
-        }
-        let (b, _) = chunk_path(write_tmp(&data).path()).unwrap();
-        let changed = b.iter().filter(|c| !a.contains(c)).count();
-        assert!(changed <= 3, "{changed} chunks changed");
+        let mut chunks = Chunks::new();
+        let done = cut(&data, false, &mut chunks);
+        assert!(data.len() - done < MAX_CHUNK as usize);
+        assert_eq!(chunks.iter().map(|c| c.len as usize).sum::<usize>(), done);
+        // Too little for a cut that more bytes could still move.
+        assert_eq!(cut(&data[..MAX_CHUNK as usize - 1], false, &mut chunks), 0);
     }
 }

@@ -1,6 +1,8 @@
 use super::*;
 use crate::engine::ChunkRef;
 use crate::fs::scanner::local_meta;
+use crate::protocol::chunker;
+use std::fs::File;
 use std::os::unix::fs::symlink;
 
 fn entry(path: &str, content: Content) -> Entry {
