@@ -1,5 +1,6 @@
 //! mqsync: a multi-master folder synchronizer that uses an MQTT-over-TLS broker as its
-//! only transport. The binary (`src/main.rs`) is a thin shell over this library.
+//! only transport. The binary (`src/main.rs`) only parses the command line and
+//! dispatches to [`cli`]; everything else is this library.
 //!
 //! # Layout
 //!
@@ -13,7 +14,8 @@
 //! - [`node`]: the per-folder driver that connects the parts above.
 //! - [`ops`]: status, control commands, metrics, hooks.
 //! - [`config`], [`daemon`] (the composition root), [`volumes`] (the Docker volume
-//!   plugin), [`cli`] (demo, progress), [`sys`] (process limits).
+//!   plugin), [`cli`] (the commands: clap arguments, one module per command, the demo
+//!   and progress bars), [`sys`] (process limits).
 //!
 //! Arrows point from the driver outwards: `node` uses `engine`, `protocol`, `fs`,
 //! `store`, `transfer`, `transport` and `ops`; `engine` uses nothing but `protocol`'s
