@@ -5,7 +5,7 @@
 //! # Layout
 //!
 //! - [`engine`]: the pure sync logic (versions, conflicts, digests); no I/O, no clock.
-//! - [`protocol`]: messages, codec, MAC keys, chunking and deltas.
+//! - [`protocol`]: messages, codec, MAC keys, chunking, deltas and topic names.
 //! - [`fs`]: the folder on disk: watch, scan, apply, chunk locations, case folding.
 //! - [`store`]: the redb index.
 //! - [`transfer`]: flow control and compression of chunk data.

@@ -3,6 +3,7 @@
 
 use super::args::ResyncArgs;
 use super::{folder_ids, init_logging, load_config};
+use crate::protocol::topics::Topics;
 use anyhow::Result;
 use std::collections::HashMap;
 use tokio::runtime::Runtime;
@@ -14,7 +15,7 @@ pub fn resync(rt: &Runtime, log: &str, a: ResyncArgs) -> Result<()> {
     let connect = crate::daemon::connect_settings(&cfg)?;
     let topics: Vec<String> = folders
         .iter()
-        .map(|f| format!("{}/{f}/cmd", cfg.broker.topic_prefix))
+        .map(|f| Topics::new(&cfg.broker.topic_prefix, f).cmd())
         .collect();
     let node = a.node;
     let payload = crate::ops::control::resync_command(&node);
