@@ -23,6 +23,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
+mod from_config;
+pub use from_config::folder_settings;
+
 /// Chunk bytes per Chunks message before another message is started.
 const CHUNK_MSG_BYTES: usize = 1 << 20;
 /// Serialized entry bytes per manifest message.

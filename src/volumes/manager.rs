@@ -372,11 +372,7 @@ impl Manager {
             compression: Default::default(),
         };
         let (stop, stopped) = watch::channel(false);
-        match node::spawn_folder(
-            &self.s.node,
-            &crate::daemon::folder_settings(&folder),
-            stopped,
-        ) {
+        match node::spawn_folder(&self.s.node, &node::folder_settings(&folder), stopped) {
             Ok(task) => {
                 self.failed.remove(&a.name);
                 self.running.insert(
