@@ -4,8 +4,8 @@
 
 use crate::broker::certs;
 use crate::broker::{self, BrokerHandle, BrokerSettings};
-use crate::config::{Config, FolderConfig};
-use crate::node::{self, FolderSettings, NodeSettings};
+use crate::config::Config;
+use crate::node::{self, NodeSettings};
 use crate::protocol::wire::Keys;
 use crate::transport::ConnectSettings;
 use std::path::{Path, PathBuf};
@@ -160,7 +160,7 @@ pub fn prepare(cfg: &Config) -> Result<(NodeSettings, Option<BrokerHandle>), Dae
         }
     };
     let (connect, keys) = client(cfg)?;
-    let folders = cfg.folders.iter().map(folder_settings).collect();
+    let folders = cfg.folders.iter().map(node::folder_settings).collect();
     let settings = NodeSettings {
         node_id: cfg.node_id.clone(),
         state_dir: cfg.state_dir.clone(),
@@ -170,24 +170,6 @@ pub fn prepare(cfg: &Config) -> Result<(NodeSettings, Option<BrokerHandle>), Dae
         folders,
     };
     Ok((settings, handle))
-}
-
-/// What a node runs for one configured folder (or Docker volume).
-pub fn folder_settings(f: &FolderConfig) -> FolderSettings {
-    FolderSettings {
-        id: f.id.clone(),
-        path: f.path.clone(),
-        mode: f.mode,
-        ignore: f.ignore.clone(),
-        debounce: Duration::from_millis(f.debounce_ms),
-        rescan_interval: Duration::from_secs(3600),
-        digest_interval: Duration::from_secs(30),
-        status_interval: Duration::from_secs(10),
-        max_delete_percent: f.max_delete_percent,
-        tombstone_ttl: Some(Duration::from_secs(f.tombstone_days * 86_400)),
-        on_change: f.on_change.clone(),
-        compression: f.compression,
-    }
 }
 
 /// Runs the daemon until `shutdown` turns true.

@@ -4,6 +4,8 @@
 //! rumqttd, which has no ACLs, this reads just enough of the client's MQTT 3.1.1 byte
 //! stream to find each PUBLISH topic and the CONNECT will topic.
 
+use crate::protocol::topics::{self, Kind};
+
 /// Largest CONNECT packet accepted (client id, will topic and will message included):
 /// mqsync's own are well under 1 KiB.
 pub const MAX_CONNECT_BYTES: usize = 64 * 1024;
@@ -34,23 +36,19 @@ pub enum Identity<'a> {
 
 /// May a client with `identity` publish to `topic`?
 pub fn may_publish(identity: Identity<'_>, topic: &str) -> bool {
-    let levels: Vec<&str> = topic.split('/').collect();
-    match levels.as_slice() {
+    let as_itself = |node: &str| match identity {
+        Identity::Node(id) => !id.is_empty() && node == id,
+        Identity::AnyNode => !node.is_empty(),
+    };
+    match topics::classify(topic) {
         // Any node may announce or remove a Docker volume (the announcement's MAC, not
         // the broker, decides whether it counts); mount reports only as itself.
-        [_prefix @ .., "v1", "volumes", name] if levels.len() >= 4 => {
-            !name.is_empty() && identity != Identity::Node("")
+        Some(Kind::Volume { name }) => !name.is_empty() && identity != Identity::Node(""),
+        Some(Kind::Mounts { node } | Kind::Data { node, .. } | Kind::Status { node, .. }) => {
+            as_itself(node)
         }
-        [_prefix @ .., "v1", "volume-mounts", node] if levels.len() >= 4 => match identity {
-            Identity::Node(id) => !id.is_empty() && *node == id,
-            Identity::AnyNode => !node.is_empty(),
-        },
-        [_prefix @ .., folder, "cmd"] if levels.len() >= 3 => !folder.is_empty(),
-        [_prefix @ .., _folder, "v1" | "status", node] if levels.len() >= 4 => match identity {
-            Identity::Node(id) => !id.is_empty() && *node == id,
-            Identity::AnyNode => !node.is_empty(),
-        },
-        _ => false,
+        Some(Kind::Cmd { folder }) => !folder.is_empty(),
+        None => false,
     }
 }
 
@@ -155,8 +153,7 @@ pub fn own_echo(buf: &[u8], own: Option<&str>) -> Echo {
         return Echo::Malformed("PUBLISH topic longer than the packet".into());
     }
     // `{prefix}/{folder}/v1/{own}`, read from the end without allocating.
-    let mut levels = topic.rsplit('/');
-    let own = levels.next() == Some(own) && levels.next() == Some("v1") && levels.count() >= 2;
+    let own = topics::data_parts(topic).is_some_and(|(_, node)| node == own);
     if qos == 0 {
         return Echo::Publish {
             len: total,

@@ -1,9 +1,13 @@
 //! `mqsync demo`: the embedded broker plus several nodes in one process, each syncing
 //! its own sub-folder of a demo directory, so a newcomer can watch files propagate
-//! without writing any configuration.
+//! without writing any configuration. [`demo`] is the command: it prints what to try
+//! and runs until Ctrl-C.
 
+use super::args::DemoArgs;
+use super::{init_logging, shutdown_signal};
 use crate::broker::certs;
 use crate::broker::{self, BrokerSettings};
+use crate::config::LogFormat;
 use crate::daemon::{DaemonError, MAX_PACKET, read_group_key};
 use crate::engine::Mode;
 use crate::node::{self, FolderSettings, NodeSettings};
@@ -12,6 +16,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::runtime::Runtime;
 use tokio::sync::watch;
 
 pub const DEMO_NODES: &[&str] = &["a", "b", "c"];
@@ -107,4 +112,62 @@ pub async fn start(
         },
         tasks,
     ))
+}
+
+/// `mqsync demo`: starts everything in `a.dir` (relative to the working directory),
+/// prints the layout and a few commands to try, and stops the nodes on Ctrl-C.
+pub fn demo(rt: &Runtime, log: &str, a: DemoArgs) -> anyhow::Result<()> {
+    init_logging(log, LogFormat::Text);
+    let dir = std::env::current_dir()?.join(a.dir);
+    rt.block_on(async {
+        let (tx, rx) = watch::channel(false);
+        let (layout, tasks) = start(&dir, rx).await?;
+        let f = &layout.folders;
+        println!();
+        println!(
+            "mqsync demo: broker on mqtts://{} with three nodes",
+            layout.listen
+        );
+        for (n, p) in DEMO_NODES.iter().zip(f) {
+            println!("  node {n}: {}", p.display());
+        }
+        println!();
+        println!("Try, in another terminal:");
+        println!(
+            "  echo hello > {}/hello.txt && cat {}/hello.txt",
+            f[0].display(),
+            f[1].display()
+        );
+        println!(
+            "  mkdir -p {}/docs && cp /etc/os-release {}/docs/",
+            f[1].display(),
+            f[1].display()
+        );
+        println!(
+            "  mv {}/hello.txt {}/renamed.txt; ls {}",
+            f[2].display(),
+            f[2].display(),
+            f[0].display()
+        );
+        println!("  rm -r {}/docs; ls {}", f[0].display(), f[2].display());
+        println!(
+            "Ctrl-C stops the demo (the files stay in {}).",
+            layout.dir.display()
+        );
+        tokio::spawn(super::progress::initial_sync(
+            DEMO_NODES
+                .iter()
+                .map(|n| {
+                    let state = layout.dir.join(".state").join(n);
+                    (format!("{n}/demo"), state, "demo".to_string())
+                })
+                .collect(),
+        ));
+        shutdown_signal().await;
+        let _ = tx.send(true);
+        for t in tasks {
+            let _ = t.await;
+        }
+        Ok(())
+    })
 }

@@ -1,5 +1,82 @@
-//! Interactive parts of the command line: the local demo ([`demo`]) and progress bars
-//! ([`progress`]). Argument parsing and dispatch live in `main.rs`.
+//! The command line, one module per command: [`run`], [`broker`], [`certs`],
+//! [`resync`], [`status`] (with `wait`), [`healthcheck`] and [`demo`]; [`args`] declares
+//! them for clap and [`progress`] draws the first sync. `main.rs` only parses and
+//! dispatches. This is the binary's edge: errors are `anyhow` here and nowhere below.
 
+pub mod args;
+pub mod broker;
+pub mod certs;
 pub mod demo;
+pub mod healthcheck;
 pub mod progress;
+pub mod resync;
+pub mod run;
+pub mod status;
+
+use crate::config::{Config, LogFormat};
+use anyhow::{Context, Result, bail};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// Logs to stderr; ANSI colours only when stderr is a terminal and `NO_COLOR` is unset
+/// or empty (<https://no-color.org>).
+pub fn init_logging(filter: &str, format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => b.json().init(),
+        LogFormat::Text => b.init(),
+    }
+}
+
+/// The configuration from `path` (or from the environment alone), where `overrides`
+/// (command-line flags, keyed by their `MQSYNC_*` variable) win over the environment.
+pub fn load_config(
+    path: Option<&Path>,
+    overrides: HashMap<&'static str, String>,
+) -> Result<Config> {
+    let env = |k: &str| overrides.get(k).cloned().or_else(|| std::env::var(k).ok());
+    let cfg = match path {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read config file {}", p.display()))?;
+            Config::from_toml(&text, p, &env)?
+        }
+        None => Config::from_env_only(&env)?,
+    };
+    Ok(cfg)
+}
+
+/// Resolves on Ctrl-C or SIGTERM (what `docker stop` sends).
+pub async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
+/// The folder given on the command line, or else every folder of the configuration.
+pub fn folder_ids(cfg: &Config, folder: Option<String>) -> Result<Vec<String>> {
+    let folders: Vec<String> = match folder {
+        Some(f) => vec![f],
+        None => cfg.folders.iter().map(|f| f.id.clone()).collect(),
+    };
+    if folders.is_empty() {
+        bail!("no folder: give --folder ID or a configuration with [[folder]] tables");
+    }
+    Ok(folders)
+}

@@ -11,11 +11,14 @@
 
 mod apply;
 mod folder;
+mod from_config;
 mod health;
 mod inbound;
 mod local;
 mod outbound;
 mod records;
+
+pub use from_config::folder_settings;
 
 use crate::engine::Mode;
 use crate::protocol::wire::Keys;

@@ -5,9 +5,9 @@
 use super::records::Records;
 use crate::engine::{Chunks, Content, Engine, Entry, Hash};
 use crate::fs::locations::ChunkLocations;
-use crate::ops::status::Topics;
 use crate::protocol::delta::{ChunkDelta, Signature};
 use crate::protocol::relpath::RelPath;
+use crate::protocol::topics::Topics;
 use crate::protocol::wire::{self, ChunkData, Envelope, FilePatch, Keys, Message};
 use crate::store::index::LocalMeta;
 use crate::transfer::compression::Compression;

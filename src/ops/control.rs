@@ -5,6 +5,7 @@
 //! readers drop any status whose MAC does not verify.
 
 use crate::ops::status::FolderStatus;
+use crate::protocol::topics;
 use crate::protocol::wire::Keys;
 use crate::transport::ConnectSettings;
 use rumqttc::{
@@ -116,7 +117,7 @@ pub async fn watch_status(
     tx: mpsc::Sender<StatusMap>,
 ) -> Result<(), ControlError> {
     let (client, mut el) = short_client(s, "status");
-    let filter = crate::ops::status::Topics::all_status_filter(prefix);
+    let filter = topics::all_status_filter(prefix);
     let mut map = StatusMap::new();
     loop {
         match el.poll().await {
@@ -134,10 +135,7 @@ pub async fn watch_status(
                 // An empty retained message clears a topic (a removed Docker volume's
                 // status): forget what it held.
                 if p.payload.is_empty() {
-                    let mut levels = p.topic.rsplit('/');
-                    if let (Some(node), Some("status"), Some(folder)) =
-                        (levels.next(), levels.next(), levels.next())
-                    {
+                    if let Some((folder, node)) = topics::status_parts(&p.topic) {
                         if map
                             .remove(&(folder.to_string(), node.to_string()))
                             .is_some()

@@ -1,9 +1,10 @@
 //! The retained status document each node publishes per folder on
-//! `{prefix}/{folder}/status/{node}` (public, stable JSON for monitoring tools), and
-//! the topic names of the public and internal topics. Each document ends with a MAC
+//! `{prefix}/{folder}/status/{node}` (public, stable JSON for monitoring tools; the
+//! topic names live in `protocol::topics`). Each document ends with a MAC
 //! under the group key, so readers that hold the key can tell a node's status from a
 //! forged one while tools without it still read plain JSON.
 
+use crate::protocol::topics;
 use crate::protocol::wire::Keys;
 use serde::{Deserialize, Serialize};
 
@@ -137,12 +138,7 @@ pub fn verify(
 ) -> Result<FolderStatus, StatusError> {
     let doc: FolderStatus =
         serde_json::from_slice(payload).map_err(|e| StatusError::Malformed(e.to_string()))?;
-    let mut levels = topic.rsplit('/');
-    let (node, kind, folder) = (levels.next(), levels.next(), levels.next());
-    if kind != Some("status")
-        || node != Some(doc.node.as_str())
-        || folder != Some(doc.folder.as_str())
-    {
+    if topics::status_parts(topic) != Some((doc.folder.as_str(), doc.node.as_str())) {
         return Err(StatusError::WrongTopic {
             node: doc.node,
             folder: doc.folder,
@@ -202,48 +198,6 @@ pub fn unhealthy(doc: &FolderStatus, now_ms: u64, error_grace_ms: u64) -> Option
                 )
             })
         }
-    }
-}
-
-/// Topic names for one folder.
-#[derive(Debug, Clone)]
-pub struct Topics {
-    pub prefix: String,
-    pub folder: String,
-}
-
-impl Topics {
-    /// Internal data topic of `node`: `{prefix}/{folder}/v1/{node}`.
-    pub fn data(&self, node: &str) -> String {
-        format!("{}/{}/v1/{}", self.prefix, self.folder, node)
-    }
-
-    pub fn data_filter(&self) -> String {
-        format!("{}/{}/v1/+", self.prefix, self.folder)
-    }
-
-    pub fn status(&self, node: &str) -> String {
-        format!("{}/{}/status/{}", self.prefix, self.folder, node)
-    }
-
-    /// All status topics under `prefix` (every folder, every node).
-    pub fn all_status_filter(prefix: &str) -> String {
-        format!("{prefix}/+/status/+")
-    }
-
-    pub fn cmd(&self) -> String {
-        format!("{}/{}/cmd", self.prefix, self.folder)
-    }
-
-    /// The sending node of a data topic, if `topic` is one of this folder's.
-    pub fn data_sender<'a>(&self, topic: &'a str) -> Option<&'a str> {
-        let rest = topic
-            .strip_prefix(self.prefix.as_str())?
-            .strip_prefix('/')?;
-        let rest = rest
-            .strip_prefix(self.folder.as_str())?
-            .strip_prefix("/v1/")?;
-        (!rest.is_empty() && !rest.contains('/')).then_some(rest)
     }
 }
 

@@ -10,7 +10,7 @@ use super::{VolumeServiceError, VolumeSettings};
 use crate::config::FolderConfig;
 use crate::config::{DEFAULT_DEBOUNCE_MS, DEFAULT_MAX_DELETE_PERCENT, DEFAULT_TOMBSTONE_DAYS};
 use crate::node::{self, NodeError};
-use crate::ops::status::Topics;
+use crate::protocol::topics::{self, Topics};
 use crate::transport::{self, NetEvent, Publisher};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -80,8 +80,8 @@ pub async fn run(
     let (publisher, mut net) = transport::connect(
         &connect,
         vec![
-            messages::volumes_filter(prefix),
-            messages::mounts_filter(prefix),
+            topics::volumes_filter(prefix),
+            topics::mounts_filter(prefix),
         ],
         None,
         None,
@@ -193,14 +193,14 @@ impl Manager {
     }
 
     fn publish_announcement(&mut self, a: &Announcement) {
-        let topic = messages::volume_topic(self.prefix(), &a.name);
+        let topic = topics::volume(self.prefix(), &a.name);
         let bytes = messages::encode_announcement(a, self.prefix(), &self.s.node.keys);
         self.publisher.publish(topic, bytes, true);
     }
 
     fn publish_mounts(&self) {
         let report = self.registry.mount_report(now_ms());
-        let topic = messages::mounts_topic(self.prefix(), self.node());
+        let topic = topics::mounts(self.prefix(), self.node());
         let bytes = messages::encode_mounts(&report, self.prefix(), &self.s.node.keys);
         self.publisher.publish(topic, bytes, true);
     }
@@ -372,11 +372,7 @@ impl Manager {
             compression: Default::default(),
         };
         let (stop, stopped) = watch::channel(false);
-        match node::spawn_folder(
-            &self.s.node,
-            &crate::daemon::folder_settings(&folder),
-            stopped,
-        ) {
+        match node::spawn_folder(&self.s.node, &node::folder_settings(&folder), stopped) {
             Ok(task) => {
                 self.failed.remove(&a.name);
                 self.running.insert(
@@ -426,13 +422,9 @@ impl Manager {
         if let Err(e) = node::forget_folder(&self.s.node.state_dir, &id) {
             error!(volume = name, "cannot delete the volume's index: {e}");
         }
-        let topics = Topics {
-            prefix: self.prefix().to_string(),
-            folder: id,
-        };
+        let status = Topics::new(self.prefix(), &id).status(self.node());
         // An empty retained message clears the folder's status from `mqsync status`.
-        self.publisher
-            .publish(topics.status(self.node()), Vec::new(), true);
+        self.publisher.publish(status, Vec::new(), true);
         info!(volume = name, "volume deleted on this node");
     }
 
@@ -447,7 +439,7 @@ impl Manager {
             }
             NetEvent::Message { topic, payload } => {
                 let prefix = self.prefix().to_string();
-                if topic.starts_with(&format!("{prefix}/v1/volumes/")) {
+                if topics::volume_name(&prefix, &topic).is_some() {
                     if payload.is_empty() {
                         // A cleared announcement: the nodes' own records stand (and are
                         // republished at the next connect).
@@ -457,9 +449,7 @@ impl Manager {
                         Ok(a) => self.on_announcement(a).await,
                         Err(e) => drop_message(&topic, &e),
                     }
-                } else if let Some(node) =
-                    topic.strip_prefix(&format!("{prefix}/v1/volume-mounts/"))
-                {
+                } else if let Some(node) = topics::mounts_node(&prefix, &topic) {
                     match messages::decode_mounts(&payload, &topic, &self.s.node.keys) {
                         Ok(r) => self.registry.merge_mounts(node, r),
                         Err(e) => drop_message(&topic, &e),

@@ -5,28 +5,13 @@
 
 use super::registry::{Announcement, MountReport, check_name};
 use crate::ops::status::{MacError, check_mac, signed_json};
+use crate::protocol::topics;
 use crate::protocol::wire::Keys;
 
 /// Largest accepted document; real ones are a few hundred bytes.
 pub const MAX_DOC_BYTES: usize = 64 * 1024;
 /// Most ignore patterns an announcement may carry.
 const MAX_IGNORE: usize = 256;
-
-pub fn volume_topic(prefix: &str, name: &str) -> String {
-    format!("{prefix}/v1/volumes/{name}")
-}
-
-pub fn volumes_filter(prefix: &str) -> String {
-    format!("{prefix}/v1/volumes/+")
-}
-
-pub fn mounts_topic(prefix: &str, node: &str) -> String {
-    format!("{prefix}/v1/volume-mounts/{node}")
-}
-
-pub fn mounts_filter(prefix: &str) -> String {
-    format!("{prefix}/v1/volume-mounts/+")
-}
 
 /// Why a volume document was dropped.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -62,11 +47,11 @@ fn parse<T: serde::de::DeserializeOwned>(
 
 pub fn encode_announcement(a: &Announcement, prefix: &str, keys: &Keys) -> Vec<u8> {
     // Serialising plain strings, numbers and a list cannot fail.
-    signed_json(a, &volume_topic(prefix, &a.name), keys).unwrap_or_default()
+    signed_json(a, &topics::volume(prefix, &a.name), keys).unwrap_or_default()
 }
 
 pub fn encode_mounts(r: &MountReport, prefix: &str, keys: &Keys) -> Vec<u8> {
-    signed_json(r, &mounts_topic(prefix, &r.node), keys).unwrap_or_default()
+    signed_json(r, &topics::mounts(prefix, &r.node), keys).unwrap_or_default()
 }
 
 /// An announcement from `topic`, checked.
@@ -139,7 +124,7 @@ mod tests {
     #[test]
     fn roundtrip_and_refusals() {
         let k = keys(b"k");
-        let t = volume_topic("mqsync", "demo");
+        let t = topics::volume("mqsync", "demo");
         let bytes = encode_announcement(&ann(), "mqsync", &k);
         assert_eq!(decode_announcement(&bytes, &t, &k), Ok(ann()));
         // Forged, altered, unsigned, moved, oversized, junk.
@@ -161,7 +146,7 @@ mod tests {
             Err(MessageError::Mac(MacError::Unsigned))
         );
         assert!(matches!(
-            decode_announcement(&bytes, &volume_topic("mqsync", "other"), &k),
+            decode_announcement(&bytes, &topics::volume("mqsync", "other"), &k),
             Err(MessageError::Mac(_)) | Err(MessageError::WrongTopic { .. })
         ));
         let mut moved = ann();
@@ -173,7 +158,7 @@ mod tests {
         ));
         let mut escape = ann();
         escape.name = "..".into();
-        let t2 = volume_topic("mqsync", "..");
+        let t2 = topics::volume("mqsync", "..");
         let escape = signed_json(&escape, &t2, &k).unwrap();
         assert!(matches!(
             decode_announcement(&escape, &t2, &k),
@@ -197,11 +182,11 @@ mod tests {
             ..Default::default()
         };
         r.mounted.insert("demo".into(), 1);
-        let t = mounts_topic("mqsync", "n2");
+        let t = topics::mounts("mqsync", "n2");
         let bytes = encode_mounts(&r, "mqsync", &k);
         assert_eq!(decode_mounts(&bytes, &t, &k), Ok(Some(r.clone())));
         assert_eq!(decode_mounts(b"", &t, &k), Ok(None));
-        assert!(decode_mounts(&bytes, &mounts_topic("mqsync", "n3"), &k).is_err());
+        assert!(decode_mounts(&bytes, &topics::mounts("mqsync", "n3"), &k).is_err());
         let forged = encode_mounts(&r, "mqsync", &keys(b"x"));
         assert!(decode_mounts(&forged, &t, &k).is_err());
     }

@@ -1,0 +1,168 @@
+//! The command line's shape: every subcommand, flag, default and help text, parsed by
+//! clap into [`Cli`]. Only declarations live here; `main.rs` dispatches each command
+//! to its module under `cli`.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "mqsync",
+    version,
+    about = "Multi-master folder sync over an MQTT-over-TLS broker"
+)]
+pub struct Cli {
+    /// Log filter (tracing EnvFilter syntax), e.g. `debug` or `mqsync=debug`.
+    #[arg(
+        long,
+        global = true,
+        env = "MQSYNC_LOG",
+        default_value = "info,rumqttd=warn,rumqttc=warn,notify=warn"
+    )]
+    pub log: String,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+// The argument structs carry no `///` comment: clap would take it as the command's
+// about text in place of the variant's.
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// Run the daemon: sync every configured folder.
+    Run(RunArgs),
+    /// Run the embedded MQTT-over-TLS broker (mutual TLS) on its own.
+    Broker(BrokerArgs),
+    /// Create certificates and the group key.
+    #[command(subcommand)]
+    Certs(CertsCmd),
+    /// Ask nodes to compare complete state with their peers and repair every
+    /// difference; also applies deletions held by the mass-delete guard and reverts
+    /// local changes on receive-only folders.
+    Resync(ResyncArgs),
+    /// A table of every node of every folder, read from the retained status topics.
+    Status(StatusArgs),
+    /// Block until every online node of the folder(s) reports the same state with
+    /// nothing pending (for deploy scripts); exit 1 with the reason on timeout.
+    Wait(WaitArgs),
+    /// Exit 0 when the local daemon is connected and not failing (Docker HEALTHCHECK);
+    /// reads the status files the daemon keeps in state_dir/health.
+    Healthcheck(HealthcheckArgs),
+    /// A local demo: embedded broker plus three nodes syncing sub-folders of DIR.
+    Demo(DemoArgs),
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// Configuration file (TOML). Without it: defaults plus MQSYNC_* variables.
+    #[arg(long, short, env = "MQSYNC_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Override `node_id`.
+    #[arg(long)]
+    pub node_id: Option<String>,
+    /// Override `state_dir`.
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Override `broker.url` (mqtts://HOST:PORT).
+    #[arg(long)]
+    pub broker_url: Option<String>,
+    /// Allow a plain-TCP `mqtt://` broker URL (logs a warning).
+    #[arg(long)]
+    pub insecure_plaintext: bool,
+}
+
+#[derive(Args)]
+pub struct BrokerArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0:8883", conflicts_with = "config")]
+    pub listen: std::net::SocketAddr,
+    /// Directory written by `mqsync certs init` (ca.pem, broker.pem, broker.key).
+    #[arg(long, required_unless_present = "config")]
+    pub certs: Option<PathBuf>,
+    /// A rumqttd-style TOML file instead (see broker/rumqttd.toml).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Nodes share one client certificate (e.g. a Swarm global service): let any
+    /// client publish as any node id. By default a client may publish only under the
+    /// node id its certificate names (docs/SECURITY.md).
+    #[arg(long, env = "MQSYNC_BROKER_SHARED_NODE_CERT")]
+    pub shared_node_cert: bool,
+}
+
+#[derive(Subcommand)]
+pub enum CertsCmd {
+    /// Write a CA, a broker certificate, one client certificate per node and a group
+    /// key into DIR (an existing CA there is reused).
+    Init(CertsInitArgs),
+}
+
+#[derive(Args)]
+pub struct CertsInitArgs {
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Node ids, comma-separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub nodes: Vec<String>,
+    /// Names and addresses clients use to reach the broker.
+    #[arg(long, value_delimiter = ',', default_value = "localhost,127.0.0.1")]
+    pub hosts: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct ResyncArgs {
+    /// A node's configuration file, for the broker address and credentials (the
+    /// group key is not needed).
+    #[arg(long, short, env = "MQSYNC_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Folder id (default: every folder of the configuration).
+    #[arg(long)]
+    pub folder: Option<String>,
+    /// Node id to resync (default: every node).
+    #[arg(long, default_value = "*")]
+    pub node: String,
+}
+
+#[derive(Args)]
+pub struct StatusArgs {
+    /// A node's configuration file, for the broker address and credentials (the
+    /// group key is not needed).
+    #[arg(long, short, env = "MQSYNC_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Print JSON (an array of status documents) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Keep updating until Ctrl-C.
+    #[arg(long)]
+    pub watch: bool,
+}
+
+#[derive(Args)]
+pub struct WaitArgs {
+    /// A node's configuration file, for the broker address and credentials (the
+    /// group key is not needed).
+    #[arg(long, short, env = "MQSYNC_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Folder id (default: every folder of the configuration).
+    #[arg(long)]
+    pub folder: Option<String>,
+    /// Seconds to wait at most.
+    #[arg(long, default_value_t = 300)]
+    pub timeout: u64,
+}
+
+#[derive(Args)]
+pub struct HealthcheckArgs {
+    /// The daemon's configuration file (for state_dir and the folders).
+    #[arg(long, short, env = "MQSYNC_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Seconds a failure the daemon keeps retrying (an apply on a full disk, a
+    /// permission, an index write) may last before the node counts as unhealthy.
+    #[arg(long, value_name = "S", default_value_t = crate::ops::status::DEFAULT_ERROR_GRACE_MS / 1000)]
+    pub error_grace: u64,
+}
+
+#[derive(Args)]
+pub struct DemoArgs {
+    /// Demo directory (folders DIR/a, DIR/b, DIR/c; state in DIR/.state).
+    #[arg(default_value = "mqsync-demo")]
+    pub dir: PathBuf,
+}

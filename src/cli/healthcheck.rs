@@ -1,0 +1,54 @@
+//! `mqsync healthcheck` (Docker HEALTHCHECK): reads the status file the local daemon
+//! keeps per folder in `state_dir/health` and exits 1 naming every folder that is
+//! failing, offline, stale or missing.
+
+use super::args::HealthcheckArgs;
+use super::load_config;
+use crate::ops::status::{self, FolderStatus};
+use anyhow::{Result, bail};
+use std::collections::HashMap;
+
+pub fn healthcheck(a: HealthcheckArgs) -> Result<()> {
+    let cfg = load_config(a.config.as_deref(), HashMap::new())?;
+    let mut ids: Vec<String> = cfg.folders.iter().map(|f| f.id.clone()).collect();
+    if cfg.docker.volume_plugin {
+        // Docker volumes are folders `vol.NAME` that the daemon runs as they come.
+        ids.extend(crate::volumes::health_ids(&cfg.state_dir));
+    }
+    if ids.is_empty() && !cfg.docker.volume_plugin {
+        bail!("no [[folder]] in the configuration: nothing to check");
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let mut problems = vec![];
+    for id in &ids {
+        let path = status::health_file(&cfg.state_dir, id);
+        let doc = std::fs::read(&path)
+            .map_err(|e| {
+                format!(
+                    "folder {id}: {}: {e} (is the daemon running?)",
+                    path.display()
+                )
+            })
+            .and_then(|b| {
+                serde_json::from_slice::<FolderStatus>(&b)
+                    .map_err(|e| format!("folder {id}: {}: {e}", path.display()))
+            });
+        match doc {
+            Ok(d) => {
+                if let Some(p) = status::unhealthy(&d, now, a.error_grace.saturating_mul(1000)) {
+                    problems.push(p);
+                }
+            }
+            Err(e) => problems.push(e),
+        }
+    }
+    if problems.is_empty() {
+        println!("healthy: {} folder(s)", ids.len());
+        Ok(())
+    } else {
+        bail!("unhealthy:\n  {}", problems.join("\n  "))
+    }
+}
