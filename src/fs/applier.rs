@@ -12,7 +12,7 @@
 //! an apply reports, `parent` the held-open parent directory.
 
 use crate::engine::{Content, Entry, Hash, VersionVector};
-use crate::fs::scanner::TEMP_INFIX;
+use crate::fs::ignore::TEMP_INFIX;
 use crate::protocol::relpath::RelPath;
 use crate::store::index::LocalMeta;
 use std::collections::{BTreeMap, HashMap};

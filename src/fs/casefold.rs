@@ -21,7 +21,7 @@ pub fn fold(s: &str) -> String {
 pub fn probe(dir: &Path) -> io::Result<bool> {
     let name = format!(
         ".CaseProbe{}{}",
-        crate::fs::scanner::TEMP_INFIX,
+        crate::fs::ignore::TEMP_INFIX,
         std::process::id()
     );
     let upper = dir.join(&name);

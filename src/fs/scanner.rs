@@ -5,45 +5,16 @@
 
 use crate::engine::Content;
 use crate::fs::chunks::chunk_file;
+use crate::fs::ignore::{Ignore, is_temp_name};
+use crate::fs::meta::{local_meta, meta_of_stat, mtime_ns};
 use crate::protocol::relpath::RelPath;
 use crate::store::index::LocalMeta;
-use globset::{Glob, GlobSet, GlobSetBuilder};
 use rustix::fs::{AtFlags, FileType, OFlags};
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, Metadata};
 use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-
-/// Marker file at a folder's root: its absence means the volume is not mounted.
-pub const MARKER: &str = ".mqsync";
-/// Infix of the temp files the applier writes next to their target.
-pub const TEMP_INFIX: &str = ".mqsync-tmp-";
-
-pub fn is_temp_name(name: &str) -> bool {
-    name.starts_with('.') && name.contains(TEMP_INFIX)
-}
-
-/// The folder's ignore rules plus the built-in ones (marker and temp files).
-#[derive(Clone)]
-pub struct Ignore {
-    set: GlobSet,
-}
-
-impl Ignore {
-    pub fn new(patterns: &[String]) -> Result<Self, globset::Error> {
-        let mut b = GlobSetBuilder::new();
-        for p in patterns {
-            b.add(Glob::new(p)?);
-        }
-        Ok(Ignore { set: b.build()? })
-    }
-
-    pub fn is_ignored(&self, rel: &RelPath) -> bool {
-        let s = rel.as_str();
-        s == MARKER || is_temp_name(rel.file_name()) || self.set.is_match(s)
-    }
-}
 
 /// One path whose state differs from what the index last saw.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,34 +40,6 @@ pub struct Scanner<'a> {
     pub known: &'a BTreeMap<RelPath, LocalMeta>,
 }
 
-pub fn local_meta(md: &Metadata) -> LocalMeta {
-    let is_dir = md.is_dir();
-    LocalMeta {
-        size: if is_dir { 0 } else { md.len() },
-        // Directory mtimes move with every child and are not synced.
-        mtime_ns: if is_dir { 0 } else { mtime_ns(md) },
-        ino: md.ino(),
-        mode: md.mode(),
-    }
-}
-
-/// `local_meta` from a raw `stat`, for the fast path of the walk.
-pub(crate) fn meta_of_stat(st: &rustix::fs::Stat) -> LocalMeta {
-    let is_dir = FileType::from_raw_mode(st.st_mode) == FileType::Directory;
-    LocalMeta {
-        size: if is_dir { 0 } else { st.st_size as u64 },
-        mtime_ns: if is_dir {
-            0
-        } else {
-            st.st_mtime
-                .saturating_mul(1_000_000_000)
-                .saturating_add(st.st_mtime_nsec as i64)
-        },
-        ino: st.st_ino,
-        mode: st.st_mode,
-    }
-}
-
 /// How recently a file found by a directory walk may have been written and still be
 /// taken as complete.
 const SETTLE: std::time::Duration = std::time::Duration::from_millis(100);
@@ -113,12 +56,6 @@ fn just_written(md: &Metadata) -> bool {
         |t: std::io::Result<std::time::SystemTime>| t.ok().and_then(|t| now.duration_since(t).ok());
     age(md.modified()).is_some_and(|a| a < SETTLE)
         && age(md.created()).is_some_and(|a| a < SETTLE_MAX)
-}
-
-pub fn mtime_ns(md: &Metadata) -> i64 {
-    md.mtime()
-        .saturating_mul(1_000_000_000)
-        .saturating_add(md.mtime_nsec())
 }
 
 impl Scanner<'_> {
@@ -366,6 +303,7 @@ impl Scanner<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fs::ignore::MARKER;
     use std::os::unix::fs::symlink;
 
     /// The walk's fast path compares `meta_of_stat` with what `local_meta` stored: if

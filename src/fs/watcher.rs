@@ -98,5 +98,5 @@ fn is_symlink_create(kind: &EventKind, paths: &[&Path]) -> bool {
 fn is_temp(path: &Path) -> bool {
     path.file_name()
         .and_then(|n| n.to_str())
-        .is_some_and(crate::fs::scanner::is_temp_name)
+        .is_some_and(crate::fs::ignore::is_temp_name)
 }

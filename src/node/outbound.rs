@@ -72,7 +72,7 @@ impl<'a> LocalChunks<'a> {
                 if *size == known.size && *mtime_ns == known.mtime_ns)
                 && file
                     .metadata()
-                    .is_ok_and(|md| md.is_file() && crate::fs::scanner::local_meta(&md) == *known)
+                    .is_ok_and(|md| md.is_file() && crate::fs::meta::local_meta(&md) == *known)
         });
         crate::fs::chunks::read_chunk(&file, off, len, (!unchanged).then_some(hash))
     }

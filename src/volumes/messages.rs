@@ -74,7 +74,7 @@ pub fn decode_announcement(
             a.ignore.len()
         )));
     }
-    crate::fs::scanner::Ignore::new(&a.ignore)
+    crate::fs::ignore::Ignore::new(&a.ignore)
         .map_err(|e| MessageError::Malformed(e.to_string()))?;
     Ok(a)
 }

@@ -133,7 +133,7 @@ pub fn parse_options(opts: &BTreeMap<String, String>) -> Result<VolumeOptions, V
                     .filter(|g| !g.is_empty())
                     .map(str::to_string)
                     .collect();
-                crate::fs::scanner::Ignore::new(&globs)
+                crate::fs::ignore::Ignore::new(&globs)
                     .map_err(|e| VolumeError::BadIgnore(e.to_string()))?;
                 out.ignore = Some(globs);
             }

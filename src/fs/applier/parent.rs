@@ -89,7 +89,7 @@ impl ParentDir {
     /// What is at `name` (not following a symlink), `None` if nothing is.
     pub fn meta(&self, name: &str) -> io::Result<Option<LocalMeta>> {
         match rustix::fs::statat(&self.fd, name, AtFlags::SYMLINK_NOFOLLOW) {
-            Ok(st) => Ok(Some(crate::fs::scanner::meta_of_stat(&st))),
+            Ok(st) => Ok(Some(crate::fs::meta::meta_of_stat(&st))),
             Err(Errno::NOENT) => Ok(None),
             Err(e) => Err(e.into()),
         }

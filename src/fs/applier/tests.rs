@@ -1,6 +1,6 @@
 use super::*;
 use crate::engine::ChunkRef;
-use crate::fs::scanner::local_meta;
+use crate::fs::meta::local_meta;
 use crate::protocol::chunker;
 use std::fs::File;
 use std::os::unix::fs::symlink;
@@ -137,7 +137,7 @@ fn assembles_from_chunks_in_any_order_atomically() {
     assert_eq!(fs::read(&target).unwrap(), b"hello worldhello ");
     let md = fs::metadata(&target).unwrap();
     assert_eq!(md.permissions().mode() & 0o7777, 0o755);
-    assert_eq!(crate::fs::scanner::mtime_ns(&md), 1_600_000_000_123_456_789);
+    assert_eq!(crate::fs::meta::mtime_ns(&md), 1_600_000_000_123_456_789);
     let leftovers: Vec<_> = fs::read_dir(d.path().join("sub/dir")).unwrap().collect();
     assert_eq!(leftovers.len(), 1, "no temp file left");
 }
