@@ -196,11 +196,57 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<(), Dae
         }
         _ => None,
     };
-    node::run(settings, shutdown).await?;
+    run_nodes(&cfg, settings, shutdown).await?;
     if let Some(v) = volumes {
         if let Ok(Err(e)) = v.await {
             return Err(e.into());
         }
     }
     Ok(())
+}
+
+/// Runs the configured folders until `shutdown` turns true. On SIGHUP it reads the
+/// group key file and the TLS files again and, when they load, restarts the folders
+/// with them (each stops cleanly and reconnects within a second or two), so keys and
+/// certificates rotate without restarting the process. Files that do not load are
+/// reported and the ones in use are kept.
+async fn run_nodes(
+    cfg: &Config,
+    mut settings: NodeSettings,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), DaemonError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangup = signal(SignalKind::hangup())
+        .map_err(|e| tracing::warn!("cannot catch SIGHUP, reloading is off: {e}"))
+        .ok();
+    loop {
+        let (stop, stopped) = watch::channel(false);
+        let nodes = node::run(settings.clone(), stopped);
+        tokio::pin!(nodes);
+        let (connect, keys) = loop {
+            tokio::select! {
+                r = &mut nodes => return Ok(r?),
+                _ = shutdown.changed() => {
+                    let _ = stop.send(true);
+                    return Ok(nodes.await?);
+                }
+                Some(()) = async {
+                    match &mut hangup {
+                        Some(h) => h.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => match client(cfg) {
+                    Ok(loaded) => break loaded,
+                    Err(e) => tracing::error!(
+                        "reload: {e}; keeping the group key and certificates in use"
+                    ),
+                },
+            }
+        };
+        tracing::info!("SIGHUP: group key and certificates read again; restarting the folders");
+        let _ = stop.send(true);
+        nodes.await?;
+        settings.connect = connect;
+        settings.keys = keys;
+    }
 }

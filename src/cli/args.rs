@@ -29,6 +29,10 @@ pub struct Cli {
 #[derive(Subcommand)]
 pub enum Cmd {
     /// Run the daemon: sync every configured folder.
+    ///
+    /// SIGTERM or Ctrl-C stops it cleanly; SIGHUP reads the group key file and the
+    /// TLS files again and restarts the folders with them (key and certificate
+    /// rotation without a restart).
     Run(RunArgs),
     /// Run the embedded MQTT-over-TLS broker (mutual TLS) on its own.
     Broker(BrokerArgs),

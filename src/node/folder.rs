@@ -69,6 +69,10 @@ pub(super) struct Folder {
     /// When the last chunk message arrived (from anyone).
     pub last_chunk_at: Option<Instant>,
     last_resync: Option<Instant>,
+    /// Effects are being carried out (see `process_with`), and the new chunks found by
+    /// scans made meanwhile, to push with the announcements of the outer call.
+    processing: bool,
+    nested_fresh: HashSet<Hash>,
     /// When the folder was opened: start-up time is reported with the first scan.
     started: Instant,
 }
@@ -148,6 +152,8 @@ impl Folder {
             connected: false,
             last_chunk_at: None,
             last_resync: None,
+            processing: false,
+            nested_fresh: HashSet::new(),
             started,
             cfg: f.clone(),
         };
@@ -200,6 +206,7 @@ impl Folder {
         self.engine.start(Instant::now());
         let scan_started = Instant::now();
         self.full_scan(true);
+        self.local.rescan_after(Instant::now());
         info!(
             folder = %self.cfg.id,
             files = self.engine.entries().count(),
@@ -429,10 +436,12 @@ impl Folder {
         if self.engine.poll_timeout().is_some_and(|t| t <= now) {
             self.engine.handle_timeout(now);
         }
+        self.process();
+        // After the due retries ran: one that failed again is waiting once more, and
+        // its warning, already logged, is not repeated.
         if self.engine.retrying().next().is_none() {
             self.health.no_retries();
         }
-        self.process();
     }
 
     /// Carries out the engine's effects until it has nothing more to say.
@@ -443,6 +452,14 @@ impl Folder {
     /// As [`process`](Self::process), with the chunks of the latest scan that are new
     /// to this node: pushed right after the manifests that announce them.
     pub(super) fn process_with(&mut self, mut fresh: HashSet<Hash>) {
+        // Carrying out an effect can scan (a conflict copy, a file changed under an
+        // apply), and a scan processes what it found: inside this loop, its effects are
+        // already being drained here, so only its new chunks are handed over.
+        if self.processing {
+            self.nested_fresh.extend(fresh);
+            return;
+        }
+        self.processing = true;
         let mut announce: Vec<(Entry, Option<Chunks>)> = vec![];
         let mut answer = vec![];
         while let Some(eff) = self.engine.poll_effect() {
@@ -474,6 +491,8 @@ impl Folder {
                 Effect::SendDigest { reply } => self.send_digest(reply),
             }
         }
+        self.processing = false;
+        fresh.extend(std::mem::take(&mut self.nested_fresh));
         self.records.flush(&mut self.locations);
         for (entries, live) in [(announce, true), (answer, false)] {
             if !entries.is_empty() {

@@ -126,6 +126,12 @@ impl Local {
         }
     }
 
+    /// Starts the periodic full scan's timer (after the first scan, however long the
+    /// start took).
+    pub fn rescan_after(&mut self, now: Instant) {
+        self.next_rescan = now + self.rescan_every;
+    }
+
     /// Moves the new directories whose recheck is due into the dirty set, and asks
     /// for the periodic full scan when it is due.
     pub fn on_tick(&mut self, now: Instant) {
