@@ -48,6 +48,9 @@ pub enum Cmd {
     /// Block until every online node of the folder(s) reports the same state with
     /// nothing pending (for deploy scripts); exit 1 with the reason on timeout.
     Wait(WaitArgs),
+    /// List the conflict copies in the folders of this node, with the path each was
+    /// copied from, the node whose version lost and when it was written.
+    Conflicts(ConflictsArgs),
     /// Exit 0 when the local daemon is connected and not failing (Docker HEALTHCHECK);
     /// reads the status files the daemon keeps in state_dir/health.
     Healthcheck(HealthcheckArgs),
@@ -123,6 +126,19 @@ pub struct ResyncArgs {
     /// Node id to resync (default: every node).
     #[arg(long, default_value = "*")]
     pub node: String,
+}
+
+#[derive(Args)]
+pub struct ConflictsArgs {
+    /// A node's configuration file: the folders to look in.
+    #[arg(long, short, env = "MQSYNC_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Folder id (default: every folder of the configuration).
+    #[arg(long)]
+    pub folder: Option<String>,
+    /// Print JSON (an array of {folder, copy, original, lost_by, written}).
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args)]

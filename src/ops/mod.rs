@@ -1,6 +1,8 @@
 //! What operators see and say: status documents and topics ([`status`]), control
-//! commands ([`control`]), Prometheus metrics ([`metrics`]) and change hooks ([`hook`]).
+//! commands ([`control`]), conflict copies ([`conflicts`]), Prometheus metrics
+//! ([`metrics`]) and change hooks ([`hook`]).
 
+pub mod conflicts;
 pub mod control;
 pub mod hook;
 pub mod metrics;
