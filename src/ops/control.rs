@@ -229,8 +229,9 @@ fn unverified(topic: &str, e: &crate::ops::status::StatusError) -> Option<Folder
     })
 }
 
-/// Whether the online nodes of `folder` agree: every status verified, the same ignore
-/// rules and digest, nothing pending. Returns a reason when they do not.
+/// Whether the online nodes of `folder` agree: every status verified, no failure that
+/// lasts, the same ignore rules and digest, nothing pending. Returns a reason when they
+/// do not.
 pub fn folder_in_sync(map: &StatusMap, folder: &str) -> Result<usize, String> {
     let online: Vec<&FolderStatus> = map
         .values()
@@ -244,6 +245,15 @@ pub fn folder_in_sync(map: &StatusMap, folder: &str) -> Result<usize, String> {
             "folder {folder}: node {} is unverified: {}",
             d.node,
             d.last_error.as_deref().unwrap_or("")
+        ));
+    }
+    // A failure that lasts (a peer whose messages do not verify, an apply or index
+    // write retried) is no agreement, even where the digests match.
+    if let Some(d) = online.iter().find(|d| d.failing_since_ms.is_some()) {
+        return Err(format!(
+            "folder {folder}: node {} keeps failing: {}",
+            d.node,
+            d.last_error.as_deref().unwrap_or("no detail")
         ));
     }
     if let Some(why) = ignore_differences(map, folder) {
@@ -370,6 +380,16 @@ mod tests {
             "{why}"
         );
         assert_eq!(unverified("not/a/status", &bad), None);
+        // A node that verifies none of a peer's messages is not in sync either.
+        m.remove(&("docs".to_string(), "n3".to_string()));
+        let n1 = m.get_mut(&("docs".to_string(), "n1".to_string())).unwrap();
+        n1.failing_since_ms = Some(1);
+        n1.last_error = Some("messages from n3 fail verification".into());
+        let why = folder_in_sync(&m, "docs").unwrap_err();
+        assert!(
+            why.contains("node n1 keeps failing: messages from n3"),
+            "{why}"
+        );
     }
 
     #[test]
