@@ -295,6 +295,11 @@ fn a_rogue_client_without_the_group_key_changes_nothing() {
         ] {
             assert!(log.contains(reason), "{me}: no {reason:?} in\n{log}");
         }
+        // A burst of forgeries is no peer on another group key: the node stays healthy.
+        assert!(!log.contains("fail verification"), "{me}:\n{log}");
+        let health = c.path(&format!("state/{me}/health/shared.json"));
+        let health = fs::read_to_string(health).unwrap();
+        assert!(!health.contains("fail verification"), "{me}: {health}");
     }
     // The nodes keep syncing, and nothing the rogue sent changed a file.
     fs::write(c.folder(1).join("after.txt"), b"still syncing").unwrap();

@@ -100,6 +100,14 @@ fn a_node_with_another_group_key_is_named_by_status_wait_and_healthcheck() {
         last.contains("n1") || last.contains("n2"),
         "names a peer: {last}"
     );
+    // Judged per sender, the other way round too: n1 names n3.
+    let n1_health = c.path("state/n1/health/shared.json");
+    assert!(
+        wait_until(T, || fs::read_to_string(&n1_health)
+            .is_ok_and(|h| h.contains("messages from n3 fail verification"))),
+        "n1: {:?}",
+        fs::read_to_string(&n1_health)
+    );
     assert!(!c.folder(2).join("a.txt").exists());
 }
 
