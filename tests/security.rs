@@ -295,6 +295,11 @@ fn a_rogue_client_without_the_group_key_changes_nothing() {
         ] {
             assert!(log.contains(reason), "{me}: no {reason:?} in\n{log}");
         }
+        // A burst of forgeries is no peer on another group key: the node stays healthy.
+        assert!(!log.contains("fail verification"), "{me}:\n{log}");
+        let health = c.path(&format!("state/{me}/health/shared.json"));
+        let health = fs::read_to_string(health).unwrap();
+        assert!(!health.contains("fail verification"), "{me}: {health}");
     }
     // The nodes keep syncing, and nothing the rogue sent changed a file.
     fs::write(c.folder(1).join("after.txt"), b"still syncing").unwrap();
@@ -308,8 +313,9 @@ fn a_rogue_client_without_the_group_key_changes_nothing() {
     );
 
     // A forged retained status for n3 (the rogue holds its certificate) claiming another
-    // state: `status` and `wait` with the group key drop it, so it can neither hide nor
-    // fake a difference.
+    // state: `status` and `wait` with the group key take nothing it claims (no digest):
+    // n3 shows as unverified and `wait` fails naming it, so it can neither hide a node
+    // nor fake agreement.
     let status_topic = "mqsync/shared/status/n3";
     let fake = FolderStatus {
         node: "n3".into(),
@@ -326,6 +332,7 @@ fn a_rogue_client_without_the_group_key_changes_nothing() {
         connected: true,
         insecure_plaintext: false,
         updated_ms: now_ms(),
+        ignore: None,
     };
     let forged = mqsync::ops::status::signed_json(&fake, status_topic, &forged_key).unwrap();
     rogue.publish_retained(status_topic, forged);
@@ -334,18 +341,21 @@ fn a_rogue_client_without_the_group_key_changes_nothing() {
     let docs: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        !docs.iter().any(|d| d["node"] == "n3") && docs.len() == 2,
+        docs.iter()
+            .any(|d| d["node"] == "n3" && d["state"] == "unverified")
+            && !docs.iter().any(|d| d["digest"] == "forged")
+            && docs.len() == 3,
         "{docs:?}"
     );
     assert!(
-        stderr.contains("dropping status") && stderr.contains("MAC does not verify"),
+        stderr.contains("unverified status") && stderr.contains("MAC does not verify"),
         "{stderr}"
     );
-    let out = cli(&["wait", "--config", cfg.to_str().unwrap(), "--timeout", "60"]);
+    let out = cli(&["wait", "--config", cfg.to_str().unwrap(), "--timeout", "10"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        out.status.success(),
-        "wait: {}",
-        String::from_utf8_lossy(&out.stderr)
+        !out.status.success() && stderr.contains("node n3 is unverified"),
+        "wait: {stderr}"
     );
     // Without the key the same status is shown: it did reach the readers.
     let text = fs::read_to_string(&cfg).unwrap().replace(
@@ -362,6 +372,14 @@ fn a_rogue_client_without_the_group_key_changes_nothing() {
         "{docs:?}"
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("status MACs are not checked"));
+    // Once the forgery is cleared (an empty retained message), `wait` succeeds again.
+    rogue.publish_retained(status_topic, vec![]);
+    let out = cli(&["wait", "--config", cfg.to_str().unwrap(), "--timeout", "60"]);
+    assert!(
+        out.status.success(),
+        "wait: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn cli(args: &[&str]) -> std::process::Output {

@@ -46,7 +46,8 @@ pub enum Cmd {
     /// A table of every node of every folder, read from the retained status topics.
     Status(StatusArgs),
     /// Block until every online node of the folder(s) reports the same state with
-    /// nothing pending (for deploy scripts); exit 1 with the reason on timeout.
+    /// nothing pending, every status verifies under the group key and the ignore
+    /// rules agree (for deploy scripts); exit 1 with the reason on timeout.
     Wait(WaitArgs),
     /// List the conflict copies in the folders of this node, with the path each was
     /// copied from, the node whose version lost and when it was written.
@@ -175,7 +176,8 @@ pub struct HealthcheckArgs {
     #[arg(long, short, env = "MQSYNC_CONFIG")]
     pub config: Option<PathBuf>,
     /// Seconds a failure the daemon keeps retrying (an apply on a full disk, a
-    /// permission, an index write) may last before the node counts as unhealthy.
+    /// permission, an index write, a peer none of whose messages verify) may last
+    /// before the node counts as unhealthy.
     #[arg(long, value_name = "S", default_value_t = crate::ops::status::DEFAULT_ERROR_GRACE_MS / 1000)]
     pub error_grace: u64,
 }

@@ -6,7 +6,7 @@ use super::args::{StatusArgs, WaitArgs};
 use super::{folder_ids, init_logging, load_config, shutdown_signal};
 use crate::config::Config;
 use crate::ops::control::{self, StatusMap};
-use crate::ops::status::State;
+use crate::ops::status::{FolderStatus, State};
 use crate::protocol::wire::Keys;
 use anyhow::{Result, bail};
 use std::collections::HashMap;
@@ -133,14 +133,25 @@ fn status_keys(cfg: &Config) -> Option<Keys> {
 /// Prints statuses as a table (or JSON), marking nodes whose digest differs from the
 /// most common one among the folder's online nodes.
 fn print_status(map: &StatusMap, json: bool) -> Result<()> {
+    // Differing ignore rules explain digests that differ for good.
+    let mut folders: Vec<&str> = map.keys().map(|(f, _)| f.as_str()).collect();
+    folders.dedup();
+    let notes: Vec<String> = folders
+        .iter()
+        .filter_map(|f| control::ignore_differences(map, f))
+        .collect();
     if json {
         let docs: Vec<_> = map.values().collect();
         println!("{}", serde_json::to_string_pretty(&docs)?);
+        for n in notes {
+            eprintln!("{n}");
+        }
         return Ok(());
     }
     let mut majority: HashMap<&str, &str> = HashMap::new();
     let mut counts: HashMap<(&str, &str), usize> = HashMap::new();
-    for d in map.values().filter(|d| d.state != State::Offline) {
+    let counted = |d: &&FolderStatus| !matches!(d.state, State::Offline | State::Unverified);
+    for d in map.values().filter(counted) {
         *counts
             .entry((d.folder.as_str(), d.digest.as_str()))
             .or_default() += 1;
@@ -160,7 +171,7 @@ fn print_status(map: &StatusMap, json: bool) -> Result<()> {
             .as_str()
             .unwrap_or("?")
             .to_string();
-        let in_sync = d.state != State::Offline
+        let in_sync = counted(&d)
             && d.pending == 0
             && majority.get(d.folder.as_str()) == Some(&d.digest.as_str());
         println!(
@@ -180,6 +191,9 @@ fn print_status(map: &StatusMap, json: bool) -> Result<()> {
                 (None, false) => String::new(),
             }
         );
+    }
+    for n in notes {
+        println!("{n}");
     }
     if map.is_empty() {
         println!("(no status received: no node has published under this topic prefix yet)");

@@ -140,6 +140,7 @@ impl Folder {
                 s.keys.clone(),
                 topics.status(&s.node_id),
                 s.connect.tls.is_none(),
+                &f.ignore,
             ),
             out: Outbound::new(
                 s.node_id.clone(),

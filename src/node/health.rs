@@ -3,14 +3,16 @@
 //! healthcheck`), its gauges, and since when a failure has lasted.
 
 use super::now_ms;
+use super::trust::PeerTrust;
 use crate::engine::Engine;
-use crate::ops::status::{FolderStatus, State};
+use crate::ops::status::{FolderStatus, IgnoreRules, State};
 use crate::protocol::relpath::RelPath;
 use crate::protocol::wire::Keys;
 use crate::transport::Publisher;
 use std::collections::HashMap;
 use std::path::PathBuf;
-use tracing::{debug, warn};
+use std::time::Instant;
+use tracing::{debug, info, warn};
 
 pub(super) struct Health {
     folder: String,
@@ -33,6 +35,12 @@ pub(super) struct Health {
     pub last_status: Option<FolderStatus>,
     /// Why the folder is paused (its root or marker is gone), if it is.
     pub paused: Option<String>,
+    /// Peers whose messages keep failing verification (another group key).
+    pub trust: PeerTrust,
+    /// What `trust` said at the last publish: a failure, like a failing apply.
+    peer_error: Option<String>,
+    /// The folder's ignore rules, which every node must share.
+    ignore: IgnoreRules,
 }
 
 /// What the status document is made of besides the health's own state.
@@ -52,6 +60,7 @@ impl Health {
         keys: Keys,
         status_topic: String,
         insecure: bool,
+        ignore: &[String],
     ) -> Self {
         Health {
             folder,
@@ -66,6 +75,9 @@ impl Health {
             failing_since_ms: None,
             last_status: None,
             paused: None,
+            trust: PeerTrust::default(),
+            peer_error: None,
+            ignore: IgnoreRules::of(ignore),
         }
     }
 
@@ -85,11 +97,13 @@ impl Health {
                 .paused
                 .clone()
                 .or_else(|| f.index_error.map(str::to_string))
-                .or_else(|| self.last_error.clone()),
+                .or_else(|| self.last_error.clone())
+                .or_else(|| self.peer_error.clone()),
             failing_since_ms: self.failing_since_ms,
             connected: f.connected,
             insecure_plaintext: self.insecure,
             updated_ms: 0,
+            ignore: Some(self.ignore.clone()),
         }
     }
 
@@ -97,7 +111,22 @@ impl Health {
     /// timer), writes the health file and sets the gauges. Returns whether the folder
     /// has just become idle (the end of a busy period).
     pub fn publish(&mut self, state: State, f: &Facts, publisher: Option<&Publisher>) -> bool {
-        match (f.failing, self.failing_since_ms) {
+        let peer_error = self.trust.error(Instant::now());
+        if peer_error != self.peer_error {
+            match &peer_error {
+                Some(e) => warn!(folder = %self.folder, "{e}"),
+                None => {
+                    info!(folder = %self.folder, "no peer's messages keep failing verification any more")
+                }
+            }
+            self.peer_error = peer_error;
+        }
+        // A peer none of whose messages verify is a failure that lasts, like an apply
+        // that keeps failing: the healthcheck fails once it outlasts the grace period.
+        match (
+            f.failing || self.peer_error.is_some(),
+            self.failing_since_ms,
+        ) {
             (true, None) => self.failing_since_ms = Some(now_ms()),
             (false, Some(_)) => self.failing_since_ms = None,
             _ => {}

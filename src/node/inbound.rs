@@ -29,8 +29,16 @@ impl Folder {
         metrics::counter!("mqsync_bytes_received_total", "folder" => folder.clone())
             .increment(payload.len() as u64);
         match wire::decode(payload, topic, sender, &self.out.keys) {
-            Ok(env) => self.on_message(env),
+            Ok(env) => {
+                self.health.trust.verified(sender);
+                self.on_message(env)
+            }
             Err(e) => {
+                // Judged per sender: a peer none of whose messages verify has
+                // another group key, and the status says so (node/trust.rs).
+                if matches!(e, wire::DecodeError::BadMac) {
+                    self.health.trust.failed(sender, Instant::now());
+                }
                 metrics::counter!("mqsync_messages_rejected_total", "folder" => folder)
                     .increment(1);
                 warn!(folder = %self.cfg.id, %topic, bytes = payload.len(), "dropping message: {e}")

@@ -17,6 +17,7 @@ mod inbound;
 mod local;
 mod outbound;
 mod records;
+mod trust;
 
 pub use from_config::folder_settings;
 

@@ -1,10 +1,10 @@
 //! Operator commands over the broker: `mqsync resync` publishes one command on a
 //! folder's public cmd topic; `mqsync status` and `mqsync wait` read the retained status
 //! topics. Each is a short-lived MQTT client of its own, and none needs the group key
-//! (`daemon::connect_settings`): a resync command carries no MAC. With the key, status
-//! readers drop any status whose MAC does not verify.
+//! (`daemon::connect_settings`): a resync command carries no MAC. With the key, a
+//! status whose MAC does not verify shows as `unverified`, and `wait` fails on it.
 
-use crate::ops::status::FolderStatus;
+use crate::ops::status::{FolderStatus, IgnoreRules, State};
 use crate::protocol::topics;
 use crate::protocol::wire::Keys;
 use crate::transport::ConnectSettings;
@@ -146,14 +146,19 @@ pub async fn watch_status(
                     }
                     continue;
                 }
-                match crate::ops::status::verify(&p.payload, &p.topic, keys) {
-                    Ok(doc) => {
-                        map.insert((doc.folder.clone(), doc.node.clone()), doc);
-                        if tx.send(map.clone()).await.is_err() {
-                            return Ok(());
+                let doc = match crate::ops::status::verify(&p.payload, &p.topic, keys) {
+                    Ok(doc) => doc,
+                    Err(e) => {
+                        warn!(topic = %p.topic, "unverified status: {e}");
+                        match unverified(&p.topic, &e) {
+                            Some(doc) => doc,
+                            None => continue,
                         }
                     }
-                    Err(e) => warn!(topic = %p.topic, "dropping status: {e}"),
+                };
+                map.insert((doc.folder.clone(), doc.node.clone()), doc);
+                if tx.send(map.clone()).await.is_err() {
+                    return Ok(());
                 }
             }
             Ok(_) => {}
@@ -200,15 +205,59 @@ pub async fn read_status(
     }
 }
 
-/// Whether the online nodes of `folder` agree: same digest, nothing pending. Returns
-/// a reason when they do not.
+/// The row of a status that does not verify: nothing it claims is taken, only the
+/// folder and node its topic names, so a node with another group key (or a forgery on
+/// its topic) shows instead of vanishing.
+fn unverified(topic: &str, e: &crate::ops::status::StatusError) -> Option<FolderStatus> {
+    let (folder, node) = topics::status_parts(topic)?;
+    Some(FolderStatus {
+        node: node.to_string(),
+        folder: folder.to_string(),
+        state: State::Unverified,
+        version: String::new(),
+        files: 0,
+        bytes: 0,
+        pending: 0,
+        digest: String::new(),
+        local_changes: 0,
+        last_error: Some(format!("{e} (group key differs?)")),
+        failing_since_ms: None,
+        connected: false,
+        insecure_plaintext: false,
+        updated_ms: 0,
+        ignore: None,
+    })
+}
+
+/// Whether the online nodes of `folder` agree: every status verified, no failure that
+/// lasts, the same ignore rules and digest, nothing pending. Returns a reason when they
+/// do not.
 pub fn folder_in_sync(map: &StatusMap, folder: &str) -> Result<usize, String> {
     let online: Vec<&FolderStatus> = map
         .values()
-        .filter(|d| d.folder == folder && d.state != crate::ops::status::State::Offline)
+        .filter(|d| d.folder == folder && d.state != State::Offline)
         .collect();
     if online.is_empty() {
         return Err(format!("no online node reports folder {folder}"));
+    }
+    if let Some(d) = online.iter().find(|d| d.state == State::Unverified) {
+        return Err(format!(
+            "folder {folder}: node {} is unverified: {}",
+            d.node,
+            d.last_error.as_deref().unwrap_or("")
+        ));
+    }
+    // A failure that lasts (a peer whose messages do not verify, an apply or index
+    // write retried) is no agreement, even where the digests match.
+    if let Some(d) = online.iter().find(|d| d.failing_since_ms.is_some()) {
+        return Err(format!(
+            "folder {folder}: node {} keeps failing: {}",
+            d.node,
+            d.last_error.as_deref().unwrap_or("no detail")
+        ));
+    }
+    if let Some(why) = ignore_differences(map, folder) {
+        return Err(why);
     }
     let digest = &online[0].digest;
     for d in &online {
@@ -218,7 +267,7 @@ pub fn folder_in_sync(map: &StatusMap, folder: &str) -> Result<usize, String> {
                 online[0].node, digest, d.node, d.digest
             ));
         }
-        if d.pending > 0 || d.state != crate::ops::status::State::Idle {
+        if d.pending > 0 || d.state != State::Idle {
             return Err(format!(
                 "folder {folder}: node {} is {:?} with {} pending",
                 d.node, d.state, d.pending
@@ -226,4 +275,162 @@ pub fn folder_in_sync(map: &StatusMap, folder: &str) -> Result<usize, String> {
         }
     }
     Ok(online.len())
+}
+
+/// Which online nodes of `folder` ignore other patterns than the rules most of them
+/// share (ties: the first node's), naming each node and pattern; `None` when all agree.
+/// Differing rules keep digests apart for good: what one node ignores, another syncs.
+pub fn ignore_differences(map: &StatusMap, folder: &str) -> Option<String> {
+    let nodes: Vec<(&str, &IgnoreRules)> = map
+        .values()
+        .filter(|d| d.folder == folder && d.state != State::Offline)
+        .filter_map(|d| Some((d.node.as_str(), d.ignore.as_ref()?)))
+        .collect();
+    let held = |h: &str| nodes.iter().filter(|(_, r)| r.hash == h).count();
+    let (ref_node, reference) =
+        nodes
+            .iter()
+            .fold(None, |best: Option<&(&str, &IgnoreRules)>, n| match best {
+                Some(b) if held(&b.1.hash) >= held(&n.1.hash) => Some(b),
+                _ => Some(n),
+            })?;
+    let quoted = |ps: &[&String]| {
+        ps.iter()
+            .map(|p| format!("{p:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut parts = vec![];
+    for (node, rules) in nodes.iter().filter(|(_, r)| r.hash != reference.hash) {
+        let extra: Vec<_> = rules
+            .patterns
+            .iter()
+            .filter(|p| !reference.patterns.contains(p))
+            .collect();
+        let missing: Vec<_> = reference
+            .patterns
+            .iter()
+            .filter(|p| !rules.patterns.contains(p))
+            .collect();
+        if !extra.is_empty() {
+            parts.push(format!(
+                "node {node} ignores {} ({ref_node} does not)",
+                quoted(&extra)
+            ));
+        }
+        if !missing.is_empty() {
+            parts.push(format!(
+                "node {node} does not ignore {} ({ref_node} does)",
+                quoted(&missing)
+            ));
+        }
+        if extra.is_empty() && missing.is_empty() {
+            parts.push(format!(
+                "node {node}'s ignore rules differ from {ref_node}'s (lists too long to show)"
+            ));
+        }
+    }
+    (!parts.is_empty()).then(|| {
+        format!(
+            "folder {folder}: ignore rules differ (they must be the same on every node): {}",
+            parts.join("; ")
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::status::StatusError;
+
+    fn doc(node: &str, ignore: &[&str]) -> FolderStatus {
+        let ignore: Vec<String> = ignore.iter().map(|p| p.to_string()).collect();
+        FolderStatus {
+            state: State::Idle,
+            version: "0".into(),
+            digest: "d".into(),
+            last_error: None,
+            connected: true,
+            ignore: Some(IgnoreRules::of(&ignore)),
+            ..unverified(
+                &format!("mqsync/docs/status/{node}"),
+                &StatusError::Malformed(String::new()),
+            )
+            .unwrap()
+        }
+    }
+
+    fn map(docs: Vec<FolderStatus>) -> StatusMap {
+        docs.into_iter()
+            .map(|d| ((d.folder.clone(), d.node.clone()), d))
+            .collect()
+    }
+
+    #[test]
+    fn an_unverified_node_keeps_the_folder_out_of_sync() {
+        let mut m = map(vec![doc("n1", &[]), doc("n2", &[])]);
+        assert_eq!(folder_in_sync(&m, "docs"), Ok(2));
+        let bad = StatusError::Mac(crate::ops::status::MacError::BadMac);
+        let u = unverified("mqsync/docs/status/n3", &bad).unwrap();
+        assert_eq!((u.folder.as_str(), u.node.as_str()), ("docs", "n3"));
+        m.insert(("docs".into(), "n3".into()), u);
+        let why = folder_in_sync(&m, "docs").unwrap_err();
+        assert!(
+            why.contains("node n3 is unverified") && why.contains("group key"),
+            "{why}"
+        );
+        assert_eq!(unverified("not/a/status", &bad), None);
+        // A node that verifies none of a peer's messages is not in sync either.
+        m.remove(&("docs".to_string(), "n3".to_string()));
+        let n1 = m.get_mut(&("docs".to_string(), "n1".to_string())).unwrap();
+        n1.failing_since_ms = Some(1);
+        n1.last_error = Some("messages from n3 fail verification".into());
+        let why = folder_in_sync(&m, "docs").unwrap_err();
+        assert!(
+            why.contains("node n1 keeps failing: messages from n3"),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn differing_ignore_rules_name_the_node_and_the_patterns() {
+        // Order and repeats do not matter: the rules are a set.
+        let m = map(vec![
+            doc("n1", &["*.swp", "*.tmp"]),
+            doc("n2", &["*.tmp", "*.swp", "*.tmp"]),
+            doc("n3", &["*.swp", "*.log"]),
+        ]);
+        let why = ignore_differences(&m, "docs").unwrap();
+        assert!(
+            why.contains(r#"node n3 ignores "*.log" (n1 does not)"#)
+                && why.contains(r#"node n3 does not ignore "*.tmp" (n1 does)"#)
+                && !why.contains("node n1")
+                && !why.contains("node n2"),
+            "{why}"
+        );
+        assert_eq!(folder_in_sync(&m, "docs"), Err(why));
+        let same = map(vec![doc("n1", &["a"]), doc("n2", &["a"])]);
+        assert_eq!(ignore_differences(&same, "docs"), None);
+        // An older node that does not report its rules is not compared.
+        let mut old = doc("n3", &["b"]);
+        old.ignore = None;
+        let m = map(vec![doc("n1", &["a"]), old]);
+        assert_eq!(ignore_differences(&m, "docs"), None);
+    }
+
+    #[test]
+    fn ignore_lists_too_long_to_show_still_differ() {
+        let long: Vec<String> = (0..1000).map(|i| format!("pattern-{i:04}")).collect();
+        let mut other = long.clone();
+        other.push("zzz".into());
+        let (a, b) = (IgnoreRules::of(&long), IgnoreRules::of(&other));
+        assert!(a.truncated && a.patterns.iter().map(String::len).sum::<usize>() <= 2048);
+        assert_ne!(a.hash, b.hash);
+        let mut d1 = doc("n1", &[]);
+        d1.ignore = Some(a);
+        let mut d2 = doc("n2", &[]);
+        d2.ignore = Some(b);
+        let why = ignore_differences(&map(vec![d1, d2]), "docs").unwrap();
+        assert!(why.contains("too long to show"), "{why}");
+    }
 }

@@ -17,6 +17,9 @@ pub enum State {
     Idle,
     Offline,
     Error,
+    /// Never published: what `mqsync status` shows for a document whose MAC does not
+    /// verify under its group key (a node with another group key, or a forgery).
+    Unverified,
 }
 
 impl State {
@@ -29,6 +32,7 @@ impl State {
             State::Idle => "idle",
             State::Offline => "offline",
             State::Error => "error",
+            State::Unverified => "unverified",
         }
     }
 }
@@ -62,6 +66,45 @@ pub struct FolderStatus {
     pub insecure_plaintext: bool,
     /// Milliseconds since the Unix epoch.
     pub updated_ms: u64,
+    /// The folder's ignore patterns: every node must have the same (docs/SYNC.md).
+    /// Absent from older nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ignore: Option<IgnoreRules>,
+}
+
+/// A folder's ignore patterns as its status reports them: sorted and without repeats
+/// (the rules are a set), cut after [`MAX_IGNORE_BYTES`]; `hash` covers the whole set,
+/// so nodes can compare rules even when a list is cut.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IgnoreRules {
+    pub hash: String,
+    pub patterns: Vec<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
+}
+
+/// Bytes of patterns a status document carries at most (it is sent every 10 s).
+pub const MAX_IGNORE_BYTES: usize = 2048;
+
+impl IgnoreRules {
+    pub fn of(patterns: &[String]) -> IgnoreRules {
+        let set: std::collections::BTreeSet<&String> = patterns.iter().collect();
+        let mut h = blake3::Hasher::new();
+        let (mut kept, mut bytes) = (vec![], 0);
+        for p in &set {
+            h.update(&(p.len() as u64).to_le_bytes())
+                .update(p.as_bytes());
+            bytes += p.len();
+            if bytes <= MAX_IGNORE_BYTES {
+                kept.push(p.to_string());
+            }
+        }
+        IgnoreRules {
+            hash: h.finalize().to_hex()[..16].to_string(),
+            truncated: kept.len() < set.len(),
+            patterns: kept,
+        }
+    }
 }
 
 /// The member that closes a signed document: `,"mac":"` + 64 hex digits + `"}`.
@@ -174,7 +217,7 @@ pub fn unhealthy(doc: &FolderStatus, now_ms: u64, error_grace_ms: u64) -> Option
         ));
     }
     match doc.state {
-        State::Error | State::Offline => Some(format!(
+        State::Error | State::Offline | State::Unverified => Some(format!(
             "folder {}: state {:?}: {}",
             doc.folder,
             doc.state,
@@ -227,6 +270,7 @@ mod tests {
             connected: true,
             insecure_plaintext: false,
             updated_ms: 1,
+            ignore: Some(IgnoreRules::of(&["*.swp".into()])),
         }
     }
 
