@@ -108,6 +108,10 @@ fn a_node_with_another_group_key_is_named_by_status_wait_and_healthcheck() {
         "n1: {:?}",
         fs::read_to_string(&n1_health)
     );
+    // n1 still verifies n2: it names n3 but is healthy (one misconfigured node must
+    // not fail every healthy node's healthcheck).
+    let (ok, out, err) = mqsync(&["healthcheck", "--error-grace", "0", "--config", cfg]);
+    assert!(ok, "n1's healthcheck failed: {out}{err}");
     assert!(!c.folder(2).join("a.txt").exists());
 }
 

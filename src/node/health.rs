@@ -121,12 +121,11 @@ impl Health {
             }
             self.peer_error = peer_error;
         }
-        // A peer none of whose messages verify is a failure that lasts, like an apply
-        // that keeps failing: the healthcheck fails once it outlasts the grace period.
-        match (
-            f.failing || self.peer_error.is_some(),
-            self.failing_since_ms,
-        ) {
+        // Hearing no peer that verifies (while some fail) is a failure that lasts, like
+        // an apply that keeps failing: the healthcheck fails once it outlasts the grace
+        // period. A node that verifies other peers only names the failing ones.
+        let isolated = self.peer_error.is_some() && self.trust.isolated(Instant::now());
+        match (f.failing || isolated, self.failing_since_ms) {
             (true, None) => self.failing_since_ms = Some(now_ms()),
             (false, Some(_)) => self.failing_since_ms = None,
             _ => {}

@@ -30,7 +30,7 @@ impl Folder {
             .increment(payload.len() as u64);
         match wire::decode(payload, topic, sender, &self.out.keys) {
             Ok(env) => {
-                self.health.trust.verified(sender);
+                self.health.trust.verified(sender, Instant::now());
                 self.on_message(env)
             }
             Err(e) => {

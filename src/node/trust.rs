@@ -20,6 +20,8 @@ const MAX_SENDERS: usize = 64;
 #[derive(Debug, Default)]
 pub(super) struct PeerTrust {
     failing: BTreeMap<String, Failing>,
+    /// When a message from any peer last verified.
+    last_verified: Option<Instant>,
 }
 
 /// Messages from one sender that failed since its last verified one.
@@ -32,8 +34,20 @@ struct Failing {
 
 impl PeerTrust {
     /// A message from `sender` verified: whatever failed before was not its own.
-    pub fn verified(&mut self, sender: &str) {
+    pub fn verified(&mut self, sender: &str, now: Instant) {
         self.failing.remove(sender);
+        self.last_verified = Some(now);
+    }
+
+    /// Whether this node hears no peer it can verify while some fail: its own key
+    /// is the odd one out (or every peer's is), a failure its healthcheck reports. A
+    /// node that still verifies other peers only names the failing ones in its status,
+    /// so one misconfigured node does not fail every healthy node's healthcheck.
+    pub fn isolated(&self, now: Instant) -> bool {
+        !self.untrusted(now).is_empty()
+            && self
+                .last_verified
+                .is_none_or(|t| now.duration_since(t) >= FORGET_AFTER)
     }
 
     /// A message from `sender` failed the MAC.
@@ -110,7 +124,7 @@ mod tests {
         assert_eq!(t.error(at(t0, 30) + FORGET_AFTER), None);
         // A verified message clears it at once.
         t.failed("n3", at(t0, 60));
-        t.verified("n3");
+        t.verified("n3", at(t0, 60));
         assert_eq!(t.error(at(t0, 61)), None);
     }
 
@@ -126,9 +140,29 @@ mod tests {
         // Forgeries under a real peer's name, between its verified messages.
         for s in [0, 30, 60, 90] {
             t.failed("n1", at(t0, s));
-            t.verified("n1");
+            t.verified("n1", at(t0, s));
         }
         assert_eq!(t.error(at(t0, 91)), None);
+    }
+
+    #[test]
+    fn only_a_node_that_verifies_no_peer_is_isolated() {
+        let t0 = Instant::now();
+        // n1 verifies n2 but not n3: it names n3 and is not isolated.
+        let mut n1 = PeerTrust::default();
+        n1.verified("n2", t0);
+        n1.failed("n3", t0);
+        n1.failed("n3", at(t0, 30));
+        n1.verified("n2", at(t0, 30));
+        assert!(n1.error(at(t0, 31)).is_some());
+        assert!(!n1.isolated(at(t0, 31)));
+        // n3 verifies nobody: isolated.
+        let mut n3 = PeerTrust::default();
+        for s in [0, 30] {
+            n3.failed("n1", at(t0, s));
+            n3.failed("n2", at(t0, s));
+        }
+        assert!(n3.isolated(at(t0, 31)));
     }
 
     #[test]
