@@ -306,8 +306,20 @@ impl Folder {
                 self.engine.handle_applied(&path, &version, false);
             }
             e if e.retryable() => {
-                // A directory that waits for its entries to go is ordinary order.
-                let reported = !matches!(e, ApplyError::NotEmpty(_));
+                // A directory that waits for its entries to go is ordinary order; so is
+                // a file whose directory was deleted here while it arrived: the delete
+                // did not know the file, and an edit beats a concurrent delete, so it
+                // is written again with its directory.
+                let dir_gone = matches!(&e, ApplyError::Io { source, .. }
+                    if source.kind() == std::io::ErrorKind::NotFound)
+                    && path
+                        .to_local(&self.cfg.path)
+                        .parent()
+                        .is_some_and(|d| !d.exists());
+                if dir_gone {
+                    info!(folder = %self.cfg.id, %path, "its directory was deleted here while the file arrived; an edit beats a concurrent delete, so the file is written again with its directory (delete it again to remove it)");
+                }
+                let reported = !matches!(e, ApplyError::NotEmpty(_)) && !dir_gone;
                 let failure = Failure::Retry {
                     needs_space: e.no_space().then(|| entry.content.size()),
                     reported,
