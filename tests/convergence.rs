@@ -1,6 +1,6 @@
 //! Convergence through real processes against both brokers (the embedded rumqttd and
 //! Mosquitto with required client certificates): concurrent edits resolve to the same
-//! winner and conflict copy everywhere, and a node that was offline while thousands of
+//! winner and conflict copy everywhere, and settle without a digest exchange; a node that was offline while thousands of
 //! files changed catches up through digests, not broker queues.
 
 mod common;
@@ -112,6 +112,55 @@ fn concurrent_edits_resolve_identically_embedded_broker() {
 #[test]
 fn concurrent_edits_resolve_identically_mosquitto() {
     concurrent_edits(BrokerKind::Mosquitto);
+}
+
+/// A conflict settles at once: the node whose disk held the losing version publishes
+/// the version it made for the winner, so the digests agree as soon as the files do.
+/// Before, the nodes held the same files within a second but their digests differed
+/// until the next periodic digest exchange (every 30 s after connecting), so `wait`
+/// took that long. Both daemons restart together, so that exchange is 30 s away and a
+/// `wait` limited to 10 s can only succeed without it.
+#[test]
+fn a_conflict_settles_without_waiting_for_a_digest_exchange() {
+    let mut c = Cluster::new(2);
+    c.start_node(0);
+    c.start_node(1);
+    let (a, b) = (c.folder(0), c.folder(1));
+    assert!(wait_until(T, || a.join(".mqsync").exists()
+        && b.join(".mqsync").exists()));
+    fs::write(a.join("doc.txt"), b"original").unwrap();
+    c.converge(&[0, 1], T, |s| s.contains_key("doc.txt"));
+
+    // Both edit while stopped: concurrent versions, node 2's later mtime wins.
+    c.stop_node(0);
+    c.stop_node(1);
+    fs::write(a.join("doc.txt"), b"edit from n1 (earlier)").unwrap();
+    set_mtime(&a.join("doc.txt"), 1_700_000_000);
+    fs::write(b.join("doc.txt"), b"edit from n2 (later)").unwrap();
+    set_mtime(&b.join("doc.txt"), 1_700_000_100);
+    c.start_node(0);
+    c.start_node(1);
+    let copy = "doc.sync-conflict-20231114-221320-n1.txt";
+    c.converge(&[0, 1], T, |s| {
+        s.contains_key(copy)
+            && s.get("doc.txt")
+                .is_some_and(|v| v.contains("mtime 1700000100"))
+    });
+
+    let cfg = c.path("n1.toml");
+    let out = std::process::Command::new(BIN)
+        .args(["wait", "--config", cfg.to_str().unwrap(), "--timeout", "10"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "wait after a conflict: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("(2 nodes)"), "both nodes compared: {said}");
+    assert_eq!(snapshot(&a), snapshot(&b));
 }
 
 #[test]

@@ -15,6 +15,7 @@ pub mod guard;
 pub mod intern;
 pub mod resolve;
 pub mod schedule;
+mod under_apply;
 pub mod version;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -77,6 +78,8 @@ struct Pending {
     entry: Entry,
     conflict_copy: Option<RelPath>,
     from: Origin,
+    /// A version made here (a resolved conflict): published once written.
+    publish: bool,
 }
 
 /// The sync state of one folder on one node.
@@ -378,22 +381,10 @@ impl Engine {
             (Some(Content::File { chunks, .. }), Content::File { .. }) => Some(chunks.clone()),
             _ => None,
         };
-        if let Some(p) = self.take_pending(&path) {
-            // The disk changed under an unfinished apply: the two versions conflict.
-            if beats(&p.entry, &local)
-                && let Decision::Install {
-                    entry,
-                    conflict_copy,
-                } = resolve(&self.node, Some(&local), &p.entry)
-            {
-                // The disk holds `local` now: record it, so that the confirmed state
-                // never claims data the disk lost, but do not announce it (it lost);
-                // then install the winner, keeping `local` as a conflict copy.
-                self.confirm(local);
-                self.start_apply(entry, conflict_copy, Origin::any());
-                return;
-            }
-            self.effects.push_back(Effect::Cancel(path.clone()));
+        if let Some(p) = self.take_pending(&path)
+            && self.changed_under_apply(&local, p, previous.clone())
+        {
+            return;
         }
         self.confirm(local.clone());
         self.effects.push_back(Effect::Announce {
@@ -419,25 +410,36 @@ impl Engine {
         if let Some(p) = self.pending.get(&entry.path) {
             match entry.version.compare(&p.entry.version) {
                 Causality::Equal | Causality::Less => return,
+                // A concurrent loser loses as to a confirmed entry (its holder gets the
+                // winner too and resolves); dropping the winner left this node behind.
+                Causality::Concurrent
+                    if beats(&p.entry, &entry) && !p.entry.content.same_data(&entry.content) =>
+                {
+                    return;
+                }
                 Causality::Greater | Causality::Concurrent => {
                     // Re-decide against what is on disk; the old target is dropped
-                    // (its author still holds it and will offer it again if it wins).
+                    // (its author still holds it and resolves when this one reaches it).
                     self.take_pending(&entry.path);
                     self.effects.push_back(Effect::Cancel(entry.path.clone()));
                 }
             }
         }
-        match resolve(&self.node, self.entries.get(&entry.path), &entry) {
-            Decision::Ignore => {}
-            Decision::Adopt(e) => self.confirm(e),
-            Decision::Install {
-                entry,
-                conflict_copy,
-            } => {
-                self.local_changes.remove(&entry.path);
-                self.start_apply(entry, conflict_copy, from.clone())
-            }
-        }
+        let (entry, conflict_copy, publish) =
+            match resolve(&self.node, self.entries.get(&entry.path), &entry) {
+                Decision::Ignore => return,
+                Decision::Adopt(e) => return self.confirm(e),
+                Decision::Install {
+                    entry,
+                    conflict_copy,
+                } => (entry, conflict_copy, false),
+                Decision::Resolve {
+                    entry,
+                    conflict_copy,
+                } => (entry, conflict_copy, true),
+            };
+        self.local_changes.remove(&entry.path);
+        self.start_apply(entry, conflict_copy, from.clone(), publish);
     }
 
     /// An operator asked for a resync. On a receive-only folder this puts back the
@@ -459,7 +461,7 @@ impl Engine {
                 changed_ms: self.now_ms,
                 content: Content::Deleted,
             });
-            self.start_apply(entry, None, Origin::any());
+            self.start_apply(entry, None, Origin::any(), false);
         }
     }
 
@@ -475,7 +477,13 @@ impl Engine {
             && ok
             && !p.entry.version.is_empty()
         {
+            let publish = p.publish.then(|| p.entry.clone());
             self.confirm(p.entry);
+            if let Some(e) = publish {
+                // A resolution, on disk with the loser moved aside: peers take or merge
+                // it at once. Not live: whoever lacks chunks asks this node.
+                self.effects.push_back(Effect::SendEntries(vec![e]));
+            }
         }
     }
 
@@ -535,7 +543,8 @@ impl Engine {
         }
     }
 
-    fn start_apply(&mut self, entry: Entry, conflict_copy: Option<RelPath>, from: Origin) {
+    /// `publish`: a version made here, published once written (see `Decision::Resolve`).
+    fn start_apply(&mut self, entry: Entry, copy: Option<RelPath>, from: Origin, publish: bool) {
         // A new version replaces a failed one and its retry (and its failure).
         self.retries.remove(&entry.path);
         self.failing.remove(&entry.path);
@@ -543,13 +552,14 @@ impl Engine {
             entry.path.clone(),
             Pending {
                 entry: entry.clone(),
-                conflict_copy: conflict_copy.clone(),
+                conflict_copy: copy.clone(),
                 from: from.clone(),
+                publish,
             },
         );
         self.effects.push_back(Effect::Apply {
             entry,
-            conflict_copy,
+            conflict_copy: copy,
             from,
             needs_space: None,
         });

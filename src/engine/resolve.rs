@@ -21,6 +21,14 @@ pub enum Decision {
         entry: Entry,
         conflict_copy: Option<RelPath>,
     },
+    /// A conflict the incoming entry wins: like `Install`, but `entry` is a new version
+    /// made here (the merged vector plus a fresh counter of this node), which no peer
+    /// has heard of. Once written it must be published: the peers holding the winner
+    /// then record it at once instead of at the next digest exchange.
+    Resolve {
+        entry: Entry,
+        conflict_copy: Option<RelPath>,
+    },
 }
 
 /// `true` when `a` beats `b` in a conflict. Total and deterministic: an edit beats a
@@ -46,7 +54,13 @@ pub fn beats(a: &Entry, b: &Entry) -> bool {
 ///
 /// A resolved conflict gets the merged vector plus a fresh counter of the resolving
 /// node: without it, two nodes resolving different pairs could produce the same vector
-/// for different data, and versions would no longer identify content.
+/// for different data, and versions would no longer identify content. The counter must
+/// be the resolving node's own: a counter of another node (say the winner's author)
+/// would collide with that node's next edit, made without knowledge of the resolution,
+/// and the resolution would then claim to descend from an edit it never saw. So two
+/// nodes resolving the same conflict make different versions of the same data; they
+/// publish them ([`Decision::Resolve`]), and versions of identical data merge into one
+/// (their vectors joined, the other fields from the same winner), whatever the order.
 pub fn resolve(node: &str, local: Option<&Entry>, remote: &Entry) -> Decision {
     let Some(local) = local else {
         return if remote.content.is_deleted() {
@@ -99,7 +113,7 @@ pub fn resolve(node: &str, local: Option<&Entry>, remote: &Entry) -> Decision {
                 Content::File { .. } | Content::Symlink { .. } => conflict_name(local),
                 Content::Dir { .. } | Content::Deleted => None,
             };
-            Decision::Install {
+            Decision::Resolve {
                 entry,
                 conflict_copy,
             }
@@ -258,7 +272,7 @@ mod tests {
                 name: "concurrent, remote later: remote wins, local kept as copy",
                 local: Some(local.clone()),
                 remote: remote_conc_later.clone(),
-                want: Decision::Install {
+                want: Decision::Resolve {
                     entry: Entry {
                         version: a1b1.incremented("a"),
                         ..remote_conc_later.clone()
@@ -293,7 +307,7 @@ mod tests {
                 name: "concurrent edit beats local delete, no copy of a tombstone",
                 local: Some(deleted("x.txt", a1.clone(), "a")),
                 remote: remote_conc_earlier_clone(&b1),
-                want: Decision::Install {
+                want: Decision::Resolve {
                     entry: Entry {
                         version: a1b1.incremented("a"),
                         ..remote_conc_earlier_clone(&b1)
@@ -324,10 +338,10 @@ mod tests {
         let at_a = resolve("a", Some(&a), &b);
         let at_b = resolve("b", Some(&b), &a);
         match (at_a, at_b) {
-            (Decision::Install { entry, .. }, Decision::Ignore) => {
+            (Decision::Resolve { entry, .. }, Decision::Ignore) => {
                 assert_eq!(&*entry.modified_by, "b")
             }
-            (Decision::Ignore, Decision::Install { entry, .. }) => {
+            (Decision::Ignore, Decision::Resolve { entry, .. }) => {
                 assert_eq!(&*entry.modified_by, "a")
             }
             other => panic!("sides disagree: {other:?}"),

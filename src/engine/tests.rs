@@ -78,6 +78,10 @@ impl Net {
                             ..
                         } => {
                             let n = &mut self.nodes[i];
+                            if n.engine.pending_entry(&entry.path) != Some(&entry) {
+                                // Cancelled (replaced) by a message that came after it.
+                                continue;
+                            }
                             if let Some(cc) = conflict_copy {
                                 if let Some(old) = n.disk.remove(&entry.path) {
                                     n.disk.insert(cc.clone(), old.clone());
@@ -195,6 +199,53 @@ fn concurrent_edits_keep_a_conflict_copy_everywhere() {
     let copy = p("doc.sync-conflict-19700101-000020-n0.txt");
     assert_eq!(disk.get(&copy), Some(&file(2, 20)), "loser kept: {disk:?}");
     assert_eq!(disk.len(), 2);
+}
+
+/// A conflict settles in the live exchange: the node holding the loser publishes its
+/// resolution, so no digest round is needed for the entries (not only the files) to
+/// agree, also when every node takes part (three concurrent edits, every one of them
+/// resolved on two nodes, in whatever order the versions arrive).
+#[test]
+fn conflicts_settle_without_a_digest_round() {
+    for writers in [2, 3] {
+        for order in 0..2 {
+            let mut net = Net::new(3);
+            for w in 0..writers {
+                // `order` flips which writer has the later mtime (the winner).
+                let mtime = if order == 0 { 10 + w } else { 20 - w };
+                net.write(w, "doc.txt", file(w as u8 + 1, mtime as i64));
+            }
+            net.run(&[true; 3]);
+            net.assert_converged();
+            let disk = &net.nodes[0].disk;
+            assert_eq!(disk.len(), writers, "winner and a copy per loser: {disk:?}");
+            let doc = net.nodes[0].engine.entry(&p("doc.txt")).unwrap();
+            for n in &net.nodes {
+                assert_eq!(n.engine.entry(&p("doc.txt")), Some(doc), "same entry");
+            }
+        }
+    }
+}
+
+/// The resolving node counts the resolution itself: a counter of the winner's author
+/// would collide with that author's next edit, made before it heard of the conflict,
+/// and the resolution would then claim to descend from an edit it never saw.
+#[test]
+fn a_resolution_never_claims_a_later_edit_of_the_winner() {
+    let mut net = Net::new(2);
+    net.write(0, "doc.txt", file(1, 10));
+    net.write(1, "doc.txt", file(2, 20));
+    // n1 edits again before anything arrives: its second version must not be taken
+    // as older than n0's resolution of the first.
+    net.write(1, "doc.txt", file(3, 30));
+    net.run(&[true; 2]);
+    net.assert_converged();
+    assert_eq!(net.nodes[0].disk.get(&p("doc.txt")), Some(&file(3, 30)));
+    assert!(
+        net.nodes[0].disk.values().any(|c| c == &file(1, 10)),
+        "n0's edit kept as a copy: {:?}",
+        net.nodes[0].disk
+    );
 }
 
 #[test]
