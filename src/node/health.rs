@@ -42,6 +42,7 @@ pub(super) struct Facts<'a> {
     pub connected: bool,
     /// Whether an apply or the index keeps failing.
     pub failing: bool,
+    pub held_deletes: u64,
 }
 
 impl Health {
@@ -90,6 +91,7 @@ impl Health {
             connected: f.connected,
             insecure_plaintext: self.insecure,
             updated_ms: 0,
+            held_deletes: f.held_deletes,
         }
     }
 

@@ -62,6 +62,14 @@ pub struct FolderStatus {
     pub insecure_plaintext: bool,
     /// Milliseconds since the Unix epoch.
     pub updated_ms: u64,
+    /// Local deletions held by the mass-delete guard (`max_delete_percent`): applied
+    /// by `mqsync resync`, dropped when the files come back. Absent when 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub held_deletes: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The member that closes a signed document: `,"mac":"` + 64 hex digits + `"}`.
@@ -227,6 +235,7 @@ mod tests {
             connected: true,
             insecure_plaintext: false,
             updated_ms: 1,
+            held_deletes: 0,
         }
     }
 
