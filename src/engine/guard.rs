@@ -46,7 +46,8 @@ pub struct Release {
     /// Set when the deletions are held: (counted deletions, files present, whether
     /// this count is new and worth reporting).
     pub held: Option<(usize, u64, bool)>,
-    /// Every held deletion's file came back: the hold is over, nothing was deleted.
+    /// A hold is over without a resync: its files came back (`send` may still hold
+    /// deletions that do not count: moves, this node's transient files).
     pub restored: bool,
 }
 
@@ -108,9 +109,9 @@ impl DeleteGuard {
     /// (`moved`: another staying file holds its content) or of this node's own
     /// transient file (written less than [`TRANSIENT_MS`] before, by `wall_ms`) does
     /// not count; the rest are held when they exceed `max_percent` of the present files
-    /// (and [`MASS_DELETE_MIN_FILES`]), else sent. While held with no new deletion, the
-    /// held paths are only checked for coming back ([`Release::restored`] once all
-    /// did); the rest stay held, so a restore still in progress never sends them.
+    /// (and [`MASS_DELETE_MIN_FILES`]), else sent. While held, the held paths are
+    /// checked for coming back ([`Release::restored`] once none is left); the rest,
+    /// and new deletions, stay held, so a restore in progress never sends them.
     pub fn release(
         &mut self,
         now: Instant,
@@ -147,13 +148,19 @@ impl DeleteGuard {
             .filter(|(p, seen)| !transient(p, seen) && !moved(p, &leaving))
             .count();
         let (present, _) = engine.present();
-        if deletes >= MASS_DELETE_MIN_FILES && (deletes as u64) * 100 > self.max_percent * present {
-            out.held = Some((deletes, present, deletes != self.held));
+        let over =
+            deletes >= MASS_DELETE_MIN_FILES && (deletes as u64) * 100 > self.max_percent * present;
+        // While a hold lasts, what is left of it stays held even when small: the files
+        // may be coming back (a restore in progress), and new deletions wait with it.
+        if over || (self.held > 0 && deletes > 0) {
+            out.held = Some((deletes, present, over && deletes != self.held));
             self.held = deletes;
             self.waiting = gone.into_iter().collect();
             self.recheck = Some(now + recheck_interval(self.waiting.len()));
             return out;
         }
+        // A hold that new deletions made judge again can end here too.
+        out.restored = self.held > 0;
         self.held = 0;
         self.recheck = None;
         out.send = gone.into_iter().map(|(p, _)| p).collect();
@@ -283,6 +290,44 @@ mod tests {
         assert_eq!(r.back, paths[6..].to_vec());
         assert!(r.send.is_empty() && r.restored);
         assert_eq!((g.held(), g.poll_timeout()), (0, None));
+
+        // Held again; while the files come back a scan reports one as deleted anew:
+        // judged again after the grace, everything is back, and the hold is over too.
+        for p in &paths {
+            g.hold(&e, p, t3);
+        }
+        let t4 = t3 + DELETE_GRACE;
+        assert!(
+            g.release(t4, 16_000, &e, |_| true, |_, _| false)
+                .held
+                .is_some()
+        );
+        g.hold(&e, &paths[0], t4);
+        let r = g.release(t4 + DELETE_GRACE, 17_000, &e, |_| false, |_, _| false);
+        assert!(r.send.is_empty() && r.held.is_none() && r.restored);
+        assert_eq!((g.held(), g.poll_timeout()), (0, None));
+
+        // Held again; most come back while a new deletion is seen: the two left, though
+        // a small delete, stay held (not reported again) until they are back too.
+        for p in &paths {
+            g.hold(&e, p, t4);
+        }
+        let t5 = t4 + DELETE_GRACE * 3;
+        assert!(
+            g.release(t5, 18_000, &e, |_| true, |_, _| false)
+                .held
+                .is_some()
+        );
+        g.hold(&e, &paths[0], t5);
+        let left = |p: &RelPath| p == &paths[0] || p == &paths[1];
+        let r = g.release(t5 + DELETE_GRACE, 19_000, &e, left, |_, _| false);
+        assert_eq!(r.held, Some((2, 20, false)));
+        assert!(r.send.is_empty() && !r.restored);
+        assert_eq!(g.held(), 2);
+        let t6 = g.poll_timeout().expect("recheck");
+        let r = g.release(t6, 21_000, &e, |_| false, |_, _| false);
+        assert!(r.send.is_empty() && r.restored);
+        assert_eq!(g.held(), 0);
     }
 
     #[test]

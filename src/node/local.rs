@@ -415,7 +415,7 @@ impl Folder {
         // Paths that came back are ordinary changes again; the scan sees them.
         self.local.mark_dirty(r.back, Duration::ZERO);
         if r.restored {
-            info!(folder = %self.cfg.id, "the files of the held mass deletion are back; nothing was deleted");
+            info!(folder = %self.cfg.id, still_deleted = r.send.len(), "the held mass deletion is over: its files are back");
             if self
                 .health
                 .last_error
@@ -424,7 +424,6 @@ impl Folder {
             {
                 self.health.last_error = None;
             }
-            return;
         }
         if let Some((deletes, present, new)) = r.held {
             if new {
