@@ -73,18 +73,6 @@ fn listing(root: &Path) -> BTreeMap<String, String> {
     out
 }
 
-fn status_of(c: &Cluster, node: &str) -> serde_json::Value {
-    let out = Command::new(BIN)
-        .args(["status", "--json", "--config"])
-        .arg(c.path("n1.toml"))
-        .output()
-        .unwrap();
-    let docs: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    docs.into_iter()
-        .find(|d| d["node"] == node)
-        .unwrap_or_default()
-}
-
 #[test]
 fn names_differing_only_in_case_are_refused_and_reported_on_a_case_insensitive_node() {
     let mut c = Cluster::new(2);

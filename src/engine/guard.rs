@@ -1,7 +1,8 @@
 //! The mass-delete guard: local deletions wait until none has been new for a grace
 //! period, then go out together unless they would delete more than the folder's
-//! `max_delete_percent` (a wiped or swapped volume): those are held for an operator's
-//! resync. Pure: the runtime passes `now` and answers whether paths are still absent.
+//! `max_delete_percent` (a wiped or swapped volume): those are held until an operator's
+//! resync applies them or the files come back (rechecked every few seconds). Pure: the
+//! runtime passes `now` and answers whether paths are still absent.
 
 use super::Engine;
 use crate::protocol::relpath::RelPath;
@@ -15,8 +16,11 @@ pub const DELETE_GRACE: Duration = Duration::from_secs(1);
 /// A file this node wrote and deleted within this many ms was transient (a temp file
 /// renamed into place): the guard does not count it.
 pub const TRANSIENT_MS: u64 = 1_000;
-/// A held deletion is judged again at the next new deletion or resync, not every tick.
-const HELD_RECHECK: Duration = Duration::from_secs(3600);
+/// Held deletions are checked for files that came back this often, plus
+/// [`HELD_RECHECK_PER_PATH`] per held path: a stat each, so a hold of a million paths
+/// is looked at about once a minute instead of keeping a core busy.
+const HELD_RECHECK: Duration = Duration::from_secs(2);
+const HELD_RECHECK_PER_PATH: Duration = Duration::from_micros(50);
 
 /// Local deletions waiting for the grace period, or held.
 #[derive(Debug)]
@@ -24,8 +28,10 @@ pub struct DeleteGuard {
     max_percent: u64,
     /// Each waiting deletion, with when it was first seen.
     waiting: BTreeMap<RelPath, Instant>,
-    /// When the latest new deletion was seen (pushed far ahead while held).
+    /// When the latest new deletion not yet judged was seen.
     last_seen: Option<Instant>,
+    /// While held: when to look whether the held paths came back.
+    recheck: Option<Instant>,
     /// How many deletions are held, 0 when none.
     held: usize,
 }
@@ -40,6 +46,9 @@ pub struct Release {
     /// Set when the deletions are held: (counted deletions, files present, whether
     /// this count is new and worth reporting).
     pub held: Option<(usize, u64, bool)>,
+    /// A hold is over without a resync: its files came back (`send` may still hold
+    /// deletions that do not count: moves, this node's transient files).
+    pub restored: bool,
 }
 
 impl DeleteGuard {
@@ -50,6 +59,7 @@ impl DeleteGuard {
             max_percent,
             waiting: BTreeMap::new(),
             last_seen: None,
+            recheck: None,
             held: 0,
         }
     }
@@ -77,6 +87,8 @@ impl DeleteGuard {
     /// Lets every waiting deletion through (an operator's resync confirms them).
     pub fn take_all(&mut self) -> Vec<RelPath> {
         self.held = 0;
+        self.last_seen = None;
+        self.recheck = None;
         std::mem::take(&mut self.waiting).into_keys().collect()
     }
 
@@ -85,7 +97,11 @@ impl DeleteGuard {
         if self.waiting.is_empty() {
             return None;
         }
-        self.last_seen.map(|t| t + DELETE_GRACE)
+        let judge = self.last_seen.map(|t| t + DELETE_GRACE);
+        match (judge, self.recheck) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Once quiet for [`DELETE_GRACE`], judges the waiting deletions as a whole:
@@ -93,7 +109,9 @@ impl DeleteGuard {
     /// (`moved`: another staying file holds its content) or of this node's own
     /// transient file (written less than [`TRANSIENT_MS`] before, by `wall_ms`) does
     /// not count; the rest are held when they exceed `max_percent` of the present files
-    /// (and [`MASS_DELETE_MIN_FILES`]), else sent.
+    /// (and [`MASS_DELETE_MIN_FILES`]), else sent. While held, the held paths are
+    /// checked for coming back ([`Release::restored`] once none is left); the rest,
+    /// and new deletions, stay held, so a restore in progress never sends them.
     pub fn release(
         &mut self,
         now: Instant,
@@ -106,6 +124,10 @@ impl DeleteGuard {
         if self.poll_timeout().is_none_or(|t| now < t) {
             return out;
         }
+        if self.last_seen.is_none_or(|t| now < t + DELETE_GRACE) {
+            return self.recheck_held(now, absent);
+        }
+        self.last_seen = None;
         let waiting = std::mem::take(&mut self.waiting);
         let (gone, back): (Vec<_>, Vec<_>) = waiting.into_iter().partition(|(p, _)| absent(p));
         out.back = back.into_iter().map(|(p, _)| p).collect();
@@ -126,17 +148,50 @@ impl DeleteGuard {
             .filter(|(p, seen)| !transient(p, seen) && !moved(p, &leaving))
             .count();
         let (present, _) = engine.present();
-        if deletes >= MASS_DELETE_MIN_FILES && (deletes as u64) * 100 > self.max_percent * present {
-            out.held = Some((deletes, present, deletes != self.held));
+        let over =
+            deletes >= MASS_DELETE_MIN_FILES && (deletes as u64) * 100 > self.max_percent * present;
+        // While a hold lasts, what is left of it stays held even when small: the files
+        // may be coming back (a restore in progress), and new deletions wait with it.
+        if over || (self.held > 0 && deletes > 0) {
+            out.held = Some((deletes, present, over && deletes != self.held));
             self.held = deletes;
             self.waiting = gone.into_iter().collect();
-            self.last_seen = Some(now + HELD_RECHECK);
+            self.recheck = Some(now + recheck_interval(self.waiting.len()));
             return out;
         }
+        // A hold that new deletions made judge again can end here too.
+        out.restored = self.held > 0;
         self.held = 0;
+        self.recheck = None;
         out.send = gone.into_iter().map(|(p, _)| p).collect();
         out
     }
+
+    /// Drops the held paths that are back on disk (returned in [`Release::back`]);
+    /// when none is left, the hold is over.
+    fn recheck_held(&mut self, now: Instant, absent: impl Fn(&RelPath) -> bool) -> Release {
+        let mut out = Release::default();
+        let waiting = std::mem::take(&mut self.waiting);
+        let (gone, back): (BTreeMap<_, _>, BTreeMap<_, _>) =
+            waiting.into_iter().partition(|(p, _)| absent(p));
+        out.back = back.into_keys().collect();
+        self.waiting = gone;
+        if self.waiting.is_empty() {
+            out.restored = self.held > 0;
+            self.held = 0;
+            self.recheck = None;
+        } else {
+            // The count shown shrinks as files come back (it never grows here).
+            self.held = self.held.min(self.waiting.len());
+            self.recheck = Some(now + recheck_interval(self.waiting.len()));
+        }
+        out
+    }
+}
+
+/// How long until held paths are stat'ed again: longer for more of them.
+fn recheck_interval(held: usize) -> Duration {
+    HELD_RECHECK + HELD_RECHECK_PER_PATH.saturating_mul(held.min(u32::MAX as usize) as u32)
 }
 
 #[cfg(test)]
@@ -186,7 +241,7 @@ mod tests {
         assert_eq!(g.held(), 10);
         assert_eq!(
             g.poll_timeout(),
-            Some(t0 + DELETE_GRACE + HELD_RECHECK + DELETE_GRACE)
+            Some(t0 + DELETE_GRACE + recheck_interval(10))
         );
         assert_eq!(g.take_all().len(), 10);
         assert_eq!(g.held(), 0);
@@ -203,6 +258,76 @@ mod tests {
         assert_eq!(r.send, vec![f1]);
         assert_eq!(r.back, vec![f2]);
         assert_eq!(r.held, None);
+    }
+
+    #[test]
+    fn a_held_delete_ends_when_its_files_come_back() {
+        let e = engine(20);
+        let t0 = Instant::now();
+        let mut g = DeleteGuard::new(25);
+        // Sorted, as the guard returns them.
+        let mut paths: Vec<RelPath> = (0..12)
+            .map(|i| RelPath::new(format!("f{i}")).expect("p"))
+            .collect();
+        paths.sort();
+        for p in &paths {
+            g.hold(&e, p, t0);
+        }
+        let t1 = t0 + DELETE_GRACE;
+        let r = g.release(t1, 10_000, &e, |_| true, |_, _| false);
+        assert_eq!(r.held, Some((12, 20, true)));
+        // Half came back: they go back to the scanner, the rest stay held (not sent,
+        // though 6 of 20 alone would not be held: the restore may still be running).
+        let t2 = g.poll_timeout().expect("recheck");
+        assert!(t2 > t1);
+        let r = g.release(t2, 12_000, &e, |p| paths[6..].contains(p), |_, _| false);
+        assert_eq!(r.back, paths[..6].to_vec());
+        assert!(r.send.is_empty() && r.held.is_none() && !r.restored);
+        assert_eq!(g.held(), 6);
+        // The rest came back: the hold is over, nothing was sent.
+        let t3 = g.poll_timeout().expect("recheck");
+        let r = g.release(t3, 14_000, &e, |_| false, |_, _| false);
+        assert_eq!(r.back, paths[6..].to_vec());
+        assert!(r.send.is_empty() && r.restored);
+        assert_eq!((g.held(), g.poll_timeout()), (0, None));
+
+        // Held again; while the files come back a scan reports one as deleted anew:
+        // judged again after the grace, everything is back, and the hold is over too.
+        for p in &paths {
+            g.hold(&e, p, t3);
+        }
+        let t4 = t3 + DELETE_GRACE;
+        assert!(
+            g.release(t4, 16_000, &e, |_| true, |_, _| false)
+                .held
+                .is_some()
+        );
+        g.hold(&e, &paths[0], t4);
+        let r = g.release(t4 + DELETE_GRACE, 17_000, &e, |_| false, |_, _| false);
+        assert!(r.send.is_empty() && r.held.is_none() && r.restored);
+        assert_eq!((g.held(), g.poll_timeout()), (0, None));
+
+        // Held again; most come back while a new deletion is seen: the two left, though
+        // a small delete, stay held (not reported again) until they are back too.
+        for p in &paths {
+            g.hold(&e, p, t4);
+        }
+        let t5 = t4 + DELETE_GRACE * 3;
+        assert!(
+            g.release(t5, 18_000, &e, |_| true, |_, _| false)
+                .held
+                .is_some()
+        );
+        g.hold(&e, &paths[0], t5);
+        let left = |p: &RelPath| p == &paths[0] || p == &paths[1];
+        let r = g.release(t5 + DELETE_GRACE, 19_000, &e, left, |_, _| false);
+        assert_eq!(r.held, Some((2, 20, false)));
+        assert!(r.send.is_empty() && !r.restored);
+        assert_eq!(g.held(), 2);
+        let t6 = g.poll_timeout().expect("recheck");
+        let r = g.release(t6, 21_000, &e, |_| false, |_, _| false);
+        assert!(r.send.is_empty() && r.restored);
+        assert_eq!(g.held(), 0);
     }
 
     #[test]

@@ -9,10 +9,11 @@
 //!
 //! Here: directories, symlinks and removals, and the shared parent directories. Files
 //! are assembled in `fetch`, made durable and renamed in `commit`; `outcome` holds what
-//! an apply reports, `parent` the held-open parent directory.
+//! an apply reports, `parent` the held-open parent directory, `kept` which directories
+//! are kept for the ignored files in them.
 
 use crate::engine::{Content, Entry, Hash, VersionVector};
-use crate::fs::ignore::TEMP_INFIX;
+use crate::fs::ignore::{Ignore, TEMP_INFIX};
 use crate::protocol::relpath::RelPath;
 use crate::store::index::LocalMeta;
 use std::collections::{BTreeMap, HashMap};
@@ -26,10 +27,12 @@ use std::time::{Duration, Instant};
 
 mod commit;
 mod fetch;
+mod kept;
 mod outcome;
 mod parent;
 pub use fetch::ChunkRequests;
 use fetch::{ChunkCache, Fetch};
+pub use kept::holds_only_ignored;
 use outcome::io_err;
 pub use outcome::{ApplyError, Outcome};
 use parent::ParentDir;
@@ -50,6 +53,9 @@ const PARENT_REUSE: Duration = Duration::from_secs(1);
 
 pub struct Applier {
     root: PathBuf,
+    /// The folder's ignore rules: a directory to delete that holds only ignored
+    /// files is kept, and its delete done.
+    ignore: Ignore,
     fetches: HashMap<RelPath, Fetch>,
     /// Parent directories of files being applied, by their path below the root.
     parents: BTreeMap<String, (Weak<ParentDir>, Instant)>,
@@ -67,9 +73,10 @@ pub struct Applier {
 }
 
 impl Applier {
-    pub fn new(root: PathBuf) -> Self {
+    pub fn new(root: PathBuf, ignore: Ignore) -> Self {
         Applier {
             root,
+            ignore,
             fetches: HashMap::new(),
             parents: BTreeMap::new(),
             staged: Vec::new(),
@@ -290,6 +297,16 @@ impl Applier {
                     Ok(false)
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+                // Not empty for files this node ignores only: they are not synced, so
+                // never deleted; the directory stays for them, and its delete is done.
+                Err(_)
+                    if parent
+                        .open_dir(name)
+                        .is_ok_and(|d| kept::only_ignored(d.into(), path, &self.ignore)) =>
+                {
+                    tracing::info!(dir = %shown.display(), "kept a directory deleted elsewhere: it holds only ignored files, which are never deleted");
+                    Ok(false)
+                }
                 Err(_) => Err(ApplyError::NotEmpty(shown)),
             },
             Some(m) => {

@@ -125,12 +125,12 @@ impl Folder {
                 f.id.clone(),
                 f.path.clone(),
                 (f.debounce, f.rescan_interval),
-                ignore,
+                ignore.clone(),
                 known,
                 f.max_delete_percent,
             ),
             applies: ApplyQueue::new(
-                Applier::new(f.path.clone()),
+                Applier::new(f.path.clone(), ignore),
                 apply_slots(crate::sys::rlimit::open_files(), s.folders.len()),
             ),
             health: Health::new(
@@ -550,11 +550,17 @@ impl Folder {
     }
 
     fn facts(&self) -> Facts<'_> {
-        facts(&self.engine, &self.records, self.connected)
+        facts(
+            &self.engine,
+            &self.records,
+            self.connected,
+            self.local.guard.held(),
+        )
     }
 
     fn publish_status(&mut self, state: State) {
-        let facts = facts(&self.engine, &self.records, self.connected);
+        let held = self.local.guard.held();
+        let facts = facts(&self.engine, &self.records, self.connected, held);
         if self
             .health
             .publish(state, &facts, self.out.publisher.as_ref())
@@ -580,11 +586,12 @@ impl Folder {
 }
 
 /// What the status document says besides the health's own state.
-fn facts<'a>(engine: &'a Engine, records: &'a Records, connected: bool) -> Facts<'a> {
+fn facts<'a>(engine: &'a Engine, records: &'a Records, connected: bool, held: usize) -> Facts<'a> {
     Facts {
         engine,
         index_error: records.error(),
         connected,
         failing: records.error().is_some() || engine.failing_count() > 0,
+        held_deletes: held as u64,
     }
 }

@@ -50,6 +50,7 @@ pub(super) struct Facts<'a> {
     pub connected: bool,
     /// Whether an apply or the index keeps failing.
     pub failing: bool,
+    pub held_deletes: u64,
 }
 
 impl Health {
@@ -104,6 +105,7 @@ impl Health {
             insecure_plaintext: self.insecure,
             updated_ms: 0,
             ignore: Some(self.ignore.clone()),
+            held_deletes: f.held_deletes,
         }
     }
 

@@ -5,7 +5,7 @@
 use super::folder::Folder;
 use super::now_ms;
 use crate::engine::{Content, DeleteGuard, Engine, Hash};
-use crate::fs::applier::Applier;
+use crate::fs::applier::{Applier, holds_only_ignored};
 use crate::fs::casefold::CaseFolds;
 use crate::fs::ignore::{Ignore, MARKER};
 use crate::fs::scanner::{Observed, ScanResult, Scanner};
@@ -337,6 +337,16 @@ impl Folder {
         if !removing.is_empty() {
             changed.retain(|o| !(o.content.is_deleted() && removing.contains_key(&o.path)));
         }
+        // A directory deleted elsewhere but kept for the ignored files in it is not
+        // synced back while it holds nothing else.
+        let (engine, local) = (&self.engine, &self.local);
+        changed.retain(|o| {
+            !(matches!(o.content, Content::Dir { .. })
+                && engine
+                    .entry(&o.path)
+                    .is_some_and(|e| e.content.is_deleted())
+                && holds_only_ignored(&local.root, &o.path, &local.ignore))
+        });
         // Parents before children, so a created tree arrives in order.
         changed.sort_by(|a, b| a.path.cmp(&b.path));
         self.guard_deletions(&mut changed);
@@ -394,7 +404,8 @@ impl Folder {
     }
 
     /// Hands the waiting local deletions to the engine once the guard lets them go;
-    /// a held mass deletion is reported and waits for an operator's resync.
+    /// a held mass deletion is reported and waits for an operator's resync, or ends
+    /// when its files come back (the guard rechecks them).
     pub(super) fn release_deletes(&mut self, now: Instant) {
         if self.local.guard.poll_timeout().is_none_or(|t| now < t) {
             return;
@@ -409,10 +420,21 @@ impl Folder {
         );
         // Paths that came back are ordinary changes again; the scan sees them.
         self.local.mark_dirty(r.back, Duration::ZERO);
+        if r.restored {
+            info!(folder = %self.cfg.id, still_deleted = r.send.len(), "the held mass deletion is over: its files are back");
+            if self
+                .health
+                .last_error
+                .as_deref()
+                .is_some_and(|e| e.contains(HELD_MARK))
+            {
+                self.health.last_error = None;
+            }
+        }
         if let Some((deletes, present, new)) = r.held {
             if new {
                 let msg = format!(
-                    "{deletes} of {present} files were deleted locally, more than max_delete_percent = {}%; holding the deletions. If they are wanted, run `mqsync resync --folder {}`",
+                    "{deletes} of {present} files were deleted locally, more than max_delete_percent = {}%; {HELD_MARK}. If they are wanted, run `mqsync resync --folder {}`; if not, put the files back",
                     self.cfg.max_delete_percent, self.cfg.id
                 );
                 warn!(folder = %self.cfg.id, "{msg}");
@@ -427,6 +449,9 @@ impl Folder {
         self.process();
     }
 }
+
+/// In the error a held mass deletion sets: the hold's end clears only that error.
+const HELD_MARK: &str = "holding the deletions";
 
 fn is_absent(root: &Path, path: &RelPath) -> bool {
     std::fs::symlink_metadata(path.to_local(root))

@@ -226,6 +226,7 @@ fn unverified(topic: &str, e: &crate::ops::status::StatusError) -> Option<Folder
         insecure_plaintext: false,
         updated_ms: 0,
         ignore: None,
+        held_deletes: 0,
     })
 }
 

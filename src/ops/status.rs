@@ -70,6 +70,10 @@ pub struct FolderStatus {
     /// Absent from older nodes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ignore: Option<IgnoreRules>,
+    /// Local deletions held by the mass-delete guard (`max_delete_percent`): applied
+    /// by `mqsync resync`, dropped when the files come back. Absent when 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub held_deletes: u64,
 }
 
 /// A folder's ignore patterns as its status reports them: sorted and without repeats
@@ -105,6 +109,10 @@ impl IgnoreRules {
             patterns: kept,
         }
     }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The member that closes a signed document: `,"mac":"` + 64 hex digits + `"}`.
@@ -271,6 +279,7 @@ mod tests {
             insecure_plaintext: false,
             updated_ms: 1,
             ignore: Some(IgnoreRules::of(&["*.swp".into()])),
+            held_deletes: 0,
         }
     }
 

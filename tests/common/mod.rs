@@ -508,6 +508,20 @@ ignore = ["*.swp"]
     }
 }
 
+/// The status document of `node` as `mqsync status --json` with the first node's
+/// configuration shows it (`Null` if there is none).
+pub fn status_of(c: &Cluster, node: &str) -> serde_json::Value {
+    let out = Command::new(BIN)
+        .args(["status", "--json", "--config"])
+        .arg(c.path(&format!("{}.toml", c.names[0])))
+        .output()
+        .unwrap();
+    let docs: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    docs.into_iter()
+        .find(|d| d["node"] == node)
+        .unwrap_or_default()
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         for n in self.nodes.iter_mut().flatten() {

@@ -52,6 +52,10 @@ fn assert_unsafe_parent(out: &Outcome) {
     );
 }
 
+fn no_ignore() -> Ignore {
+    Ignore::new(&[]).unwrap()
+}
+
 fn none(_: &Hash) -> Option<Vec<u8>> {
     None
 }
@@ -76,7 +80,7 @@ fn committed_one(a: &mut Applier, out: Outcome) -> Outcome {
 #[test]
 fn staged_files_appear_only_at_commit_and_a_batch_commits_together() {
     let d = tempfile::tempdir().unwrap();
-    let mut a = Applier::new(d.path().to_path_buf());
+    let mut a = Applier::new(d.path().to_path_buf(), no_ignore());
     let mut map: HashMap<Hash, Vec<u8>> = HashMap::new();
     for i in 0..5 {
         let body = format!("file {i}");
@@ -114,7 +118,7 @@ fn staged_files_appear_only_at_commit_and_a_batch_commits_together() {
 #[test]
 fn assembles_from_chunks_in_any_order_atomically() {
     let d = tempfile::tempdir().unwrap();
-    let mut a = Applier::new(d.path().to_path_buf());
+    let mut a = Applier::new(d.path().to_path_buf(), no_ignore());
     let (c, data) = file_content(&[b"hello ", b"world", b"hello "], 0o755);
     let e = entry("sub/dir/f.sh", c);
     assert!(matches!(
@@ -145,7 +149,7 @@ fn assembles_from_chunks_in_any_order_atomically() {
 #[test]
 fn local_chunks_need_no_network() {
     let d = tempfile::tempdir().unwrap();
-    let mut a = Applier::new(d.path().to_path_buf());
+    let mut a = Applier::new(d.path().to_path_buf(), no_ignore());
     let (c, data) = file_content(&[b"abc", b"def"], 0o644);
     let map: HashMap<Hash, Vec<u8>> = data.into_iter().collect();
     let out = a.start(entry("copy", c), None, None, "n1", &|h| map.get(h).cloned());
@@ -159,7 +163,7 @@ fn local_chunks_need_no_network() {
 #[test]
 fn repeated_local_chunks_are_read_once() {
     let d = tempfile::tempdir().unwrap();
-    let mut a = Applier::new(d.path().to_path_buf());
+    let mut a = Applier::new(d.path().to_path_buf(), no_ignore());
     let (c, data) = file_content(&[b"zero", b"one", b"zero", b"zero"], 0o644);
     let map: HashMap<Hash, Vec<u8>> = data.into_iter().collect();
     let reads = std::cell::Cell::new(0);
@@ -178,7 +182,7 @@ fn refuses_to_write_through_a_symlinked_parent() {
     let d = tempfile::tempdir().unwrap();
     let outside = tempfile::tempdir().unwrap();
     symlink(outside.path(), d.path().join("evil")).unwrap();
-    let mut a = Applier::new(d.path().to_path_buf());
+    let mut a = Applier::new(d.path().to_path_buf(), no_ignore());
     let (c, data) = file_content(&[b"x"], 0o644);
     let map: HashMap<Hash, Vec<u8>> = data.into_iter().collect();
     let out = a.start(entry("evil/f", c), None, None, "n1", &|h| {
@@ -192,7 +196,7 @@ fn refuses_to_write_through_a_symlinked_parent() {
 fn a_symlink_swapped_in_during_an_apply_is_not_followed() {
     let d = tempfile::tempdir().unwrap();
     let outside = tempfile::tempdir().unwrap();
-    let mut a = Applier::new(d.path().to_path_buf());
+    let mut a = Applier::new(d.path().to_path_buf(), no_ignore());
     // The fetch waits for its chunk while the parent directory is swapped for a
     // symlink to a directory outside the root.
     let (c, data) = file_content(&[b"payload"], 0o644);
@@ -231,7 +235,7 @@ fn conflict_copy_moves_the_loser_aside() {
     let expected = Some(local_meta(
         &fs::symlink_metadata(d.path().join("f.txt")).unwrap(),
     ));
-    let mut a = Applier::new(d.path().to_path_buf());
+    let mut a = Applier::new(d.path().to_path_buf(), no_ignore());
     let (c, data) = file_content(&[b"theirs"], 0o644);
     let map: HashMap<Hash, Vec<u8>> = data.into_iter().collect();
     let cc = RelPath::new("f.sync-conflict-x.txt").unwrap();
@@ -251,7 +255,7 @@ fn conflict_copy_moves_the_loser_aside() {
 fn never_overwrites_an_unindexed_local_change() {
     let d = tempfile::tempdir().unwrap();
     fs::write(d.path().join("f"), b"fresh local edit").unwrap();
-    let mut a = Applier::new(d.path().to_path_buf());
+    let mut a = Applier::new(d.path().to_path_buf(), no_ignore());
     let (c, data) = file_content(&[b"remote"], 0o644);
     let map: HashMap<Hash, Vec<u8>> = data.into_iter().collect();
     let out = a.start(entry("f", c), None, None, "n1", &|h| map.get(h).cloned());
@@ -272,7 +276,7 @@ fn never_overwrites_an_unindexed_local_change() {
 #[test]
 fn dirs_symlinks_and_deletes() {
     let d = tempfile::tempdir().unwrap();
-    let mut a = Applier::new(d.path().to_path_buf());
+    let mut a = Applier::new(d.path().to_path_buf(), no_ignore());
     assert!(matches!(
         a.start(
             entry("e/mpty", Content::Dir { mode: 0o700 }),
@@ -324,10 +328,54 @@ fn dirs_symlinks_and_deletes() {
     assert!(!d.path().join("e/link").exists());
 }
 
+/// A directory to delete that holds only ignored files (also in subdirectories) is
+/// kept with them and its delete done; one that still holds a synced file waits.
+#[test]
+fn a_directory_holding_only_ignored_files_is_kept_and_its_delete_done() {
+    let d = tempfile::tempdir().unwrap();
+    let mut a = Applier::new(
+        d.path().to_path_buf(),
+        Ignore::new(&["*.swp".into()]).unwrap(),
+    );
+    fs::create_dir_all(d.path().join("dir/sub")).unwrap();
+    fs::write(d.path().join("dir/sub/x.swp"), b"swap").unwrap();
+    fs::write(d.path().join("dir/a"), b"synced").unwrap();
+    let out = a.start(entry("dir", Content::Deleted), None, None, "n", &none);
+    assert!(
+        matches!(
+            &out,
+            Outcome::Failed {
+                error: ApplyError::NotEmpty(_),
+                ..
+            }
+        ),
+        "{out:?}"
+    );
+    fs::remove_file(d.path().join("dir/a")).unwrap();
+    let out = a.start(entry("dir", Content::Deleted), None, None, "n", &none);
+    assert!(matches!(out, Outcome::Done { meta: None, .. }), "{out:?}");
+    assert_eq!(fs::read(d.path().join("dir/sub/x.swp")).unwrap(), b"swap");
+    assert!(holds_only_ignored(
+        d.path(),
+        &RelPath::new("dir").unwrap(),
+        &a.ignore
+    ));
+    // An empty directory holds no ignored file: it is simply removed.
+    fs::create_dir(d.path().join("empty")).unwrap();
+    assert!(!holds_only_ignored(
+        d.path(),
+        &RelPath::new("empty").unwrap(),
+        &a.ignore
+    ));
+    let out = a.start(entry("empty", Content::Deleted), None, None, "n", &none);
+    assert!(matches!(out, Outcome::Done { .. }), "{out:?}");
+    assert!(!d.path().join("empty").exists());
+}
+
 #[test]
 fn stalled_fetches_ask_their_source_then_everyone() {
     let d = tempfile::tempdir().unwrap();
-    let mut a = Applier::new(d.path().to_path_buf());
+    let mut a = Applier::new(d.path().to_path_buf(), no_ignore());
     let (c, _) = file_content(&[b"zzz"], 0o644);
     a.start(entry("f", c), None, None, "n7", &none);
     let t0 = Instant::now();
@@ -356,7 +404,7 @@ fn stalled_fetches_ask_their_source_then_everyone() {
 #[test]
 fn a_fetch_overtaken_by_a_later_one_asks_at_once() {
     let d = tempfile::tempdir().unwrap();
-    let mut a = Applier::new(d.path().to_path_buf());
+    let mut a = Applier::new(d.path().to_path_buf(), no_ignore());
     let (first, _) = file_content(&[b"lost", b"kept"], 0o644);
     let (second, data) = file_content(&[b"later"], 0o644);
     let (other, _) = file_content(&[b"elsewhere"], 0o644);
@@ -400,7 +448,7 @@ fn apply_a_g(a: &mut Applier) {
 #[test]
 fn a_directory_moved_away_is_opened_again_once_forgotten() {
     let d = tempfile::tempdir().unwrap();
-    let mut a = Applier::new(d.path().to_path_buf());
+    let mut a = Applier::new(d.path().to_path_buf(), no_ignore());
     hold_a_and_move_it_to_b(&mut a, d.path());
     // Without forgetting it, a file arriving into a/ within a second would follow the
     // held descriptor into b/.
@@ -413,7 +461,7 @@ fn a_directory_moved_away_is_opened_again_once_forgotten() {
 #[test]
 fn files_into_one_directory_share_its_descriptor() {
     let d = tempfile::tempdir().unwrap();
-    let mut a = Applier::new(d.path().to_path_buf());
+    let mut a = Applier::new(d.path().to_path_buf(), no_ignore());
     hold_a_and_move_it_to_b(&mut a, d.path());
     // Not forgotten (the watcher has not reported the move yet): the next file into
     // a/ goes where the open directory is, still below the root.
@@ -456,7 +504,7 @@ fn large_files_leave_the_page_cache_once_durable() {
     let under = concat!(env!("CARGO_MANIFEST_DIR"), "/target");
     fs::create_dir_all(under).unwrap();
     let d = tempfile::tempdir_in(under).unwrap();
-    let mut a = Applier::new(d.path().to_path_buf());
+    let mut a = Applier::new(d.path().to_path_buf(), no_ignore());
     let parts: Vec<Vec<u8>> = (0..5u8)
         .map(|i| {
             (0..(3u32 << 20))
