@@ -5,7 +5,7 @@
 use anyhow::Result;
 use clap::Parser;
 use mqsync::cli::args::{CertsCmd, Cli, Cmd};
-use mqsync::cli::{broker, certs, conflicts, demo, healthcheck, resync, run, status};
+use mqsync::cli::{broker, certs, conflicts, demo, healthcheck, pending, resync, run, status};
 
 fn main() -> Result<()> {
     mqsync::sys::heap::tune_allocator();
@@ -21,6 +21,7 @@ fn main() -> Result<()> {
         Cmd::Resync(a) => resync::resync(&rt, log, a),
         Cmd::Status(a) => status::status(&rt, log, a),
         Cmd::Wait(a) => status::wait(&rt, log, a),
+        Cmd::Pending(a) => pending::pending(&rt, log, a),
         Cmd::Conflicts(a) => conflicts::conflicts(a),
         Cmd::Healthcheck(a) => healthcheck::healthcheck(a),
         Cmd::Demo(a) => demo::demo(&rt, log, a),

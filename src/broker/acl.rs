@@ -1,6 +1,6 @@
 //! The embedded broker's topic rule, the same one `broker/mosquitto.acl` ships: a client
 //! may publish only under its own certificate's common name (`…/v1/{cn}`,
-//! `…/status/{cn}`) and to the unauthenticated `…/cmd` topics. To enforce it in front of
+//! `…/status/{cn}`, `…/pending/{cn}`) and to the unauthenticated `…/cmd` topics. To enforce it in front of
 //! rumqttd, which has no ACLs, this reads just enough of the client's MQTT 3.1.1 byte
 //! stream to find each PUBLISH topic and the CONNECT will topic.
 
@@ -44,9 +44,12 @@ pub fn may_publish(identity: Identity<'_>, topic: &str) -> bool {
         // Any node may announce or remove a Docker volume (the announcement's MAC, not
         // the broker, decides whether it counts); mount reports only as itself.
         Some(Kind::Volume { name }) => !name.is_empty() && identity != Identity::Node(""),
-        Some(Kind::Mounts { node } | Kind::Data { node, .. } | Kind::Status { node, .. }) => {
-            as_itself(node)
-        }
+        Some(
+            Kind::Mounts { node }
+            | Kind::Data { node, .. }
+            | Kind::Status { node, .. }
+            | Kind::Pending { node, .. },
+        ) => as_itself(node),
         Some(Kind::Cmd { folder }) => !folder.is_empty(),
         None => false,
     }
@@ -307,6 +310,10 @@ mod tests {
         assert!(may_publish(NOBODY, "mqsync/f/cmd"));
         assert!(!may_publish(N1, "mqsync/f/v1/n2"));
         assert!(!may_publish(N1, "mqsync/f/status/n2"));
+        assert!(may_publish(N1, "mqsync/f/pending/n1"));
+        assert!(!may_publish(N1, "mqsync/f/pending/n2"));
+        assert!(!may_publish(N1, "mqsync/f/pending/"));
+        assert!(!may_publish(N1, "mqsync/f/pending/n1/x"));
         assert!(!may_publish(N1, "mqsync/f/v1/n1/extra"));
         assert!(!may_publish(N1, "v1/n1"));
         assert!(!may_publish(N1, "other/topic"));

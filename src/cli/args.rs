@@ -49,6 +49,10 @@ pub enum Cmd {
     /// nothing pending, every status verifies under the group key and the ignore
     /// rules agree (for deploy scripts); exit 1 with the reason on timeout.
     Wait(WaitArgs),
+    /// Per node, the paths it has not brought in sync and why (waiting for chunks,
+    /// apply failing, held by the mass-delete guard, local change not sent), read
+    /// from the retained pending lists.
+    Pending(PendingArgs),
     /// List the conflict copies in the folders of this node, with the path each was
     /// copied from, the node whose version lost and when it was written.
     Conflicts(ConflictsArgs),
@@ -154,6 +158,23 @@ pub struct StatusArgs {
     /// Keep updating until Ctrl-C.
     #[arg(long)]
     pub watch: bool,
+}
+
+#[derive(Args)]
+pub struct PendingArgs {
+    /// A node's configuration file, for the broker address and credentials (with the
+    /// group key, lists that do not verify are left out).
+    #[arg(long, short, env = "MQSYNC_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Only this folder id.
+    #[arg(long)]
+    pub folder: Option<String>,
+    /// Only this node id.
+    #[arg(long)]
+    pub node: Option<String>,
+    /// Print JSON (an array of pending documents) instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args)]

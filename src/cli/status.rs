@@ -19,11 +19,7 @@ pub fn status(rt: &Runtime, log: &str, a: StatusArgs) -> Result<()> {
         json,
         watch,
     } = a;
-    let cfg = load_config(config.as_deref(), HashMap::new())?;
-    init_logging(log, cfg.log_format);
-    let connect = crate::daemon::connect_settings(&cfg)?;
-    let keys = status_keys(&cfg);
-    let prefix = cfg.broker.topic_prefix.clone();
+    let (_, connect, keys, prefix) = reader(config.as_deref(), log)?;
     rt.block_on(async {
         if !watch {
             let map =
@@ -64,12 +60,8 @@ pub fn wait(rt: &Runtime, log: &str, a: WaitArgs) -> Result<()> {
         folder,
         timeout,
     } = a;
-    let cfg = load_config(config.as_deref(), HashMap::new())?;
-    init_logging(log, cfg.log_format);
+    let (cfg, connect, keys, prefix) = reader(config.as_deref(), log)?;
     let folders = folder_ids(&cfg, folder)?;
-    let connect = crate::daemon::connect_settings(&cfg)?;
-    let keys = status_keys(&cfg);
-    let prefix = cfg.broker.topic_prefix.clone();
     let limit = Duration::from_secs(timeout);
     rt.block_on(async {
         let (tx, mut rx) = tokio::sync::mpsc::channel(64);
@@ -116,6 +108,26 @@ pub fn wait(rt: &Runtime, log: &str, a: WaitArgs) -> Result<()> {
             _ => bail!("status subscription ended: {last}"),
         }
     })
+}
+
+/// What a reader of the retained topics needs from the configuration at `path`
+/// (logging set up on the way): broker settings, the group key if readable, the
+/// prefix.
+pub(super) fn reader(
+    path: Option<&std::path::Path>,
+    log: &str,
+) -> Result<(
+    Config,
+    crate::transport::ConnectSettings,
+    Option<Keys>,
+    String,
+)> {
+    let cfg = load_config(path, HashMap::new())?;
+    init_logging(log, cfg.log_format);
+    let connect = crate::daemon::connect_settings(&cfg)?;
+    let keys = status_keys(&cfg);
+    let prefix = cfg.broker.topic_prefix.clone();
+    Ok((cfg, connect, keys, prefix))
 }
 
 /// The group key for checking status MACs, when this user can read it. Without it

@@ -73,6 +73,11 @@ impl DeleteGuard {
         self.held
     }
 
+    /// The held deletions, in path order (none unless a hold is on).
+    pub fn held_paths(&self) -> impl Iterator<Item = &RelPath> {
+        self.waiting.keys().take(self.held)
+    }
+
     /// A scan saw `path` missing: takes it when it deletes a present entry (and
     /// returns true), so it waits here instead of going to the engine.
     pub fn hold(&mut self, engine: &Engine, path: &RelPath, now: Instant) -> bool {

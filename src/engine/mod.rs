@@ -345,6 +345,27 @@ impl Engine {
         self.failing.len()
     }
 
+    /// Pending applies in path order, each with the node it came from and whether its
+    /// apply keeps failing (`mqsync pending`; callers take only the first few).
+    pub fn pending_paths(&self) -> impl Iterator<Item = (&RelPath, &str, bool)> {
+        self.pending
+            .iter()
+            .map(|(p, v)| (p, v.from.node.as_str(), self.failing.contains(p)))
+    }
+
+    /// Pending paths whose apply keeps failing, in path order, with their origin node.
+    pub fn failing_paths(&self) -> impl Iterator<Item = (&RelPath, &str)> {
+        self.failing.iter().map(|p| {
+            let from = self.pending.get(p).map_or("", |v| v.from.node.as_str());
+            (p, from)
+        })
+    }
+
+    /// Paths changed locally on a receive-only folder, in path order.
+    pub fn local_change_paths(&self) -> impl Iterator<Item = &RelPath> {
+        self.local_changes.keys()
+    }
+
     /// Paths whose failed apply waits for its retry.
     pub fn retrying(&self) -> impl Iterator<Item = &RelPath> {
         self.retries.keys()

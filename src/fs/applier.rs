@@ -107,6 +107,11 @@ impl Applier {
         self.fetches.contains_key(path) || self.staged.iter().any(|f| &f.entry.path == path)
     }
 
+    /// The node a running fetch of `path` asks for its chunks.
+    pub fn fetch_source(&self, path: &RelPath) -> Option<&str> {
+        self.fetches.get(path).map(|f| f.source.as_str())
+    }
+
     /// Starts making the disk hold `entry`. `expected` is the disk state the index
     /// knows for the target; `local` returns verified chunk bytes found on this node.
     pub fn start(

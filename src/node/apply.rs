@@ -103,6 +103,11 @@ impl ApplyQueue {
         None
     }
 
+    /// Whether the apply of `path` waits for a free slot.
+    pub fn is_queued(&self, path: &RelPath) -> bool {
+        self.waiting.contains_key(path)
+    }
+
     /// Drops the apply of `path`, queued or running.
     pub fn cancel(&mut self, path: &RelPath) {
         self.waiting.remove(path);

@@ -6,6 +6,7 @@ use super::apply::{ApplyQueue, apply_slots};
 use super::health::{Facts, Health};
 use super::local::Local;
 use super::outbound::{LocalChunks, Outbound};
+use super::pending::PendingPublisher;
 use super::records::Records;
 use super::{FolderSettings, NodeError, NodeSettings, index_path, now_ms};
 use crate::engine::{Chunks, Effect, Engine, Entry, Hash};
@@ -65,6 +66,8 @@ pub(super) struct Folder {
     pub out: Outbound,
     pub records: Records,
     pub health: Health,
+    /// The retained list of what this node has not brought in sync.
+    pub pending: PendingPublisher,
     connected: bool,
     /// When the last chunk message arrived (from anyone).
     pub last_chunk_at: Option<Instant>,
@@ -142,6 +145,7 @@ impl Folder {
                 s.connect.tls.is_none(),
                 &f.ignore,
             ),
+            pending: PendingPublisher::new(topics.pending(&s.node_id), s.keys.clone()),
             out: Outbound::new(
                 s.node_id.clone(),
                 f.id.clone(),
@@ -251,6 +255,7 @@ impl Folder {
                         self.health.last_status = None;
                     }
                     self.publish_status(self.current_state());
+                    self.publish_pending(now);
                 }
                 Some(res) = hook_rx.recv() => {
                     self.applies.hook_running = false;
@@ -340,6 +345,7 @@ impl Folder {
                     h.last_error = None;
                 }
                 h.last_status = None;
+                self.pending.invalidate();
                 self.engine.handle_connected(Instant::now());
                 self.process();
             }

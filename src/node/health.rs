@@ -187,6 +187,11 @@ impl Health {
         self.last_error_path = Some((path, msg));
     }
 
+    /// The last error of the retried apply of `path`, if it is known.
+    pub fn retry_error(&self, path: &RelPath) -> Option<&str> {
+        self.retry_warned.get(path).map(String::as_str)
+    }
+
     /// `path` was applied: its earlier failure is over.
     pub fn applied(&mut self, path: &RelPath) {
         self.retry_warned.remove(path);

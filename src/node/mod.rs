@@ -16,6 +16,7 @@ mod health;
 mod inbound;
 mod local;
 mod outbound;
+mod pending;
 mod records;
 mod trust;
 

@@ -82,14 +82,14 @@ pub async fn publish(
 }
 
 /// A refused connection (certificates, authorisation) or another connection failure.
-fn connection_error(e: &rumqttc::ConnectionError) -> ControlError {
+pub(crate) fn connection_error(e: &rumqttc::ConnectionError) -> ControlError {
     match crate::transport::tls::describe_fatal(e) {
         Some(msg) => ControlError::Refused(msg),
         None => ControlError::Connection(e.to_string()),
     }
 }
 
-fn short_client(s: &ConnectSettings, role: &str) -> (AsyncClient, EventLoop) {
+pub(crate) fn short_client(s: &ConnectSettings, role: &str) -> (AsyncClient, EventLoop) {
     let id = format!("{}-{role}-{}", s.client_id, std::process::id());
     let mut opts = MqttOptions::new(id, s.host.clone(), s.port);
     opts.set_keep_alive(Duration::from_secs(30));

@@ -1,9 +1,10 @@
 //! What operators see and say: status documents and topics ([`status`]), control
-//! commands ([`control`]), conflict copies ([`conflicts`]), Prometheus metrics
+//! commands ([`control`]), pending lists ([`pending`]), conflict copies ([`conflicts`]), Prometheus metrics
 //! ([`metrics`]) and change hooks ([`hook`]).
 
 pub mod conflicts;
 pub mod control;
 pub mod hook;
 pub mod metrics;
+pub mod pending;
 pub mod status;

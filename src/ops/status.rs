@@ -172,9 +172,9 @@ pub fn check_mac(payload: &[u8], topic: &str, keys: &Keys) -> Result<(), MacErro
 /// Why a status message was not accepted.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum StatusError {
-    #[error("not a status document: {0}")]
+    #[error("not a valid document: {0}")]
     Malformed(String),
-    #[error("status of node {node:?} folder {folder:?} published on another node's topic")]
+    #[error("document of node {node:?} folder {folder:?} published on another node's topic")]
     WrongTopic { node: String, folder: String },
     #[error("status {0}")]
     Mac(#[from] MacError),
@@ -187,12 +187,36 @@ pub fn verify(
     topic: &str,
     keys: Option<&Keys>,
 ) -> Result<FolderStatus, StatusError> {
-    let doc: FolderStatus =
+    verify_doc(payload, topic, topics::status_parts(topic), keys)
+}
+
+/// A signed per-node document that names its folder and node (the status, the
+/// pending list), which must be the ones its topic names.
+pub trait NodeDoc: serde::de::DeserializeOwned {
+    fn folder_and_node(&self) -> (&str, &str);
+}
+
+impl NodeDoc for FolderStatus {
+    fn folder_and_node(&self) -> (&str, &str) {
+        (&self.folder, &self.node)
+    }
+}
+
+/// Parses a [`NodeDoc`] from `topic`, whose folder and node are `parts`; with `keys`,
+/// its MAC must verify.
+pub fn verify_doc<T: NodeDoc>(
+    payload: &[u8],
+    topic: &str,
+    parts: Option<(&str, &str)>,
+    keys: Option<&Keys>,
+) -> Result<T, StatusError> {
+    let doc: T =
         serde_json::from_slice(payload).map_err(|e| StatusError::Malformed(e.to_string()))?;
-    if topics::status_parts(topic) != Some((doc.folder.as_str(), doc.node.as_str())) {
+    if parts != Some(doc.folder_and_node()) {
+        let (folder, node) = doc.folder_and_node();
         return Err(StatusError::WrongTopic {
-            node: doc.node,
-            folder: doc.folder,
+            node: node.to_string(),
+            folder: folder.to_string(),
         });
     }
     if let Some(keys) = keys {

@@ -8,6 +8,8 @@
 const V1: &str = "v1";
 /// Level of a node's public status topic, `{prefix}/{folder}/status/{node}`.
 const STATUS: &str = "status";
+/// Level of a node's public pending list, `{prefix}/{folder}/pending/{node}`.
+const PENDING: &str = "pending";
 /// Last level of a folder's public command topic, `{prefix}/{folder}/cmd`.
 const CMD: &str = "cmd";
 /// Level of the volume announcements, `{prefix}/v1/volumes/{name}`.
@@ -45,6 +47,12 @@ impl Topics {
         format!("{}/{}/{STATUS}/{node}", self.prefix, self.folder)
     }
 
+    /// Public, retained list of what `node` has not brought in sync:
+    /// `{prefix}/{folder}/pending/{node}`.
+    pub fn pending(&self, node: &str) -> String {
+        format!("{}/{}/{PENDING}/{node}", self.prefix, self.folder)
+    }
+
     /// Public command topic (no MAC): `{prefix}/{folder}/cmd`.
     pub fn cmd(&self) -> String {
         format!("{}/{}/{CMD}", self.prefix, self.folder)
@@ -66,6 +74,11 @@ impl Topics {
 /// All status topics under `prefix` (every folder, every node): `{prefix}/+/status/+`.
 pub fn all_status_filter(prefix: &str) -> String {
     Topics::new(prefix, "+").status("+")
+}
+
+/// All pending lists under `prefix`: `{prefix}/+/pending/+`.
+pub fn all_pending_filter(prefix: &str) -> String {
+    Topics::new(prefix, "+").pending("+")
 }
 
 /// The retained announcement of volume `name`: `{prefix}/v1/volumes/{name}`.
@@ -124,10 +137,12 @@ pub enum Kind<'a> {
     Data { folder: &'a str, node: &'a str },
     /// `{prefix}/{folder}/status/{node}`
     Status { folder: &'a str, node: &'a str },
+    /// `{prefix}/{folder}/pending/{node}`
+    Pending { folder: &'a str, node: &'a str },
 }
 
 /// What `topic` is, judged in this order when shapes overlap: volume, mount report,
-/// cmd, data, status (so `p/v1/volumes/cmd` is a volume and `p/f/v1/cmd` a folder's
+/// cmd, data, status, pending (so `p/v1/volumes/cmd` is a volume and `p/f/v1/cmd` a folder's
 /// cmd topic). Reads from the end without allocating.
 pub fn classify(topic: &str) -> Option<Kind<'_>> {
     let mut levels = topic.rsplitn(4, '/');
@@ -141,6 +156,7 @@ pub fn classify(topic: &str) -> Option<Kind<'_>> {
         (_, folder, CMD) => Some(Kind::Cmd { folder }),
         (folder, V1, node) if has_prefix => Some(Kind::Data { folder, node }),
         (folder, STATUS, node) if has_prefix => Some(Kind::Status { folder, node }),
+        (folder, PENDING, node) if has_prefix => Some(Kind::Pending { folder, node }),
         _ => None,
     }
 }
@@ -155,6 +171,12 @@ pub fn data_parts(topic: &str) -> Option<(&str, &str)> {
 /// `{prefix}/{folder}/status/{node}`.
 pub fn status_parts(topic: &str) -> Option<(&str, &str)> {
     folder_and_node(topic, STATUS)
+}
+
+/// The folder and node of a topic shaped like a pending topic,
+/// `{prefix}/{folder}/pending/{node}`.
+pub fn pending_parts(topic: &str) -> Option<(&str, &str)> {
+    folder_and_node(topic, PENDING)
 }
 
 fn folder_and_node<'a>(topic: &'a str, level: &str) -> Option<(&'a str, &'a str)> {
@@ -176,7 +198,9 @@ mod tests {
         assert_eq!(t.data_filter(), "mqsync/docs/v1/+");
         assert_eq!(t.status("n1"), "mqsync/docs/status/n1");
         assert_eq!(t.cmd(), "mqsync/docs/cmd");
+        assert_eq!(t.pending("n1"), "mqsync/docs/pending/n1");
         assert_eq!(all_status_filter("a/b"), "a/b/+/status/+");
+        assert_eq!(all_pending_filter("a/b"), "a/b/+/pending/+");
         assert_eq!(volume("mqsync", "web"), "mqsync/v1/volumes/web");
         assert_eq!(volumes_filter("mqsync"), "mqsync/v1/volumes/+");
         assert_eq!(mounts("mqsync", "n2"), "mqsync/v1/volume-mounts/n2");
@@ -237,6 +261,15 @@ mod tests {
                     node: "n1",
                 }),
             ),
+            (
+                "mqsync/f/pending/n1",
+                Some(Pending {
+                    folder: "f",
+                    node: "n1",
+                }),
+            ),
+            ("mqsync/f/pending/cmd", Some(Cmd { folder: "pending" })),
+            ("f/pending/n1", None),
             ("mqsync/f/cmd", Some(Cmd { folder: "f" })),
             ("/f/cmd", Some(Cmd { folder: "f" })),
             ("/cmd", None),
@@ -293,5 +326,8 @@ mod tests {
         assert_eq!(status_parts("/f/status/n1"), Some(("f", "n1")));
         assert_eq!(status_parts("p/f/v1/n1"), None);
         assert_eq!(status_parts("f/status/n1"), None);
+        assert_eq!(pending_parts("p/f/pending/n1"), Some(("f", "n1")));
+        assert_eq!(pending_parts("p/f/status/n1"), None);
+        assert_eq!(pending_parts("f/pending/n1"), None);
     }
 }
