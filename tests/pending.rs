@@ -12,19 +12,6 @@ use std::time::Duration;
 
 const T: Duration = Duration::from_secs(120);
 
-fn mqsync(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(BIN)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 fn chattr(flag: &str, dir: &Path) -> bool {
     Command::new("chattr")
         .args([flag, dir.to_str().unwrap()])
@@ -44,7 +31,7 @@ impl Drop for Immutable {
 
 /// n2's pending list for folder `shared`, as `mqsync pending --json` prints it.
 fn n2_doc(cfg: &str) -> Option<serde_json::Value> {
-    let (_, out, _) = mqsync(&["pending", "--config", cfg, "--node", "n2", "--json"]);
+    let (_, out, _) = mqsync_out(&["pending", "--config", cfg, "--node", "n2", "--json"]);
     let docs: Vec<serde_json::Value> = serde_json::from_str(&out).ok()?;
     docs.into_iter().find(|d| d["node"] == "n2")
 }
@@ -87,7 +74,7 @@ fn a_failing_apply_is_listed_with_its_error_until_it_succeeds() {
         }),
         "n2 does not list the failing apply: {last:?}"
     );
-    let (ok, table, err) = mqsync(&["pending", "--config", cfg]);
+    let (ok, table, err) = mqsync_out(&["pending", "--config", cfg]);
     assert!(ok, "{err}");
     assert!(
         table.lines().any(|l| l.starts_with("n2")
@@ -112,7 +99,7 @@ fn a_failing_apply_is_listed_with_its_error_until_it_succeeds() {
         }),
         "n2 not clear once the file arrived: {last:?}"
     );
-    let (_, table, _) = mqsync(&["pending", "--config", cfg, "--node", "n2"]);
+    let (_, table, _) = mqsync_out(&["pending", "--config", cfg, "--node", "n2"]);
     assert!(
         table.contains("n2 (shared): 0 pending, showing 0"),
         "{table}"

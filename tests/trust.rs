@@ -6,24 +6,9 @@ mod common;
 
 use common::*;
 use std::fs;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(120);
-
-/// Runs `mqsync ARGS`: whether it succeeded, its stdout and its stderr.
-fn mqsync(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(BIN)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 fn start_all(c: &mut Cluster) {
     for i in 0..c.names.len() {
@@ -50,7 +35,7 @@ fn a_node_with_another_group_key_is_named_by_status_wait_and_healthcheck() {
     let mut last = String::new();
     assert!(
         wait_until(T, || {
-            let (_, out, _) = mqsync(&["status", "--config", cfg, "--json"]);
+            let (_, out, _) = mqsync_out(&["status", "--config", cfg, "--json"]);
             last = out;
             let docs: Vec<serde_json::Value> = serde_json::from_str(&last).unwrap_or_default();
             docs.len() == 3
@@ -65,7 +50,7 @@ fn a_node_with_another_group_key_is_named_by_status_wait_and_healthcheck() {
         }),
         "n3 not shown as unverified: {last}"
     );
-    let (_, table, _) = mqsync(&["status", "--config", cfg]);
+    let (_, table, _) = mqsync_out(&["status", "--config", cfg]);
     assert!(
         table
             .lines()
@@ -74,7 +59,7 @@ fn a_node_with_another_group_key_is_named_by_status_wait_and_healthcheck() {
     );
 
     // `wait` fails and names it.
-    let (ok, _, err) = mqsync(&["wait", "--config", cfg, "--timeout", "10"]);
+    let (ok, _, err) = mqsync_out(&["wait", "--config", cfg, "--timeout", "10"]);
     assert!(!ok, "wait passed with n3 on another key");
     assert!(err.contains("node n3 is unverified"), "{err}");
 
@@ -83,7 +68,7 @@ fn a_node_with_another_group_key_is_named_by_status_wait_and_healthcheck() {
     let mut last = String::new();
     assert!(
         wait_until(T, || {
-            let (ok, out, err) = mqsync(&[
+            let (ok, out, err) = mqsync_out(&[
                 "healthcheck",
                 "--error-grace",
                 "0",
@@ -110,7 +95,7 @@ fn a_node_with_another_group_key_is_named_by_status_wait_and_healthcheck() {
     );
     // n1 still verifies n2: it names n3 but is healthy (one misconfigured node must
     // not fail every healthy node's healthcheck).
-    let (ok, out, err) = mqsync(&["healthcheck", "--error-grace", "0", "--config", cfg]);
+    let (ok, out, err) = mqsync_out(&["healthcheck", "--error-grace", "0", "--config", cfg]);
     assert!(ok, "n1's healthcheck failed: {out}{err}");
     assert!(!c.folder(2).join("a.txt").exists());
 }
@@ -131,7 +116,7 @@ fn differing_ignore_rules_are_named_by_status_and_wait() {
     let mut last = String::new();
     assert!(
         wait_until(T, || {
-            let (_, out, _) = mqsync(&["status", "--config", cfg]);
+            let (_, out, _) = mqsync_out(&["status", "--config", cfg]);
             last = out;
             last.contains("ignore rules differ")
         }),
@@ -142,7 +127,7 @@ fn differing_ignore_rules_are_named_by_status_and_wait() {
         "names node and pattern: {last}"
     );
 
-    let (ok, _, err) = mqsync(&["wait", "--config", cfg, "--timeout", "10"]);
+    let (ok, _, err) = mqsync_out(&["wait", "--config", cfg, "--timeout", "10"]);
     assert!(!ok, "wait passed with differing ignore rules");
     assert!(
         err.contains("ignore rules differ") && err.contains(r#"node n2 ignores "*.log""#),

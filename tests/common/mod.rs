@@ -96,6 +96,20 @@ impl Drop for Proc {
     }
 }
 
+/// Runs `mqsync ARGS`: whether it succeeded, its stdout and its stderr.
+pub fn mqsync_out(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// `mqsync certs init --out DIR --nodes NODES` (an existing CA in DIR is reused).
 pub fn certs_init(dir: &Path, nodes: &str) {
     let out = Command::new(BIN)
