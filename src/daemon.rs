@@ -19,13 +19,15 @@ pub enum DaemonError {
     Certs(#[from] certs::CertError),
     #[error("embedded broker: {0}")]
     Broker(#[from] broker::BrokerError),
-    #[error("TLS: {0}")]
+    // Transparent: the TLS error names the file already, and a "TLS:" wrapper with
+    // the same text as its cause printed it twice.
+    #[error(transparent)]
     Tls(#[from] crate::transport::tls::TlsError),
-    #[error("security.group_key_file {path}: {source}")]
+    // The I/O error is in the message, not a `source`: shown once, not again as cause.
+    #[error("security.group_key_file {path}: cannot read: {error}")]
     GroupKey {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("security.group_key_file {0} is empty")]
     EmptyGroupKey(PathBuf),
@@ -37,11 +39,10 @@ pub enum DaemonError {
         "broker.ca_file is required with mqtts:// (the CA that signed the broker's certificate)"
     )]
     MissingCa,
-    #[error("cannot create state_dir {path}: {source}")]
+    #[error("cannot create state_dir {path}: {error}")]
     StateDir {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error(transparent)]
     Node(#[from] node::NodeError),
@@ -55,9 +56,9 @@ pub enum DaemonError {
 pub const MAX_PACKET: usize = broker::DEFAULT_MAX_PACKET_BYTES;
 
 pub fn read_group_key(path: &Path) -> Result<Keys, DaemonError> {
-    let text = std::fs::read(path).map_err(|source| DaemonError::GroupKey {
+    let text = std::fs::read(path).map_err(|error| DaemonError::GroupKey {
         path: path.to_path_buf(),
-        source,
+        error,
     })?;
     if text.trim_ascii().is_empty() {
         return Err(DaemonError::EmptyGroupKey(path.to_path_buf()));
@@ -143,9 +144,9 @@ pub fn connect_settings(cfg: &Config) -> Result<ConnectSettings, DaemonError> {
 
 /// Prepares everything `run` needs; starts the embedded broker when configured so.
 pub fn prepare(cfg: &Config) -> Result<(NodeSettings, Option<BrokerHandle>), DaemonError> {
-    std::fs::create_dir_all(&cfg.state_dir).map_err(|source| DaemonError::StateDir {
+    std::fs::create_dir_all(&cfg.state_dir).map_err(|error| DaemonError::StateDir {
         path: cfg.state_dir.clone(),
-        source,
+        error,
     })?;
     let handle = match &cfg.broker.url {
         Some(_) => None,

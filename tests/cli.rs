@@ -54,7 +54,7 @@ fn run_without_a_broker_url_starts_the_embedded_broker() {
     fs::write(
         d.join("a.toml"),
         format!(
-            "node_id = \"a\"\nstate_dir = \"state-a\"\n[broker]\nembedded_listen = \"127.0.0.1:{port}\"\n[[folder]]\nid = \"f\"\npath = \"data-a\"\n"
+            "node_id = \"a\"\nstate_dir = \"state-a\"\n[broker]\nembedded_listen = \"127.0.0.1:{port}\"\n[[folder]]\nid = \"f\"\npath = \"data-a\"\ncreate = true\n"
         ),
     )
     .unwrap();
@@ -68,6 +68,7 @@ fn run_without_a_broker_url_starts_the_embedded_broker() {
     // A second node joins with a certificate from the same CA.
     certs_init(&certs, "b");
     let c = certs.display();
+    fs::create_dir(d.join("data-b")).unwrap();
     fs::write(
         d.join("b.toml"),
         format!(

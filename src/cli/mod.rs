@@ -15,7 +15,7 @@ pub mod resync;
 pub mod run;
 pub mod status;
 
-use crate::config::{Config, LogFormat};
+use crate::config::{Checks, Config, LogFormat};
 use anyhow::{Context, Result, bail};
 use std::collections::HashMap;
 use std::path::Path;
@@ -43,14 +43,24 @@ pub fn load_config(
     path: Option<&Path>,
     overrides: HashMap<&'static str, String>,
 ) -> Result<Config> {
+    load_config_checked(path, overrides, Checks::Values)
+}
+
+/// [`load_config`] with the `checks` a command needs (`run` checks files and folders
+/// too); every problem is listed in the one error, each with file and key.
+pub fn load_config_checked(
+    path: Option<&Path>,
+    overrides: HashMap<&'static str, String>,
+    checks: Checks,
+) -> Result<Config> {
     let env = |k: &str| overrides.get(k).cloned().or_else(|| std::env::var(k).ok());
     let cfg = match path {
         Some(p) => {
             let text = std::fs::read_to_string(p)
                 .with_context(|| format!("cannot read config file {}", p.display()))?;
-            Config::from_toml(&text, p, &env)?
+            Config::from_toml_checked(&text, p, &env, checks)?
         }
-        None => Config::from_env_only(&env)?,
+        None => Config::from_env_only_checked(&env, checks)?,
     };
     Ok(cfg)
 }

@@ -3,7 +3,8 @@
 //! [`SHUTDOWN_GRACE`] to stop cleanly.
 
 use super::args::RunArgs;
-use super::{init_logging, load_config, shutdown_signal};
+use super::{init_logging, load_config_checked, shutdown_signal};
+use crate::config::Checks;
 use anyhow::Result;
 use std::collections::HashMap;
 use tokio::runtime::Runtime;
@@ -26,8 +27,9 @@ pub fn run(rt: &Runtime, log: &str, a: RunArgs) -> Result<()> {
     if a.insecure_plaintext {
         o.insert("MQSYNC_BROKER_INSECURE_PLAINTEXT", "true".into());
     }
-    let cfg = load_config(a.config.as_deref(), o)?;
-    cfg.validate_for_run()?;
+    // Every problem of the file, the environment and the files and folders it names,
+    // listed at once, before anything starts.
+    let cfg = load_config_checked(a.config.as_deref(), o, Checks::Run)?;
     init_logging(log, cfg.log_format);
     // Raised outside the log macro: its fields are not evaluated when the level is
     // filtered out.

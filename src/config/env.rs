@@ -150,6 +150,7 @@ impl RawConfig {
             };
             let prefix = format!("MQSYNC_FOLDER_{}_", folder_env_id(id));
             env.path(&format!("{prefix}PATH"), &mut folder.path);
+            env.bool(&format!("{prefix}CREATE"), &mut folder.create, errors);
             env.string(&format!("{prefix}MODE"), &mut folder.mode);
             env.string(&format!("{prefix}COMPRESSION"), &mut folder.compression);
             env.list(&format!("{prefix}IGNORE"), &mut folder.ignore);

@@ -9,6 +9,9 @@ use std::path::{Path, PathBuf};
 pub struct KeyError {
     /// The key (`folder[1].mode`, `broker.url`) or environment variable name.
     pub key: String,
+    /// The line of the config file the problem is on, when it is one of the file's
+    /// lines (unknown keys and values of the wrong type).
+    pub line: Option<usize>,
     /// What is wrong and what to do.
     pub reason: String,
 }
@@ -24,7 +27,8 @@ pub enum ConfigError {
         /// The I/O error.
         source: std::io::Error,
     },
-    /// The file is not valid TOML, has an unknown key or a value of the wrong type.
+    /// The file is not valid TOML (unknown keys and values of the wrong type are
+    /// [`ConfigError::Invalid`], listed with every other problem).
     #[error("{}:{line}:{column}: {key}: {message}", file.display())]
     Parse {
         /// The file.
@@ -38,7 +42,7 @@ pub enum ConfigError {
         /// The parser's message.
         message: String,
     },
-    /// The values are wrong; every problem found is listed.
+    /// The keys or values are wrong; every problem found is listed.
     #[error("{}", render_invalid(file, errors))]
     Invalid {
         /// The file (or `<environment>`).
@@ -51,7 +55,10 @@ pub enum ConfigError {
 fn render_invalid(file: &Path, errors: &[KeyError]) -> String {
     errors
         .iter()
-        .map(|e| format!("{}: {}: {}", file.display(), e.key, e.reason))
+        .map(|e| match e.line {
+            Some(line) => format!("{}:{line}: {}: {}", file.display(), e.key, e.reason),
+            None => format!("{}: {}: {}", file.display(), e.key, e.reason),
+        })
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -64,6 +71,21 @@ impl Errors {
     pub(super) fn push(&mut self, key: impl Into<String>, reason: impl Into<String>) {
         self.0.push(KeyError {
             key: key.into(),
+            line: None,
+            reason: reason.into(),
+        });
+    }
+
+    /// A problem on line `line` of the file.
+    pub(super) fn push_at(
+        &mut self,
+        line: usize,
+        key: impl Into<String>,
+        reason: impl Into<String>,
+    ) {
+        self.0.push(KeyError {
+            key: key.into(),
+            line: Some(line),
             reason: reason.into(),
         });
     }

@@ -1,12 +1,14 @@
 //! Configuration: one TOML file plus `MQSYNC_*` environment overrides, turned into one
 //! validated [`Config`] value, once, at start.
 //!
-//! Pipeline (the "vector" style): the file is deserialized into a *raw* serde struct
-//! (every field optional, unknown keys refused), environment overrides are applied on
-//! the raw values, then [`validate`](RawConfig) resolves defaults and relative paths
-//! and checks everything, collecting **every** problem as a [`KeyError`] with its key
-//! (`folder[1].mode`, `broker.url`, or the environment variable's name) instead of
-//! stopping at the first.
+//! Pipeline (the "vector" style): the file is walked key by key into a *raw* struct
+//! (every field optional; unknown keys and values of the wrong type are collected with
+//! their line), environment overrides are applied on the raw values, then
+//! [`validate`](RawConfig) resolves defaults and relative paths and checks everything,
+//! and with [`Checks::Run`] the files and folders on this machine are checked too: **every**
+//! problem is collected as a [`KeyError`] with its key (`folder[1].mode`, `broker.url`,
+//! or the environment variable's name) instead of stopping at the first. Only a TOML
+//! syntax error stops at once ([`ConfigError::Parse`]).
 //!
 //! # Environment overrides
 //!
@@ -21,8 +23,8 @@
 //! * `[security]`: `MQSYNC_SECURITY_GROUP_KEY_FILE`;
 //! * `[docker]`: `MQSYNC_DOCKER_VOLUME_PLUGIN`, `MQSYNC_DOCKER_VOLUMES_ROOT`,
 //!   `MQSYNC_DOCKER_PLUGIN_SOCKET`;
-//! * folders, addressed by id: `MQSYNC_FOLDER_<ID>_PATH`, `_MODE`, `_IGNORE`
-//!   (comma-separated globs, replaces the file's list), `_DEBOUNCE_MS`, where `<ID>` is
+//! * folders, addressed by id: `MQSYNC_FOLDER_<ID>_PATH`, `_CREATE`, `_MODE`, `_IGNORE`
+//!   (comma-separated patterns, replaces the file's list), `_DEBOUNCE_MS`, where `<ID>` is
 //!   the folder id upper-cased with `-` and `.` turned into `_` (`media-2` →
 //!   `MQSYNC_FOLDER_MEDIA_2_PATH`);
 //! * whole folders from the environment alone (containers without a config file):
@@ -40,18 +42,21 @@
 //!
 //! Secrets are never written inline: every secret is read from a file named by a
 //! `*_file` key (`broker.key_file`, `security.group_key_file`), which is what Docker
-//! secrets mount under `/run/secrets/`. This module only records those paths; it reads
-//! nothing but the config file itself (and the hostname for the default `node_id`).
+//! secrets mount under `/run/secrets/`. With [`Checks::Values`] this module only records
+//! those paths and reads nothing but the config file itself (and the hostname for the
+//! default `node_id`); [`Checks::Run`] also opens the files the keys name and looks up
+//! the folders' paths, reading nothing in them.
 //!
-//! This module must not open network connections or touch the synced folders.
+//! This module must not open network connections or write anything.
 //!
 //! # Layout
 //!
-//! `raw` holds the serde structs as written, `env` the `MQSYNC_*` overlay on them,
-//! `validate` the defaults, paths and checks, `error` the error types and the mapping of
-//! TOML errors to file, line and key. This file holds the validated types and the entry
-//! points.
+//! `raw` walks the file into raw structs, `env` the `MQSYNC_*` overlay on them,
+//! `validate` the defaults, paths and checks, `check` what `run` checks on disk, `error`
+//! the error types and the mapping of TOML syntax errors to file, line and key. This
+//! file holds the validated types and the entry points.
 
+mod check;
 mod env;
 mod error;
 mod raw;
@@ -73,6 +78,20 @@ pub use error::{ConfigError, KeyError};
 use env::Env;
 use error::{Errors, parse_error};
 use raw::RawConfig;
+
+/// What loading a configuration checks beyond its keys and values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Checks {
+    /// Keys and values only; nothing on disk is looked at (`status`, `wait`,
+    /// `healthcheck`, tests of example files).
+    #[default]
+    Values,
+    /// Also what `mqsync run` needs on this machine: at least one folder (or Docker
+    /// volumes), every file a key names (`broker.ca_file`, `cert_file`, `key_file`,
+    /// `security.group_key_file`, which an external broker requires) readable, and every
+    /// folder's path an existing directory unless the folder says `create = true`.
+    Run,
+}
 
 /// Default `state_dir`.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/mqsync";
@@ -184,9 +203,13 @@ pub struct FolderConfig {
     pub id: String,
     /// Absolute root of the folder on this node.
     pub path: PathBuf,
+    /// Create `path` when it is missing at start (`create = true`); otherwise `run`
+    /// refuses a folder whose path does not exist, so that a typo does not join the
+    /// cluster as an empty folder.
+    pub create: bool,
     /// Direction of sync.
     pub mode: Mode,
-    /// Glob patterns of ignored paths (each compiles with `globset`).
+    /// Ignore patterns, gitignore style (see `crate::fs::ignore`).
     pub ignore: Vec<String>,
     /// Delay before sending ordinary changes, in milliseconds (0..=60000).
     pub debounce_ms: u64,
@@ -320,41 +343,66 @@ impl Config {
         Config::from_toml(&text, path, &|name| std::env::var(name).ok())
     }
 
-    /// Parses and validates `text`. `origin` is the file it came from: it names the file
-    /// in messages and its directory anchors relative paths. `env` looks up environment
-    /// variables (tests pass their own).
+    /// Parses and validates `text` ([`Checks::Values`]). `origin` is the file it came
+    /// from: it names the file in messages and its directory anchors relative paths.
+    /// `env` looks up environment variables (tests pass their own).
     pub fn from_toml(
         text: &str,
         origin: &Path,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| parse_error(text, origin, &e))?;
+        Config::from_toml_checked(text, origin, env, Checks::Values)
+    }
+
+    /// [`Config::from_toml`] with the `checks` a command needs; every problem, from
+    /// unknown keys to unreadable files, comes in one [`ConfigError::Invalid`].
+    pub fn from_toml_checked(
+        text: &str,
+        origin: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+        checks: Checks,
+    ) -> Result<Config, ConfigError> {
+        let mut errors = Errors::default();
+        let raw = raw::parse(text, &mut errors).map_err(|e| parse_error(text, origin, &e))?;
         let base = origin.parent().unwrap_or(Path::new(""));
-        raw.finish(origin, base, env)
+        raw.finish(origin, base, env, checks, errors)
     }
 
     /// The configuration without a file (`mqsync run` with no `--config`): defaults plus
     /// the environment `env`. Relative paths are resolved against the current directory.
     pub fn from_env_only(env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
-        let base = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
-        RawConfig::default().finish(Path::new("<environment>"), &base, env)
+        Config::from_env_only_checked(env, Checks::Values)
     }
 
-    /// Extra checks for `mqsync run`: at least one folder must be configured, unless the
-    /// node serves Docker volumes.
+    /// [`Config::from_env_only`] with the `checks` a command needs.
+    pub fn from_env_only_checked(
+        env: &dyn Fn(&str) -> Option<String>,
+        checks: Checks,
+    ) -> Result<Config, ConfigError> {
+        let base = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+        RawConfig::default().finish(
+            Path::new("<environment>"),
+            &base,
+            env,
+            checks,
+            Errors::default(),
+        )
+    }
+
+    /// The one check of [`Checks::Run`] that needs no disk: at least one folder must be
+    /// configured, unless the node serves Docker volumes.
     pub fn validate_for_run(&self) -> Result<(), ConfigError> {
-        if self.folders.is_empty() && !self.docker.volume_plugin {
-            return Err(ConfigError::Invalid {
+        match check::no_folder(self) {
+            Some(reason) => Err(ConfigError::Invalid {
                 file: self.source.clone(),
                 errors: vec![KeyError {
                     key: "folder".into(),
-                    reason: format!(
-                        "no folder configured: add a [[folder]] table with id and path, or set {ENV_FOLDERS}=\"id=/path\" (or serve Docker volumes with [docker] volume_plugin = true)"
-                    ),
+                    line: None,
+                    reason,
                 }],
-            });
+            }),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// The MQTT client id to use: `broker.client_id`, or `mqsync-{node_id}`.
@@ -382,14 +430,21 @@ pub fn folder_env_id(id: &str) -> String {
 }
 
 impl RawConfig {
-    /// Applies the environment, fills defaults, resolves paths and validates.
+    /// Applies the environment, fills defaults, resolves paths, validates and makes the
+    /// `checks`; `errors` holds what parsing the file found.
     fn finish(
         mut self,
         origin: &Path,
         base: &Path,
         get: &dyn Fn(&str) -> Option<String>,
+        checks: Checks,
+        mut errors: Errors,
     ) -> Result<Config, ConfigError> {
-        let mut errors = Errors::default();
+        // A key the file got wrong is unset in `self`: validation would report it
+        // again (as missing), so only the file's own error is kept for it.
+        errors.0.sort_by_key(|e| e.line);
+        let from_file: Vec<String> = errors.0.iter().map(|e| e.key.clone()).collect();
+        let parsed = errors.0.len();
         let base = std::path::absolute(base).unwrap_or_else(|_| base.to_owned());
         // Keys under which each folder is reported: `folder[i]` for the file's folders,
         // the env variable for folders declared by MQSYNC_FOLDERS.
@@ -398,6 +453,18 @@ impl RawConfig {
             .collect();
         self.apply_env(&Env { get }, &mut folder_keys, &mut errors);
         let config = self.validate(origin, &base, &folder_keys, &mut errors);
+        if checks == Checks::Run {
+            check::for_run(&config, &folder_keys, &mut errors);
+        }
+        let later = errors.0.split_off(parsed);
+        errors.0.extend(later.into_iter().filter(|e| {
+            !from_file.iter().any(|k| {
+                e.key == *k
+                    || e.key
+                        .strip_prefix(k.as_str())
+                        .is_some_and(|rest| rest.starts_with(['.', '[']))
+            })
+        }));
         if errors.0.is_empty() {
             Ok(config)
         } else {

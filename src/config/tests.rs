@@ -94,34 +94,122 @@ fn url_forms() {
 fn unknown_top_level_table_is_named_with_file_and_line() {
     let text = "node_id = \"n1\"\n[brokr]\nurl = \"mqtts://h\"\n";
     let err = load(text, &no_env).expect_err("unknown key");
-    let ConfigError::Parse {
-        file, line, key, ..
-    } = &err
-    else {
-        panic!("expected Parse, got {err:?}");
-    };
-    assert_eq!(file, Path::new(ORIGIN));
-    assert_eq!(*line, 2);
-    assert_eq!(key, "brokr");
     let shown = err.to_string();
-    assert!(shown.starts_with("/etc/mqsync/mqsync.toml:2:"), "{shown}");
-    assert!(shown.contains("brokr"), "{shown}");
+    let errors = invalid(err);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].key, "brokr");
+    assert_eq!(errors[0].line, Some(2));
+    assert!(
+        errors[0].reason.contains("did you mean `broker`"),
+        "{errors:?}"
+    );
+    assert!(
+        shown.starts_with("/etc/mqsync/mqsync.toml:2: brokr: unknown key"),
+        "{shown}"
+    );
 }
 
 #[test]
 fn unknown_nested_key_and_type_error_are_named() {
     let text = "[broker]\nurll = \"x\"\n";
-    let err = load(text, &no_env).expect_err("unknown key");
+    let errors = invalid(load(text, &no_env).expect_err("unknown key"));
     assert!(
-        matches!(&err, ConfigError::Parse { key, line: 2, .. } if key == "broker.urll"),
-        "{err:?}"
+        errors
+            .iter()
+            .any(|e| e.key == "broker.urll" && e.line == Some(2)),
+        "{errors:?}"
     );
 
     let text = "[[folder]]\nid = \"a\"\npath = \"/a\"\n[[folder]]\nid = \"b\"\npath = \"/b\"\ndebounce_ms = \"fast\"\n";
-    let err = load(text, &no_env).expect_err("type error");
+    let errors = invalid(load(text, &no_env).expect_err("type error"));
+    let e = errors
+        .iter()
+        .find(|e| e.key == "folder[1].debounce_ms")
+        .unwrap_or_else(|| panic!("{errors:?}"));
+    assert_eq!(e.line, Some(7));
     assert!(
-        matches!(&err, ConfigError::Parse { key, line: 7, .. } if key == "folder[1].debounce_ms"),
+        e.reason
+            .contains("expected a whole number, found a string (\"fast\")"),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn every_unknown_key_and_wrong_type_is_listed_with_the_value_errors() {
+    let text = r#"
+node_id = "n"
+[broker]
+url = "mqtts://h"
+group_key_file = "/run/secrets/gk"
+keepalive_s = -3
+[[folder]]
+id = "a"
+path = "/srv/a"
+[[folder]]
+id = "b"
+path = "/srv/b"
+ingore = ["*.tmp"]
+debounce = 100
+mode = "sideways"
+ignore = ["*.swp", 7]
+max_delete_percent = "half"
+"#;
+    let err = load(text, &no_env).expect_err("many errors");
+    let shown = err.to_string();
+    let errors = invalid(err);
+    for (key, line, needle) in [
+        ("broker.group_key_file", Some(5), "belongs in [security]"),
+        ("broker.keepalive_s", Some(6), "found an integer (-3)"),
+        ("folder[1].ingore", Some(13), "did you mean `ignore`?"),
+        (
+            "folder[1].debounce",
+            Some(14),
+            "did you mean `debounce_ms`?",
+        ),
+        ("folder[1].ignore[1]", Some(16), "expected a string"),
+        ("folder[1].max_delete_percent", Some(17), "\"half\""),
+        ("folder[1].mode", None, "unknown mode \"sideways\""),
+        ("broker.ca_file", None, "required"),
+    ] {
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.key == key && e.line == line && e.reason.contains(needle)),
+            "{key} (line {line:?}): {needle} not in {errors:?}"
+        );
+    }
+    // A value of the wrong type is reported once, not again as missing or invalid.
+    assert_eq!(
+        errors
+            .iter()
+            .filter(|e| e.key.starts_with("broker.keepalive_s"))
+            .count(),
+        1,
+        "{errors:?}"
+    );
+    assert_eq!(errors.len(), 8, "{errors:?}");
+    // File lines first, in file order, each line naming file, line and key.
+    assert!(
+        shown
+            .lines()
+            .next()
+            .is_some_and(|l| l
+                .starts_with("/etc/mqsync/mqsync.toml:5: broker.group_key_file: unknown key here")),
+        "{shown}"
+    );
+}
+
+#[test]
+fn a_syntax_error_stops_with_file_line_and_column() {
+    let text = "node_id = \"n\"\n[broker\nurl = 1\n";
+    let err = load(text, &no_env).expect_err("syntax");
+    assert!(
+        matches!(&err, ConfigError::Parse { line: 2, .. }),
         "{err:?}"
+    );
+    assert!(
+        err.to_string().starts_with("/etc/mqsync/mqsync.toml:2:"),
+        "{err}"
     );
 }
 
@@ -394,4 +482,137 @@ fn folder_without_id_or_path() {
     let errors = invalid(load(text, &no_env).expect_err("missing"));
     assert!(has(&errors, "folder[0].id", "missing"));
     assert!(has(&errors, "folder[0].path", "missing"));
+}
+
+/// A directory with the files `run` reads: the CA, certificate, key and group key, and
+/// one existing folder.
+fn run_dir() -> tempfile::TempDir {
+    let d = tempfile::tempdir().expect("tempdir");
+    for f in ["ca.pem", "n.pem", "n.key"] {
+        std::fs::write(d.path().join(f), "x").expect("write");
+    }
+    std::fs::write(d.path().join("group.key"), "secret\n").expect("write");
+    std::fs::create_dir(d.path().join("a")).expect("mkdir");
+    d
+}
+
+fn load_for_run(dir: &Path, text: &str) -> Result<Config, ConfigError> {
+    Config::from_toml_checked(text, &dir.join("mqsync.toml"), &no_env, Checks::Run)
+}
+
+const RUN_OK: &str = r#"
+node_id = "n"
+state_dir = "state"
+[broker]
+url = "mqtts://h"
+ca_file = "ca.pem"
+cert_file = "n.pem"
+key_file = "n.key"
+[security]
+group_key_file = "group.key"
+[[folder]]
+id = "a"
+path = "a"
+"#;
+
+#[test]
+fn run_checks_pass_when_every_file_and_folder_is_there() {
+    let d = run_dir();
+    let c = load_for_run(d.path(), RUN_OK).expect("valid for run");
+    assert!(!c.folders[0].create);
+    // The same text without the run checks needs nothing on disk.
+    assert!(load(RUN_OK, &no_env).is_ok());
+}
+
+#[test]
+fn run_checks_name_every_missing_file_and_folder_with_the_other_problems() {
+    let d = run_dir();
+    for f in ["n.pem", "group.key", "ca.pem"] {
+        std::fs::remove_file(d.path().join(f)).expect("rm");
+    }
+    std::fs::write(d.path().join("n.key"), "").expect("write");
+    let text = RUN_OK.replace("path = \"a\"", "path = \"typo\"\ndebounce = 1");
+    let err = load_for_run(d.path(), &text).expect_err("missing files");
+    let ConfigError::Invalid { errors, .. } = &err else {
+        panic!("expected Invalid, got {err:?}");
+    };
+    for (key, needle) in [
+        ("folder[0].debounce", "did you mean `debounce_ms`?"),
+        ("broker.ca_file", "ca.pem: cannot read: no such file"),
+        ("broker.cert_file", "n.pem: cannot read: no such file"),
+        (
+            "security.group_key_file",
+            "group.key: cannot read: no such file",
+        ),
+        ("folder[0].path", "typo does not exist"),
+        ("folder[0].path", "create = true"),
+    ] {
+        assert!(
+            has(errors, key, needle),
+            "{key}: {needle} not in {errors:?}"
+        );
+    }
+    // Each problem once, on its own line.
+    assert_eq!(errors.len(), 5, "{errors:?}");
+    assert_eq!(err.to_string().lines().count(), 5, "{err}");
+
+    // An empty group key, and none at all with an external broker.
+    std::fs::write(d.path().join("group.key"), " \n").expect("write");
+    for f in ["n.pem", "ca.pem"] {
+        std::fs::write(d.path().join(f), "x").expect("write");
+    }
+    let errors = invalid_in(load_for_run(d.path(), RUN_OK).expect_err("empty key"));
+    assert!(
+        has(&errors, "security.group_key_file", "is empty"),
+        "{errors:?}"
+    );
+    let text = RUN_OK.replace("[security]\ngroup_key_file = \"group.key\"\n", "");
+    let errors = invalid_in(load_for_run(d.path(), &text).expect_err("no key"));
+    assert!(
+        has(
+            &errors,
+            "security.group_key_file",
+            "required with an external broker"
+        ),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn a_missing_folder_is_created_only_when_the_folder_says_so() {
+    let d = run_dir();
+    let text = RUN_OK.replace("path = \"a\"", "path = \"new\"\ncreate = true");
+    let c = load_for_run(d.path(), &text).expect("create = true");
+    assert!(c.folders[0].create);
+    // From the environment too, for folders declared there.
+    let env = env_of(&[
+        ("MQSYNC_FOLDERS", "b=/nonexistent/mqsync-test-b"),
+        ("MQSYNC_FOLDER_B_CREATE", "true"),
+    ]);
+    let c = Config::from_toml_checked(RUN_OK, &d.path().join("mqsync.toml"), &env, Checks::Run)
+        .expect("env create");
+    assert!(c.folder("b").is_some_and(|f| f.create));
+    let env = env_of(&[("MQSYNC_FOLDERS", "b=/nonexistent/mqsync-test-b")]);
+    let errors = invalid_in(
+        Config::from_toml_checked(RUN_OK, &d.path().join("mqsync.toml"), &env, Checks::Run)
+            .expect_err("missing"),
+    );
+    assert!(
+        has(&errors, "MQSYNC_FOLDERS[b].path", "does not exist"),
+        "{errors:?}"
+    );
+    // A file is not a folder, create or not.
+    let text = RUN_OK.replace("path = \"a\"", "path = \"ca.pem\"\ncreate = true");
+    let errors = invalid_in(load_for_run(d.path(), &text).expect_err("a file"));
+    assert!(
+        has(&errors, "folder[0].path", "is not a directory"),
+        "{errors:?}"
+    );
+}
+
+fn invalid_in(err: ConfigError) -> Vec<KeyError> {
+    match err {
+        ConfigError::Invalid { errors, .. } => errors,
+        other => panic!("expected Invalid, got {other:?}"),
+    }
 }

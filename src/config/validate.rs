@@ -342,6 +342,7 @@ fn validate_folder(raw: RawFolder, key: &str, base: &Path, errors: &mut Errors) 
     FolderConfig {
         id,
         path,
+        create: raw.create.unwrap_or(false),
         mode,
         ignore,
         debounce_ms,

@@ -363,6 +363,8 @@ impl Manager {
         let folder = FolderConfig {
             id: folder_id(&a.name),
             path,
+            // Made above: the volume's directory is the plugin's own.
+            create: true,
             mode: a.mode_on(self.node()),
             ignore: a.ignore.clone(),
             debounce_ms: DEFAULT_DEBOUNCE_MS,

@@ -431,6 +431,8 @@ ignore = ["*.swp"]
         );
         let path = self.path(&format!("{name}.toml"));
         fs::write(&path, tweak(text)).unwrap();
+        // `run` refuses a folder whose path does not exist (unless `create = true`).
+        fs::create_dir_all(self.folder(i)).unwrap();
         path
     }
 

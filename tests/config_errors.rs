@@ -1,0 +1,161 @@
+//! A bad configuration as `mqsync run` meets it: every problem (unknown keys, values of
+//! the wrong type, bad values, files that cannot be read, folders that do not exist)
+//! listed at once with file, line or key, before anything starts; and a missing folder
+//! created only when the folder says `create = true`.
+
+mod common;
+
+use common::*;
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// `mqsync run --config CFG`, which must exit by itself: its exit code and stderr
+/// (killed after 30 s if it does not, with the exit code `None`).
+fn run_refused(cfg: &Path) -> (Option<i32>, String) {
+    let log = cfg.with_extension("stderr");
+    let mut child = Command::new(BIN)
+        .args(["run", "--config", cfg.to_str().unwrap()])
+        .env("MQSYNC_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut code = None;
+    let exited = wait_until(Duration::from_secs(30), || match child.try_wait() {
+        Ok(Some(status)) => {
+            code = status.code();
+            true
+        }
+        _ => false,
+    });
+    if !exited {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    (code, fs::read_to_string(&log).unwrap_or_default())
+}
+
+#[test]
+fn run_lists_every_problem_at_once_before_starting() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    certs_init(&d.join("certs"), "n1");
+    fs::create_dir(d.join("media")).unwrap();
+    let cfg = d.join("n1.toml");
+    fs::write(
+        &cfg,
+        r#"node_id = "n1"
+state_dir = "state"
+
+[broker]
+url = "mqtts://127.0.0.1:1"
+ca_file = "certs/ca.pem"
+cert_file = "certs/absent.pem"
+key_file = "certs/n1.key"
+
+[security]
+group_key_file = "certs/no-group.key"
+
+[[folder]]
+id = "media"
+path = "media"
+ingore = ["*.tmp"]
+
+[[folder]]
+id = "docs"
+path = "dcos"
+debounce = 100
+mode = "sideways"
+"#,
+    )
+    .unwrap();
+    let (code, err) = run_refused(&cfg);
+    assert_eq!(code, Some(1), "{err}");
+    let file = cfg.display().to_string();
+    for line in [
+        format!("{file}:16: folder[0].ingore: unknown key; did you mean `ignore`?"),
+        format!("{file}:21: folder[1].debounce: unknown key; did you mean `debounce_ms`?"),
+        format!("{file}: folder[1].mode: unknown mode \"sideways\""),
+        format!(
+            "{file}: broker.cert_file: {}: cannot read: no such file",
+            d.join("certs/absent.pem").display()
+        ),
+        format!(
+            "{file}: security.group_key_file: {}: cannot read: no such file",
+            d.join("certs/no-group.key").display()
+        ),
+        format!(
+            "{file}: folder[1].path: {} does not exist",
+            d.join("dcos").display()
+        ),
+    ] {
+        assert!(err.contains(&line), "missing {line:?} in:\n{err}");
+    }
+    // Nothing started, and no message is repeated as its own cause.
+    assert!(!err.contains("starting"), "{err}");
+    assert_eq!(err.matches("absent.pem").count(), 1, "{err}");
+    assert!(!d.join("state").exists(), "state_dir made before refusing");
+    assert!(!d.join("dcos").exists(), "the mistyped folder was created");
+}
+
+#[test]
+fn a_missing_folder_is_refused_unless_it_says_create() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let port = free_port();
+    let cfg = d.join("a.toml");
+    let text = format!(
+        "node_id = \"a\"\nstate_dir = \"state\"\n[broker]\nembedded_listen = \"127.0.0.1:{port}\"\n[[folder]]\nid = \"f\"\npath = \"data\"\n"
+    );
+    fs::write(&cfg, &text).unwrap();
+    let (code, err) = run_refused(&cfg);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{}: folder[0].path: {} does not exist",
+            cfg.display(),
+            d.join("data").display()
+        )) && err.contains("create = true"),
+        "{err}"
+    );
+    assert!(!d.join("data").exists());
+
+    // With create = true the node makes it and joins.
+    fs::write(&cfg, format!("{text}create = true\n")).unwrap();
+    let mut p = Proc::spawn(
+        &["run", "--config", cfg.to_str().unwrap()],
+        &d.join("a.log"),
+    );
+    assert!(
+        wait_until(Duration::from_secs(60), || d.join("data/.mqsync").exists()),
+        "{}",
+        p.log_text()
+    );
+    assert!(p.is_running());
+    p.stop();
+}
+
+#[test]
+fn other_commands_list_unknown_keys_and_wrong_types_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    fs::write(
+        &cfg,
+        "node_id = \"n\"\n[broker]\nurll = \"mqtts://h\"\nkeepalive_s = \"30\"\n[[folder]]\nid = \"f\"\npath = \"/srv/f\"\n",
+    )
+    .unwrap();
+    let (ok, _, err) = mqsync_out(&["status", "--config", cfg.to_str().unwrap()]);
+    assert!(!ok);
+    let file = cfg.display();
+    assert!(
+        err.contains(&format!(
+            "{file}:3: broker.urll: unknown key; did you mean `url`?"
+        )) && err.contains(&format!(
+            "{file}:4: broker.keepalive_s: expected a whole number, found a string (\"30\")"
+        )),
+        "{err}"
+    );
+}
