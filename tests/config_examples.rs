@@ -55,6 +55,7 @@ fn full_example_sets_every_key() {
         "group_key_file",
         "id",
         "path",
+        "create",
         "mode",
         "ignore",
         "debounce_ms",

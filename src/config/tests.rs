@@ -238,7 +238,7 @@ embedded_listen = "localhost"
 [[folder]]
 id = "media"
 path = "/srv/media"
-ignore = ["*.tmp", "a[b"]
+ignore = ["*.tmp", "a[b", "!keep.tmp"]
 debounce_ms = 60001
 compression = "fast"
 [[folder]]
@@ -260,6 +260,10 @@ path = "/srv/media/sub"
         (
             "folder[0].ignore[1]",
             "folder \"media\": invalid glob pattern \"a[b\"",
+        ),
+        (
+            "folder[0].ignore[2]",
+            "negation (a leading `!`) is not supported",
         ),
         ("folder[0].debounce_ms", "60001"),
         ("folder[0].compression", "\"fast\" is not one of"),

@@ -301,14 +301,8 @@ fn validate_folder(raw: RawFolder, key: &str, base: &Path, errors: &mut Errors) 
     };
     let ignore = raw.ignore.unwrap_or_default();
     for (j, pattern) in ignore.iter().enumerate() {
-        if let Err(e) = globset::Glob::new(pattern) {
-            errors.push(
-                format!("{key}.ignore[{j}]"),
-                format!(
-                    "folder {id:?}: invalid glob pattern {pattern:?}: {}",
-                    e.kind()
-                ),
-            );
+        if let Err(e) = crate::fs::ignore::check_pattern(pattern) {
+            errors.push(format!("{key}.ignore[{j}]"), format!("folder {id:?}: {e}"));
         }
     }
     let debounce_ms = raw.debounce_ms.unwrap_or(DEFAULT_DEBOUNCE_MS);

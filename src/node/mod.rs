@@ -74,7 +74,7 @@ pub enum NodeError {
     Ignore {
         folder: String,
         #[source]
-        source: globset::Error,
+        source: crate::fs::ignore::PatternError,
     },
     #[error("folder {folder}: {path}: {source}")]
     Io {
