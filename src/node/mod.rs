@@ -111,6 +111,7 @@ pub fn spawn_folder(
     folder: &FolderSettings,
     shutdown: watch::Receiver<bool>,
 ) -> Result<tokio::task::JoinHandle<Result<(), NodeError>>, NodeError> {
+    crate::ops::metrics::register_folder(&folder.id);
     // Setting up the watcher walks the whole tree (one inotify watch per directory) and
     // loading the index reads every record: independent work, done at the same time.
     let root = folder.path.clone();
