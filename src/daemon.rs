@@ -142,6 +142,19 @@ pub fn connect_settings(cfg: &Config) -> Result<ConnectSettings, DaemonError> {
     })
 }
 
+/// The client certificate the node connects with: `broker.cert_file`, or with the
+/// embedded broker the one `mqsync run` makes in `state_dir/certs`.
+fn client_cert(cfg: &Config) -> Option<PathBuf> {
+    match &cfg.broker.url {
+        Some(_) => cfg.broker.cert_file.clone(),
+        None => Some(
+            cfg.state_dir
+                .join("certs")
+                .join(format!("{}.pem", cfg.node_id)),
+        ),
+    }
+}
+
 /// Prepares everything `run` needs; starts the embedded broker when configured so.
 pub fn prepare(cfg: &Config) -> Result<(NodeSettings, Option<BrokerHandle>), DaemonError> {
     std::fs::create_dir_all(&cfg.state_dir).map_err(|error| DaemonError::StateDir {
@@ -180,6 +193,12 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<(), Dae
         tracing::info!(%addr, "Prometheus metrics on http://{addr}/metrics");
     }
     let (settings, _broker) = prepare(&cfg)?;
+    if cfg.metrics_listen.is_some()
+        && let Some(cert) = client_cert(&cfg)
+        && let Err(e) = crate::ops::metrics::set_certificate_expiry(&cert)
+    {
+        tracing::warn!("no certificate expiry metric: {e}");
+    }
     let volumes = match (&cfg.docker.volumes_root, cfg.docker.volume_plugin) {
         (Some(root), true) => {
             let v = crate::volumes::VolumeSettings {

@@ -208,4 +208,8 @@ pub struct DemoArgs {
     /// Demo directory (folders DIR/a, DIR/b, DIR/c; state in DIR/.state).
     #[arg(default_value = "mqsync-demo")]
     pub dir: PathBuf,
+    /// Stop after SECONDS, as Ctrl-C would, printing what each node holds (for scripts
+    /// and tests). Without it the demo runs until Ctrl-C.
+    #[arg(long = "for", value_name = "SECONDS")]
+    pub run_for: Option<u64>,
 }

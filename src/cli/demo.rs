@@ -1,7 +1,8 @@
 //! `mqsync demo`: the embedded broker plus several nodes in one process, each syncing
 //! its own sub-folder of a demo directory, so a newcomer can watch files propagate
-//! without writing any configuration. [`demo`] is the command: it prints what to try
-//! and runs until Ctrl-C.
+//! without writing any configuration. [`demo`] is the command: it prints what to try,
+//! then one line per batch of changes a node applied (from the nodes themselves, see
+//! `node::AppliedBatch`) above a bar per node, and runs until Ctrl-C (or `--for S`).
 
 use super::args::DemoArgs;
 use super::{init_logging, shutdown_signal};
@@ -10,7 +11,7 @@ use crate::broker::{self, BrokerSettings};
 use crate::config::LogFormat;
 use crate::daemon::{DaemonError, MAX_PACKET, read_group_key};
 use crate::engine::Mode;
-use crate::node::{self, FolderSettings, NodeSettings};
+use crate::node::{self, AppliedBatch, AppliedSender, Change, FolderSettings, NodeSettings};
 use crate::transport::ConnectSettings;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -41,10 +42,12 @@ pub struct DemoLayout {
 }
 
 /// Starts the broker and the nodes; returns once they are running (the node tasks
-/// keep going until `shutdown` turns true).
+/// keep going until `shutdown` turns true). Each node sends its applied batches to
+/// `applied`.
 pub async fn start(
     dir: &Path,
     shutdown: watch::Receiver<bool>,
+    applied: Option<AppliedSender>,
 ) -> Result<(DemoLayout, Vec<tokio::task::JoinHandle<()>>), DaemonError> {
     let state = dir.join(".state");
     let certs_dir = state.join("certs");
@@ -95,6 +98,7 @@ pub async fn start(
                 )),
                 on_change: None,
                 compression: Default::default(),
+                applied: applied.clone(),
             }],
         };
         let sd = shutdown.clone();
@@ -114,60 +118,210 @@ pub async fn start(
     ))
 }
 
+/// How often the bars read the nodes' status files.
+const REFRESH: Duration = Duration::from_millis(200);
+
 /// `mqsync demo`: starts everything in `a.dir` (relative to the working directory),
-/// prints the layout and a few commands to try, and stops the nodes on Ctrl-C.
+/// prints the layout, a few commands to try and what each node applies, and stops the
+/// nodes on Ctrl-C or after `--for` seconds, printing what each node holds.
 pub fn demo(rt: &Runtime, log: &str, a: DemoArgs) -> anyhow::Result<()> {
     init_logging(log, LogFormat::Text);
     let dir = std::env::current_dir()?.join(a.dir);
     rt.block_on(async {
         let (tx, rx) = watch::channel(false);
-        let (layout, tasks) = start(&dir, rx).await?;
-        let f = &layout.folders;
-        println!();
-        println!(
-            "mqsync demo: broker on mqtts://{} with three nodes",
-            layout.listen
-        );
-        for (n, p) in DEMO_NODES.iter().zip(f) {
-            println!("  node {n}: {}", p.display());
-        }
-        println!();
-        println!("Try, in another terminal:");
-        println!(
-            "  echo hello > {}/hello.txt && cat {}/hello.txt",
-            f[0].display(),
-            f[1].display()
-        );
-        println!(
-            "  mkdir -p {}/docs && cp /etc/os-release {}/docs/",
-            f[1].display(),
-            f[1].display()
-        );
-        println!(
-            "  mv {}/hello.txt {}/renamed.txt; ls {}",
-            f[2].display(),
-            f[2].display(),
-            f[0].display()
-        );
-        println!("  rm -r {}/docs; ls {}", f[0].display(), f[2].display());
-        println!(
-            "Ctrl-C stops the demo (the files stay in {}).",
-            layout.dir.display()
-        );
-        tokio::spawn(super::progress::initial_sync(
+        let (applied_tx, mut applied) = tokio::sync::mpsc::unbounded_channel();
+        let (layout, tasks) = start(&dir, rx, Some(applied_tx)).await?;
+        print_intro(&layout);
+        let mut bars = super::progress::LiveBars::new(
             DEMO_NODES
                 .iter()
                 .map(|n| {
                     let state = layout.dir.join(".state").join(n);
-                    (format!("{n}/demo"), state, "demo".to_string())
+                    (n.to_string(), state, "demo".to_string())
                 })
                 .collect(),
-        ));
-        shutdown_signal().await;
+        );
+        let stop_after = async {
+            match a.run_for {
+                Some(s) => tokio::time::sleep(Duration::from_secs(s)).await,
+                None => std::future::pending().await,
+            }
+        };
+        let signal = shutdown_signal();
+        tokio::pin!(stop_after, signal);
+        let mut refresh = tokio::time::interval(REFRESH);
+        loop {
+            tokio::select! {
+                Some(batch) = applied.recv() => {
+                    for line in batch_lines(&batch) {
+                        bars.println(&line);
+                    }
+                }
+                _ = refresh.tick() => bars.refresh(),
+                _ = &mut signal => break,
+                _ = &mut stop_after => break,
+            }
+        }
+        while let Ok(batch) = applied.try_recv() {
+            for line in batch_lines(&batch) {
+                bars.println(&line);
+            }
+        }
+        bars.refresh();
+        bars.clear();
+        println!();
+        println!("Demo stopped. The nodes held:");
+        for line in bars.lines() {
+            println!("  {line}");
+        }
         let _ = tx.send(true);
         for t in tasks {
             let _ = t.await;
         }
         Ok(())
     })
+}
+
+fn print_intro(layout: &DemoLayout) {
+    let f: Vec<String> = layout
+        .folders
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    println!();
+    println!(
+        "mqsync demo: broker on mqtts://{} with three nodes",
+        layout.listen
+    );
+    for (n, p) in DEMO_NODES.iter().zip(&f) {
+        println!("  node {n}: {p}");
+    }
+    println!();
+    println!("Try, in another terminal:");
+    println!(
+        "  echo hello > {}/hello.txt; sleep 1; cat {}/hello.txt",
+        f[0], f[1]
+    );
+    println!(
+        "  mkdir -p {}/docs && cp /etc/os-release {}/docs/",
+        f[1], f[1]
+    );
+    println!(
+        "  mv {}/hello.txt {}/renamed.txt; sleep 2; ls {}",
+        f[2], f[2], f[0]
+    );
+    println!("  rm -r {}/docs; sleep 2; ls {}", f[1], f[2]);
+    println!("A new or changed file goes out at once; deletions (a rename deletes the old");
+    println!("name) go out once none has followed for a second, so they show within a");
+    println!("second or two. Each change a node applies is printed here (b ← a: hello.txt).");
+    println!(
+        "Ctrl-C stops the demo (the files stay in {}).",
+        layout.dir.display()
+    );
+    println!();
+}
+
+/// What a node applied, one line per author and kind (written, deleted), naming the
+/// first file: `b ← a: hello.txt, 2 more`; and one line per conflict.
+pub fn batch_lines(b: &AppliedBatch) -> Vec<String> {
+    // (from, deleted) in the order first seen, with their changes.
+    let mut groups: Vec<((&str, bool), Vec<&node::Applied>)> = vec![];
+    for c in &b.changes {
+        let key = (c.from.as_str(), c.change == Change::Deleted);
+        match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, v)) => v.push(c),
+            None => groups.push((key, vec![c])),
+        }
+    }
+    let who = |from: &str| format!("{} ← {from}", b.node);
+    let mut lines = vec![];
+    for ((from, deleted), changes) in &groups {
+        // Name a file rather than the directory it came in.
+        let shown = changes
+            .iter()
+            .find(|c| c.change != Change::Dir)
+            .unwrap_or(&changes[0]);
+        let mut line = format!(
+            "{}: {}{}",
+            who(from),
+            if *deleted { "deleted " } else { "" },
+            shown.path
+        );
+        if shown.path.as_str().contains(".sync-conflict-") {
+            line.push_str(" (a conflict copy)");
+        }
+        if changes.len() > 1 {
+            line.push_str(&format!(", {} more", changes.len() - 1));
+        }
+        lines.push(line);
+    }
+    for c in &b.changes {
+        if let Some(copy) = &c.conflict_copy {
+            lines.push(format!(
+                "{}: conflict on {}: {}'s version wins, {}'s is kept as {copy}",
+                who(&c.from),
+                c.path,
+                c.from,
+                b.node
+            ));
+        }
+    }
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::Applied;
+    use crate::protocol::relpath::RelPath;
+
+    fn change(path: &str, from: &str, change: Change) -> Applied {
+        Applied {
+            path: RelPath::new(path).unwrap(),
+            from: from.into(),
+            change,
+            conflict_copy: None,
+        }
+    }
+
+    #[test]
+    fn a_batch_prints_one_line_per_sender_and_kind() {
+        let mut conflict = change("notes.txt", "c", Change::File);
+        conflict.conflict_copy =
+            Some(RelPath::new("notes.sync-conflict-20260101-120000-b.txt").unwrap());
+        let b = AppliedBatch {
+            folder: "demo".into(),
+            node: "b".into(),
+            changes: vec![
+                change("docs", "a", Change::Dir),
+                change("docs/os-release", "a", Change::File),
+                change("hello.txt", "a", Change::File),
+                change("old.txt", "a", Change::Deleted),
+                conflict,
+                change("x.sync-conflict-20260101-120000-a.txt", "a", Change::File),
+            ],
+        };
+        assert_eq!(
+            batch_lines(&b),
+            [
+                "b ← a: docs/os-release, 3 more",
+                "b ← a: deleted old.txt",
+                "b ← c: notes.txt",
+                "b ← c: conflict on notes.txt: c's version wins, b's is kept as notes.sync-conflict-20260101-120000-b.txt",
+            ]
+        );
+        let b = AppliedBatch {
+            folder: "demo".into(),
+            node: "c".into(),
+            changes: vec![change(
+                "x.sync-conflict-20260101-120000-a.txt",
+                "a",
+                Change::File,
+            )],
+        };
+        assert_eq!(
+            batch_lines(&b),
+            ["c ← a: x.sync-conflict-20260101-120000-a.txt (a conflict copy)"]
+        );
+    }
 }

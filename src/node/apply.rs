@@ -4,6 +4,7 @@
 
 use super::folder::Folder;
 use super::outbound::LocalChunks;
+use super::report::Report;
 use crate::engine::{Content, Entry, Failure, Hash, Origin, VersionVector};
 use crate::fs::applier::{Applier, ApplyError, Outcome};
 use crate::protocol::relpath::RelPath;
@@ -49,6 +50,8 @@ pub(super) struct ApplyQueue {
     /// Paths changed by remote applies since the hook last ran, and whether it runs.
     pub hook_paths: BTreeSet<RelPath>,
     pub hook_running: bool,
+    /// The batch for an in-process observer (the demo).
+    pub report: Report,
 }
 
 impl ApplyQueue {
@@ -61,7 +64,14 @@ impl ApplyQueue {
             started: HashMap::new(),
             hook_paths: BTreeSet::new(),
             hook_running: false,
+            report: Report::default(),
         }
+    }
+
+    /// Sends each applied batch to `observer` (the demo).
+    pub fn with_observer(mut self, observer: Option<super::report::AppliedSender>) -> Self {
+        self.report = Report::new(observer);
+        self
     }
 
     /// Gives `q` back when it may start now, or queues it while every slot is taken.
@@ -111,6 +121,7 @@ impl ApplyQueue {
     /// Drops the apply of `path`, queued or running.
     pub fn cancel(&mut self, path: &RelPath) {
         self.waiting.remove(path);
+        self.report.dropped(path);
         self.applier.cancel(path);
     }
 
@@ -186,6 +197,7 @@ impl Folder {
             conflict_copy,
             from,
         } = q;
+        self.applies.report.started(&entry.path, &entry.modified_by);
         if let Some(folds) = &mut self.local.case_folds {
             if let Some(c) = folds.collision(&entry.path) {
                 return self.refuse_case_collision(entry, conflict_copy, c);
@@ -284,6 +296,9 @@ impl Folder {
                 if self.cfg.on_change.is_some() {
                     self.applies.hook_paths.insert(path.clone());
                 }
+                self.applies
+                    .report
+                    .applied(&path, meta.as_ref(), conflict_copy.as_ref());
                 self.local.know(&path, meta);
                 self.engine.handle_applied(&path, &version, true);
                 if let Some(cc) = conflict_copy {
@@ -306,6 +321,7 @@ impl Folder {
         match error {
             ApplyError::ChangedLocally(_) => {
                 self.applies.started.remove(&path);
+                self.applies.report.dropped(&path);
                 debug!(folder = %self.cfg.id, %path, "changed locally during apply; rescanning");
                 self.scan_paths(std::slice::from_ref(&path), None);
                 self.engine.handle_applied(&path, &version, false);
@@ -340,6 +356,7 @@ impl Folder {
             }
             e => {
                 self.applies.started.remove(&path);
+                self.applies.report.dropped(&path);
                 metrics::counter!("mqsync_apply_errors_total", "folder" => self.cfg.id.clone())
                     .increment(1);
                 error!(folder = %self.cfg.id, %path, "apply refused: {e}");

@@ -135,7 +135,8 @@ impl Folder {
             applies: ApplyQueue::new(
                 Applier::new(f.path.clone(), ignore),
                 apply_slots(crate::sys::rlimit::open_files(), s.folders.len()),
-            ),
+            )
+            .with_observer(f.applied.clone()),
             health: Health::new(
                 f.id.clone(),
                 s.node_id.clone(),
@@ -267,6 +268,7 @@ impl Folder {
                 _ = shutdown.changed() => break,
             }
             self.maybe_run_hook(&hook_tx);
+            self.report_applied();
             // Drain what else is already queued before the expensive steps.
             while let Ok(ev) = fs_rx.try_recv() {
                 self.on_fs(ev);

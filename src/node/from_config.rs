@@ -21,5 +21,6 @@ pub fn folder_settings(f: &FolderConfig) -> FolderSettings {
         tombstone_ttl: Some(Duration::from_secs(f.tombstone_days * 86_400)),
         on_change: f.on_change.clone(),
         compression: f.compression,
+        applied: None,
     }
 }

@@ -148,6 +148,9 @@ impl Health {
         metrics::gauge!("mqsync_files", "folder" => folder.clone()).set(doc.files as f64);
         metrics::gauge!("mqsync_bytes", "folder" => folder.clone()).set(doc.bytes as f64);
         metrics::gauge!("mqsync_pending", "folder" => folder.clone()).set(doc.pending as f64);
+        if let Some(d) = crate::ops::metrics::digest_value(&doc.digest) {
+            metrics::gauge!("mqsync_tree_digest", "folder" => folder.clone()).set(d);
+        }
         metrics::gauge!("mqsync_connected", "folder" => folder).set(if doc.connected {
             1.0
         } else {

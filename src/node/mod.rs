@@ -7,7 +7,8 @@
 //! ([`local`]: scans, the dirty set, the delete guard), the apply queue ([`apply`]),
 //! inbound messages ([`inbound`]), outbound messages and chunk pushes ([`outbound`]),
 //! the index writes ([`records`]) and health ([`health`]); the folder's loop routes
-//! events and effects between them.
+//! events and effects between them. A folder may send what it applied, batch by
+//! batch, to an in-process observer ([`AppliedBatch`]; the demo prints them).
 
 mod apply;
 mod folder;
@@ -18,9 +19,11 @@ mod local;
 mod outbound;
 mod pending;
 mod records;
+mod report;
 mod trust;
 
 pub use from_config::folder_settings;
+pub use report::{Applied, AppliedBatch, AppliedSender, Change};
 
 use crate::engine::Mode;
 use crate::protocol::wire::Keys;
@@ -50,6 +53,8 @@ pub struct FolderSettings {
     pub on_change: Option<String>,
     /// Whether chunk data goes out compressed.
     pub compression: crate::transfer::compression::Mode,
+    /// Receives each batch of remote changes once applied (the demo prints them).
+    pub applied: Option<AppliedSender>,
 }
 
 #[derive(Clone)]
@@ -106,6 +111,7 @@ pub fn spawn_folder(
     folder: &FolderSettings,
     shutdown: watch::Receiver<bool>,
 ) -> Result<tokio::task::JoinHandle<Result<(), NodeError>>, NodeError> {
+    crate::ops::metrics::register_folder(&folder.id);
     // Setting up the watcher walks the whole tree (one inotify watch per directory) and
     // loading the index reads every record: independent work, done at the same time.
     let root = folder.path.clone();
