@@ -33,23 +33,28 @@ pub fn status(rt: &Runtime, log: &str, a: StatusArgs) -> Result<()> {
             control::watch_status(&connect, &prefix, keys.as_ref(), tx).await
         });
         let clear = std::io::IsTerminal::is_terminal(&std::io::stdout()) && !json;
-        loop {
-            tokio::select! {
-                m = rx.recv() => match m {
-                    Some(map) => {
-                        if clear {
-                            print!("\x1b[2J\x1b[H");
+        let printed: Result<()> = async {
+            loop {
+                tokio::select! {
+                    m = rx.recv() => match m {
+                        Some(map) => {
+                            if clear {
+                                print!("\x1b[2J\x1b[H");
+                            }
+                            print_status(&map, json)?;
                         }
-                        print_status(&map, json)?;
-                    }
-                    None => break,
-                },
-                _ = shutdown_signal() => return Ok(()),
+                        None => return Ok(()),
+                    },
+                    _ = shutdown_signal() => return Ok(()),
+                }
             }
         }
-        match task.await {
-            Ok(Err(e)) => Err(e.into()),
-            _ => Ok(()),
+        .await;
+        // Dropping the receiver makes the subscription disconnect cleanly.
+        drop(rx);
+        match control::finish(task).await {
+            Some(Err(e)) => Err(e.into()),
+            _ => printed,
         }
     })
 }
@@ -73,7 +78,7 @@ pub fn wait(rt: &Runtime, log: &str, a: WaitArgs) -> Result<()> {
         let settle = Duration::from_secs(1);
         let mut last = String::from("no status received yet");
         let mut map = StatusMap::new();
-        loop {
+        let outcome: Option<Result<String, String>> = loop {
             let check = folders
                 .iter()
                 .map(|f| control::folder_in_sync(&map, f))
@@ -88,24 +93,29 @@ pub fn wait(rt: &Runtime, log: &str, a: WaitArgs) -> Result<()> {
             tokio::select! {
                 m = rx.recv() => match m {
                     Some(m) => map = m,
-                    None => break,
+                    None => break None,
                 },
                 _ = tokio::time::sleep(wait) => {
                     if let Ok(counts) = check {
-                        println!("in sync: {}", folders.iter().zip(counts).map(|(f, n)| format!("{f} ({n} nodes)")).collect::<Vec<_>>().join(", "));
-                        task.abort();
-                        return Ok(());
+                        break Some(Ok(format!("in sync: {}", folders.iter().zip(counts).map(|(f, n)| format!("{f} ({n} nodes)")).collect::<Vec<_>>().join(", "))));
                     }
                 }
                 _ = tokio::time::sleep_until(deadline) => {
-                    task.abort();
-                    bail!("not in sync after {timeout} s: {last}");
+                    break Some(Err(format!("not in sync after {timeout} s: {last}")));
                 }
             }
-        }
-        match task.await {
-            Ok(Err(e)) => Err(e.into()),
-            _ => bail!("status subscription ended: {last}"),
+        };
+        // Dropping the receiver makes the subscription disconnect cleanly.
+        drop(rx);
+        let ended = control::finish(task).await;
+        match (outcome, ended) {
+            (Some(Ok(line)), _) => {
+                println!("{line}");
+                Ok(())
+            }
+            (Some(Err(why)), _) => bail!("{why}"),
+            (None, Some(Err(e))) => Err(e.into()),
+            (None, _) => bail!("status subscription ended: {last}"),
         }
     })
 }

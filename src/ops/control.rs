@@ -3,6 +3,7 @@
 //! topics. Each is a short-lived MQTT client of its own, and none needs the group key
 //! (`daemon::connect_settings`): a resync command carries no MAC. With the key, a
 //! status whose MAC does not verify shows as `unverified`, and `wait` fails on it.
+//! Every such client ends with [`close`]: a DISCONNECT, then the broker's own close.
 
 use crate::ops::status::{FolderStatus, IgnoreRules, State};
 use crate::protocol::topics;
@@ -67,7 +68,6 @@ pub async fn publish(
                 Ok(Event::Incoming(Packet::PubAck(_))) => {
                     acked += 1;
                     if acked == topics.len() {
-                        let _ = client.try_disconnect();
                         return Ok(());
                     }
                 }
@@ -76,9 +76,27 @@ pub async fn publish(
             }
         }
     };
-    tokio::time::timeout(timeout, work)
+    let res = tokio::time::timeout(timeout, work)
         .await
-        .map_err(|_| ControlError::Timeout(timeout))?
+        .map_err(|_| ControlError::Timeout(timeout))
+        .and_then(|r| r);
+    close(&client, &mut el).await;
+    res
+}
+
+/// Ends a short-lived client's connection the clean way: sends DISCONNECT and polls
+/// until the broker has closed the connection (with TLS close_notify), at most
+/// [`crate::transport::CLOSE_TIMEOUT`]. Brokers log a connection that just drops
+/// (Mosquitto: `unexpected eof`; rustls: no `close_notify`) as an error.
+pub(crate) async fn close(client: &AsyncClient, el: &mut EventLoop) {
+    // Never connected, or already gone: polling would connect again.
+    if el.network.is_none() || client.try_disconnect().is_err() {
+        return;
+    }
+    let _ = tokio::time::timeout(crate::transport::CLOSE_TIMEOUT, async {
+        while el.poll().await.is_ok() {}
+    })
+    .await;
 }
 
 /// A refused connection (certificates, authorisation) or another connection failure.
@@ -109,7 +127,8 @@ pub type StatusMap = BTreeMap<(String, String), FolderStatus>;
 /// `tx` after each change. Retained messages arrive at once, so the first map after a
 /// short quiet period is complete. With `keys`, a status whose MAC does not verify is
 /// logged and dropped; without, statuses are taken as they come. Ends with an error
-/// when the connection fails.
+/// when the connection fails, and closes the connection cleanly once `tx`'s receiver
+/// is dropped.
 pub async fn watch_status(
     s: &ConnectSettings,
     prefix: &str,
@@ -117,10 +136,27 @@ pub async fn watch_status(
     tx: mpsc::Sender<StatusMap>,
 ) -> Result<(), ControlError> {
     let (client, mut el) = short_client(s, "status");
+    let res = watch_on(&client, &mut el, prefix, keys, &tx).await;
+    close(&client, &mut el).await;
+    res
+}
+
+async fn watch_on(
+    client: &AsyncClient,
+    el: &mut EventLoop,
+    prefix: &str,
+    keys: Option<&Keys>,
+    tx: &mpsc::Sender<StatusMap>,
+) -> Result<(), ControlError> {
     let filter = topics::all_status_filter(prefix);
     let mut map = StatusMap::new();
     loop {
-        match el.poll().await {
+        // A poll cut short loses nothing that matters: the connection closes next.
+        let ev = tokio::select! {
+            ev = el.poll() => ev,
+            () = tx.closed() => return Ok(()),
+        };
+        match ev {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 client
                     .try_subscribe(filter.clone(), QoS::AtLeastOnce)
@@ -184,24 +220,45 @@ pub async fn read_status(
     let deadline = Duration::from_secs(15);
     let mut latest = None;
     let first = tokio::time::timeout(deadline, rx.recv()).await;
-    match first {
-        Ok(Some(m)) => latest = Some(m),
-        Ok(None) => {}
-        Err(_) => {
-            task.abort();
-            return Err(ControlError::Timeout(deadline));
+    let timed_out = match first {
+        Ok(Some(m)) => {
+            latest = Some(m);
+            false
+        }
+        Ok(None) => false,
+        Err(_) => true,
+    };
+    if !timed_out {
+        while let Ok(Some(m)) = tokio::time::timeout(quiet, rx.recv()).await {
+            latest = Some(m);
         }
     }
-    while let Ok(Some(m)) = tokio::time::timeout(quiet, rx.recv()).await {
-        latest = Some(m);
-    }
-    task.abort();
-    match latest {
-        Some(m) => Ok(m),
-        None => match task.await {
-            Ok(Err(e)) => Err(e),
+    // Dropping the receiver makes the task disconnect cleanly.
+    drop(rx);
+    let ended = finish(task).await;
+    match (latest, timed_out) {
+        (Some(m), _) => Ok(m),
+        (None, true) => Err(ControlError::Timeout(deadline)),
+        (None, false) => match ended {
+            Some(Err(e)) => Err(e),
             _ => Err(ControlError::Connection("no answer from the broker".into())),
         },
+    }
+}
+
+/// Awaits a `watch_status` task whose receiver is gone (it closes its connection, at
+/// most [`crate::transport::CLOSE_TIMEOUT`]); aborts it if it takes longer.
+pub async fn finish(
+    mut task: tokio::task::JoinHandle<Result<(), ControlError>>,
+) -> Option<Result<(), ControlError>> {
+    let limit = crate::transport::CLOSE_TIMEOUT + Duration::from_secs(1);
+    match tokio::time::timeout(limit, &mut task).await {
+        Ok(Ok(r)) => Some(r),
+        Ok(Err(_)) => None,
+        Err(_) => {
+            task.abort();
+            None
+        }
     }
 }
 
