@@ -1,6 +1,5 @@
-//! Operator commands over the broker: `mqsync resync` publishes one command on a
-//! folder's public cmd topic; `mqsync status` and `mqsync wait` read the retained status
-//! topics. Each is a short-lived MQTT client of its own, and none needs the group key
+//! Operator commands over the broker: `mqsync status` and `mqsync wait` read the
+//! retained status topics (`mqsync resync` is in [`super::resync`]). Each is a short-lived MQTT client of its own, and none needs the group key
 //! (`daemon::connect_settings`): a resync command carries no MAC. With the key, a
 //! status whose MAC does not verify shows as `unverified`, and `wait` fails on it.
 //! Every such client ends with [`close`]: a DISCONNECT, then the broker's own close.
@@ -23,65 +22,8 @@ pub enum ControlError {
     Refused(String),
     #[error("connection to the broker failed: {0}")]
     Connection(String),
-    #[error("the broker did not acknowledge the command within {0:?}")]
+    #[error("no answer from the broker within {} s", .0.as_secs())]
     Timeout(Duration),
-}
-
-/// The JSON of a resync command for `node` (`"*"`: every node).
-pub fn resync_command(node: &str) -> String {
-    serde_json::json!({ "op": "resync", "node": node }).to_string()
-}
-
-/// Publishes `payload` on each topic with QoS 1 and returns once the broker has
-/// acknowledged all of them.
-pub async fn publish(
-    s: &ConnectSettings,
-    topics: &[String],
-    payload: &str,
-) -> Result<(), ControlError> {
-    let timeout = Duration::from_secs(15);
-    let id = format!("{}-ctl-{}", s.client_id, std::process::id());
-    let mut opts = MqttOptions::new(id, s.host.clone(), s.port);
-    opts.set_keep_alive(Duration::from_secs(30));
-    if let Some(tls) = &s.tls {
-        opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-            tls.clone(),
-        )));
-    }
-    let (client, mut el) = AsyncClient::new(opts, 16);
-    let work = async {
-        let mut acked = 0;
-        loop {
-            match el.poll().await {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    for t in topics {
-                        client
-                            .try_publish(
-                                t.clone(),
-                                QoS::AtLeastOnce,
-                                false,
-                                payload.as_bytes().to_vec(),
-                            )
-                            .map_err(|e| ControlError::Connection(e.to_string()))?;
-                    }
-                }
-                Ok(Event::Incoming(Packet::PubAck(_))) => {
-                    acked += 1;
-                    if acked == topics.len() {
-                        return Ok(());
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => return Err(connection_error(&e)),
-            }
-        }
-    };
-    let res = tokio::time::timeout(timeout, work)
-        .await
-        .map_err(|_| ControlError::Timeout(timeout))
-        .and_then(|r| r);
-    close(&client, &mut el).await;
-    res
 }
 
 /// Ends a short-lived client's connection the clean way: sends DISCONNECT and polls
@@ -246,6 +188,17 @@ pub async fn read_status(
     }
 }
 
+/// The map once the burst of retained statuses that follows the subscription has
+/// passed: the first map, then each update until `quiet` passes without one. `None`
+/// when the subscription ended before any map.
+pub async fn settled(rx: &mut mpsc::Receiver<StatusMap>, quiet: Duration) -> Option<StatusMap> {
+    let mut latest = rx.recv().await?;
+    while let Ok(Some(m)) = tokio::time::timeout(quiet, rx.recv()).await {
+        latest = m;
+    }
+    Some(latest)
+}
+
 /// Awaits a `watch_status` task whose receiver is gone (it closes its connection, at
 /// most [`crate::transport::CLOSE_TIMEOUT`]); aborts it if it takes longer.
 pub async fn finish(
@@ -282,6 +235,7 @@ fn unverified(topic: &str, e: &crate::ops::status::StatusError) -> Option<Folder
         connected: false,
         insecure_plaintext: false,
         updated_ms: 0,
+        resync: None,
         ignore: None,
         held_deletes: 0,
     })
@@ -327,7 +281,7 @@ pub fn folder_in_sync(map: &StatusMap, folder: &str) -> Result<usize, String> {
         }
         if d.pending > 0 || d.state != State::Idle {
             return Err(format!(
-                "folder {folder}: node {} is {:?} with {} pending",
+                "folder {folder}: node {} is {} with {} pending",
                 d.node, d.state, d.pending
             ));
         }
@@ -447,6 +401,18 @@ mod tests {
         assert!(
             why.contains("node n1 keeps failing: messages from n3"),
             "{why}"
+        );
+    }
+
+    #[test]
+    fn a_busy_node_is_named_with_its_state_as_the_status_json_says_it() {
+        let mut m = map(vec![doc("n1", &[]), doc("n2", &[])]);
+        let n2 = m.get_mut(&("docs".to_string(), "n2".to_string())).unwrap();
+        n2.state = State::Syncing;
+        n2.pending = 3;
+        assert_eq!(
+            folder_in_sync(&m, "docs"),
+            Err("folder docs: node n2 is syncing with 3 pending".to_string())
         );
     }
 
