@@ -246,7 +246,7 @@ fn status_wait_and_healthcheck_report_the_cluster() {
     let out = mqsync(&["healthcheck", "--config", cfg]);
     assert!(!out.status.success());
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("Offline"),
+        String::from_utf8_lossy(&out.stderr).contains("state offline"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );

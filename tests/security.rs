@@ -332,6 +332,7 @@ fn a_rogue_client_without_the_group_key_changes_nothing() {
         connected: true,
         insecure_plaintext: false,
         updated_ms: now_ms(),
+        resync: None,
         ignore: None,
         held_deletes: 0,
     };

@@ -4,7 +4,9 @@
 //! rumqttd's own TLS listener handshakes inside its single accept loop with no timeout,
 //! so one idle connection would stop every other client from connecting. On the way
 //! back it drops a node's own data messages (MQTT 3.1.1 has no "no local"), so a
-//! writer's upload does not come back down to it.
+//! writer's upload does not come back down to it. A client's DISCONNECT ends what the
+//! front reads from it: rumqttd then closes the connection, and the front closes TLS
+//! with close_notify, so a clean goodbye logs nothing.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -108,18 +110,25 @@ async fn serve(
                 }
             };
             let _ = upstream.set_nodelay(true);
+            let cn = identity.clone();
             let identity = if shared_node_cert {
                 Identity::AnyNode
             } else {
                 Identity::Node(&identity)
             };
-            relay(tls, upstream, identity, peer).await;
+            relay(tls, upstream, identity, &cn, peer).await;
         });
     }
 }
 
-async fn relay<C>(client: C, upstream: TcpStream, identity: Identity<'_>, peer: SocketAddr)
-where
+/// `cn` is the common name of the client's certificate, for the log.
+async fn relay<C>(
+    client: C,
+    upstream: TcpStream,
+    identity: Identity<'_>,
+    cn: &str,
+    peer: SocketAddr,
+) where
     C: AsyncRead + AsyncWrite + Unpin,
 {
     let (client_r, mut client_w) = tokio::io::split(client);
@@ -130,15 +139,25 @@ where
         _ => None,
     };
     let to_broker = async {
-        if let Err(reason) = forward_checked(client_r, &mut up_w, identity, &order).await {
-            tracing::warn!(%peer, ?identity, %reason, "broker: closing client connection");
+        match forward_checked(client_r, &mut up_w, identity, &order).await {
+            // rumqttd closes the connection after a DISCONNECT; closing our side first
+            // could make it see an end of stream before it has taken the goodbye.
+            Ok(End::Goodbye) => return,
+            Ok(End::Eof) => {}
+            Ok(End::Dropped) => {
+                tracing::info!(%peer, client = %cn, "broker: client went away without MQTT DISCONNECT");
+            }
+            Err(reason) => {
+                tracing::warn!(%peer, client = %cn, %reason, "broker: closing client connection");
+            }
         }
         let _ = up_w.shutdown().await;
     };
     let to_client = async {
         if let Err(reason) = forward_to_client(up_r, &mut client_w, own, &order).await {
-            tracing::warn!(%peer, ?identity, %reason, "broker: closing client connection");
+            tracing::warn!(%peer, client = %cn, %reason, "broker: closing client connection");
         }
+        // With TLS: close_notify.
         let _ = client_w.shutdown().await;
     };
     tokio::pin!(to_broker, to_client);
@@ -215,6 +234,20 @@ impl AckOrder {
 
 /// The fixed header byte of a PUBACK.
 const PUBACK: u8 = 0x40;
+/// The fixed header byte of a DISCONNECT.
+const DISCONNECT: u8 = 0xe0;
+
+/// How a client's stream ended without an error.
+#[derive(Debug, PartialEq, Eq)]
+enum End {
+    /// Its DISCONNECT was forwarded: whatever follows is not read.
+    Goodbye,
+    /// End of stream (with TLS: after close_notify).
+    Eof,
+    /// The connection closed without close_notify or DISCONNECT (a client killed or
+    /// cut off): not the front's error.
+    Dropped,
+}
 
 /// Writes `bytes` whole, the error as the reason to close.
 async fn put<W: AsyncWrite + Unpin>(to: &mut W, bytes: &[u8]) -> Result<(), String> {
@@ -235,13 +268,13 @@ fn pubacks(pkids: &[u16]) -> Vec<u8> {
 /// Copies the client's packets to rumqttd, each only once [`acl::inspect`] allowed it,
 /// and slips the PUBACKs owed for [`forward_to_client`]'s dropped messages in between
 /// packets, each right after the client's ack of the message before it.
-/// Returns `Ok` at the client's end of stream, `Err` with the reason to close otherwise.
+/// Returns how the client's stream ended, or `Err` with the reason to close it.
 async fn forward_checked<R, W>(
     mut from: R,
     to: &mut W,
     identity: Identity<'_>,
     order: &AckOrder,
-) -> Result<(), String>
+) -> Result<End, String>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -275,6 +308,15 @@ where
                     continue;
                 }
                 match acl::inspect(&buf[ready..], identity) {
+                    // Nothing may follow a DISCONNECT (MQTT 3.1.1, 3.14.4), so the
+                    // front stops reading: the client's TCP close that comes next
+                    // often lacks close_notify (rumqttc sends none).
+                    Verdict::Forward(len)
+                        if buf[ready] == DISCONNECT && buf.len() >= ready + len =>
+                    {
+                        put(to, &buf[..ready + len]).await?;
+                        return Ok(End::Goodbye);
+                    }
                     Verdict::Forward(len) => allowed = len,
                     Verdict::NeedMore => break,
                     Verdict::Deny(reason) => {
@@ -299,8 +341,11 @@ where
         // turn has come may go; read_buf is cancel safe.
         tokio::select! {
             read = from.read_buf(&mut buf) => match read {
-                Ok(0) => return Ok(()),
+                Ok(0) => return Ok(End::Eof),
                 Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    return Ok(End::Dropped);
+                }
                 Err(e) => return Err(e.to_string()),
             },
             () = order.dropped.notified(), if allowed == 0 => {
@@ -387,7 +432,7 @@ where
 mod tests {
     use super::*;
 
-    async fn run(input: Vec<u8>, identity: &str) -> (Vec<u8>, Result<(), String>) {
+    async fn run(input: Vec<u8>, identity: &str) -> (Vec<u8>, Result<End, String>) {
         let identity = Identity::Node(identity);
         let (mut client, server) = tokio::io::duplex(1024);
         let writer = tokio::spawn(async move {
@@ -424,8 +469,19 @@ mod tests {
         input.extend([0xc0, 0x00]);
         input.extend(publish("mqsync/f/cmd", b"{}"));
         let (out, result) = run(input.clone(), "n1").await;
-        assert_eq!(result, Ok(()));
+        assert_eq!(result, Ok(End::Eof));
         assert_eq!(out, input);
+    }
+
+    #[tokio::test]
+    async fn nothing_after_a_disconnect_is_read() {
+        let mut input = publish("mqsync/f/v1/n1", b"ok");
+        input.extend([0xe0, 0x00]);
+        let sent = input.clone();
+        input.extend(publish("mqsync/f/v1/n2", b"never read"));
+        let (out, result) = run(input, "n1").await;
+        assert_eq!(result, Ok(End::Goodbye));
+        assert_eq!(out, sent);
     }
 
     #[tokio::test]
@@ -536,7 +592,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(50)).await;
         drop(client);
         let (out, r) = relay.await.unwrap();
-        assert_eq!(r, Ok(()));
+        assert_eq!(r, Ok(End::Eof));
         let mut want = first.clone();
         want.extend([0x40, 2, 0, 1, 0x40, 2, 0, 2, 0x40, 2, 0, 3]);
         want.extend([0x40, 2, 0, 4, 0x40, 2, 0, 5]);

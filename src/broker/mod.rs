@@ -237,7 +237,8 @@ fn start_config(mut config: Config, shared_node_cert: bool) -> Result<BrokerHand
             front::spawn(public, backend, tls, shared_node_cert).map_err(BrokerError::Thread)?,
         );
     }
-    tracing::info!(?listen, "embedded broker listening");
+    let addrs: Vec<String> = listen.iter().map(ToString::to_string).collect();
+    tracing::info!(listen = %addrs.join(", "), "embedded broker listening");
     Ok(BrokerHandle {
         listen,
         thread,

@@ -34,7 +34,9 @@ pub enum Cmd {
     /// TLS files again and restarts the folders with them (key and certificate
     /// rotation without a restart).
     Run(RunArgs),
-    /// Run the embedded MQTT-over-TLS broker (mutual TLS) on its own.
+    /// Run the embedded MQTT-over-TLS broker (mutual TLS) on its own: from a
+    /// certificates directory (--certs), an mqsync configuration (-c or MQSYNC_CONFIG)
+    /// or a rumqttd-style file (-c).
     Broker(BrokerArgs),
     /// Create certificates and the group key.
     #[command(subcommand)]
@@ -42,8 +44,16 @@ pub enum Cmd {
     /// Ask nodes to compare complete state with their peers and repair every
     /// difference; also applies deletions held by the mass-delete guard and reverts
     /// local changes on receive-only folders.
+    ///
+    /// Prints per node whether it accepted the command or ignored it (a node resyncs
+    /// at most once every 10 s), or is offline; exits 1 unless every targeted node
+    /// accepted.
     Resync(ResyncArgs),
     /// A table of every node of every folder, read from the retained status topics.
+    ///
+    /// Needs a node's configuration for the broker's address and a client certificate
+    /// (--config, MQSYNC_CONFIG, or MQSYNC_BROKER_URL, MQSYNC_BROKER_CA_FILE,
+    /// MQSYNC_BROKER_CERT_FILE and MQSYNC_BROKER_KEY_FILE).
     Status(StatusArgs),
     /// Block until every online node of the folder(s) reports the same state with
     /// nothing pending, every status verifies under the group key and the ignore
@@ -84,14 +94,18 @@ pub struct RunArgs {
 
 #[derive(Args)]
 pub struct BrokerArgs {
-    /// Address to listen on.
-    #[arg(long, default_value = "0.0.0.0:8883", conflicts_with = "config")]
-    pub listen: std::net::SocketAddr,
-    /// Directory written by `mqsync certs init` (ca.pem, broker.pem, broker.key).
-    #[arg(long, required_unless_present = "config")]
-    pub certs: Option<PathBuf>,
-    /// A rumqttd-style TOML file instead (see broker/rumqttd.toml).
+    /// Address to listen on [default: 0.0.0.0:8883 with --certs; broker.embedded_listen
+    /// with an mqsync configuration].
     #[arg(long)]
+    pub listen: Option<std::net::SocketAddr>,
+    /// Directory written by `mqsync certs init` (ca.pem, broker.pem, broker.key). Wins
+    /// over --config.
+    #[arg(long)]
+    pub certs: Option<PathBuf>,
+    /// An mqsync configuration file (the broker `run` would embed: listen on
+    /// broker.embedded_listen with the certificates in state_dir/certs), or a
+    /// rumqttd-style TOML file (see broker/rumqttd.toml).
+    #[arg(long, short, env = "MQSYNC_CONFIG")]
     pub config: Option<PathBuf>,
     /// Nodes share one client certificate (e.g. a Swarm global service): let any
     /// client publish as any node id. By default a client may publish only under the
@@ -183,7 +197,8 @@ pub struct WaitArgs {
     /// group key is not needed).
     #[arg(long, short, env = "MQSYNC_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Folder id (default: every folder of the configuration).
+    /// Folder id (default: every folder of the configuration, or, when it has no
+    /// [[folder]], every folder an online node reports).
     #[arg(long)]
     pub folder: Option<String>,
     /// Seconds to wait at most.

@@ -27,13 +27,46 @@ pub fn init_logging(filter: &str, format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
         && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match format {
-        LogFormat::Json => b.json().init(),
-        LogFormat::Text => b.init(),
+        LogFormat::Json => b.json().finish().with(QuietRumqttd).init(),
+        LogFormat::Text => b.finish().with(QuietRumqttd).init(),
+    }
+}
+
+/// Drops rumqttd's `router-drop` event. rumqttd logs it at ERROR for every connection
+/// its router ends, and so for each client's clean MQTT DISCONNECT; any other reason
+/// the router has to end a connection it logs itself.
+struct QuietRumqttd;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for QuietRumqttd {
+    fn event_enabled(
+        &self,
+        event: &tracing::Event<'_>,
+        _: tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        if event.metadata().target() != "rumqttd::server::broker" {
+            return true;
+        }
+        let mut is = MessageIs("router-drop", false);
+        event.record(&mut is);
+        !is.1
+    }
+}
+
+/// Whether an event's message is the given text.
+struct MessageIs(&'static str, bool);
+
+impl tracing::field::Visit for MessageIs {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" && format!("{value:?}") == self.0 {
+            self.1 = true;
+        }
     }
 }
 

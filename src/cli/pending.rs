@@ -2,7 +2,7 @@
 //! from the retained pending lists (`ops::pending`), as a table or JSON.
 
 use super::args::PendingArgs;
-use super::status::reader;
+use super::status::{explain_without_config, reader};
 use crate::ops::pending::{self, PendingDoc};
 use anyhow::Result;
 use std::time::Duration;
@@ -15,13 +15,18 @@ pub fn pending(rt: &Runtime, log: &str, a: PendingArgs) -> Result<()> {
         node,
         json,
     } = a;
-    let (_, connect, keys, prefix) = reader(config.as_deref(), log)?;
-    let map = rt.block_on(pending::read_pending(
-        &connect,
-        &prefix,
-        keys.as_ref(),
-        Duration::from_millis(500),
-    ))?;
+    let (_, connect, keys, prefix) = reader(config.as_deref(), log, "pending")?;
+    let map = explain_without_config(
+        "pending",
+        config.is_some(),
+        rt.block_on(pending::read_pending(
+            &connect,
+            &prefix,
+            keys.as_ref(),
+            Duration::from_millis(500),
+        ))
+        .map_err(anyhow::Error::from),
+    )?;
     let docs: Vec<&PendingDoc> = map
         .values()
         .filter(|d| folder.as_ref().is_none_or(|f| &d.folder == f))

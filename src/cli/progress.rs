@@ -258,6 +258,7 @@ mod tests {
             updated_ms: 0,
             ignore: None,
             held_deletes: 0,
+            resync: None,
         }
     }
 

@@ -34,7 +34,7 @@ pub fn run(rt: &Runtime, log: &str, a: RunArgs) -> Result<()> {
     // Raised outside the log macro: its fields are not evaluated when the level is
     // filtered out.
     let open_files = crate::sys::rlimit::raise_open_files();
-    tracing::info!(node = %cfg.node_id, folders = cfg.folders.len(), ?open_files, "mqsync {} starting", env!("CARGO_PKG_VERSION"));
+    tracing::info!(node = %cfg.node_id, folders = cfg.folders.len(), open_files, "mqsync {} starting", env!("CARGO_PKG_VERSION"));
     let progress: Vec<_> = cfg
         .folders
         .iter()
@@ -56,7 +56,10 @@ pub fn run(rt: &Runtime, log: &str, a: RunArgs) -> Result<()> {
         match tokio::time::timeout(SHUTDOWN_GRACE, daemon).await {
             Ok(r) => r?.map_err(anyhow::Error::from),
             Err(_) => {
-                tracing::warn!("shutdown took longer than {SHUTDOWN_GRACE:?}; exiting");
+                tracing::warn!(
+                    "shutdown took longer than {} s; exiting",
+                    SHUTDOWN_GRACE.as_secs()
+                );
                 Ok(())
             }
         }

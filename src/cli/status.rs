@@ -8,6 +8,7 @@ use crate::config::Config;
 use crate::ops::control::{self, StatusMap};
 use crate::ops::status::{FolderStatus, State};
 use crate::protocol::wire::Keys;
+use anyhow::Context;
 use anyhow::{Result, bail};
 use std::collections::HashMap;
 use std::time::Duration;
@@ -19,12 +20,12 @@ pub fn status(rt: &Runtime, log: &str, a: StatusArgs) -> Result<()> {
         json,
         watch,
     } = a;
-    let (_, connect, keys, prefix) = reader(config.as_deref(), log)?;
-    rt.block_on(async {
+    let given = config.is_some();
+    let (_, connect, keys, prefix) = reader(config.as_deref(), log, "status")?;
+    let quiet = Duration::from_millis(500);
+    let shown = rt.block_on(async {
         if !watch {
-            let map =
-                control::read_status(&connect, &prefix, keys.as_ref(), Duration::from_millis(500))
-                    .await?;
+            let map = control::read_status(&connect, &prefix, keys.as_ref(), quiet).await?;
             print_status(&map, json)?;
             return Ok(());
         }
@@ -33,25 +34,41 @@ pub fn status(rt: &Runtime, log: &str, a: StatusArgs) -> Result<()> {
             control::watch_status(&connect, &prefix, keys.as_ref(), tx).await
         });
         let clear = std::io::IsTerminal::is_terminal(&std::io::stdout()) && !json;
-        loop {
-            tokio::select! {
-                m = rx.recv() => match m {
-                    Some(map) => {
-                        if clear {
-                            print!("\x1b[2J\x1b[H");
-                        }
-                        print_status(&map, json)?;
-                    }
-                    None => break,
-                },
+        let printed: Result<()> = async {
+            // The first frame waits for the burst of retained statuses that follows
+            // the subscription, instead of showing an empty table.
+            let first = tokio::select! {
+                m = control::settled(&mut rx, quiet) => m,
                 _ = shutdown_signal() => return Ok(()),
+            };
+            match first {
+                Some(map) => print_status(&map, json)?,
+                None => return Ok(()),
+            }
+            loop {
+                tokio::select! {
+                    m = rx.recv() => match m {
+                        Some(map) => {
+                            if clear {
+                                print!("\x1b[2J\x1b[H");
+                            }
+                            print_status(&map, json)?;
+                        }
+                        None => return Ok(()),
+                    },
+                    _ = shutdown_signal() => return Ok(()),
+                }
             }
         }
-        match task.await {
-            Ok(Err(e)) => Err(e.into()),
-            _ => Ok(()),
+        .await;
+        // Dropping the receiver makes the subscription disconnect cleanly.
+        drop(rx);
+        match control::finish(task).await {
+            Some(Err(e)) => Err(e.into()),
+            _ => printed,
         }
-    })
+    });
+    explain_without_config("status", given, shown)
 }
 
 pub fn wait(rt: &Runtime, log: &str, a: WaitArgs) -> Result<()> {
@@ -60,10 +77,17 @@ pub fn wait(rt: &Runtime, log: &str, a: WaitArgs) -> Result<()> {
         folder,
         timeout,
     } = a;
-    let (cfg, connect, keys, prefix) = reader(config.as_deref(), log)?;
-    let folders = folder_ids(&cfg, folder)?;
+    let given = config.is_some();
+    let (cfg, connect, keys, prefix) = reader(config.as_deref(), log, "wait")?;
+    // Without --folder: the configuration's folders, or, when it has none (an
+    // operator's configuration), every folder a node reports.
+    let folders = match folder {
+        Some(f) => Some(vec![f]),
+        None if cfg.folders.is_empty() => None,
+        None => Some(folder_ids(&cfg, None)?),
+    };
     let limit = Duration::from_secs(timeout);
-    rt.block_on(async {
+    let waited = rt.block_on(async {
         let (tx, mut rx) = tokio::sync::mpsc::channel(64);
         let task = tokio::spawn(async move {
             control::watch_status(&connect, &prefix, keys.as_ref(), tx).await
@@ -73,11 +97,19 @@ pub fn wait(rt: &Runtime, log: &str, a: WaitArgs) -> Result<()> {
         let settle = Duration::from_secs(1);
         let mut last = String::from("no status received yet");
         let mut map = StatusMap::new();
-        loop {
-            let check = folders
-                .iter()
-                .map(|f| control::folder_in_sync(&map, f))
-                .collect::<Result<Vec<_>, _>>();
+        let outcome: Option<Result<String, String>> = loop {
+            let folders = match &folders {
+                Some(f) => f.clone(),
+                None => reported_folders(&map),
+            };
+            let check = if folders.is_empty() {
+                Err("no node reports any folder yet".to_string())
+            } else {
+                folders
+                    .iter()
+                    .map(|f| control::folder_in_sync(&map, f))
+                    .collect::<Result<Vec<_>, _>>()
+            };
             let wait = match &check {
                 Ok(_) => settle,
                 Err(e) => {
@@ -88,25 +120,62 @@ pub fn wait(rt: &Runtime, log: &str, a: WaitArgs) -> Result<()> {
             tokio::select! {
                 m = rx.recv() => match m {
                     Some(m) => map = m,
-                    None => break,
+                    None => break None,
                 },
                 _ = tokio::time::sleep(wait) => {
                     if let Ok(counts) = check {
-                        println!("in sync: {}", folders.iter().zip(counts).map(|(f, n)| format!("{f} ({n} nodes)")).collect::<Vec<_>>().join(", "));
-                        task.abort();
-                        return Ok(());
+                        break Some(Ok(format!("in sync: {}", folders.iter().zip(counts).map(|(f, n)| format!("{f} ({n} nodes)")).collect::<Vec<_>>().join(", "))));
                     }
                 }
                 _ = tokio::time::sleep_until(deadline) => {
-                    task.abort();
-                    bail!("not in sync after {timeout} s: {last}");
+                    break Some(Err(format!("not in sync after {timeout} s: {last}")));
                 }
             }
+        };
+        // Dropping the receiver makes the subscription disconnect cleanly.
+        drop(rx);
+        let ended = control::finish(task).await;
+        match (outcome, ended) {
+            (Some(Ok(line)), _) => {
+                println!("{line}");
+                Ok(())
+            }
+            (Some(Err(why)), _) => bail!("{why}"),
+            (None, Some(Err(e))) => Err(e.into()),
+            (None, _) => bail!("status subscription ended: {last}"),
         }
-        match task.await {
-            Ok(Err(e)) => Err(e.into()),
-            _ => bail!("status subscription ended: {last}"),
-        }
+    });
+    explain_without_config("wait", given, waited)
+}
+
+/// Every folder some online node reports a status for (a folder whose nodes all left
+/// keeps its offline statuses on the broker).
+fn reported_folders(map: &StatusMap) -> Vec<String> {
+    let mut folders: Vec<String> = map
+        .values()
+        .filter(|d| d.state != State::Offline)
+        .map(|d| d.folder.clone())
+        .collect();
+    folders.dedup();
+    folders
+}
+
+/// What a broker client needs, added to an error met without a configuration file
+/// (the defaults point at the embedded broker of a node on this machine).
+pub(super) fn explain_without_config<T>(cmd: &str, given: bool, r: Result<T>) -> Result<T> {
+    if given {
+        return r;
+    }
+    r.with_context(|| {
+        format!(
+            "mqsync {cmd} is a client of the cluster's broker and reads its address and \
+             credentials from a node's configuration: give --config FILE (or set \
+             MQSYNC_CONFIG=FILE), or set MQSYNC_BROKER_URL, MQSYNC_BROKER_CA_FILE, \
+             MQSYNC_BROKER_CERT_FILE and MQSYNC_BROKER_KEY_FILE (plus \
+             MQSYNC_SECURITY_GROUP_KEY_FILE to check status MACs). Without either it tries \
+             the embedded broker of a node on this machine (MQSYNC_STATE_DIR/certs, \
+             default /var/lib/mqsync/certs)"
+        )
     })
 }
 
@@ -116,15 +185,20 @@ pub fn wait(rt: &Runtime, log: &str, a: WaitArgs) -> Result<()> {
 pub(super) fn reader(
     path: Option<&std::path::Path>,
     log: &str,
+    cmd: &str,
 ) -> Result<(
     Config,
     crate::transport::ConnectSettings,
     Option<Keys>,
     String,
 )> {
-    let cfg = load_config(path, HashMap::new())?;
+    let cfg = explain_without_config(cmd, path.is_some(), load_config(path, HashMap::new()))?;
     init_logging(log, cfg.log_format);
-    let connect = crate::daemon::connect_settings(&cfg)?;
+    let connect = explain_without_config(
+        cmd,
+        path.is_some(),
+        crate::daemon::connect_settings(&cfg).map_err(anyhow::Error::from),
+    )?;
     let keys = status_keys(&cfg);
     let prefix = cfg.broker.topic_prefix.clone();
     Ok((cfg, connect, keys, prefix))

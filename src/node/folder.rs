@@ -14,6 +14,7 @@ use crate::fs::applier::Applier;
 use crate::fs::ignore::Ignore;
 use crate::fs::locations::ChunkLocations;
 use crate::fs::watcher::{self, FsEvent};
+use crate::ops::resync::{self, Verdict};
 use crate::ops::status::State;
 use crate::protocol::relpath::RelPath;
 use crate::protocol::topics::Topics;
@@ -28,24 +29,10 @@ use tracing::{debug, error, info, warn};
 const FETCH_STALL: Duration = Duration::from_secs(3);
 /// Network events taken in one loop turn before staged files are committed.
 const MAX_BATCH_EVENTS: usize = 256;
-/// Least time between two resyncs of a folder (the cmd topic needs no key).
-const RESYNC_MIN_INTERVAL: Duration = Duration::from_secs(10);
 /// How often a paused folder looks for its root and marker again.
 const ROOT_CHECK: Duration = Duration::from_secs(2);
 /// The loop's timer: timeouts, stalled fetches, status.
 const TICK: Duration = Duration::from_millis(200);
-
-/// A command on the public `{prefix}/{folder}/cmd` topic.
-#[derive(Debug, serde::Deserialize)]
-struct Command {
-    op: String,
-    #[serde(default = "any_node")]
-    node: String,
-}
-
-fn any_node() -> String {
-    "*".into()
-}
 
 type WatchResult = Result<
     (
@@ -378,32 +365,33 @@ impl Folder {
     }
 
     /// A JSON command from the public cmd topic. Only `resync` exists: it can only make
-    /// nodes compare and repair, so it needs no key, but it is rate-limited.
+    /// nodes compare and repair, so it needs no key, but it is rate-limited. The answer
+    /// (accepted, or ignored and why) goes into the status document.
     fn on_command(&mut self, payload: &[u8]) {
-        let cmd: Command = match serde_json::from_slice(payload) {
-            Ok(c) => c,
-            Err(e) => {
+        let now = Instant::now();
+        let answer = match resync::judge(payload, &self.out.node, self.last_resync, now) {
+            Verdict::NotForMe => return,
+            Verdict::Malformed(e) => {
                 warn!(folder = %self.cfg.id, "ignoring malformed command: {e}");
                 return;
             }
+            Verdict::UnknownOp(op) => {
+                warn!(folder = %self.cfg.id, %op, "ignoring unknown command");
+                return;
+            }
+            Verdict::Resync(answer) => answer,
         };
-        if cmd.node != "*" && cmd.node != self.out.node {
-            return;
+        let accepted = answer.accepted;
+        if let Some(why) = &answer.reason {
+            warn!(folder = %self.cfg.id, "resync ignored: {why}");
         }
-        if cmd.op != "resync" {
-            warn!(folder = %self.cfg.id, op = %cmd.op, "ignoring unknown command");
-            return;
+        // Answered before the work: a full scan of a large folder takes a while.
+        self.health.resync = Some(answer);
+        self.publish_status(self.current_state());
+        if accepted {
+            self.last_resync = Some(now);
+            self.resync();
         }
-        let now = Instant::now();
-        if self
-            .last_resync
-            .is_some_and(|t| now.duration_since(t) < RESYNC_MIN_INTERVAL)
-        {
-            warn!(folder = %self.cfg.id, "resync ignored: the last one was less than {RESYNC_MIN_INTERVAL:?} ago");
-            return;
-        }
-        self.last_resync = Some(now);
-        self.resync();
     }
 
     /// Rescans everything (applying held mass deletions, which the operator's command

@@ -5,6 +5,7 @@
 use super::now_ms;
 use super::trust::PeerTrust;
 use crate::engine::Engine;
+use crate::ops::resync::ResyncAnswer;
 use crate::ops::status::{FolderStatus, IgnoreRules, State};
 use crate::protocol::relpath::RelPath;
 use crate::protocol::wire::Keys;
@@ -41,6 +42,8 @@ pub(super) struct Health {
     peer_error: Option<String>,
     /// The folder's ignore rules, which every node must share.
     ignore: IgnoreRules,
+    /// The answer to the last resync command, for the status document.
+    pub resync: Option<ResyncAnswer>,
 }
 
 /// What the status document is made of besides the health's own state.
@@ -79,6 +82,7 @@ impl Health {
             trust: PeerTrust::default(),
             peer_error: None,
             ignore: IgnoreRules::of(ignore),
+            resync: None,
         }
     }
 
@@ -104,6 +108,7 @@ impl Health {
             connected: f.connected,
             insecure_plaintext: self.insecure,
             updated_ms: 0,
+            resync: self.resync.clone(),
             ignore: Some(self.ignore.clone()),
             held_deletes: f.held_deletes,
         }

@@ -1,8 +1,8 @@
-//! Operator commands over the broker: `mqsync resync` publishes one command on a
-//! folder's public cmd topic; `mqsync status` and `mqsync wait` read the retained status
-//! topics. Each is a short-lived MQTT client of its own, and none needs the group key
+//! Operator commands over the broker: `mqsync status` and `mqsync wait` read the
+//! retained status topics (`mqsync resync` is in [`super::resync`]). Each is a short-lived MQTT client of its own, and none needs the group key
 //! (`daemon::connect_settings`): a resync command carries no MAC. With the key, a
 //! status whose MAC does not verify shows as `unverified`, and `wait` fails on it.
+//! Every such client ends with [`close`]: a DISCONNECT, then the broker's own close.
 
 use crate::ops::status::{FolderStatus, IgnoreRules, State};
 use crate::protocol::topics;
@@ -22,63 +22,23 @@ pub enum ControlError {
     Refused(String),
     #[error("connection to the broker failed: {0}")]
     Connection(String),
-    #[error("the broker did not acknowledge the command within {0:?}")]
+    #[error("no answer from the broker within {} s", .0.as_secs())]
     Timeout(Duration),
 }
 
-/// The JSON of a resync command for `node` (`"*"`: every node).
-pub fn resync_command(node: &str) -> String {
-    serde_json::json!({ "op": "resync", "node": node }).to_string()
-}
-
-/// Publishes `payload` on each topic with QoS 1 and returns once the broker has
-/// acknowledged all of them.
-pub async fn publish(
-    s: &ConnectSettings,
-    topics: &[String],
-    payload: &str,
-) -> Result<(), ControlError> {
-    let timeout = Duration::from_secs(15);
-    let id = format!("{}-ctl-{}", s.client_id, std::process::id());
-    let mut opts = MqttOptions::new(id, s.host.clone(), s.port);
-    opts.set_keep_alive(Duration::from_secs(30));
-    if let Some(tls) = &s.tls {
-        opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-            tls.clone(),
-        )));
+/// Ends a short-lived client's connection the clean way: sends DISCONNECT and polls
+/// until the broker has closed the connection (with TLS close_notify), at most
+/// [`crate::transport::CLOSE_TIMEOUT`]. Brokers log a connection that just drops
+/// (Mosquitto: `unexpected eof`; rustls: no `close_notify`) as an error.
+pub(crate) async fn close(client: &AsyncClient, el: &mut EventLoop) {
+    // Never connected, or already gone: polling would connect again.
+    if el.network.is_none() || client.try_disconnect().is_err() {
+        return;
     }
-    let (client, mut el) = AsyncClient::new(opts, 16);
-    let work = async {
-        let mut acked = 0;
-        loop {
-            match el.poll().await {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    for t in topics {
-                        client
-                            .try_publish(
-                                t.clone(),
-                                QoS::AtLeastOnce,
-                                false,
-                                payload.as_bytes().to_vec(),
-                            )
-                            .map_err(|e| ControlError::Connection(e.to_string()))?;
-                    }
-                }
-                Ok(Event::Incoming(Packet::PubAck(_))) => {
-                    acked += 1;
-                    if acked == topics.len() {
-                        let _ = client.try_disconnect();
-                        return Ok(());
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => return Err(connection_error(&e)),
-            }
-        }
-    };
-    tokio::time::timeout(timeout, work)
-        .await
-        .map_err(|_| ControlError::Timeout(timeout))?
+    let _ = tokio::time::timeout(crate::transport::CLOSE_TIMEOUT, async {
+        while el.poll().await.is_ok() {}
+    })
+    .await;
 }
 
 /// A refused connection (certificates, authorisation) or another connection failure.
@@ -109,7 +69,8 @@ pub type StatusMap = BTreeMap<(String, String), FolderStatus>;
 /// `tx` after each change. Retained messages arrive at once, so the first map after a
 /// short quiet period is complete. With `keys`, a status whose MAC does not verify is
 /// logged and dropped; without, statuses are taken as they come. Ends with an error
-/// when the connection fails.
+/// when the connection fails, and closes the connection cleanly once `tx`'s receiver
+/// is dropped.
 pub async fn watch_status(
     s: &ConnectSettings,
     prefix: &str,
@@ -117,10 +78,27 @@ pub async fn watch_status(
     tx: mpsc::Sender<StatusMap>,
 ) -> Result<(), ControlError> {
     let (client, mut el) = short_client(s, "status");
+    let res = watch_on(&client, &mut el, prefix, keys, &tx).await;
+    close(&client, &mut el).await;
+    res
+}
+
+async fn watch_on(
+    client: &AsyncClient,
+    el: &mut EventLoop,
+    prefix: &str,
+    keys: Option<&Keys>,
+    tx: &mpsc::Sender<StatusMap>,
+) -> Result<(), ControlError> {
     let filter = topics::all_status_filter(prefix);
     let mut map = StatusMap::new();
     loop {
-        match el.poll().await {
+        // A poll cut short loses nothing that matters: the connection closes next.
+        let ev = tokio::select! {
+            ev = el.poll() => ev,
+            () = tx.closed() => return Ok(()),
+        };
+        match ev {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 client
                     .try_subscribe(filter.clone(), QoS::AtLeastOnce)
@@ -184,24 +162,56 @@ pub async fn read_status(
     let deadline = Duration::from_secs(15);
     let mut latest = None;
     let first = tokio::time::timeout(deadline, rx.recv()).await;
-    match first {
-        Ok(Some(m)) => latest = Some(m),
-        Ok(None) => {}
-        Err(_) => {
-            task.abort();
-            return Err(ControlError::Timeout(deadline));
+    let timed_out = match first {
+        Ok(Some(m)) => {
+            latest = Some(m);
+            false
+        }
+        Ok(None) => false,
+        Err(_) => true,
+    };
+    if !timed_out {
+        while let Ok(Some(m)) = tokio::time::timeout(quiet, rx.recv()).await {
+            latest = Some(m);
         }
     }
-    while let Ok(Some(m)) = tokio::time::timeout(quiet, rx.recv()).await {
-        latest = Some(m);
-    }
-    task.abort();
-    match latest {
-        Some(m) => Ok(m),
-        None => match task.await {
-            Ok(Err(e)) => Err(e),
+    // Dropping the receiver makes the task disconnect cleanly.
+    drop(rx);
+    let ended = finish(task).await;
+    match (latest, timed_out) {
+        (Some(m), _) => Ok(m),
+        (None, true) => Err(ControlError::Timeout(deadline)),
+        (None, false) => match ended {
+            Some(Err(e)) => Err(e),
             _ => Err(ControlError::Connection("no answer from the broker".into())),
         },
+    }
+}
+
+/// The map once the burst of retained statuses that follows the subscription has
+/// passed: the first map, then each update until `quiet` passes without one. `None`
+/// when the subscription ended before any map.
+pub async fn settled(rx: &mut mpsc::Receiver<StatusMap>, quiet: Duration) -> Option<StatusMap> {
+    let mut latest = rx.recv().await?;
+    while let Ok(Some(m)) = tokio::time::timeout(quiet, rx.recv()).await {
+        latest = m;
+    }
+    Some(latest)
+}
+
+/// Awaits a `watch_status` task whose receiver is gone (it closes its connection, at
+/// most [`crate::transport::CLOSE_TIMEOUT`]); aborts it if it takes longer.
+pub async fn finish(
+    mut task: tokio::task::JoinHandle<Result<(), ControlError>>,
+) -> Option<Result<(), ControlError>> {
+    let limit = crate::transport::CLOSE_TIMEOUT + Duration::from_secs(1);
+    match tokio::time::timeout(limit, &mut task).await {
+        Ok(Ok(r)) => Some(r),
+        Ok(Err(_)) => None,
+        Err(_) => {
+            task.abort();
+            None
+        }
     }
 }
 
@@ -225,6 +235,7 @@ fn unverified(topic: &str, e: &crate::ops::status::StatusError) -> Option<Folder
         connected: false,
         insecure_plaintext: false,
         updated_ms: 0,
+        resync: None,
         ignore: None,
         held_deletes: 0,
     })
@@ -270,7 +281,7 @@ pub fn folder_in_sync(map: &StatusMap, folder: &str) -> Result<usize, String> {
         }
         if d.pending > 0 || d.state != State::Idle {
             return Err(format!(
-                "folder {folder}: node {} is {:?} with {} pending",
+                "folder {folder}: node {} is {} with {} pending",
                 d.node, d.state, d.pending
             ));
         }
@@ -390,6 +401,18 @@ mod tests {
         assert!(
             why.contains("node n1 keeps failing: messages from n3"),
             "{why}"
+        );
+    }
+
+    #[test]
+    fn a_busy_node_is_named_with_its_state_as_the_status_json_says_it() {
+        let mut m = map(vec![doc("n1", &[]), doc("n2", &[])]);
+        let n2 = m.get_mut(&("docs".to_string(), "n2".to_string())).unwrap();
+        n2.state = State::Syncing;
+        n2.pending = 3;
+        assert_eq!(
+            folder_in_sync(&m, "docs"),
+            Err("folder docs: node n2 is syncing with 3 pending".to_string())
         );
     }
 

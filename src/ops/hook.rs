@@ -44,7 +44,12 @@ pub async fn run(
     }
     let out = tokio::time::timeout(HOOK_TIMEOUT, child.wait_with_output())
         .await
-        .map_err(|_| format!("on_change hook still running after {HOOK_TIMEOUT:?}; killed"))?
+        .map_err(|_| {
+            format!(
+                "on_change hook still running after {} s; killed",
+                HOOK_TIMEOUT.as_secs()
+            )
+        })?
         .map_err(|e| format!("on_change hook: {e}"))?;
     if out.status.success() {
         return Ok(());

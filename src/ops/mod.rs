@@ -1,5 +1,5 @@
-//! What operators see and say: status documents and topics ([`status`]), control
-//! commands ([`control`]), pending lists ([`pending`]), conflict copies ([`conflicts`]), Prometheus metrics
+//! What operators see and say: status documents and topics ([`status`]), status
+//! readers ([`control`]), resync commands ([`resync`]), pending lists ([`pending`]), conflict copies ([`conflicts`]), Prometheus metrics
 //! ([`metrics`]) and change hooks ([`hook`]).
 
 pub mod conflicts;
@@ -7,4 +7,5 @@ pub mod control;
 pub mod hook;
 pub mod metrics;
 pub mod pending;
+pub mod resync;
 pub mod status;

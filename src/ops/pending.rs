@@ -3,7 +3,7 @@
 //! (at most [`MAX_LISTED`], with the total), signed like the status document; and the
 //! client side of `mqsync pending`, which reads every node's list.
 
-use crate::ops::control::{ControlError, connection_error, short_client};
+use crate::ops::control::{ControlError, close, connection_error, short_client};
 use crate::ops::status::{NodeDoc, verify_doc};
 use crate::protocol::topics;
 use crate::protocol::wire::Keys;
@@ -153,7 +153,7 @@ pub async fn read_pending(
         }
     };
     let res = work.await;
-    let _ = client.try_disconnect();
+    close(&client, &mut el).await;
     res.map(|()| map)
 }
 

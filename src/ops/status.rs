@@ -22,6 +22,12 @@ pub enum State {
     Unverified,
 }
 
+impl std::fmt::Display for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl State {
     /// The name used in the status JSON.
     pub fn as_str(&self) -> &'static str {
@@ -66,6 +72,10 @@ pub struct FolderStatus {
     pub insecure_plaintext: bool,
     /// Milliseconds since the Unix epoch.
     pub updated_ms: u64,
+    /// The node's answer to the last resync command addressed to it (`mqsync resync`
+    /// reads it). Absent until one came.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resync: Option<crate::ops::resync::ResyncAnswer>,
     /// The folder's ignore patterns: every node must have the same (docs/SYNC.md).
     /// Absent from older nodes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -250,7 +260,7 @@ pub fn unhealthy(doc: &FolderStatus, now_ms: u64, error_grace_ms: u64) -> Option
     }
     match doc.state {
         State::Error | State::Offline | State::Unverified => Some(format!(
-            "folder {}: state {:?}: {}",
+            "folder {}: state {}: {}",
             doc.folder,
             doc.state,
             doc.last_error.as_deref().unwrap_or("no detail")
@@ -302,6 +312,7 @@ mod tests {
             connected: true,
             insecure_plaintext: false,
             updated_ms: 1,
+            resync: None,
             ignore: Some(IgnoreRules::of(&["*.swp".into()])),
             held_deletes: 0,
         }

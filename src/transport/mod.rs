@@ -6,7 +6,9 @@
 //! loop runs in its own task; incoming publishes reach the folder over a bounded
 //! channel, and outgoing messages go through an unbounded queue drained by another task,
 //! so the folder never blocks on an event loop and limits what it puts in flight by
-//! watching `queued_bytes`.
+//! watching `queued_bytes`. [`Publisher::disconnect`] ends both connections the clean
+//! way: an MQTT DISCONNECT on each, then the event loops run until the broker has closed
+//! them (brokers log a connection dropped without either as an error).
 
 pub mod tls;
 
@@ -14,10 +16,15 @@ use rumqttc::{
     AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, QoS, SubscribeFilter,
     TlsConfiguration, Transport,
 };
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::task::JoinHandle;
+
+/// How long a clean disconnect may take (DISCONNECT sent, the broker closing the
+/// connection) before the connection is dropped anyway.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 
 pub type ClientTlsConfig = rumqttc::tokio_rustls::rustls::ClientConfig;
 
@@ -60,6 +67,12 @@ pub struct Publisher {
     queued: Arc<AtomicUsize>,
     drained: Arc<Notify>,
     client: AsyncClient,
+    sub_client: AsyncClient,
+    /// Turns true once `disconnect` has begun: the event loops stop delivering and
+    /// reconnecting.
+    closing: Arc<watch::Sender<bool>>,
+    /// The two event loop tasks, awaited by `disconnect`.
+    loops: Arc<Mutex<Vec<JoinHandle<()>>>>,
 }
 
 impl Publisher {
@@ -82,7 +95,9 @@ impl Publisher {
         self.drained.notified().await
     }
 
-    /// Sends DISCONNECT after what is queued so far (the will is then not fired).
+    /// Sends DISCONNECT on both connections, after what is queued so far (the will is
+    /// then not fired), and waits until the broker has closed them, at most
+    /// [`CLOSE_TIMEOUT`] after the queue has drained.
     pub async fn disconnect(&self) {
         for _ in 0..100 {
             if self.queued_bytes() == 0 {
@@ -90,7 +105,25 @@ impl Publisher {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let _ = self.client.disconnect().await;
+        self.closing.send_replace(true);
+        let loops = self
+            .loops
+            .lock()
+            .map(|mut l| std::mem::take(&mut *l))
+            .unwrap_or_default();
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+            let _ = self.client.disconnect().await;
+            let _ = self.sub_client.disconnect().await;
+        })
+        .await;
+        for mut task in loops {
+            if tokio::time::timeout(CLOSE_TIMEOUT, &mut task)
+                .await
+                .is_err()
+            {
+                task.abort();
+            }
+        }
     }
 }
 
@@ -114,6 +147,7 @@ pub fn connect(
     }
     let (client, pub_loop) = AsyncClient::new(pub_opts, 64);
     let (sub_client, sub_loop) = AsyncClient::new(options(s, format!("{}-sub", s.client_id)), 64);
+    let (closing, closing_rx) = watch::channel(false);
 
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Outgoing>();
     let queued = Arc::new(AtomicUsize::new(0));
@@ -136,22 +170,26 @@ pub fn connect(
         }
     });
 
-    tokio::spawn(drive(
-        pub_loop,
-        None,
-        Vec::new(),
-        None,
-        ev_tx.clone(),
-        host.clone(),
-    ));
-    tokio::spawn(drive(
-        sub_loop,
-        Some(sub_client),
-        subscriptions,
-        own_topic,
-        ev_tx,
-        host,
-    ));
+    let loops = vec![
+        tokio::spawn(drive(
+            pub_loop,
+            None,
+            Vec::new(),
+            None,
+            ev_tx.clone(),
+            host.clone(),
+            closing_rx.clone(),
+        )),
+        tokio::spawn(drive(
+            sub_loop,
+            Some(sub_client.clone()),
+            subscriptions,
+            own_topic,
+            ev_tx,
+            host,
+            closing_rx,
+        )),
+    ];
 
     (
         Publisher {
@@ -159,6 +197,9 @@ pub fn connect(
             queued,
             drained,
             client,
+            sub_client,
+            closing: Arc::new(closing),
+            loops: Arc::new(Mutex::new(loops)),
         },
         ev_rx,
     )
@@ -178,9 +219,27 @@ fn options(s: &ConnectSettings, client_id: String) -> MqttOptions {
     opts
 }
 
-/// Polls one event loop forever (until the folder goes away), reconnecting with
-/// backoff. With a `sub_client`, subscribes after every ConnAck and reports
-/// `Connected` on the SubAck; without one, only reports errors.
+/// Sends `ev` to the folder; while closing, drops it instead (the folder no longer
+/// reads, and waiting would keep the DISCONNECT from going out). False when the folder
+/// has gone.
+async fn deliver(
+    ev_tx: &mpsc::Sender<NetEvent>,
+    ev: NetEvent,
+    closing: &mut watch::Receiver<bool>,
+) -> bool {
+    if *closing.borrow() {
+        return true;
+    }
+    tokio::select! {
+        sent = ev_tx.send(ev) => sent.is_ok(),
+        _ = closing.wait_for(|c| *c) => true,
+    }
+}
+
+/// Polls one event loop until the folder goes away or the connection has been closed
+/// after `closing` turned true, reconnecting with backoff until then. With a
+/// `sub_client`, subscribes after every ConnAck and reports `Connected` on the SubAck;
+/// without one, only reports errors.
 async fn drive(
     mut eventloop: EventLoop,
     sub_client: Option<AsyncClient>,
@@ -188,9 +247,14 @@ async fn drive(
     own_topic: Option<String>,
     ev_tx: mpsc::Sender<NetEvent>,
     host: String,
+    mut closing: watch::Receiver<bool>,
 ) {
     let mut backoff = Duration::from_millis(250);
     loop {
+        // Closing while not connected: nothing to say goodbye to.
+        if *closing.borrow() && eventloop.network.is_none() {
+            return;
+        }
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 if own_topic.as_deref() == Some(p.topic.as_str()) {
@@ -200,7 +264,7 @@ async fn drive(
                     topic: p.topic,
                     payload: p.payload,
                 };
-                if ev_tx.send(ev).await.is_err() {
+                if !deliver(&ev_tx, ev, &mut closing).await {
                     return;
                 }
             }
@@ -219,13 +283,14 @@ async fn drive(
                 }
             }
             Ok(Event::Incoming(Packet::SubAck(_))) => {
-                if ev_tx.send(NetEvent::Connected).await.is_err() {
+                if !deliver(&ev_tx, NetEvent::Connected, &mut closing).await {
                     return;
                 }
             }
             Ok(_) => {}
             Err(e) => {
-                if matches!(e, rumqttc::ConnectionError::RequestsDone) {
+                // After our DISCONNECT the broker closes the connection: done.
+                if matches!(e, rumqttc::ConnectionError::RequestsDone) || *closing.borrow() {
                     return;
                 }
                 let fatal = crate::transport::tls::describe_fatal(&e);
@@ -237,7 +302,7 @@ async fn drive(
                     reason,
                     fatal: fatal.is_some(),
                 };
-                if ev_tx.send(ev).await.is_err() {
+                if !deliver(&ev_tx, ev, &mut closing).await {
                     return;
                 }
                 let wait = if fatal.is_some() {
@@ -245,7 +310,10 @@ async fn drive(
                 } else {
                     backoff
                 };
-                tokio::time::sleep(wait).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = closing.wait_for(|c| *c) => return,
+                }
                 backoff = (backoff * 2).min(Duration::from_secs(10));
             }
         }

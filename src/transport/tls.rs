@@ -308,7 +308,7 @@ fn describe_server_cert(err: &CertificateError) -> String {
         }
         _ => "check the broker certificate and ca_file",
     };
-    format!("broker certificate rejected ({err:?}): {hint}")
+    format!("broker certificate rejected ({err}): {hint}")
 }
 
 /// Last resort for wrappings this module does not know (a new rumqttc version may box
