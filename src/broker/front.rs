@@ -108,11 +108,7 @@ async fn serve(
                 }
             };
             let _ = upstream.set_nodelay(true);
-            let identity = if shared_node_cert {
-                Identity::AnyNode
-            } else {
-                Identity::Node(&identity)
-            };
+            let identity = Identity::of(&identity, shared_node_cert);
             relay(tls, upstream, identity, peer).await;
         });
     }

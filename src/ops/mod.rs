@@ -4,6 +4,7 @@
 
 pub mod conflicts;
 pub mod control;
+pub mod forget;
 pub mod hook;
 pub mod metrics;
 pub mod pending;
