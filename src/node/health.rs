@@ -41,6 +41,8 @@ pub(super) struct Health {
     peer_error: Option<String>,
     /// The folder's ignore rules, which every node must share.
     ignore: IgnoreRules,
+    /// When the node's client certificate expires (ms since the epoch).
+    cert_expires_ms: Option<u64>,
 }
 
 /// What the status document is made of besides the health's own state.
@@ -79,7 +81,14 @@ impl Health {
             trust: PeerTrust::default(),
             peer_error: None,
             ignore: IgnoreRules::of(ignore),
+            cert_expires_ms: None,
         }
+    }
+
+    /// Reports the days left of the client certificate that expires at `ms`.
+    pub fn with_cert_expiry(mut self, ms: Option<u64>) -> Self {
+        self.cert_expires_ms = ms;
+        self
     }
 
     pub fn doc(&self, state: State, f: &Facts) -> FolderStatus {
@@ -106,6 +115,9 @@ impl Health {
             updated_ms: 0,
             ignore: Some(self.ignore.clone()),
             held_deletes: f.held_deletes,
+            cert_days_left: self
+                .cert_expires_ms
+                .map(|at| crate::ops::status::days_left(at, now_ms())),
         }
     }
 

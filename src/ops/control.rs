@@ -227,6 +227,7 @@ fn unverified(topic: &str, e: &crate::ops::status::StatusError) -> Option<Folder
         updated_ms: 0,
         ignore: None,
         held_deletes: 0,
+        cert_days_left: None,
     })
 }
 
