@@ -562,38 +562,6 @@ fn idle_and_half_open_connections_do_not_keep_nodes_out() {
     drop(idle);
 }
 
-/// broker/mosquitto.conf with its paths and port pointed at this test's files.
-fn shipped_mosquitto(c: &Cluster, port: u16) -> Proc {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let conf = fs::read_to_string(repo.join("broker/mosquitto.conf")).unwrap();
-    let certs = c.path("certs");
-    let conf = conf
-        .replace("listener 8883", &format!("listener {port} 127.0.0.1"))
-        .replace("/etc/mosquitto/certs", certs.to_str().unwrap())
-        .replace(
-            "/etc/mosquitto/mqsync.acl",
-            repo.join("broker/mosquitto.acl").to_str().unwrap(),
-        );
-    assert!(conf.contains(&format!("listener {port}")), "{conf}");
-    let path = c.path("shipped-mosquitto.conf");
-    fs::write(&path, format!("user root\n{conf}")).unwrap();
-    let p = Proc::spawn_program(
-        &mosquitto_bin(),
-        &["-c", path.to_str().unwrap()],
-        &c.path("shipped-mosquitto.log"),
-    );
-    assert!(
-        wait_until(Duration::from_secs(20), || std::net::TcpStream::connect((
-            "127.0.0.1",
-            port
-        ))
-        .is_ok()),
-        "mosquitto did not start: {}",
-        p.log_text()
-    );
-    p
-}
-
 /// n1's certificate publishes under its own id and under n2's: a subscriber sees only
 /// the first.
 fn acl_check(c: &Cluster, port: u16) {
