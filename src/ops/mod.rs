@@ -1,5 +1,5 @@
 //! What operators see and say: status documents and topics ([`status`]), control
-//! commands ([`control`]), pending lists ([`pending`]), conflict copies ([`conflicts`]), Prometheus metrics
+//! commands ([`control`]), removing a node's documents ([`forget`]), pending lists ([`pending`]), conflict copies ([`conflicts`]), Prometheus metrics
 //! ([`metrics`]) and change hooks ([`hook`]).
 
 pub mod conflicts;
