@@ -50,6 +50,27 @@ pub enum DaemonError {
     Metrics(#[from] crate::ops::metrics::MetricsError),
     #[error(transparent)]
     Volumes(#[from] crate::volumes::VolumeServiceError),
+    #[error("broker.cert_file {path}: {source}")]
+    CertFile {
+        path: PathBuf,
+        #[source]
+        source: certs::CertError,
+    },
+    #[error(
+        "node_id {node_id:?} is not the name in broker.cert_file {} (its common name is {cn}): \
+         the broker lets a node publish only under the name its certificate gives, so this \
+         node would connect and then be disconnected. Set node_id to the certificate's name, \
+         point broker.cert_file and broker.key_file at the certificate of {node_id:?} \
+         (mqsync certs init --nodes {node_id}), or, if every node shares one certificate and \
+         the broker allows it (mqsync broker --shared-node-cert), set \
+         broker.shared_node_cert = true (MQSYNC_BROKER_SHARED_NODE_CERT=true)",
+        path.display()
+    )]
+    CertNameMismatch {
+        node_id: String,
+        path: PathBuf,
+        cn: String,
+    },
 }
 
 /// Largest MQTT packet the nodes send or accept: a chunk message plus headroom.
@@ -142,17 +163,48 @@ pub fn connect_settings(cfg: &Config) -> Result<ConnectSettings, DaemonError> {
     })
 }
 
-/// The client certificate the node connects with: `broker.cert_file`, or with the
-/// embedded broker the one `mqsync run` makes in `state_dir/certs`.
-fn client_cert(cfg: &Config) -> Option<PathBuf> {
+/// The client certificate the node connects with: `broker.cert_file` with an external
+/// TLS broker, the one `run` makes in `state_dir/certs` with the embedded broker.
+fn own_cert_path(cfg: &Config) -> Option<PathBuf> {
     match &cfg.broker.url {
-        Some(_) => cfg.broker.cert_file.clone(),
+        Some(url) if url.tls => cfg.broker.cert_file.clone(),
+        Some(_) => None,
         None => Some(
             cfg.state_dir
                 .join("certs")
                 .join(format!("{}.pem", cfg.node_id)),
         ),
     }
+}
+
+/// Checks that the node's client certificate names `node_id` as its common name (the
+/// identity both shipped brokers enforce: the embedded broker's rule and Mosquitto's
+/// `use_identity_as_username` with the `%u` ACL), unless `broker.shared_node_cert`
+/// says every node presents the same one. Returns when it expires (ms since the
+/// epoch), `None` without a client certificate.
+pub fn check_client_cert(cfg: &Config) -> Result<Option<u64>, DaemonError> {
+    let Some(path) = own_cert_path(cfg) else {
+        return Ok(None);
+    };
+    let info = certs::read_cert(&path).map_err(|source| DaemonError::CertFile {
+        path: path.clone(),
+        source,
+    })?;
+    if !cfg.broker.shared_node_cert && info.cn.as_deref() != Some(cfg.node_id.as_str()) {
+        return Err(DaemonError::CertNameMismatch {
+            node_id: cfg.node_id.clone(),
+            path,
+            cn: match info.cn {
+                Some(cn) => format!("{cn:?}"),
+                None => "missing".to_string(),
+            },
+        });
+    }
+    Ok(Some(
+        u64::try_from(info.not_after)
+            .unwrap_or(0)
+            .saturating_mul(1000),
+    ))
 }
 
 /// Prepares everything `run` needs; starts the embedded broker when configured so.
@@ -174,6 +226,7 @@ pub fn prepare(cfg: &Config) -> Result<(NodeSettings, Option<BrokerHandle>), Dae
         }
     };
     let (connect, keys) = client(cfg)?;
+    let client_cert_expires_ms = check_client_cert(cfg)?;
     let folders = cfg.folders.iter().map(node::folder_settings).collect();
     let settings = NodeSettings {
         node_id: cfg.node_id.clone(),
@@ -182,6 +235,7 @@ pub fn prepare(cfg: &Config) -> Result<(NodeSettings, Option<BrokerHandle>), Dae
         connect,
         keys,
         folders,
+        client_cert_expires_ms,
     };
     Ok((settings, handle))
 }
@@ -193,11 +247,8 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<(), Dae
         tracing::info!(%addr, "Prometheus metrics on http://{addr}/metrics");
     }
     let (settings, _broker) = prepare(&cfg)?;
-    if cfg.metrics_listen.is_some()
-        && let Some(cert) = client_cert(&cfg)
-        && let Err(e) = crate::ops::metrics::set_certificate_expiry(&cert)
-    {
-        tracing::warn!("no certificate expiry metric: {e}");
+    if let Some(expires_ms) = settings.client_cert_expires_ms {
+        crate::ops::metrics::set_certificate_expiry(expires_ms);
     }
     let volumes = match (&cfg.docker.volumes_root, cfg.docker.volume_plugin) {
         (Some(root), true) => {
@@ -243,7 +294,7 @@ async fn run_nodes(
         let (stop, stopped) = watch::channel(false);
         let nodes = node::run(settings.clone(), stopped);
         tokio::pin!(nodes);
-        let (connect, keys) = loop {
+        let (connect, keys, expires) = loop {
             tokio::select! {
                 r = &mut nodes => return Ok(r?),
                 _ = shutdown.changed() => {
@@ -255,7 +306,7 @@ async fn run_nodes(
                         Some(h) => h.recv().await,
                         None => std::future::pending().await,
                     }
-                } => match client(cfg) {
+                } => match client(cfg).and_then(|(c, k)| Ok((c, k, check_client_cert(cfg)?))) {
                     Ok(loaded) => break loaded,
                     Err(e) => tracing::error!(
                         "reload: {e}; keeping the group key and certificates in use"
@@ -268,5 +319,9 @@ async fn run_nodes(
         nodes.await?;
         settings.connect = connect;
         settings.keys = keys;
+        settings.client_cert_expires_ms = expires;
+        if let Some(expires_ms) = expires {
+            crate::ops::metrics::set_certificate_expiry(expires_ms);
+        }
     }
 }

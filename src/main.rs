@@ -5,7 +5,9 @@
 use anyhow::Result;
 use clap::Parser;
 use mqsync::cli::args::{CertsCmd, Cli, Cmd};
-use mqsync::cli::{broker, certs, conflicts, demo, healthcheck, pending, resync, run, status};
+use mqsync::cli::{
+    broker, certs, conflicts, demo, forget, healthcheck, pending, resync, run, status,
+};
 
 fn main() -> Result<()> {
     mqsync::sys::heap::tune_allocator();
@@ -18,6 +20,7 @@ fn main() -> Result<()> {
         Cmd::Run(a) => run::run(&rt, log, a),
         Cmd::Broker(a) => broker::broker(&rt, log, a),
         Cmd::Certs(CertsCmd::Init(a)) => certs::init(a),
+        Cmd::Certs(CertsCmd::Renew(a)) => certs::renew(a),
         Cmd::Resync(a) => resync::resync(&rt, log, a),
         Cmd::Status(a) => status::status(&rt, log, a),
         Cmd::Wait(a) => status::wait(&rt, log, a),
@@ -25,5 +28,6 @@ fn main() -> Result<()> {
         Cmd::Conflicts(a) => conflicts::conflicts(a),
         Cmd::Healthcheck(a) => healthcheck::healthcheck(a),
         Cmd::Demo(a) => demo::demo(&rt, log, a),
+        Cmd::Forget(a) => forget::forget(&rt, log, a),
     }
 }

@@ -52,6 +52,7 @@ fn full_example_sets_every_key() {
         "keepalive_s",
         "insecure_plaintext",
         "embedded_listen",
+        "shared_node_cert",
         "group_key_file",
         "id",
         "path",

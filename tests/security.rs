@@ -335,6 +335,7 @@ fn a_rogue_client_without_the_group_key_changes_nothing() {
         resync: None,
         ignore: None,
         held_deletes: 0,
+        cert_days_left: None,
     };
     let forged = mqsync::ops::status::signed_json(&fake, status_topic, &forged_key).unwrap();
     rogue.publish_retained(status_topic, forged);
@@ -560,38 +561,6 @@ fn idle_and_half_open_connections_do_not_keep_nodes_out() {
     fs::write(c.folder(0).join("through.txt"), b"past the idle ones").unwrap();
     c.converge(&[0, 1], T, |s| s.contains_key("through.txt"));
     drop(idle);
-}
-
-/// broker/mosquitto.conf with its paths and port pointed at this test's files.
-fn shipped_mosquitto(c: &Cluster, port: u16) -> Proc {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let conf = fs::read_to_string(repo.join("broker/mosquitto.conf")).unwrap();
-    let certs = c.path("certs");
-    let conf = conf
-        .replace("listener 8883", &format!("listener {port} 127.0.0.1"))
-        .replace("/etc/mosquitto/certs", certs.to_str().unwrap())
-        .replace(
-            "/etc/mosquitto/mqsync.acl",
-            repo.join("broker/mosquitto.acl").to_str().unwrap(),
-        );
-    assert!(conf.contains(&format!("listener {port}")), "{conf}");
-    let path = c.path("shipped-mosquitto.conf");
-    fs::write(&path, format!("user root\n{conf}")).unwrap();
-    let p = Proc::spawn_program(
-        &mosquitto_bin(),
-        &["-c", path.to_str().unwrap()],
-        &c.path("shipped-mosquitto.log"),
-    );
-    assert!(
-        wait_until(Duration::from_secs(20), || std::net::TcpStream::connect((
-            "127.0.0.1",
-            port
-        ))
-        .is_ok()),
-        "mosquitto did not start: {}",
-        p.log_text()
-    );
-    p
 }
 
 /// n1's certificate publishes under its own id and under n2's: a subscriber sees only

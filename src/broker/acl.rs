@@ -1,9 +1,12 @@
 //! The embedded broker's topic rule, the same one `broker/mosquitto.acl` ships: a client
 //! may publish only under its own certificate's common name (`…/v1/{cn}`,
-//! `…/status/{cn}`, `…/pending/{cn}`) and to the unauthenticated `…/cmd` topics. To enforce it in front of
+//! `…/status/{cn}`, `…/pending/{cn}`) and to the unauthenticated `…/cmd` topics; an
+//! operator certificate (CN `mqsync-operator`) may also clear any node's status, pending
+//! and mount documents with empty messages (`mqsync forget`). To enforce it in front of
 //! rumqttd, which has no ACLs, this reads just enough of the client's MQTT 3.1.1 byte
 //! stream to find each PUBLISH topic and the CONNECT will topic.
 
+use crate::broker::certs::OPERATOR_CN;
 use crate::protocol::topics::{self, Kind};
 
 /// Largest CONNECT packet accepted (client id, will topic and will message included):
@@ -32,26 +35,60 @@ pub enum Identity<'a> {
     Node(&'a str),
     /// As any node: the broker was told that nodes share one certificate.
     AnyNode,
+    /// An operator certificate (CN [`OPERATOR_CN`]): clears documents of nodes that
+    /// left (`mqsync forget`), and sends commands.
+    Operator,
 }
 
-/// May a client with `identity` publish to `topic`?
+impl<'a> Identity<'a> {
+    /// The identity a client certificate with common name `cn` gets.
+    pub fn of(cn: &'a str, shared_node_cert: bool) -> Identity<'a> {
+        match cn {
+            OPERATOR_CN => Identity::Operator,
+            _ if shared_node_cert => Identity::AnyNode,
+            _ => Identity::Node(cn),
+        }
+    }
+}
+
+/// What a client may publish on a topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Allowed {
+    No,
+    Any,
+    /// Only an empty message, which clears a retained document.
+    EmptyOnly,
+}
+
+/// May a client with `identity` publish a message (of any content) to `topic`?
 pub fn may_publish(identity: Identity<'_>, topic: &str) -> bool {
+    allowed(identity, topic) == Allowed::Any
+}
+
+/// What a client with `identity` may publish to `topic`.
+pub fn allowed(identity: Identity<'_>, topic: &str) -> Allowed {
+    let yes = |b: bool| if b { Allowed::Any } else { Allowed::No };
     let as_itself = |node: &str| match identity {
-        Identity::Node(id) => !id.is_empty() && node == id,
-        Identity::AnyNode => !node.is_empty(),
+        Identity::Node(id) => yes(!id.is_empty() && node == id),
+        Identity::AnyNode => yes(!node.is_empty()),
+        Identity::Operator => Allowed::No,
+    };
+    let clear = |node: &str| match identity {
+        Identity::Operator if !node.is_empty() => Allowed::EmptyOnly,
+        _ => as_itself(node),
     };
     match topics::classify(topic) {
         // Any node may announce or remove a Docker volume (the announcement's MAC, not
         // the broker, decides whether it counts); mount reports only as itself.
-        Some(Kind::Volume { name }) => !name.is_empty() && identity != Identity::Node(""),
-        Some(
-            Kind::Mounts { node }
-            | Kind::Data { node, .. }
-            | Kind::Status { node, .. }
-            | Kind::Pending { node, .. },
-        ) => as_itself(node),
-        Some(Kind::Cmd { folder }) => !folder.is_empty(),
-        None => false,
+        Some(Kind::Volume { name }) => {
+            yes(!name.is_empty() && !matches!(identity, Identity::Node("") | Identity::Operator))
+        }
+        Some(Kind::Data { node, .. }) => as_itself(node),
+        Some(Kind::Mounts { node } | Kind::Status { node, .. } | Kind::Pending { node, .. }) => {
+            clear(node)
+        }
+        Some(Kind::Cmd { folder }) => yes(!folder.is_empty()),
+        None => Allowed::No,
     }
 }
 
@@ -76,12 +113,20 @@ pub fn inspect(buf: &[u8], identity: Identity<'_>) -> Verdict {
             let Some(topic) = read_str(body, 0) else {
                 return Verdict::NeedMore;
             };
-            match topic {
-                Ok((topic, _)) if may_publish(identity, topic) => Verdict::Forward(total),
-                Ok((topic, _)) => Verdict::Deny(format!(
+            let (topic, after) = match topic {
+                Ok(t) => t,
+                Err(e) => return Verdict::Deny(e),
+            };
+            let id_len = if (first >> 1) & 3 > 0 { 2 } else { 0 };
+            match allowed(identity, topic) {
+                Allowed::Any => Verdict::Forward(total),
+                Allowed::EmptyOnly if after + id_len == remaining => Verdict::Forward(total),
+                Allowed::EmptyOnly => Verdict::Deny(format!(
+                    "publish to {topic:?}: {identity:?} may only clear it (an empty message)"
+                )),
+                Allowed::No => Verdict::Deny(format!(
                     "publish to {topic:?} is outside the topics of {identity:?}"
                 )),
-                Err(e) => Verdict::Deny(e),
             }
         }
         CONNECT => {
@@ -327,6 +372,52 @@ mod tests {
         assert!(!may_publish(N1, "mqsync/v1/volumes/a/b"));
         assert!(!may_publish(Identity::AnyNode, "mqsync/f/v1/"));
         assert!(!may_publish(Identity::AnyNode, "other/topic"));
+    }
+
+    #[test]
+    fn an_operator_may_only_clear_node_documents() {
+        let op = Identity::of(OPERATOR_CN, false);
+        assert_eq!(op, Identity::Operator);
+        assert_eq!(Identity::of(OPERATOR_CN, true), Identity::Operator);
+        assert_eq!(Identity::of("n1", true), Identity::AnyNode);
+        for t in [
+            "mqsync/f/status/n2",
+            "mqsync/f/pending/n2",
+            "mqsync/v1/volume-mounts/n2",
+        ] {
+            assert_eq!(allowed(op, t), Allowed::EmptyOnly, "{t}");
+            assert!(!may_publish(op, t), "{t}");
+            let empty = publish(t, 0);
+            assert_eq!(inspect(&empty, op), Verdict::Forward(empty.len()), "{t}");
+            assert!(
+                matches!(inspect(&publish(t, 3), op), Verdict::Deny(_)),
+                "{t}"
+            );
+            let q1 = publish_qos1(t, 9, 0);
+            assert_eq!(inspect(&q1, op), Verdict::Forward(q1.len()), "{t}");
+            assert!(matches!(
+                inspect(&publish_qos1(t, 9, 1), op),
+                Verdict::Deny(_)
+            ));
+        }
+        assert!(may_publish(op, "mqsync/f/cmd"));
+        for t in [
+            "mqsync/f/v1/n2",
+            "mqsync/v1/volumes/x",
+            "mqsync/f/status/",
+            "x",
+        ] {
+            assert_eq!(allowed(op, t), Allowed::No, "{t}");
+            assert!(
+                matches!(inspect(&publish(t, 0), op), Verdict::Deny(_)),
+                "{t}"
+            );
+        }
+        // A node may not clear another's documents.
+        assert!(matches!(
+            inspect(&publish("mqsync/f/status/n2", 0), N1),
+            Verdict::Deny(_)
+        ));
     }
 
     #[test]

@@ -111,11 +111,7 @@ async fn serve(
             };
             let _ = upstream.set_nodelay(true);
             let cn = identity.clone();
-            let identity = if shared_node_cert {
-                Identity::AnyNode
-            } else {
-                Identity::Node(&identity)
-            };
+            let identity = Identity::of(&identity, shared_node_cert);
             relay(tls, upstream, identity, &cn, peer).await;
         });
     }

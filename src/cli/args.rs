@@ -71,6 +71,10 @@ pub enum Cmd {
     Healthcheck(HealthcheckArgs),
     /// A local demo: embedded broker plus three nodes syncing sub-folders of DIR.
     Demo(DemoArgs),
+    /// Remove a node that left for good: clear its retained status, pending and mount
+    /// documents so it no longer shows in `status`. Needs an operator certificate
+    /// (`certs init --operator NAME`); refuses a node that is online unless --force.
+    Forget(ForgetArgs),
 }
 
 #[derive(Args)]
@@ -116,21 +120,84 @@ pub struct BrokerArgs {
 
 #[derive(Subcommand)]
 pub enum CertsCmd {
-    /// Write a CA, a broker certificate, one client certificate per node and a group
-    /// key into DIR (an existing CA there is reused).
+    /// Write a CA, a broker certificate, one client certificate per node, operator
+    /// certificates and a group key into DIR. Existing files are kept (an existing CA
+    /// signs what is added); the output says, file by file, what was created and what
+    /// was kept.
     Init(CertsInitArgs),
+    /// Re-issue existing node, operator or broker certificates from the CA in DIR
+    /// before they expire: same key, same names, new validity; the CA and the group
+    /// key are not touched. Then send SIGHUP to each daemon (docs/DEPLOY.md).
+    Renew(CertsRenewArgs),
 }
 
 #[derive(Args)]
 pub struct CertsInitArgs {
-    #[arg(long)]
+    /// Directory to write into (created if missing): ca.pem/.key, broker.pem/.key,
+    /// NODE.pem/.key per node, NAME.pem/.key per operator, group.key.
+    #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
-    /// Node ids, comma-separated.
-    #[arg(long, value_delimiter = ',', required = true)]
+    /// Node ids, comma-separated: one client certificate each (its CN is the node id).
+    #[arg(long, value_delimiter = ',', required_unless_present = "operator")]
     pub nodes: Vec<String>,
-    /// Names and addresses clients use to reach the broker.
-    #[arg(long, value_delimiter = ',', default_value = "localhost,127.0.0.1")]
-    pub hosts: Vec<String>,
+    /// Names and addresses clients use to reach the broker [default: localhost,127.0.0.1].
+    /// A kept broker certificate is not changed: the output says when its names differ.
+    #[arg(long, value_delimiter = ',')]
+    pub hosts: Option<Vec<String>>,
+    /// Operator names, comma-separated: one operator certificate each (NAME.pem/.key,
+    /// CN mqsync-operator), which the shipped ACLs allow to run `mqsync forget`.
+    #[arg(long, value_delimiter = ',', value_name = "NAME")]
+    pub operator: Vec<String>,
+    /// Give this group read access to broker.key (mode 0640), for a broker running as
+    /// its own user, e.g. `--group mosquitto`.
+    #[arg(long)]
+    pub group: Option<String>,
+    /// Validity in days of the certificates created now (for tests).
+    #[arg(long, hide = true, default_value_t = crate::broker::certs::LEAF_VALIDITY_DAYS)]
+    pub days: i64,
+}
+
+#[derive(Args)]
+pub struct CertsRenewArgs {
+    /// Directory written by `mqsync certs init` (its CA signs the new certificates).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Node ids whose certificates to re-issue, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub nodes: Vec<String>,
+    /// Operator names whose certificates to re-issue, comma-separated.
+    #[arg(long, value_delimiter = ',', value_name = "NAME")]
+    pub operator: Vec<String>,
+    /// Re-issue the broker certificate too.
+    #[arg(long)]
+    pub broker: bool,
+    /// New names for the broker certificate (default: the ones it has).
+    #[arg(long, value_delimiter = ',', requires = "broker")]
+    pub hosts: Option<Vec<String>>,
+    /// Validity in days of the new certificates (for tests).
+    #[arg(long, hide = true, default_value_t = crate::broker::certs::LEAF_VALIDITY_DAYS)]
+    pub days: i64,
+}
+
+#[derive(Args)]
+pub struct ForgetArgs {
+    /// The node to remove: its retained status, pending and Docker mount documents
+    /// are cleared on every folder.
+    #[arg(value_name = "NODE")]
+    pub node: String,
+    /// A configuration file, for the broker address, CA and topic prefix.
+    #[arg(long, short, env = "MQSYNC_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Operator certificate (from `certs init --operator NAME`); default:
+    /// broker.cert_file of the configuration.
+    #[arg(long, value_name = "FILE", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// The operator certificate's key.
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// Forget the node even though its status says it is online.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Args)]

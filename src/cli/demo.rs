@@ -83,6 +83,7 @@ pub async fn start(
                 max_packet: MAX_PACKET,
             },
             keys: keys.clone(),
+            client_cert_expires_ms: None,
             folders: vec![FolderSettings {
                 id: "demo".into(),
                 path,

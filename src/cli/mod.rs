@@ -1,5 +1,5 @@
 //! The command line, one module per command: [`run`], [`broker`], [`certs`],
-//! [`resync`], [`status`] (with `wait`), [`pending`], [`conflicts`], [`healthcheck`] and [`demo`]; [`args`] declares
+//! [`resync`], [`status`] (with `wait`), [`pending`], [`conflicts`], [`healthcheck`], [`demo`] and [`forget`]; [`args`] declares
 //! them for clap and [`progress`] draws the first sync. `main.rs` only parses and
 //! dispatches. This is the binary's edge: errors are `anyhow` here and nowhere below.
 
@@ -8,6 +8,7 @@ pub mod broker;
 pub mod certs;
 pub mod conflicts;
 pub mod demo;
+pub mod forget;
 pub mod healthcheck;
 pub mod pending;
 pub mod progress;

@@ -259,6 +259,7 @@ mod tests {
             ignore: None,
             held_deletes: 0,
             resync: None,
+            cert_days_left: None,
         }
     }
 

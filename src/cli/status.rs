@@ -281,6 +281,15 @@ fn print_status(map: &StatusMap, json: bool) -> Result<()> {
     for n in notes {
         println!("{n}");
     }
+    let mut certs: Vec<String> = map
+        .values()
+        .filter_map(|d| crate::ops::status::cert_note(d, crate::ops::status::CERT_NOTE_DAYS))
+        .collect();
+    certs.sort();
+    certs.dedup();
+    for n in certs {
+        println!("{n}");
+    }
     if map.is_empty() {
         println!("(no status received: no node has published under this topic prefix yet)");
     }

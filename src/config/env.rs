@@ -105,6 +105,11 @@ impl RawConfig {
             errors,
         );
         env.string("MQSYNC_BROKER_EMBEDDED_LISTEN", &mut b.embedded_listen);
+        env.bool(
+            "MQSYNC_BROKER_SHARED_NODE_CERT",
+            &mut b.shared_node_cert,
+            errors,
+        );
 
         env.optional_path(
             "MQSYNC_SECURITY_GROUP_KEY_FILE",

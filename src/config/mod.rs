@@ -163,6 +163,9 @@ pub struct BrokerConfig {
     pub insecure_plaintext: bool,
     /// Where the embedded broker listens when `url` is absent.
     pub embedded_listen: SocketAddr,
+    /// Every node presents the same client certificate (a Swarm global service): the
+    /// node does not require its certificate to name its `node_id`.
+    pub shared_node_cert: bool,
 }
 
 /// A parsed `mqtts://host:port` or `mqtt://host:port`.

@@ -41,6 +41,7 @@ pub(super) struct RawBroker {
     pub(super) keepalive_s: Option<u64>,
     pub(super) insecure_plaintext: Option<bool>,
     pub(super) embedded_listen: Option<String>,
+    pub(super) shared_node_cert: Option<bool>,
 }
 
 #[derive(Debug, Default)]
@@ -84,6 +85,7 @@ const BROKER: &[&str] = &[
     "keepalive_s",
     "insecure_plaintext",
     "embedded_listen",
+    "shared_node_cert",
 ];
 const SECURITY: &[&str] = &["group_key_file"];
 const DOCKER: &[&str] = &["volume_plugin", "volumes_root", "plugin_socket"];
@@ -132,6 +134,7 @@ pub(super) fn parse(text: &str, errors: &mut Errors) -> Result<RawConfig, toml::
             keepalive_s: t.u64("keepalive_s", errors),
             insecure_plaintext: t.bool("insecure_plaintext", errors),
             embedded_listen: t.string("embedded_listen", errors),
+            shared_node_cert: t.bool("shared_node_cert", errors),
         };
         t.finish(errors);
     }

@@ -268,6 +268,7 @@ fn validate_broker(raw: RawBroker, base: &Path, errors: &mut Errors) -> BrokerCo
         keepalive_s,
         insecure_plaintext,
         embedded_listen,
+        shared_node_cert: raw.shared_node_cert.unwrap_or(false),
     }
 }
 

@@ -132,7 +132,8 @@ impl Folder {
                 topics.status(&s.node_id),
                 s.connect.tls.is_none(),
                 &f.ignore,
-            ),
+            )
+            .with_cert_expiry(s.client_cert_expires_ms),
             pending: PendingPublisher::new(topics.pending(&s.node_id), s.keys.clone()),
             out: Outbound::new(
                 s.node_id.clone(),

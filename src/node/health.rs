@@ -44,6 +44,8 @@ pub(super) struct Health {
     ignore: IgnoreRules,
     /// The answer to the last resync command, for the status document.
     pub resync: Option<ResyncAnswer>,
+    /// When the node's client certificate expires (ms since the epoch).
+    cert_expires_ms: Option<u64>,
 }
 
 /// What the status document is made of besides the health's own state.
@@ -83,7 +85,14 @@ impl Health {
             peer_error: None,
             ignore: IgnoreRules::of(ignore),
             resync: None,
+            cert_expires_ms: None,
         }
+    }
+
+    /// Reports the days left of the client certificate that expires at `ms`.
+    pub fn with_cert_expiry(mut self, ms: Option<u64>) -> Self {
+        self.cert_expires_ms = ms;
+        self
     }
 
     pub fn doc(&self, state: State, f: &Facts) -> FolderStatus {
@@ -111,6 +120,9 @@ impl Health {
             resync: self.resync.clone(),
             ignore: Some(self.ignore.clone()),
             held_deletes: f.held_deletes,
+            cert_days_left: self
+                .cert_expires_ms
+                .map(|at| crate::ops::status::days_left(at, now_ms())),
         }
     }
 

@@ -65,6 +65,9 @@ pub struct NodeSettings {
     pub connect: ConnectSettings,
     pub keys: Keys,
     pub folders: Vec<FolderSettings>,
+    /// When the client certificate the node connects with expires (ms since the
+    /// epoch), for the status document's `cert_days_left`.
+    pub client_cert_expires_ms: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -238,6 +238,7 @@ fn unverified(topic: &str, e: &crate::ops::status::StatusError) -> Option<Folder
         resync: None,
         ignore: None,
         held_deletes: 0,
+        cert_days_left: None,
     })
 }
 

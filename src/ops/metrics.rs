@@ -6,7 +6,6 @@
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use std::net::SocketAddr;
-use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
 #[error("metrics listener on {addr}: {reason}")]
@@ -184,23 +183,10 @@ pub fn digest_value(hex: &str) -> Option<f64> {
     u64::from_str_radix(head, 16).ok().map(|v| v as f64)
 }
 
-/// Sets [`CERT_EXPIRY`] from the certificate (PEM) in `path`; says why it could not.
-pub fn set_certificate_expiry(path: &Path) -> Result<(), String> {
-    let at = certificate_not_after(path)?;
-    metrics::gauge!(CERT_EXPIRY).set(at as f64);
-    Ok(())
-}
-
-/// The notAfter of the first certificate in the PEM file `path`, in seconds since the
-/// Unix epoch.
-pub fn certificate_not_after(path: &Path) -> Result<i64, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let (_, pem) = x509_parser::pem::parse_x509_pem(&bytes)
-        .map_err(|e| format!("{}: not a PEM certificate: {e}", path.display()))?;
-    let cert = pem
-        .parse_x509()
-        .map_err(|e| format!("{}: not an X.509 certificate: {e}", path.display()))?;
-    Ok(cert.validity().not_after.timestamp())
+/// Sets [`CERT_EXPIRY`] to when the node's client certificate expires (ms since the
+/// epoch, as `daemon::check_client_cert` read it).
+pub fn set_certificate_expiry(expires_ms: u64) {
+    metrics::gauge!(CERT_EXPIRY).set(expires_ms as f64 / 1000.0);
 }
 
 #[cfg(test)]
@@ -244,21 +230,5 @@ mod tests {
             Some(((1u64 << 48) - 1) as f64)
         );
         assert_eq!(digest_value("abc"), None);
-    }
-
-    #[test]
-    fn reads_a_certificates_expiry() {
-        let d = tempfile::tempdir().unwrap();
-        let mut params = rcgen::CertificateParams::new(vec!["n1".to_string()]).unwrap();
-        params.not_after = rcgen::date_time_ymd(2030, 1, 2);
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = params.self_signed(&key).unwrap();
-        let path = d.path().join("n1.pem");
-        std::fs::write(&path, cert.pem()).unwrap();
-        // 2030-01-02T00:00:00Z
-        assert_eq!(certificate_not_after(&path), Ok(1_893_542_400));
-        std::fs::write(&path, "not a certificate").unwrap();
-        let err = certificate_not_after(&path).unwrap_err();
-        assert!(err.contains("n1.pem"), "{err}");
     }
 }

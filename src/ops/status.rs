@@ -84,6 +84,39 @@ pub struct FolderStatus {
     /// by `mqsync resync`, dropped when the files come back. Absent when 0.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub held_deletes: u64,
+    /// Whole days until the node's own client certificate (`broker.cert_file`)
+    /// expires; negative once it has. Absent without a client certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_days_left: Option<i64>,
+}
+
+/// `mqsync status` names a node whose certificate has fewer days left than this.
+pub const CERT_NOTE_DAYS: i64 = 30;
+/// `mqsync healthcheck` warns (and still exits 0) below this many days; it fails once
+/// the certificate has expired.
+pub const CERT_WARN_DAYS: i64 = 14;
+
+/// Whole days from `now_ms` until `at_ms` (both ms since the epoch), rounded down:
+/// negative once `at_ms` has passed.
+pub fn days_left(at_ms: u64, now_ms: u64) -> i64 {
+    (at_ms as i64 - now_ms as i64).div_euclid(86_400_000)
+}
+
+/// What to say about the client certificate of the node of `doc` when it has fewer
+/// than `within` days left.
+pub fn cert_note(doc: &FolderStatus, within: i64) -> Option<String> {
+    let days = doc.cert_days_left.filter(|d| *d < within)?;
+    let when = match days {
+        d if d < 0 => "has expired".to_string(),
+        0 => "expires within a day".to_string(),
+        1 => "expires in 1 day".to_string(),
+        d => format!("expires in {d} days"),
+    };
+    Some(format!(
+        "node {}: its client certificate (broker.cert_file) {when}: renew it with \
+         mqsync certs renew --out DIR --nodes {}, then send the daemon SIGHUP (docs/DEPLOY.md)",
+        doc.node, doc.node
+    ))
 }
 
 /// A folder's ignore patterns as its status reports them: sorted and without repeats
@@ -315,6 +348,7 @@ mod tests {
             resync: None,
             ignore: Some(IgnoreRules::of(&["*.swp".into()])),
             held_deletes: 0,
+            cert_days_left: Some(400),
         }
     }
 
@@ -335,6 +369,22 @@ mod tests {
         // A status too old to trust is unhealthy whatever it says.
         d.failing_since_ms = None;
         assert!(unhealthy(&d, 100_000 + HEALTH_MAX_AGE_MS + 1, 60_000).is_some());
+    }
+
+    #[test]
+    fn certificate_notes_start_below_their_threshold() {
+        assert_eq!(days_left(10 * 86_400_000, 1), 9);
+        assert_eq!(days_left(0, 1), -1);
+        let mut d = doc();
+        assert_eq!(cert_note(&d, CERT_NOTE_DAYS), None);
+        d.cert_days_left = Some(29);
+        let note = cert_note(&d, CERT_NOTE_DAYS).expect("29 < 30");
+        assert!(note.contains("n1") && note.contains("29 days"), "{note}");
+        assert_eq!(cert_note(&d, CERT_WARN_DAYS), None);
+        d.cert_days_left = Some(-2);
+        assert!(cert_note(&d, CERT_WARN_DAYS).is_some_and(|n| n.contains("has expired")));
+        d.cert_days_left = None;
+        assert_eq!(cert_note(&d, CERT_NOTE_DAYS), None);
     }
 
     #[test]

@@ -524,6 +524,38 @@ ignore = ["*.swp"]
     }
 }
 
+/// broker/mosquitto.conf with its paths and port pointed at this test's files.
+pub fn shipped_mosquitto(c: &Cluster, port: u16) -> Proc {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let conf = fs::read_to_string(repo.join("broker/mosquitto.conf")).unwrap();
+    let certs = c.path("certs");
+    let conf = conf
+        .replace("listener 8883", &format!("listener {port} 127.0.0.1"))
+        .replace("/etc/mosquitto/certs", certs.to_str().unwrap())
+        .replace(
+            "/etc/mosquitto/mqsync.acl",
+            repo.join("broker/mosquitto.acl").to_str().unwrap(),
+        );
+    assert!(conf.contains(&format!("listener {port}")), "{conf}");
+    let path = c.path("shipped-mosquitto.conf");
+    fs::write(&path, format!("user root\n{conf}")).unwrap();
+    let p = Proc::spawn_program(
+        &mosquitto_bin(),
+        &["-c", path.to_str().unwrap()],
+        &c.path("shipped-mosquitto.log"),
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || std::net::TcpStream::connect((
+            "127.0.0.1",
+            port
+        ))
+        .is_ok()),
+        "mosquitto did not start: {}",
+        p.log_text()
+    );
+    p
+}
+
 /// The status document of `node` as `mqsync status --json` with the first node's
 /// configuration shows it (`Null` if there is none).
 pub fn status_of(c: &Cluster, node: &str) -> serde_json::Value {
