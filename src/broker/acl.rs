@@ -51,6 +51,16 @@ impl<'a> Identity<'a> {
     }
 }
 
+impl std::fmt::Display for Identity<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Identity::Node(n) => write!(f, "node {n:?}"),
+            Identity::AnyNode => f.write_str("a node sharing the nodes' certificate"),
+            Identity::Operator => f.write_str("the operator"),
+        }
+    }
+}
+
 /// What a client may publish on a topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Allowed {
@@ -122,10 +132,10 @@ pub fn inspect(buf: &[u8], identity: Identity<'_>) -> Verdict {
                 Allowed::Any => Verdict::Forward(total),
                 Allowed::EmptyOnly if after + id_len == remaining => Verdict::Forward(total),
                 Allowed::EmptyOnly => Verdict::Deny(format!(
-                    "publish to {topic:?}: {identity:?} may only clear it (an empty message)"
+                    "publish to {topic:?}: {identity} may only clear it (an empty message)"
                 )),
                 Allowed::No => Verdict::Deny(format!(
-                    "publish to {topic:?} is outside the topics of {identity:?}"
+                    "publish to {topic:?} is outside the topics of {identity}"
                 )),
             }
         }
@@ -140,7 +150,7 @@ pub fn inspect(buf: &[u8], identity: Identity<'_>) -> Verdict {
                 Ok(None) => Verdict::Forward(total),
                 Ok(Some(will)) if may_publish(identity, &will) => Verdict::Forward(total),
                 Ok(Some(will)) => Verdict::Deny(format!(
-                    "last-will topic {will:?} is outside the topics of {identity:?}"
+                    "last-will topic {will:?} is outside the topics of {identity}"
                 )),
                 Err(e) => Verdict::Deny(e),
             }
