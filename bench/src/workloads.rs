@@ -4,7 +4,10 @@
 //! synced tree (in [`rename`]). Every run checks that the receivers hold exactly the
 //! source's bytes before its numbers count.
 
+pub mod delta;
+pub mod patterns;
 pub mod rename;
+pub mod ssh;
 
 use crate::data::{self, DataSet, listing, tree_hash};
 use crate::mqsync::Cluster;
@@ -12,12 +15,11 @@ use crate::peers::{Lsyncd, RsyncDaemon, Syncthing};
 use crate::proc::{Usage, wait_for};
 use anyhow::{Result, bail};
 use std::fs;
-use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// One line of the results table.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Row {
     pub workload: &'static str,
     pub system: String,
@@ -36,6 +38,8 @@ pub struct Row {
     pub broker: Option<Usage>,
     /// The broker's TCP bytes in and out during the timed part (mqsync).
     pub wire: Option<(u64, u64)>,
+    /// The 99th percentile in milliseconds (latency rows).
+    pub p99: Option<f64>,
 }
 
 pub struct Ctx {
@@ -149,7 +153,7 @@ fn count_entries(dir: &Path, limit: usize) -> usize {
 }
 
 /// MB/s, with a decimal when small.
-fn rate(bytes: u64, wall: Duration) -> String {
+pub(crate) fn rate(bytes: u64, wall: Duration) -> String {
     let r = bytes as f64 / wall.as_secs_f64() / 1e6;
     if r < 10.0 {
         format!("{r:.1}")
@@ -163,7 +167,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[idx.min(sorted.len() - 1)]
 }
 
-fn same(path: &Path, data: &[u8]) -> bool {
+pub(crate) fn same(path: &Path, data: &[u8]) -> bool {
     fs::read(path).is_ok_and(|d| d == data)
 }
 
@@ -198,7 +202,7 @@ fn latency_trials(
     Ok(ms)
 }
 
-fn latency_row(system: String, ms: &[f64], usage: Option<Usage>) -> Row {
+pub(crate) fn latency_row(system: String, ms: &[f64], usage: Option<Usage>) -> Row {
     Row {
         workload: "latency",
         system,
@@ -211,6 +215,7 @@ fn latency_row(system: String, ms: &[f64], usage: Option<Usage>) -> Row {
         bytes: None,
         broker: None,
         wire: None,
+        p99: Some(percentile(ms, 0.99)),
     }
 }
 
@@ -289,7 +294,7 @@ fn poll_every(files: usize, start: Instant) -> Duration {
 /// Waits until every receiver lists exactly `want` (names and sizes), then checks the
 /// bytes. The time from `start` until the listings matched: checking the bytes
 /// afterwards (gigabytes with four receivers) is not counted.
-fn wait_tree(
+pub(crate) fn wait_tree(
     what: &str,
     receivers: &[PathBuf],
     want: &std::collections::BTreeMap<String, u64>,
@@ -354,6 +359,7 @@ pub fn tree_mqsync(ctx: &Ctx, workload: &'static str, src: &Path, receivers: usi
         bytes: bytes.map(|b| b as u64),
         broker: Some(stopped.broker),
         wire,
+        p99: None,
     })
 }
 
@@ -373,7 +379,7 @@ pub fn tree_rsync(ctx: &Ctx, workload: &'static str, src: &Path, flags: &[&str])
     }
     Ok(Row {
         workload,
-        system: format!("rsync {shown} (daemon)"),
+        system: format!("rsync {shown}, daemon (unencrypted)"),
         receivers: 1,
         value: wall.as_secs_f64(),
         unit: "s",
@@ -383,119 +389,7 @@ pub fn tree_rsync(ctx: &Ctx, workload: &'static str, src: &Path, flags: &[&str])
         bytes: Some(sent),
         broker: None,
         wire: None,
-    })
-}
-
-/// Writes the changed middle of the delta file into `file` in place.
-fn apply_change(ctx: &Ctx, file: &Path) -> Result<()> {
-    let (at, len) = data::delta_change_range(ctx.sizes);
-    let mut changed = vec![0u8; len];
-    fs::File::open(ctx.data.delta_changed.join("big.bin"))?.read_exact_at(&mut changed, at)?;
-    let f = fs::OpenOptions::new().write(true).open(file)?;
-    let mtime = f.metadata()?.modified()?;
-    f.write_all_at(&changed, at)?;
-    // rsync's quick check compares whole seconds: a change within the second of the
-    // first copy would go unseen.
-    f.set_modified(mtime + Duration::from_secs(60))?;
-    f.sync_all()?;
-    Ok(())
-}
-
-pub fn delta_mqsync(ctx: &Ctx) -> Result<Row> {
-    let dir = ctx.fresh("delta-mqsync")?;
-    let mut c = Cluster::new(&ctx.mqsync, &dir, 2)?;
-    fs::copy(
-        ctx.data.delta_base.join("big.bin"),
-        c.folder(0).join("big.bin"),
-    )?;
-    for i in 0..3 {
-        c.start(i)?;
-    }
-    let targets = [c.folder(1), c.folder(2)];
-    let base_hash = tree_hash(&ctx.data.delta_base)?;
-    wait_tree(
-        "delta base",
-        &targets,
-        &listing(&ctx.data.delta_base),
-        base_hash,
-        Instant::now(),
-        || c.dead(),
-    )?;
-    for i in 0..3 {
-        c.wait_ready(i)?;
-    }
-    let before = c.metric(0, "mqsync_bytes_sent_total")?;
-    let wire_before = c.broker_wire().ok();
-    let file = c.folder(0).join("big.bin");
-    let start = Instant::now();
-    apply_change(ctx, &file)?;
-    let want_hash = tree_hash(&ctx.data.delta_changed)?;
-    let mtime = fs::metadata(&file)?.mtime_nsec() + fs::metadata(&file)?.mtime() * 1_000_000_000;
-    let res = wait_for(
-        "delta",
-        Duration::from_secs(300),
-        Duration::from_millis(5),
-        || {
-            targets.iter().all(|t| {
-                fs::metadata(t.join("big.bin"))
-                    .is_ok_and(|m| m.mtime() * 1_000_000_000 + m.mtime_nsec() == mtime)
-            })
-        },
-    );
-    let wall = start.elapsed();
-    let after = c.metric(0, "mqsync_bytes_sent_total");
-    let wire = c.wire_since(wire_before.as_ref());
-    let stopped = c.stop();
-    res?;
-    for t in &targets {
-        if tree_hash(t)? != want_hash {
-            bail!("delta: {} differs from the changed file", t.display());
-        }
-    }
-    let sent = (after? - before) as u64;
-    Ok(Row {
-        workload: "delta",
-        system: "mqsync".into(),
-        receivers: 2,
-        value: wall.as_secs_f64(),
-        unit: "s",
-        detail: format!("{:.2} MB sent for 1 MiB changed", sent as f64 / 1e6),
-        usage: Some(stopped.all()),
-        writer: stopped.nodes.first().copied(),
-        bytes: Some(sent),
-        broker: Some(stopped.broker),
-        wire,
-    })
-}
-
-pub fn delta_rsync(ctx: &Ctx) -> Result<Row> {
-    let dir = ctx.fresh("delta-rsync")?;
-    let src = dir.join("src");
-    fs::create_dir_all(&src)?;
-    fs::copy(ctx.data.delta_base.join("big.bin"), src.join("big.bin"))?;
-    let d = RsyncDaemon::start(&dir.join("daemon"))?;
-    let res = d.push(&["-a"], &src, "run").and_then(|_| {
-        apply_change(ctx, &src.join("big.bin"))?;
-        d.push(&["-a"], &src, "run")
-    });
-    let target = d.root.join("run");
-    let daemon = d.stop();
-    let (client, wall, sent) = res?;
-    if tree_hash(&target)? != tree_hash(&ctx.data.delta_changed)? {
-        bail!("rsync delta: the target differs from the changed file");
-    }
-    Ok(Row {
-        workload: "delta",
-        system: "rsync -a (daemon)".into(),
-        receivers: 1,
-        value: wall.as_secs_f64(),
-        unit: "s",
-        detail: format!("{:.2} MB sent for 1 MiB changed", sent as f64 / 1e6),
-        usage: Some(client.add(daemon)),
-        writer: Some(client),
-        bytes: Some(sent),
-        broker: None,
-        wire: None,
+        p99: None,
     })
 }
 
@@ -573,6 +467,7 @@ pub fn tree_syncthing(ctx: &Ctx, workload: &'static str, src: &Path) -> Result<R
         bytes,
         broker: None,
         wire: None,
+        p99: None,
     })
 }
 
@@ -674,6 +569,7 @@ pub fn scale_mqsync(ctx: &Ctx, src: &Path) -> Result<Vec<Row>> {
             bytes: bytes.map(|b| b as u64),
             broker: None,
             wire: None,
+            p99: None,
         },
         Row {
             workload: "scale",
@@ -697,6 +593,7 @@ pub fn scale_mqsync(ctx: &Ctx, src: &Path) -> Result<Vec<Row>> {
             bytes: None,
             broker: Some(stopped.broker),
             wire: None,
+            p99: None,
         },
     ])
 }
