@@ -1,13 +1,15 @@
-//! `mqsync-bench`: mqsync side by side with rsync, lsyncd and Syncthing on the same data
-//! and the same machine in one run (issue 6). Run on demand, never part of the tests:
+//! `mqsync-bench`: mqsync side by side with rsync (over SSH and through its daemon),
+//! lsyncd and Syncthing, and against the MQTT transport floor, on the same data and the
+//! same machine in one run (issues 6 and 24). Run on demand, never part of the tests:
 //!
 //! ```text
-//! cargo run --release -p mqsync-bench -- [--quick] [--only latency,bulk,small,delta,fanout,scale,rename]
+//! cargo run --release -p mqsync-bench -- [--quick] [--only latency,patterns,bulk,floor,small,delta,fanout,scale,rename]
 //! ```
 //!
 //! It builds the release `mqsync`, installs missing peers from Debian (root), generates
 //! its data from fixed seeds, runs every workload for every system into fresh
-//! directories, checks the received bytes, and writes `bench/results/results.md` and
+//! directories, checks the received bytes, and writes `bench/results/results.md` (with
+//! the table of issue 24's targets at its end) and
 //! `bench/results/chart.png` (a partial or quick run writes `results-TAG.md` and
 //! `chart-TAG.png` instead, so it never overwrites the full run's).
 
@@ -42,16 +44,16 @@ const WORKLOADS: [&str; 9] = [
 ];
 const SYSTEMS: [&str; 5] = ["mqsync", "ssh", "rsync", "lsyncd", "syncthing"];
 
-const USAGE: &str =
-    "usage: mqsync-bench [--quick] [--only latency,bulk,small,delta,fanout,scale,rename] \
-[--systems mqsync,rsync,lsyncd,syncthing] [--work DIR] [--out DIR] [--trials N] \
-[--slow-trials N] [--scale-files N] [--mqsync PATH]
+const USAGE: &str = "usage: mqsync-bench [--quick]
+       [--only latency,patterns,bulk,floor,small,delta,fanout,scale,rename]
+       [--systems mqsync,ssh,rsync,lsyncd,syncthing] [--work DIR] [--out DIR] [--trials N]
+       [--slow-trials N] [--scale-files N] [--mqsync PATH]
 
   --quick        smaller data (8 x 4 MiB, 2,000 small files, 64 MiB delta, 50,000 files
                  for scale, 2,000 files to rename) to try the harness
   --only LIST    workloads to run (default: all)
-  --systems LIST systems to run (default: all; fanout and scale are mqsync only, rename
-                 has no lsyncd row)
+  --systems LIST systems to run (default: all; ssh is rsync over SSH; fanout, floor and
+                 scale are mqsync only, rename has no lsyncd or ssh row)
   --work DIR     data and run directories (default: target/mqsync-bench)
   --out DIR      where the results go (default: bench/results): results.md and chart.png
                  for a full run of everything, results-TAG.md and chart-TAG.png for a

@@ -40,6 +40,13 @@ fn keygen(path: &Path, comment: &str) -> Result<()> {
 
 impl Sshd {
     pub fn start(dir: &Path) -> Result<Sshd> {
+        // The key's path goes unquoted into `rsync -e` and sshd_config.
+        if dir.to_string_lossy().contains(char::is_whitespace) {
+            bail!(
+                "{}: the SSH rows need a run directory without spaces (--work)",
+                dir.display()
+            );
+        }
         fs::create_dir_all(dir)?;
         let host_key = dir.join("host_key");
         let client_key = dir.join("client_key");

@@ -84,6 +84,8 @@ impl Ctx {
         }
         wait_for_cleanup(&self.work);
         self.run.set(self.run.get() + 1);
+        // No spaces: the SSH rows pass paths in `rsync -e` and sshd_config unquoted.
+        let name = name.replace(' ', "-");
         let dir = runs.join(format!("{}-{name}", self.run.get()));
         fs::create_dir_all(&dir)?;
         Ok(dir)
