@@ -188,8 +188,9 @@ pub fn patterns_mqsync(ctx: &Ctx) -> Result<Vec<Row>> {
     Ok(rows)
 }
 
-/// lsyncd `rsyncssh` at delay 0 to two receivers through the bench's sshd, for
-/// `sources`; the usage of lsyncd (its rsync and ssh children included) and sshd.
+/// Runs `body` while lsyncd (`rsyncssh`, delay 0) runs `syncs` through the bench's
+/// sshd; its result and the usage of lsyncd (its rsync and ssh children included) and
+/// sshd together.
 fn with_lsyncd<T>(
     dir: &Path,
     syncs: &[(PathBuf, PathBuf)],
