@@ -271,7 +271,10 @@ fn main() -> Result<()> {
             );
         }
         if runs("syncthing") {
-            record("latency syncthing", workloads::latency_syncthing(&ctx));
+            record(
+                "latency syncthing",
+                workloads::syncthing::latency_syncthing(&ctx),
+            );
         }
     }
     if wants("patterns") {
@@ -325,7 +328,7 @@ fn main() -> Result<()> {
         if runs("syncthing") {
             record(
                 "bulk syncthing x2",
-                workloads::tree_syncthing(&ctx, "bulk", &src),
+                workloads::syncthing::tree_syncthing(&ctx, "bulk", &src),
             );
         }
     }
@@ -367,7 +370,7 @@ fn main() -> Result<()> {
         if runs("syncthing") {
             record(
                 "small syncthing x2",
-                workloads::tree_syncthing(&ctx, "small files", &src),
+                workloads::syncthing::tree_syncthing(&ctx, "small files", &src),
             );
         }
     }
