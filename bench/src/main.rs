@@ -1,21 +1,26 @@
-//! `mqsync-bench`: mqsync side by side with rsync, lsyncd and Syncthing on the same data
-//! and the same machine in one run (issue 6). Run on demand, never part of the tests:
+//! `mqsync-bench`: mqsync side by side with rsync (over SSH and through its daemon),
+//! lsyncd and Syncthing, and against the MQTT transport floor, on the same data and the
+//! same machine in one run (issues 6 and 24). Run on demand, never part of the tests:
 //!
 //! ```text
-//! cargo run --release -p mqsync-bench -- [--quick] [--only latency,bulk,small,delta,fanout,scale,rename]
+//! cargo run --release -p mqsync-bench -- [--quick] [--only latency,patterns,bulk,floor,small,delta,fanout,scale,rename]
 //! ```
 //!
 //! It builds the release `mqsync`, installs missing peers from Debian (root), generates
 //! its data from fixed seeds, runs every workload for every system into fresh
-//! directories, checks the received bytes, and writes `bench/results/results.md` and
+//! directories, checks the received bytes, and writes `bench/results/results.md` (with
+//! the table of issue 24's targets at its end) and
 //! `bench/results/chart.png` (a partial or quick run writes `results-TAG.md` and
 //! `chart-TAG.png` instead, so it never overwrites the full run's).
 
 mod data;
+mod floor;
 mod mqsync;
 mod peers;
 mod proc;
 mod report;
+mod ssh;
+mod targets;
 mod workloads;
 
 use anyhow::{Context, Result, bail};
@@ -34,21 +39,21 @@ struct Args {
     scale_files: Option<usize>,
 }
 
-const WORKLOADS: [&str; 7] = [
-    "latency", "bulk", "small", "delta", "fanout", "scale", "rename",
+const WORKLOADS: [&str; 9] = [
+    "latency", "patterns", "bulk", "floor", "small", "delta", "fanout", "scale", "rename",
 ];
-const SYSTEMS: [&str; 4] = ["mqsync", "rsync", "lsyncd", "syncthing"];
+const SYSTEMS: [&str; 5] = ["mqsync", "ssh", "rsync", "lsyncd", "syncthing"];
 
-const USAGE: &str =
-    "usage: mqsync-bench [--quick] [--only latency,bulk,small,delta,fanout,scale,rename] \
-[--systems mqsync,rsync,lsyncd,syncthing] [--work DIR] [--out DIR] [--trials N] \
-[--slow-trials N] [--scale-files N] [--mqsync PATH]
+const USAGE: &str = "usage: mqsync-bench [--quick]
+       [--only latency,patterns,bulk,floor,small,delta,fanout,scale,rename]
+       [--systems mqsync,ssh,rsync,lsyncd,syncthing] [--work DIR] [--out DIR] [--trials N]
+       [--slow-trials N] [--scale-files N] [--mqsync PATH]
 
   --quick        smaller data (8 x 4 MiB, 2,000 small files, 64 MiB delta, 50,000 files
                  for scale, 2,000 files to rename) to try the harness
   --only LIST    workloads to run (default: all)
-  --systems LIST systems to run (default: all; fanout and scale are mqsync only, rename
-                 has no lsyncd row)
+  --systems LIST systems to run (default: all; ssh is rsync over SSH; fanout, floor and
+                 scale are mqsync only, rename has no lsyncd or ssh row)
   --work DIR     data and run directories (default: target/mqsync-bench)
   --out DIR      where the results go (default: bench/results): results.md and chart.png
                  for a full run of everything, results-TAG.md and chart-TAG.png for a
@@ -164,8 +169,21 @@ fn main() -> Result<()> {
     {
         tools.push(("rsync", "rsync"));
     }
-    if runs("lsyncd") && wants("latency") {
-        tools.extend([("rsync", "rsync"), ("lsyncd", "lsyncd")]);
+    let ssh_tools = [
+        ("rsync", "rsync"),
+        ("sshd", "openssh-server"),
+        ("ssh", "openssh-client"),
+        ("ssh-keygen", "openssh-client"),
+    ];
+    if runs("ssh") && ["bulk", "small", "delta"].iter().any(|w| wants(w)) {
+        tools.extend(ssh_tools);
+    }
+    if runs("lsyncd") && (wants("latency") || wants("patterns")) {
+        tools.extend(ssh_tools);
+        tools.push(("lsyncd", "lsyncd"));
+    }
+    if runs("mqsync") && wants("floor") {
+        tools.push(("mosquitto", "mosquitto"));
     }
     if runs("syncthing")
         && ["latency", "bulk", "small", "rename"]
@@ -188,7 +206,12 @@ fn main() -> Result<()> {
     eprintln!("generating data in {} ({sizes:?})", args.work.display());
     let data_dir = args.work.join("data");
     let set = data::generate(&data_dir, sizes, |part| match part {
-        "bulk" => wants("bulk") || (wants("fanout") && runs("mqsync")),
+        // The floor's messages and the patterns' load are the bulk files.
+        "bulk" => {
+            wants("bulk")
+                || wants("patterns")
+                || (runs("mqsync") && (wants("fanout") || wants("floor")))
+        }
         part => wants(part),
     })?;
     let scale_files = args
@@ -236,6 +259,10 @@ fn main() -> Result<()> {
             record("latency mqsync", workloads::latency_mqsync(&ctx));
         }
         if runs("lsyncd") {
+            record(
+                "latency lsyncd rsyncssh delay 0",
+                workloads::patterns::latency_lsyncd_ssh(&ctx),
+            );
             record("latency lsyncd delay 0", workloads::latency_lsyncd(&ctx, 0));
             record("latency lsyncd delay 1", workloads::latency_lsyncd(&ctx, 1));
             record(
@@ -244,7 +271,30 @@ fn main() -> Result<()> {
             );
         }
         if runs("syncthing") {
-            record("latency syncthing", workloads::latency_syncthing(&ctx));
+            record(
+                "latency syncthing",
+                workloads::syncthing::latency_syncthing(&ctx),
+            );
+        }
+    }
+    if wants("patterns") {
+        type Patterns = fn(&Ctx) -> Result<Vec<Row>>;
+        let systems: [(&str, Patterns); 2] = [
+            ("mqsync", workloads::patterns::patterns_mqsync),
+            ("lsyncd", workloads::patterns::patterns_lsyncd),
+        ];
+        for (system, run) in systems {
+            if !runs(system) {
+                continue;
+            }
+            match run(&ctx) {
+                Ok(rs) => {
+                    for r in rs {
+                        record(&format!("patterns {}", r.system), Ok(r));
+                    }
+                }
+                Err(e) => record(&format!("patterns {system}"), Err(e)),
+            }
         }
     }
     if wants("bulk") {
@@ -269,11 +319,28 @@ fn main() -> Result<()> {
                 workloads::tree_rsync(&ctx, "bulk", &src, &["-az"]),
             );
         }
+        if runs("ssh") {
+            record(
+                "bulk rsync -a over SSH x2",
+                workloads::ssh::tree_ssh(&ctx, "bulk", &src),
+            );
+        }
         if runs("syncthing") {
             record(
                 "bulk syncthing x2",
-                workloads::tree_syncthing(&ctx, "bulk", &src),
+                workloads::syncthing::tree_syncthing(&ctx, "bulk", &src),
             );
+        }
+    }
+    if wants("floor") && runs("mqsync") {
+        use workloads::ssh::{FloorBroker, floor_run};
+        match floor::messages(&ctx.data.bulk) {
+            Ok(msgs) => {
+                for b in [FloorBroker::Mqsync, FloorBroker::Mosquitto] {
+                    record(&format!("floor {b:?}"), floor_run(&ctx, b, &msgs));
+                }
+            }
+            Err(e) => record("floor", Err(e)),
         }
     }
     if wants("small") {
@@ -294,19 +361,28 @@ fn main() -> Result<()> {
                 workloads::tree_rsync(&ctx, "small files", &src, &["-a", "--fsync"]),
             );
         }
+        if runs("ssh") {
+            record(
+                "small rsync -a over SSH x2",
+                workloads::ssh::tree_ssh(&ctx, "small files", &src),
+            );
+        }
         if runs("syncthing") {
             record(
                 "small syncthing x2",
-                workloads::tree_syncthing(&ctx, "small files", &src),
+                workloads::syncthing::tree_syncthing(&ctx, "small files", &src),
             );
         }
     }
     if wants("delta") {
         if runs("mqsync") {
-            record("delta mqsync", workloads::delta_mqsync(&ctx));
+            record("delta mqsync", workloads::delta::delta_mqsync(&ctx));
         }
         if runs("rsync") {
-            record("delta rsync", workloads::delta_rsync(&ctx));
+            record("delta rsync", workloads::delta::delta_rsync(&ctx));
+        }
+        if runs("ssh") {
+            record("delta rsync over SSH", workloads::delta::delta_ssh(&ctx));
         }
     }
     if wants("fanout") && runs("mqsync") {
@@ -379,6 +455,7 @@ fn main() -> Result<()> {
         },
     );
     let mut md = report::markdown(&rows, &header);
+    md.push_str(&targets::markdown(&rows));
     if !failures.is_empty() {
         md.push_str("\nFailed runs:\n\n");
         for f in &failures {

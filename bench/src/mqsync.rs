@@ -17,6 +17,8 @@ pub struct Cluster {
     nodes: Vec<Option<Proc>>,
     metrics: Vec<u16>,
     port: u16,
+    /// Folders beside `bench` ([`Cluster::with_folders`]).
+    extra: Vec<String>,
 }
 
 /// TCP bytes per client connection of the broker, keyed by the client's address:
@@ -36,30 +38,94 @@ pub fn wire_between(before: &Wire, after: &Wire) -> (u64, u64) {
     })
 }
 
+/// `mqsync certs init`: a CA, the broker's certificate, one per node in `names` and
+/// the group key, in `certs`.
+pub fn certs_init(bin: &Path, certs: &Path, names: &[String]) -> Result<()> {
+    crate::proc::run(
+        bin.to_str().context("binary path")?,
+        &[
+            "certs",
+            "init",
+            "--out",
+            certs.to_str().context("path")?,
+            "--nodes",
+            &names.join(","),
+        ],
+    )?;
+    Ok(())
+}
+
+/// `mqsync broker` on 127.0.0.1:`port` with the certificates of [`certs_init`], once it
+/// accepts connections.
+pub fn start_broker(bin: &Path, certs: &Path, port: u16, log: &Path) -> Result<Proc> {
+    let listen = format!("127.0.0.1:{port}");
+    let mut broker = Proc::spawn(
+        bin.to_str().context("binary path")?,
+        &[
+            "broker",
+            "--listen",
+            &listen,
+            "--certs",
+            certs.to_str().context("path")?,
+        ],
+        log,
+    )?;
+    let mut died = false;
+    wait_for(
+        "broker",
+        Duration::from_secs(30),
+        Duration::from_millis(20),
+        || {
+            died = broker.exited();
+            died || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        },
+    )?;
+    if died {
+        let text = fs::read_to_string(log).unwrap_or_default();
+        bail!("mqsync broker exited: {}", text.trim());
+    }
+    Ok(broker)
+}
+
+/// The TCP bytes of every client connection of the broker listening on `port`
+/// ([`Cluster::broker_wire`]).
+pub fn wire_of(port: u16) -> Result<Wire> {
+    let filter = format!("( sport = :{port} )");
+    let out = std::process::Command::new("ss")
+        .args(["-Htin", "state", "established", &filter])
+        .output()
+        .context("running ss (iproute2)")?;
+    if !out.status.success() {
+        bail!("ss: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    parse_ss(&String::from_utf8_lossy(&out.stdout))
+}
+
 impl Cluster {
     /// Certificates, configurations and a running broker for `1 + receivers` nodes.
     pub fn new(bin: &Path, dir: &Path, receivers: usize) -> Result<Cluster> {
+        Cluster::with_folders(bin, dir, receivers, &[])
+    }
+
+    /// [`Cluster::new`] with more folders beside `bench` on every node, each with its
+    /// own id and directory ([`Cluster::folder_of`]).
+    pub fn with_folders(
+        bin: &Path,
+        dir: &Path,
+        receivers: usize,
+        extra: &[&str],
+    ) -> Result<Cluster> {
         fs::create_dir_all(dir)?;
         let n = 1 + receivers;
         let names: Vec<String> = (1..=n).map(|i| format!("n{i}")).collect();
         let certs = dir.join("certs");
-        crate::proc::run(
-            bin.to_str().context("binary path")?,
-            &[
-                "certs",
-                "init",
-                "--out",
-                certs.to_str().context("path")?,
-                "--nodes",
-                &names.join(","),
-            ],
-        )?;
+        certs_init(bin, &certs, &names)?;
         let port = free_port()?;
         let mut metrics = vec![];
         for name in &names {
             let m = free_port()?;
             metrics.push(m);
-            let text = format!(
+            let mut text = format!(
                 r#"node_id = "{name}"
 state_dir = "{state}"
 metrics_listen = "127.0.0.1:{m}"
@@ -81,27 +147,18 @@ path = "{folder}"
                 certs = certs.display(),
                 folder = dir.join("data").join(name).display(),
             );
-            fs::write(dir.join(format!("{name}.toml")), text)?;
             fs::create_dir_all(dir.join("data").join(name))?;
+            for id in extra {
+                let folder = dir.join("data").join(format!("{name}-{id}"));
+                fs::create_dir_all(&folder)?;
+                text.push_str(&format!(
+                    "\n[[folder]]\nid = \"{id}\"\npath = \"{}\"\n",
+                    folder.display()
+                ));
+            }
+            fs::write(dir.join(format!("{name}.toml")), text)?;
         }
-        let listen = format!("127.0.0.1:{port}");
-        let broker = Proc::spawn(
-            bin.to_str().context("binary path")?,
-            &[
-                "broker",
-                "--listen",
-                &listen,
-                "--certs",
-                certs.to_str().context("path")?,
-            ],
-            &dir.join("broker.log"),
-        )?;
-        wait_for(
-            "broker",
-            Duration::from_secs(30),
-            Duration::from_millis(20),
-            || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
-        )?;
+        let broker = start_broker(bin, &certs, port, &dir.join("broker.log"))?;
         Ok(Cluster {
             bin: bin.to_path_buf(),
             dir: dir.to_path_buf(),
@@ -109,11 +166,17 @@ path = "{folder}"
             nodes: (0..n).map(|_| None).collect(),
             metrics,
             port,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         })
     }
 
     pub fn folder(&self, i: usize) -> PathBuf {
         self.dir.join("data").join(format!("n{}", i + 1))
+    }
+
+    /// Node `i`'s directory of the extra folder `id` (see [`Cluster::with_folders`]).
+    pub fn folder_of(&self, i: usize, id: &str) -> PathBuf {
+        self.dir.join("data").join(format!("n{}-{id}", i + 1))
     }
 
     pub fn start(&mut self, i: usize) -> Result<()> {
@@ -149,10 +212,16 @@ path = "{folder}"
             .map(|_| ())
     }
 
-    /// Waits up to `timeout` until node `i` reports itself connected and idle (or a
-    /// process of the cluster exits); the time waited.
+    /// Waits up to `timeout` until node `i` reports itself connected and idle in every
+    /// folder (or a process of the cluster exits); the time waited.
     pub fn wait_ready_within(&mut self, i: usize, timeout: Duration) -> Result<Duration> {
-        let health = self.health_file(i);
+        let health: Vec<PathBuf> = std::iter::once(self.health_file(i))
+            .chain(
+                self.extra
+                    .iter()
+                    .map(|id| self.state_dir(i).join("health").join(format!("{id}.json"))),
+            )
+            .collect();
         let every = Duration::from_millis(20);
         let mut died = None;
         let d = wait_for(
@@ -162,8 +231,10 @@ path = "{folder}"
             || {
                 died = self.dead();
                 died.is_some()
-                    || fs::read_to_string(&health).is_ok_and(|s| {
-                        s.contains("\"connected\":true") && s.contains("\"state\":\"idle\"")
+                    || health.iter().all(|h| {
+                        fs::read_to_string(h).is_ok_and(|s| {
+                            s.contains("\"connected\":true") && s.contains("\"state\":\"idle\"")
+                        })
                     })
             },
         )?;
@@ -241,15 +312,7 @@ path = "{folder}"
     /// connections (`ss -tin`: `bytes_received`, `bytes_acked`). These are the TLS
     /// bytes on the wire, framing and encryption included.
     pub fn broker_wire(&self) -> Result<Wire> {
-        let filter = format!("( sport = :{} )", self.port);
-        let out = std::process::Command::new("ss")
-            .args(["-Htin", "state", "established", &filter])
-            .output()
-            .context("running ss (iproute2)")?;
-        if !out.status.success() {
-            bail!("ss: {}", String::from_utf8_lossy(&out.stderr).trim());
-        }
-        parse_ss(&String::from_utf8_lossy(&out.stdout))
+        wire_of(self.port)
     }
 
     /// The broker's bytes in and out since `before`, if `ss` answered both times.

@@ -55,6 +55,15 @@ pub fn which(bin: &str) -> Option<PathBuf> {
     })
 }
 
+/// The bytes the rsync client sent, from the output of `--stats`.
+pub fn stats_sent(out: &str) -> Result<u64> {
+    out.lines()
+        .find_map(|l| l.strip_prefix("Total bytes sent:"))
+        .map(|v| v.trim().replace(',', ""))
+        .and_then(|v| v.parse().ok())
+        .context("rsync --stats: no 'Total bytes sent'")
+}
+
 /// An rsync daemon with one writable module `m` rooted at `dir/targets`.
 pub struct RsyncDaemon {
     proc: Option<Proc>,
@@ -112,13 +121,7 @@ impl RsyncDaemon {
         let mut args = flags.to_vec();
         args.extend(["--stats", &src, &url]);
         let (u, wall, out) = crate::proc::run("rsync", &args)?;
-        let sent = out
-            .lines()
-            .find_map(|l| l.strip_prefix("Total bytes sent:"))
-            .map(|v| v.trim().replace(',', ""))
-            .and_then(|v| v.parse().ok())
-            .context("rsync --stats: no 'Total bytes sent'")?;
-        Ok((u, wall, sent))
+        Ok((u, wall, stats_sent(&out)?))
     }
 
     /// The daemon's usage so far, the connections it has served included, to split a

@@ -200,7 +200,11 @@ impl Drop for Proc {
 
 /// Runs a command to its end and returns its usage, wall time and standard output.
 pub fn run(program: &str, args: &[&str]) -> Result<(Usage, Duration, String)> {
-    let report = std::env::temp_dir().join(format!("mqsync-bench-{}.time", std::process::id()));
+    // One report per call: several commands may run at once (one rsync per receiver).
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let report =
+        std::env::temp_dir().join(format!("mqsync-bench-{}-{call}.time", std::process::id()));
     let start = Instant::now();
     let out = timed(program, args, &report)
         .stdin(Stdio::null())

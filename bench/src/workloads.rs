@@ -1,23 +1,28 @@
 //! The workloads, each run by each system into fresh directories: latency of one small
-//! file, bulk files, many small files, a delta to a large file, fan-out of the bulk
-//! files to 1, 2 and 4 receivers, the scale of one node's index, and the rename of a
-//! synced tree (in [`rename`]). Every run checks that the receivers hold exactly the
+//! file, bulk files, many small files, fan-out of the bulk files to 1, 2 and 4
+//! receivers and the scale of one node's index here; a delta to a large file
+//! ([`delta`]), latency by write pattern ([`patterns`]), rsync over SSH and the
+//! transport floor ([`ssh`]), Syncthing ([`syncthing`]) and the rename of a synced tree
+//! ([`rename`]) in their modules. Every run checks that the receivers hold exactly the
 //! source's bytes before its numbers count.
 
+pub mod delta;
+pub mod patterns;
 pub mod rename;
+pub mod ssh;
+pub mod syncthing;
 
 use crate::data::{self, DataSet, listing, tree_hash};
 use crate::mqsync::Cluster;
-use crate::peers::{Lsyncd, RsyncDaemon, Syncthing};
+use crate::peers::{Lsyncd, RsyncDaemon};
 use crate::proc::{Usage, wait_for};
 use anyhow::{Result, bail};
 use std::fs;
-use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// One line of the results table.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Row {
     pub workload: &'static str,
     pub system: String,
@@ -36,6 +41,8 @@ pub struct Row {
     pub broker: Option<Usage>,
     /// The broker's TCP bytes in and out during the timed part (mqsync).
     pub wire: Option<(u64, u64)>,
+    /// The 99th percentile in milliseconds (latency rows).
+    pub p99: Option<f64>,
 }
 
 pub struct Ctx {
@@ -80,6 +87,8 @@ impl Ctx {
         }
         wait_for_cleanup(&self.work);
         self.run.set(self.run.get() + 1);
+        // No spaces: the SSH rows pass paths in `rsync -e` and sshd_config unquoted.
+        let name = name.replace(' ', "-");
         let dir = runs.join(format!("{}-{name}", self.run.get()));
         fs::create_dir_all(&dir)?;
         Ok(dir)
@@ -149,7 +158,7 @@ fn count_entries(dir: &Path, limit: usize) -> usize {
 }
 
 /// MB/s, with a decimal when small.
-fn rate(bytes: u64, wall: Duration) -> String {
+pub(crate) fn rate(bytes: u64, wall: Duration) -> String {
     let r = bytes as f64 / wall.as_secs_f64() / 1e6;
     if r < 10.0 {
         format!("{r:.1}")
@@ -163,12 +172,12 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[idx.min(sorted.len() - 1)]
 }
 
-fn same(path: &Path, data: &[u8]) -> bool {
+pub(crate) fn same(path: &Path, data: &[u8]) -> bool {
     fs::read(path).is_ok_and(|d| d == data)
 }
 
 /// Writes `trials` small files into `src` and times each until every target holds it.
-fn latency_trials(
+pub(crate) fn latency_trials(
     src: &Path,
     targets: &[PathBuf],
     prefix: &str,
@@ -198,7 +207,7 @@ fn latency_trials(
     Ok(ms)
 }
 
-fn latency_row(system: String, ms: &[f64], usage: Option<Usage>) -> Row {
+pub(crate) fn latency_row(system: String, ms: &[f64], usage: Option<Usage>) -> Row {
     Row {
         workload: "latency",
         system,
@@ -211,6 +220,7 @@ fn latency_row(system: String, ms: &[f64], usage: Option<Usage>) -> Row {
         bytes: None,
         broker: None,
         wire: None,
+        p99: Some(percentile(ms, 0.99)),
     }
 }
 
@@ -289,7 +299,7 @@ fn poll_every(files: usize, start: Instant) -> Duration {
 /// Waits until every receiver lists exactly `want` (names and sizes), then checks the
 /// bytes. The time from `start` until the listings matched: checking the bytes
 /// afterwards (gigabytes with four receivers) is not counted.
-fn wait_tree(
+pub(crate) fn wait_tree(
     what: &str,
     receivers: &[PathBuf],
     want: &std::collections::BTreeMap<String, u64>,
@@ -354,6 +364,7 @@ pub fn tree_mqsync(ctx: &Ctx, workload: &'static str, src: &Path, receivers: usi
         bytes: bytes.map(|b| b as u64),
         broker: Some(stopped.broker),
         wire,
+        p99: None,
     })
 }
 
@@ -373,7 +384,7 @@ pub fn tree_rsync(ctx: &Ctx, workload: &'static str, src: &Path, flags: &[&str])
     }
     Ok(Row {
         workload,
-        system: format!("rsync {shown} (daemon)"),
+        system: format!("rsync {shown}, daemon (unencrypted)"),
         receivers: 1,
         value: wall.as_secs_f64(),
         unit: "s",
@@ -383,196 +394,7 @@ pub fn tree_rsync(ctx: &Ctx, workload: &'static str, src: &Path, flags: &[&str])
         bytes: Some(sent),
         broker: None,
         wire: None,
-    })
-}
-
-/// Writes the changed middle of the delta file into `file` in place.
-fn apply_change(ctx: &Ctx, file: &Path) -> Result<()> {
-    let (at, len) = data::delta_change_range(ctx.sizes);
-    let mut changed = vec![0u8; len];
-    fs::File::open(ctx.data.delta_changed.join("big.bin"))?.read_exact_at(&mut changed, at)?;
-    let f = fs::OpenOptions::new().write(true).open(file)?;
-    let mtime = f.metadata()?.modified()?;
-    f.write_all_at(&changed, at)?;
-    // rsync's quick check compares whole seconds: a change within the second of the
-    // first copy would go unseen.
-    f.set_modified(mtime + Duration::from_secs(60))?;
-    f.sync_all()?;
-    Ok(())
-}
-
-pub fn delta_mqsync(ctx: &Ctx) -> Result<Row> {
-    let dir = ctx.fresh("delta-mqsync")?;
-    let mut c = Cluster::new(&ctx.mqsync, &dir, 2)?;
-    fs::copy(
-        ctx.data.delta_base.join("big.bin"),
-        c.folder(0).join("big.bin"),
-    )?;
-    for i in 0..3 {
-        c.start(i)?;
-    }
-    let targets = [c.folder(1), c.folder(2)];
-    let base_hash = tree_hash(&ctx.data.delta_base)?;
-    wait_tree(
-        "delta base",
-        &targets,
-        &listing(&ctx.data.delta_base),
-        base_hash,
-        Instant::now(),
-        || c.dead(),
-    )?;
-    for i in 0..3 {
-        c.wait_ready(i)?;
-    }
-    let before = c.metric(0, "mqsync_bytes_sent_total")?;
-    let wire_before = c.broker_wire().ok();
-    let file = c.folder(0).join("big.bin");
-    let start = Instant::now();
-    apply_change(ctx, &file)?;
-    let want_hash = tree_hash(&ctx.data.delta_changed)?;
-    let mtime = fs::metadata(&file)?.mtime_nsec() + fs::metadata(&file)?.mtime() * 1_000_000_000;
-    let res = wait_for(
-        "delta",
-        Duration::from_secs(300),
-        Duration::from_millis(5),
-        || {
-            targets.iter().all(|t| {
-                fs::metadata(t.join("big.bin"))
-                    .is_ok_and(|m| m.mtime() * 1_000_000_000 + m.mtime_nsec() == mtime)
-            })
-        },
-    );
-    let wall = start.elapsed();
-    let after = c.metric(0, "mqsync_bytes_sent_total");
-    let wire = c.wire_since(wire_before.as_ref());
-    let stopped = c.stop();
-    res?;
-    for t in &targets {
-        if tree_hash(t)? != want_hash {
-            bail!("delta: {} differs from the changed file", t.display());
-        }
-    }
-    let sent = (after? - before) as u64;
-    Ok(Row {
-        workload: "delta",
-        system: "mqsync".into(),
-        receivers: 2,
-        value: wall.as_secs_f64(),
-        unit: "s",
-        detail: format!("{:.2} MB sent for 1 MiB changed", sent as f64 / 1e6),
-        usage: Some(stopped.all()),
-        writer: stopped.nodes.first().copied(),
-        bytes: Some(sent),
-        broker: Some(stopped.broker),
-        wire,
-    })
-}
-
-pub fn delta_rsync(ctx: &Ctx) -> Result<Row> {
-    let dir = ctx.fresh("delta-rsync")?;
-    let src = dir.join("src");
-    fs::create_dir_all(&src)?;
-    fs::copy(ctx.data.delta_base.join("big.bin"), src.join("big.bin"))?;
-    let d = RsyncDaemon::start(&dir.join("daemon"))?;
-    let res = d.push(&["-a"], &src, "run").and_then(|_| {
-        apply_change(ctx, &src.join("big.bin"))?;
-        d.push(&["-a"], &src, "run")
-    });
-    let target = d.root.join("run");
-    let daemon = d.stop();
-    let (client, wall, sent) = res?;
-    if tree_hash(&target)? != tree_hash(&ctx.data.delta_changed)? {
-        bail!("rsync delta: the target differs from the changed file");
-    }
-    Ok(Row {
-        workload: "delta",
-        system: "rsync -a (daemon)".into(),
-        receivers: 1,
-        value: wall.as_secs_f64(),
-        unit: "s",
-        detail: format!("{:.2} MB sent for 1 MiB changed", sent as f64 / 1e6),
-        usage: Some(client.add(daemon)),
-        writer: Some(client),
-        bytes: Some(sent),
-        broker: None,
-        wire: None,
-    })
-}
-
-/// Syncthing with its watcher at its default delay (10 s): one writer and two
-/// receivers, connected and idle, then `slow_trials` small files.
-pub fn latency_syncthing(ctx: &Ctx) -> Result<Row> {
-    let dir = ctx.fresh("latency-syncthing")?;
-    let mut s = Syncthing::new(&dir, 3, None)?;
-    let run = |s: &mut Syncthing| -> Result<Vec<f64>> {
-        for i in 0..3 {
-            s.start(i)?;
-        }
-        for i in 0..3 {
-            s.wait_connected(i, 2)?;
-        }
-        for i in 0..3 {
-            s.wait_idle(i)?;
-        }
-        let targets = [s.folder(1), s.folder(2)];
-        // A first file shows the whole path (watcher, index exchange, pull) works.
-        latency_trials(&s.folder(0), &targets, "warm", 1, Duration::from_secs(120))?;
-        latency_trials(
-            &s.folder(0),
-            &targets,
-            "lat",
-            ctx.slow_trials,
-            Duration::from_secs(120),
-        )
-    };
-    let ms = run(&mut s);
-    let usages = s.stop();
-    let ms = ms?;
-    let mut row = latency_row(
-        "Syncthing, watcher delay 10 s".into(),
-        &ms,
-        Some(usages.iter().fold(Usage::default(), |a, u| a.add(*u))),
-    );
-    row.writer = usages.first().copied();
-    Ok(row)
-}
-
-/// The bulk or small-files workload with Syncthing: two receivers running, the writer
-/// started on a folder that already holds the data (hard links), timed until both
-/// receivers hold every byte. Bytes sent are the writer's total to its peers.
-pub fn tree_syncthing(ctx: &Ctx, workload: &'static str, src: &Path) -> Result<Row> {
-    let want = listing(src);
-    let hash = tree_hash(src)?;
-    let dir = ctx.fresh(&format!("{workload}-syncthing"))?;
-    let mut s = Syncthing::new(&dir, 3, None)?;
-    let run = |s: &mut Syncthing| -> Result<(Duration, Option<u64>)> {
-        for i in 1..3 {
-            s.start(i)?;
-        }
-        s.wait_connected(1, 1)?;
-        s.wait_connected(2, 1)?;
-        data::link_tree(src, &s.folder(0))?;
-        let start = Instant::now();
-        s.start(0)?;
-        let targets = [s.folder(1), s.folder(2)];
-        let wall = wait_tree(workload, &targets, &want, hash, start, || s.dead())?;
-        Ok((wall, s.bytes_out(0).ok()))
-    };
-    let res = run(&mut s);
-    let usages = s.stop();
-    let (wall, bytes) = res?;
-    Ok(Row {
-        workload,
-        system: "Syncthing".into(),
-        receivers: 2,
-        value: wall.as_secs_f64(),
-        unit: "s",
-        detail: format!("{} MB/s per receiver", rate(data::total(&want), wall)),
-        usage: Some(usages.iter().fold(Usage::default(), |a, u| a.add(*u))),
-        writer: usages.first().copied(),
-        bytes,
-        broker: None,
-        wire: None,
+        p99: None,
     })
 }
 
@@ -674,6 +496,7 @@ pub fn scale_mqsync(ctx: &Ctx, src: &Path) -> Result<Vec<Row>> {
             bytes: bytes.map(|b| b as u64),
             broker: None,
             wire: None,
+            p99: None,
         },
         Row {
             workload: "scale",
@@ -697,6 +520,7 @@ pub fn scale_mqsync(ctx: &Ctx, src: &Path) -> Result<Vec<Row>> {
             bytes: None,
             broker: Some(stopped.broker),
             wire: None,
+            p99: None,
         },
     ])
 }

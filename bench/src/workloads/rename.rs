@@ -177,6 +177,7 @@ fn rows(
         bytes: Some(step.bytes),
         broker: step.broker,
         wire: step.wire,
+        p99: None,
     };
     let initial_detail = format!(
         "{} files, {:.1} MB; {} MB/s{}",
@@ -495,7 +496,7 @@ pub fn rename_rsync(ctx: &Ctx, src: &Path) -> Result<RenameRun> {
     let res = rsync_steps(&d, &source, &want, hash);
     d.stop();
     let steps = res?;
-    let system = format!("rsync {} (daemon)", RSYNC_FLAGS[..2].join(" "));
+    let system = format!("rsync {}, daemon (unencrypted)", RSYNC_FLAGS[..2].join(" "));
     Ok(rows(&system, 1, &want, steps, None))
 }
 
