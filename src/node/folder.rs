@@ -281,6 +281,9 @@ impl Folder {
             }
             self.commit_applies();
             self.process();
+            // This turn's chunk requests, one message per node asked (ahead of the
+            // chunks this node pushes, which would queue before them).
+            self.out.flush_requests();
             self.pump_chunks();
         }
         // Leave no temp files and say goodbye so peers do not wait for us.

@@ -20,6 +20,7 @@ mod outbound;
 mod pending;
 mod records;
 mod report;
+mod requests;
 mod trust;
 
 pub use from_config::folder_settings;

@@ -1,8 +1,10 @@
 //! What a folder publishes: manifests and patches of local changes in announce order,
-//! answers to digests, chunk requests, and the queue of chunks to push, read from
-//! local files and sent whole or as deltas under flow control and a per-turn budget.
+//! answers to digests, chunk requests (gathered per addressee and sent once a turn),
+//! and the queue of chunks to push, read from local files and sent whole or as deltas
+//! under flow control and a per-turn budget.
 
 use super::records::Records;
+use super::requests::RequestBatch;
 use crate::engine::{Chunks, Content, Engine, Entry, Hash};
 use crate::fs::locations::ChunkLocations;
 use crate::protocol::delta::{ChunkDelta, Signature};
@@ -111,6 +113,8 @@ pub(super) struct Outbound {
     /// The budget ran out with chunks left to push: the loop turns again at once
     /// instead of waiting for the queue to drain (it may already be empty).
     pump_more: bool,
+    /// Chunk requests of this turn, sent by [`Outbound::flush_requests`].
+    requests: RequestBatch,
 }
 
 impl Outbound {
@@ -136,13 +140,16 @@ impl Outbound {
             delta_bases: HashMap::new(),
             pump_budget: PUMP_BUDGET,
             pump_more: false,
+            requests: RequestBatch::default(),
         }
     }
 
-    /// Starts a turn of the folder's loop: a fresh push budget. Returns whether the
-    /// last turn ran out of it (then the loop turns again at once), and whether the
-    /// loop should wait for room in the publisher's queue.
+    /// Starts a turn of the folder's loop: requests asked outside a turn (before the
+    /// loop) go out, and a fresh push budget. Returns whether the last turn ran out of
+    /// it (then the loop turns again at once), and whether the loop should wait for
+    /// room in the publisher's queue.
     pub fn start_turn(&mut self) -> (bool, bool) {
+        self.flush_requests();
         let more = std::mem::take(&mut self.pump_more);
         self.pump_budget = PUMP_BUDGET;
         (more, !self.push.is_empty() && !more)
@@ -163,13 +170,21 @@ impl Outbound {
         new
     }
 
+    /// Asks `to` for chunks: gathered with this turn's other requests to the same node
+    /// and sent by [`Outbound::flush_requests`], so a turn that starts many fetches
+    /// sends one message per addressee instead of one per file. Order is kept: the
+    /// first file's chunks come first, as its sender will push them.
     pub fn request(&mut self, to: String, hashes: Vec<Hash>) {
-        debug!(folder = %self.folder, %to, chunks = hashes.len(), "requesting chunks");
-        for part in hashes.chunks(wire::MAX_REQUEST_HASHES) {
-            self.send(Message::Request {
-                to: to.clone(),
-                hashes: part.to_vec(),
-            });
+        self.requests.add(to, hashes);
+    }
+
+    /// Sends this turn's requests: per addressee, messages of at most
+    /// [`wire::MAX_REQUEST_HASHES`] hashes. Called at the end of every turn of the
+    /// folder's loop, before it waits, so no request waits longer than the turn.
+    pub fn flush_requests(&mut self) {
+        for (to, hashes) in self.requests.take() {
+            debug!(folder = %self.folder, %to, chunks = hashes.len(), "requesting chunks");
+            self.send(Message::Request { to, hashes });
         }
     }
 

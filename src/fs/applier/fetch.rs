@@ -9,7 +9,7 @@ use crate::engine::{Content, Entry, Hash};
 use crate::protocol::chunker;
 use crate::protocol::relpath::RelPath;
 use crate::store::index::LocalMeta;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::{self, File};
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::sync::Arc;
@@ -243,12 +243,21 @@ impl Applier {
         }
     }
 
-    /// Missing chunks of the fetch for `path`, for an immediate request.
+    /// Missing chunks of the fetch for `path`, for an immediate request, in the
+    /// file's order (a chunk that repeats, once).
     pub fn missing(&self, path: &RelPath) -> Vec<Hash> {
-        self.fetches
-            .get(path)
-            .map(|f| f.missing.keys().copied().collect())
-            .unwrap_or_default()
+        let Some(f) = self.fetches.get(path) else {
+            return vec![];
+        };
+        let Content::File { chunks, .. } = &f.entry.content else {
+            return f.missing.keys().copied().collect();
+        };
+        let mut seen = HashSet::new();
+        chunks
+            .iter()
+            .map(|c| c.hash)
+            .filter(|h| f.missing.contains_key(h) && seen.insert(*h))
+            .collect()
     }
 
     pub(super) fn start_file(
