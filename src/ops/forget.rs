@@ -4,7 +4,7 @@
 //! publish (docs/SECURITY.md). Whether they are gone is checked by reading them again:
 //! Mosquitto acknowledges a publish its ACL drops.
 
-use super::control::{ControlError, connection_error, short_client};
+use super::control::{ControlError, close, connection_error, short_client};
 use crate::protocol::topics;
 use crate::transport::ConnectSettings;
 use rumqttc::{Event, Packet, QoS};
@@ -81,7 +81,7 @@ pub async fn find(
         }
     };
     let r = tokio::time::timeout(DEADLINE, work).await;
-    let _ = client.try_disconnect();
+    close(&client, &mut el).await;
     r.map_err(|_| ControlError::Timeout(DEADLINE))??;
     let online = docs
         .iter()
@@ -126,9 +126,7 @@ pub async fn clear(s: &ConnectSettings, topics: &[String]) -> Result<(), ForgetE
         }
     };
     let r = tokio::time::timeout(DEADLINE, work).await;
-    let _ = client.try_disconnect();
-    // Let the DISCONNECT go out before the event loop is dropped.
-    let _ = tokio::time::timeout(Duration::from_millis(200), el.poll()).await;
+    close(&client, &mut el).await;
     match r {
         Ok(Ok(())) => Ok(()),
         Ok(Err(ForgetError::Control(_))) if connected => Err(ForgetError::NotAllowed(acked)),
