@@ -86,7 +86,8 @@ fn parse() -> Result<Args> {
         match arg.as_str() {
             "--quick" => a.quick = true,
             "--only" => a.only = value()?.split(',').map(str::to_string).collect(),
-            "--work" => a.work = value()?.into(),
+            // Absolute: the nodes' configs name paths below it and run in other directories.
+            "--work" => a.work = std::path::absolute(value()?).context("--work")?,
             "--out" => a.out = value()?.into(),
             "--trials" => a.trials = value()?.parse().context("--trials")?,
             "--slow-trials" => a.slow_trials = value()?.parse().context("--slow-trials")?,
