@@ -323,7 +323,11 @@ fn main() -> Result<()> {
         if runs("ssh") {
             record(
                 "bulk rsync -a over SSH x2",
-                workloads::ssh::tree_ssh(&ctx, "bulk", &src),
+                workloads::ssh::tree_ssh(&ctx, "bulk", &src, false),
+            );
+            record(
+                "bulk rsync -a --fsync over SSH x2",
+                workloads::ssh::tree_ssh(&ctx, "bulk", &src, true),
             );
         }
         if runs("syncthing") {
@@ -365,7 +369,11 @@ fn main() -> Result<()> {
         if runs("ssh") {
             record(
                 "small rsync -a over SSH x2",
-                workloads::ssh::tree_ssh(&ctx, "small files", &src),
+                workloads::ssh::tree_ssh(&ctx, "small files", &src, false),
+            );
+            record(
+                "small rsync -a --fsync over SSH x2",
+                workloads::ssh::tree_ssh(&ctx, "small files", &src, true),
             );
         }
         if runs("syncthing") {

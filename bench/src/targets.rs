@@ -4,7 +4,7 @@
 
 use crate::workloads::Row;
 use crate::workloads::patterns::UNDER_LOAD;
-use crate::workloads::ssh::{FloorBroker, SSH_SYSTEM, floor_system};
+use crate::workloads::ssh::{FloorBroker, SSH_FSYNC_SYSTEM, SSH_SYSTEM, floor_system};
 use std::fmt::Write as _;
 
 /// One line of the targets table.
@@ -85,6 +85,23 @@ fn checks(rows: &[Row]) -> Vec<Check> {
         find(rows, "small files", SSH_SYSTEM),
         0.5,
     ));
+    // Durable on arrival, as mqsync is: for information, no target.
+    for (workload, name) in [
+        ("bulk", "bulk against rsync --fsync over SSH (no target)"),
+        (
+            "small files",
+            "small files against rsync --fsync over SSH (no target)",
+        ),
+    ] {
+        let mut c = time_check(
+            name,
+            find(rows, workload, "mqsync"),
+            find(rows, workload, SSH_FSYNC_SYSTEM),
+            f64::NAN,
+        );
+        c.goal = None;
+        out.push(c);
+    }
     let dm = find(rows, "delta", "mqsync");
     let ds = find(rows, "delta", SSH_SYSTEM);
     // rsync over SSH sends the delta once per receiver; mqsync's writer sends it once

@@ -29,15 +29,25 @@ pub fn targets(dir: &Path) -> Result<Vec<PathBuf>> {
         .collect()
 }
 
+/// The row of `rsync -a --fsync` over SSH: durable on the receivers before rsync
+/// ends, as mqsync's applies are (plain `-a` leaves the bytes in the page cache).
+pub const SSH_FSYNC_SYSTEM: &str = "rsync -a --fsync over SSH";
+
 /// `src` pushed with `rsync -a -e ssh` to two receivers at once through the bench's
 /// sshd, timed until the last rsync ended; bytes sent are both clients' together.
-pub fn tree_ssh(ctx: &Ctx, workload: &'static str, src: &Path) -> Result<Row> {
+/// `fsync` adds `--fsync` (row [`SSH_FSYNC_SYSTEM`]).
+pub fn tree_ssh(ctx: &Ctx, workload: &'static str, src: &Path, fsync: bool) -> Result<Row> {
     let want = listing(src);
     let hash = tree_hash(src)?;
-    let dir = ctx.fresh(&format!("{workload}-ssh"))?;
+    let (flags, system, tag): (&[&str], _, _) = if fsync {
+        (&["-a", "--fsync"], SSH_FSYNC_SYSTEM, "ssh-fsync")
+    } else {
+        (&["-a"], SSH_SYSTEM, "ssh")
+    };
+    let dir = ctx.fresh(&format!("{workload}-{tag}"))?;
     let sshd = Sshd::start(&dir.join("sshd"))?;
     let targets = targets(&dir)?;
-    let res = sshd.push_all(&["-a"], src, &targets);
+    let res = sshd.push_all(flags, src, &targets);
     let server = sshd.stop();
     let (client, wall, sent) = res?;
     for t in &targets {
@@ -47,7 +57,7 @@ pub fn tree_ssh(ctx: &Ctx, workload: &'static str, src: &Path) -> Result<Row> {
     }
     Ok(Row {
         workload,
-        system: SSH_SYSTEM.into(),
+        system: system.into(),
         receivers: RECEIVERS,
         value: wall.as_secs_f64(),
         unit: "s",
