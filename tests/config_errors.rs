@@ -159,3 +159,48 @@ fn other_commands_list_unknown_keys_and_wrong_types_too() {
         "{err}"
     );
 }
+
+/// The broker's clients check the TLS files they open, by key, all at once, before
+/// connecting; they do not need the group key or the folders.
+#[test]
+fn broker_clients_name_unreadable_tls_files_by_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    let ca = dir.path().join("ca.pem");
+    fs::write(&ca, "not checked for content here\n").unwrap();
+    let missing = dir.path().join("n.pem");
+    fs::write(
+        &cfg,
+        format!(
+            "node_id = \"n\"\n[broker]\nurl = \"mqtts://127.0.0.1:1\"\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n[[folder]]\nid = \"f\"\npath = \"/nonexistent/f\"\n",
+            ca.display(),
+            missing.display(),
+            dir.path().display(),
+        ),
+    )
+    .unwrap();
+    let c = cfg.to_str().unwrap();
+    for cmd in [
+        vec!["status", "--config", c],
+        vec!["wait", "--config", c, "--timeout", "1"],
+        vec!["pending", "--config", c],
+        vec!["resync", "--config", c],
+    ] {
+        let (ok, _, err) = mqsync_out(&cmd);
+        assert!(!ok, "{cmd:?}");
+        assert!(
+            err.contains(&format!(
+                "broker.cert_file: {}: cannot read: no such file",
+                missing.display()
+            )) && err.contains(&format!(
+                "broker.key_file: {} is not a file",
+                dir.path().display()
+            )),
+            "{cmd:?}: {err}"
+        );
+        assert!(
+            !err.contains("ca_file") && !err.contains("group_key_file") && !err.contains("folder"),
+            "{cmd:?}: only the unreadable TLS files: {err}"
+        );
+    }
+}

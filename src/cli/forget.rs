@@ -3,7 +3,8 @@
 //! then says what it cleared. The MQTT side is in `ops::forget`.
 
 use super::args::ForgetArgs;
-use super::{init_logging, load_config};
+use super::{init_logging, load_config_checked};
+use crate::config::Checks;
 use crate::ops::forget::{self, ForgetError};
 use anyhow::{Result, bail};
 use std::collections::HashMap;
@@ -17,7 +18,7 @@ pub fn forget(rt: &Runtime, log: &str, a: ForgetArgs) -> Result<()> {
         o.insert("MQSYNC_BROKER_CERT_FILE", cert.display().to_string());
         o.insert("MQSYNC_BROKER_KEY_FILE", key.display().to_string());
     }
-    let cfg = load_config(a.config.as_deref(), o)?;
+    let cfg = load_config_checked(a.config.as_deref(), o, Checks::Broker)?;
     init_logging(log, cfg.log_format);
     if cfg.broker.url.is_none() {
         bail!(

@@ -3,8 +3,8 @@
 //! scripts), both read from the retained status topics.
 
 use super::args::{StatusArgs, WaitArgs};
-use super::{folder_ids, init_logging, load_config, shutdown_signal};
-use crate::config::Config;
+use super::{folder_ids, init_logging, load_config_checked, shutdown_signal};
+use crate::config::{Checks, Config};
 use crate::ops::control::{self, StatusMap};
 use crate::ops::status::{FolderStatus, State};
 use crate::protocol::wire::Keys;
@@ -192,7 +192,11 @@ pub(super) fn reader(
     Option<Keys>,
     String,
 )> {
-    let cfg = explain_without_config(cmd, path.is_some(), load_config(path, HashMap::new()))?;
+    let cfg = explain_without_config(
+        cmd,
+        path.is_some(),
+        load_config_checked(path, HashMap::new(), Checks::Broker),
+    )?;
     init_logging(log, cfg.log_format);
     let connect = explain_without_config(
         cmd,

@@ -1,7 +1,8 @@
 //! What `mqsync run` checks on this machine before it starts anything, collected with
 //! the other problems of the configuration: at least one folder, every file a key names
 //! (CA, client certificate and key, group key) readable, and every folder's path an
-//! existing directory unless the folder says `create = true`.
+//! existing directory unless the folder says `create = true`. The broker's clients
+//! (`status`, `wait`, …) check the TLS files only.
 
 use std::io;
 use std::path::Path;
@@ -24,22 +25,8 @@ pub(super) fn for_run(config: &Config, folder_keys: &[String], errors: &mut Erro
     if let Some(problem) = no_folder(config) {
         errors.push("folder", problem);
     }
+    tls_files(config, errors);
     let b = &config.broker;
-    // The TLS files are only used with an external mqtts:// broker; the embedded
-    // broker's are made in state_dir/certs on first start.
-    if b.url.as_ref().is_some_and(|u| u.tls) {
-        for (key, path) in [
-            ("broker.ca_file", &b.ca_file),
-            ("broker.cert_file", &b.cert_file),
-            ("broker.key_file", &b.key_file),
-        ] {
-            if let Some(path) = path
-                && let Err(why) = readable(path)
-            {
-                errors.push(key, why);
-            }
-        }
-    }
     match &config.security.group_key_file {
         Some(path) => match std::fs::read(path) {
             Err(e) => errors.push("security.group_key_file", cannot_read(path, &e)),
@@ -78,6 +65,26 @@ pub(super) fn for_run(config: &Config, folder_keys: &[String], errors: &mut Erro
                 ),
             ),
             Err(e) => errors.push(format!("{key}.path"), cannot_read(&f.path, &e)),
+        }
+    }
+}
+
+/// Pushes a problem for each TLS file of an external `mqtts://` broker that this
+/// process cannot read. The embedded broker's are made in `state_dir/certs` on first
+/// start, so they are not checked.
+pub(super) fn tls_files(config: &Config, errors: &mut Errors) {
+    let b = &config.broker;
+    if b.url.as_ref().is_some_and(|u| u.tls) {
+        for (key, path) in [
+            ("broker.ca_file", &b.ca_file),
+            ("broker.cert_file", &b.cert_file),
+            ("broker.key_file", &b.key_file),
+        ] {
+            if let Some(path) = path
+                && let Err(why) = readable(path)
+            {
+                errors.push(key, why);
+            }
         }
     }
 }

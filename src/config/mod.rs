@@ -86,6 +86,10 @@ pub enum Checks {
     /// `healthcheck`, tests of example files).
     #[default]
     Values,
+    /// Also the TLS files a client of an external `mqtts://` broker opens
+    /// (`broker.ca_file`, `cert_file`, `key_file`) readable: `status`, `wait`,
+    /// `pending`, `resync` and `forget`, which only talk to the broker.
+    Broker,
     /// Also what `mqsync run` needs on this machine: at least one folder (or Docker
     /// volumes), every file a key names (`broker.ca_file`, `cert_file`, `key_file`,
     /// `security.group_key_file`, which an external broker requires) readable, and every
@@ -456,8 +460,10 @@ impl RawConfig {
             .collect();
         self.apply_env(&Env { get }, &mut folder_keys, &mut errors);
         let config = self.validate(origin, &base, &folder_keys, &mut errors);
-        if checks == Checks::Run {
-            check::for_run(&config, &folder_keys, &mut errors);
+        match checks {
+            Checks::Values => {}
+            Checks::Broker => check::tls_files(&config, &mut errors),
+            Checks::Run => check::for_run(&config, &folder_keys, &mut errors),
         }
         let later = errors.0.split_off(parsed);
         errors.0.extend(later.into_iter().filter(|e| {
