@@ -156,6 +156,7 @@ fn entry(path: &str, by: &str, counter: u64, content: Content) -> Entry {
         version = version.incremented(by);
     }
     Entry {
+        attrs: None,
         path: RelPath::new(path).unwrap(),
         version,
         modified_by: by.into(),
@@ -336,6 +337,7 @@ fn a_rogue_client_without_the_group_key_changes_nothing() {
         ignore: None,
         held_deletes: 0,
         cert_days_left: None,
+        notes: vec![],
     };
     let forged = mqsync::ops::status::signed_json(&fake, status_topic, &forged_key).unwrap();
     rogue.publish_retained(status_topic, forged);
@@ -823,6 +825,7 @@ fn patches_and_deltas_apply_only_against_what_a_node_holds() {
         keep_front: chunks.len() as u32 - 1,
         keep_back: 0,
         chunks: vec![chunk],
+        attrs: None,
     };
     let keys = group_keys(&c);
     let n3 = Client::connect(&c, c.port, "n3-test", "n3", None);

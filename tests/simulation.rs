@@ -7,15 +7,17 @@
 //! without another digest round (a real cluster waits 30 s for one).
 //!
 //! A second pass makes applies fail now and then (a full disk, a permission), so the
-//! engine's retry policy is driven by simulated time too; and a separate simulation
+//! engine's retry policy is driven by simulated time too; a third changes owners alone
+//! now and then (a chown: a new version with the same content), which must converge
+//! like any change although digests leave owners out; and a separate simulation
 //! drives the mass-delete guard (`DeleteGuard`) between a writer's disk and its engine.
 //!
 //! `MQSYNC_SIM_SEEDS=N` sets the number of seeds (default 2000);
 //! `MQSYNC_SIM_SEED=S` replays one seed. A failing seed is printed.
 
 use mqsync::engine::{
-    ChunkRef, Content, DeleteGuard, Digest, Effect, Engine, Entry, Failure, Mode, RETRY_AFTER,
-    VersionVector,
+    Attrs, ChunkRef, Content, DeleteGuard, Digest, Effect, Engine, Entry, Failure, Mode, Owner,
+    RETRY_AFTER, SharedAttrs, VersionVector,
 };
 use mqsync::protocol::relpath::RelPath;
 use rand::rngs::StdRng;
@@ -31,6 +33,20 @@ enum Msg {
     Digest(Digest, bool),
 }
 
+impl Node {
+    /// The owner of `path` on disk.
+    fn owner(&self, path: &RelPath) -> SharedAttrs {
+        self.owners.get(path).cloned().flatten()
+    }
+
+    fn set_owner(&mut self, path: &RelPath, owner: SharedAttrs) {
+        match owner {
+            Some(o) => self.owners.insert(path.clone(), Some(o)),
+            None => self.owners.remove(path),
+        };
+    }
+}
+
 struct PendingApply {
     entry: Entry,
     conflict_copy: Option<RelPath>,
@@ -40,6 +56,8 @@ struct Node {
     name: String,
     engine: Engine,
     disk: BTreeMap<RelPath, Content>,
+    /// Owners of the paths on disk (absent: none known), as a chown leaves them.
+    owners: BTreeMap<RelPath, SharedAttrs>,
     /// What the index holds (written by `Store` effects): survives crashes.
     persisted: BTreeMap<RelPath, Entry>,
     applies: Vec<PendingApply>,
@@ -73,6 +91,8 @@ struct Sim {
     healing: bool,
     /// Set when a quiet moment of healing found the disks equal but not the digests.
     lag: Option<String>,
+    /// Owners change alone now and then (the third pass).
+    chown: bool,
 }
 
 fn content(data: u32, mtime: i64) -> Content {
@@ -104,6 +124,7 @@ impl Sim {
                 name: format!("n{i}"),
                 engine: Engine::new(format!("n{i}"), Mode::SendReceive, []),
                 disk: BTreeMap::new(),
+                owners: BTreeMap::new(),
                 persisted: BTreeMap::new(),
                 applies: vec![],
                 up: true,
@@ -126,6 +147,7 @@ impl Sim {
             elapsed: Duration::ZERO,
             healing: false,
             lag: None,
+            chown: false,
         }
     }
 
@@ -133,6 +155,13 @@ impl Sim {
     fn with_failures(seed: u64) -> Sim {
         let mut sim = Sim::new(seed);
         sim.fail = sim.rng.random_range(0.05..0.4);
+        sim
+    }
+
+    /// The same seed with owners changed alone now and then.
+    fn with_chowns(seed: u64) -> Sim {
+        let mut sim = Sim::new(seed);
+        sim.chown = true;
         sim
     }
 
@@ -233,13 +262,39 @@ impl Sim {
             data,
             version: None,
         });
-        self.nodes[i].engine.handle_local(path, c);
+        // A write keeps the file's owner.
+        let owner = self.nodes[i].owner(&path);
+        self.nodes[i].engine.handle_local_with(path, c, owner);
+        self.drain(i);
+    }
+
+    /// A chown alone: the same content with another owner.
+    fn local_chown(&mut self, i: usize) {
+        let path = RelPath::new(PATHS[self.rng.random_range(0..PATHS.len())]).unwrap();
+        let uid = self.rng.random_range(1..4);
+        let Some(c) = self.nodes[i].disk.get(&path).cloned() else {
+            return;
+        };
+        self.note(format!("n{i} chowns {path} to {uid}"));
+        let attrs = Attrs {
+            owner: Some(Owner {
+                uid,
+                gid: uid,
+                user: Some(format!("u{uid}")),
+                group: None,
+            }),
+            xattrs: None,
+        }
+        .shared();
+        self.nodes[i].owners.insert(path.clone(), attrs.clone());
+        self.nodes[i].engine.handle_local_with(path, c, attrs);
         self.drain(i);
     }
 
     fn local_delete(&mut self, i: usize) {
         let path = RelPath::new(PATHS[self.rng.random_range(0..PATHS.len())]).unwrap();
         if self.nodes[i].disk.remove(&path).is_some() {
+            self.nodes[i].owners.remove(&path);
             self.note(format!("n{i} deletes {path}"));
             self.nodes[i].engine.handle_local(path, Content::Deleted);
             self.drain(i);
@@ -255,7 +310,12 @@ impl Sim {
         if let Some(c) = self.nodes[i].disk.remove(&from) {
             self.note(format!("n{i} renames {from} -> {to}"));
             self.nodes[i].disk.insert(to.clone(), c.clone());
-            self.nodes[i].engine.handle_local(to, c);
+            // A move keeps the owner.
+            let owner = self.nodes[i].owners.remove(&from).flatten();
+            if owner.is_some() {
+                self.nodes[i].owners.insert(to.clone(), owner.clone());
+            }
+            self.nodes[i].engine.handle_local_with(to, c, owner);
             self.nodes[i].engine.handle_local(from, Content::Deleted);
             self.drain(i);
         }
@@ -270,12 +330,13 @@ impl Sim {
         let expected = n
             .engine
             .entry(&path)
-            .map(|e| e.content.clone())
-            .filter(|c| !c.is_deleted());
+            .map(|e| (e.content.clone(), e.attrs.clone()))
+            .filter(|(c, _)| !c.is_deleted());
         let current = n.disk.get(&path).cloned();
-        if current.is_some() && current != expected {
+        let current_owner = n.owner(&path);
+        if current.is_some() && current.clone().map(|c| (c, current_owner.clone())) != expected {
             let cur = current.unwrap_or(Content::Deleted);
-            n.engine.handle_local(path.clone(), cur);
+            n.engine.handle_local_with(path.clone(), cur, current_owner);
             n.engine.handle_applied(&path, &a.entry.version, false);
             self.drain(i);
             return;
@@ -302,17 +363,21 @@ impl Sim {
         let n = &mut self.nodes[i];
         let mut moved = None;
         if let (Some(cc), Some(cur)) = (&a.conflict_copy, current) {
+            // The loser moves aside with its owner.
             n.disk.insert(cc.clone(), cur.clone());
-            moved = Some((cc.clone(), cur));
+            n.set_owner(cc, current_owner.clone());
+            moved = Some((cc.clone(), cur, current_owner));
         }
         if a.entry.content.is_deleted() {
             n.disk.remove(&path);
+            n.owners.remove(&path);
         } else {
             n.disk.insert(path.clone(), a.entry.content.clone());
+            n.set_owner(&path, a.entry.attrs.clone());
         }
         n.engine.handle_applied(&path, &a.entry.version, true);
-        if let Some((cc, c)) = moved {
-            n.engine.handle_local(cc.clone(), c);
+        if let Some((cc, c, owner)) = moved {
+            n.engine.handle_local_with(cc.clone(), c, owner);
             self.note(format!("n{i} conflict copy {cc}"));
         }
         self.drain(i);
@@ -352,17 +417,18 @@ impl Sim {
         );
         let mut changes = vec![];
         for (p, c) in &n.disk {
-            if n.persisted.get(p).map(|e| &e.content) != Some(c) {
-                changes.push((p.clone(), c.clone()));
+            let owner = n.owner(p);
+            if n.persisted.get(p).map(|e| (&e.content, &e.attrs)) != Some((c, &owner)) {
+                changes.push((p.clone(), c.clone(), owner));
             }
         }
         for (p, e) in &n.persisted {
             if !e.content.is_deleted() && !n.disk.contains_key(p) {
-                changes.push((p.clone(), Content::Deleted));
+                changes.push((p.clone(), Content::Deleted, None));
             }
         }
-        for (p, c) in changes {
-            n.engine.handle_local(p, c);
+        for (p, c, owner) in changes {
+            n.engine.handle_local_with(p, c, owner);
         }
         self.drain(i);
         self.send_digest(i, true);
@@ -401,6 +467,7 @@ impl Sim {
                 ));
             }
             92..=94 => self.crash(i),
+            95..=99 if self.chown => self.local_chown(i),
             95..=99 if self.fail > 0.0 => {
                 let ms = self.rng.random_range(100..3000);
                 self.advance(Duration::from_millis(ms));
@@ -455,8 +522,10 @@ impl Sim {
     }
 
     fn same_disks(&self) -> bool {
-        let d0 = &self.nodes[0].disk;
-        self.nodes.iter().all(|n| &n.disk == d0)
+        let d0 = &self.nodes[0];
+        self.nodes
+            .iter()
+            .all(|n| n.disk == d0.disk && n.owners == d0.owners)
     }
 
     /// Each node's entries that differ from node 0's.
@@ -492,10 +561,11 @@ impl Sim {
     }
 
     fn converged(&self) -> bool {
-        let d0 = &self.nodes[0].disk;
-        self.nodes
-            .iter()
-            .all(|n| &n.disk == d0 && n.engine.digest() == self.nodes[0].engine.digest())
+        self.same_disks()
+            && self
+                .nodes
+                .iter()
+                .all(|n| n.engine.digest() == self.nodes[0].engine.digest())
     }
 
     /// Every write is final, kept as a (conflict) copy, or causally overwritten.
@@ -625,6 +695,22 @@ fn simulated_clusters_with_failing_applies_retry_until_converged() {
     for seed in 0..seeds {
         if let Err(e) = run_sim(Sim::with_failures(seed)) {
             panic!("seed {seed} with failing applies failed: {e}");
+        }
+    }
+}
+
+/// The same clusters with owners changed alone now and then: a chown is a new version
+/// with the same content, settled like any change, and owners converge although the
+/// digests leave them out.
+#[test]
+fn simulated_clusters_with_owner_changes_converge() {
+    let seeds: u64 = std::env::var("MQSYNC_SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1000);
+    for seed in 0..seeds {
+        if let Err(e) = run_sim(Sim::with_chowns(seed)) {
+            panic!("seed {seed} with owner changes failed: {e}");
         }
     }
 }

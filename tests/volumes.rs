@@ -318,6 +318,8 @@ fn forged_announcement(name: &str) -> Vec<u8> {
         present: true,
         mode: mqsync::config::Mode::SendReceive,
         ignore: vec![],
+        ownership: Default::default(),
+        xattrs: false,
         creator: "n3".into(),
         created_ms: u64::MAX / 2,
         node: "n3".into(),

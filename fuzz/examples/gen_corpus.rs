@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 
 fn entry(path: &str, content: Content) -> Entry {
     Entry {
+        attrs: None,
         path: RelPath::new(path).unwrap(),
         version: VersionVector::new().incremented("n1").incremented("n2"),
         modified_by: "n2".into(),

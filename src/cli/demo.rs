@@ -98,6 +98,8 @@ pub async fn start(
                     crate::config::DEFAULT_TOMBSTONE_DAYS * 86_400,
                 )),
                 on_change: None,
+                // The demo's nodes share one machine and its owners.
+                keep: crate::fs::attrs::Keep::default(),
                 compression: Default::default(),
                 applied: applied.clone(),
             }],

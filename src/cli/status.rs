@@ -285,6 +285,11 @@ fn print_status(map: &StatusMap, json: bool) -> Result<()> {
     for n in notes {
         println!("{n}");
     }
+    for d in map.values() {
+        for n in &d.notes {
+            println!("node {} ({}): {n}", d.node, d.folder);
+        }
+    }
     let mut certs: Vec<String> = map
         .values()
         .filter_map(|d| crate::ops::status::cert_note(d, crate::ops::status::CERT_NOTE_DAYS))

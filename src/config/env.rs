@@ -158,6 +158,8 @@ impl RawConfig {
             env.bool(&format!("{prefix}CREATE"), &mut folder.create, errors);
             env.string(&format!("{prefix}MODE"), &mut folder.mode);
             env.string(&format!("{prefix}COMPRESSION"), &mut folder.compression);
+            env.string(&format!("{prefix}OWNERSHIP"), &mut folder.ownership);
+            env.bool(&format!("{prefix}XATTRS"), &mut folder.xattrs, errors);
             env.list(&format!("{prefix}IGNORE"), &mut folder.ignore);
             env.u64(
                 &format!("{prefix}DEBOUNCE_MS"),

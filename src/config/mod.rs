@@ -230,6 +230,12 @@ pub struct FolderConfig {
     pub on_change: Option<String>,
     /// Whether chunk data is sent zstd-compressed: measured (`auto`), `always`, `never`.
     pub compression: crate::transfer::compression::Mode,
+    /// Whether owner and group are kept: by name (default), by number, or not. Needs
+    /// a daemon running as root; otherwise only reported.
+    pub ownership: crate::fs::attrs::Ownership,
+    /// Whether extended attributes and POSIX ACLs are kept (`user.*`, and `security.*`
+    /// and `system.posix_acl_*` where the daemon may set them).
+    pub xattrs: bool,
 }
 
 /// Log output format.

@@ -241,6 +241,7 @@ path = "/srv/media"
 ignore = ["*.tmp", "a[b", "!keep.tmp"]
 debounce_ms = 60001
 compression = "fast"
+ownership = "byname"
 [[folder]]
 id = "media"
 path = "/srv/media/sub"
@@ -267,6 +268,7 @@ path = "/srv/media/sub"
         ),
         ("folder[0].debounce_ms", "60001"),
         ("folder[0].compression", "\"fast\" is not one of"),
+        ("folder[0].ownership", "unknown ownership \"byname\""),
         ("folder[1].id", "duplicate folder id"),
         ("folder[1].path", "inside folder[0]"),
     ] {
@@ -313,6 +315,8 @@ fn env_overrides_win_over_the_file() {
         ("MQSYNC_FOLDER_MEDIA_IGNORE", "*.swp, *.tmp"),
         ("MQSYNC_FOLDERS", "conf-2=/etc/app"),
         ("MQSYNC_FOLDER_CONF_2_DEBOUNCE_MS", "250"),
+        ("MQSYNC_FOLDER_MEDIA_OWNERSHIP", "numeric"),
+        ("MQSYNC_FOLDER_MEDIA_XATTRS", "true"),
     ]);
     let c = load(BASIC, &env).expect("valid");
     assert_eq!(c.node_id, "from-env");
@@ -327,7 +331,12 @@ fn env_overrides_win_over_the_file() {
     assert_eq!(media.path, Path::new("/data/media"));
     assert_eq!(media.mode, Mode::ReceiveOnly);
     assert_eq!(media.ignore, ["*.swp", "*.tmp"]);
+    assert_eq!(media.ownership, crate::fs::attrs::Ownership::Numeric);
+    assert!(media.xattrs);
     let conf = c.folder("conf-2").expect("declared by env");
+    // Owners by name, no extended attributes: what `rsync -a` as root keeps.
+    assert_eq!(conf.ownership, crate::fs::attrs::Ownership::Names);
+    assert!(!conf.xattrs);
     assert_eq!(conf.path, Path::new("/etc/app"));
     assert_eq!(conf.debounce_ms, 250);
 

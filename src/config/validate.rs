@@ -334,6 +334,13 @@ fn validate_folder(raw: RawFolder, key: &str, base: &Path, errors: &mut Errors) 
             crate::transfer::compression::Mode::default()
         }),
     };
+    let ownership = match raw.ownership.as_deref() {
+        None => crate::fs::attrs::Ownership::default(),
+        Some(s) => s.parse().unwrap_or_else(|e: String| {
+            errors.push(format!("{key}.ownership"), e);
+            crate::fs::attrs::Ownership::default()
+        }),
+    };
     FolderConfig {
         id,
         path,
@@ -345,6 +352,8 @@ fn validate_folder(raw: RawFolder, key: &str, base: &Path, errors: &mut Errors) 
         tombstone_days,
         on_change: raw.on_change.filter(|c| !c.trim().is_empty()),
         compression,
+        ownership,
+        xattrs: raw.xattrs.unwrap_or(false),
     }
 }
 

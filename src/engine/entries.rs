@@ -89,6 +89,7 @@ mod tests {
 
     fn entry(path: &str, changed_ms: u64) -> Entry {
         Entry {
+            attrs: None,
             path: RelPath::new(path).expect("path"),
             version: VersionVector::new(),
             modified_by: crate::engine::intern::node_id("n"),

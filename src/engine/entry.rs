@@ -1,7 +1,9 @@
 //! What the engine knows about one path: its version vector and the state it names
 //! (a file with its chunk list, a directory, a symlink, or a deletion tombstone).
-//! Entries travel in manifests and are stored in the index unchanged.
+//! Entries travel in manifests and are stored in the index unchanged; their owner and
+//! extended attributes ([`Attrs`]) travel after them, so the v1 layout stays the same.
 
+use super::attrs::SharedAttrs;
 use super::version::VersionVector;
 use crate::protocol::relpath::RelPath;
 use serde::{Deserialize, Serialize};
@@ -122,9 +124,25 @@ pub struct Entry {
     /// unknown). Ages tombstones for garbage collection; never used to order versions.
     pub changed_ms: u64,
     pub content: Content,
+    /// Owner and extended attributes, when the author's folder keeps them. Not part of
+    /// the entry's own encoding (nor of its fingerprint): nodes of the previous protocol
+    /// read entries without them. The wire and the index carry them after the entries.
+    #[serde(skip)]
+    pub attrs: SharedAttrs,
 }
 
 impl Entry {
+    /// Same content and attributes: the path holds the same state.
+    pub fn same_state(&self, other: &Entry) -> bool {
+        self.content == other.content && self.attrs == other.attrs
+    }
+
+    /// [`Content::same_data`] and the same attributes: a change of owner or attributes
+    /// alone counts for conflicts like a change of the permission bits.
+    pub fn same_data(&self, other: &Entry) -> bool {
+        self.content.same_data(&other.content) && self.attrs == other.attrs
+    }
+
     /// A 64-bit fingerprint of path, version and content, for digests.
     pub fn fingerprint(&self) -> u64 {
         let mut h = blake3::Hasher::new();

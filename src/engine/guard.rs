@@ -206,6 +206,7 @@ mod tests {
 
     fn file(path: &str, by: &str, changed_ms: u64) -> crate::engine::Entry {
         crate::engine::Entry {
+            attrs: None,
             path: RelPath::new(path).expect("path"),
             version: VersionVector::new().incremented(&crate::engine::intern::node_id(by)),
             modified_by: crate::engine::intern::node_id(by),

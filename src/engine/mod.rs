@@ -7,6 +7,7 @@
 //! accepted remote versions that the applier has not finished yet. Digests cover only
 //! confirmed entries, so a node never claims data it does not have.
 
+pub mod attrs;
 pub mod digest;
 pub mod effect;
 pub mod entries;
@@ -21,6 +22,7 @@ pub mod version;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
+pub use attrs::{Attrs, Owner, SharedAttrs, Xattr};
 pub use digest::{BUCKETS, Digest, bucket_of};
 pub use effect::{Effect, Failure, Origin, RETRY_AFTER, announce_order};
 pub use entries::Entries;
@@ -374,9 +376,16 @@ impl Engine {
     /// The scanner saw `content` at `path` on the local disk (`Content::Deleted` when
     /// the path is absent).
     pub fn handle_local(&mut self, path: RelPath, content: Content) {
+        self.handle_local_with(path, content, None);
+    }
+
+    /// [`Engine::handle_local`] with the owner and extended attributes the scanner saw
+    /// (`None` when the folder keeps neither): a change of them alone is a new version.
+    pub fn handle_local_with(&mut self, path: RelPath, content: Content, attrs: SharedAttrs) {
         let current = self.entries.get(&path);
+        let attrs = if content.is_deleted() { None } else { attrs };
         let unchanged = match current {
-            Some(e) => e.content == content,
+            Some(e) => e.content == content && e.attrs == attrs,
             None => content.is_deleted(),
         };
         if unchanged {
@@ -397,6 +406,7 @@ impl Engine {
             modified_by: self.node.clone(),
             changed_ms: self.now_ms,
             content,
+            attrs,
         };
         let previous = match (current.map(|e| &e.content), &local.content) {
             (Some(Content::File { chunks, .. }), Content::File { .. }) => Some(chunks.clone()),
@@ -433,9 +443,7 @@ impl Engine {
                 Causality::Equal | Causality::Less => return,
                 // A concurrent loser loses as to a confirmed entry (its holder gets the
                 // winner too and resolves); dropping the winner left this node behind.
-                Causality::Concurrent
-                    if beats(&p.entry, &entry) && !p.entry.content.same_data(&entry.content) =>
-                {
+                Causality::Concurrent if beats(&p.entry, &entry) && !p.entry.same_data(&entry) => {
                     return;
                 }
                 Causality::Greater | Causality::Concurrent => {
@@ -475,6 +483,7 @@ impl Engine {
             .collect();
         for p in paths {
             let entry = self.entries.get(&p).cloned().unwrap_or_else(|| Entry {
+                attrs: None,
                 path: p.clone(),
                 // An empty version marks a revert that is not itself a state to record.
                 version: VersionVector::new(),

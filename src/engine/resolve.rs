@@ -75,7 +75,7 @@ pub fn resolve(node: &str, local: Option<&Entry>, remote: &Entry) -> Decision {
     match remote.version.compare(&local.version) {
         Causality::Equal | Causality::Less => Decision::Ignore,
         Causality::Greater => {
-            if local.content == remote.content {
+            if local.same_state(remote) {
                 Decision::Adopt(remote.clone())
             } else {
                 Decision::Install {
@@ -86,14 +86,14 @@ pub fn resolve(node: &str, local: Option<&Entry>, remote: &Entry) -> Decision {
         }
         Causality::Concurrent => {
             let version = local.version.merged(&remote.version);
-            if local.content.same_data(&remote.content) {
+            if local.same_data(remote) {
                 // Identical data never conflicts; only the mtime may differ.
                 let winner = if beats(remote, local) { remote } else { local };
                 let entry = Entry {
                     version,
                     ..winner.clone()
                 };
-                return if winner.content == local.content {
+                return if winner.same_state(local) {
                     Decision::Adopt(entry)
                 } else {
                     Decision::Install {
@@ -187,6 +187,7 @@ mod tests {
 
     fn file(path: &str, v: VersionVector, by: &str, data: u8, mtime_s: i64) -> Entry {
         Entry {
+            attrs: None,
             path: RelPath::new(path).unwrap(),
             version: v,
             modified_by: by.into(),
@@ -206,6 +207,7 @@ mod tests {
 
     fn deleted(path: &str, v: VersionVector, by: &str) -> Entry {
         Entry {
+            attrs: None,
             path: RelPath::new(path).unwrap(),
             version: v,
             modified_by: by.into(),

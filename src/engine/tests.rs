@@ -401,3 +401,76 @@ fn tombstones_expire_by_their_own_age_and_are_not_taken_back() {
     b.handle_remote(tomb);
     assert!(b.entry(&p("f")).is_none());
 }
+
+fn owned_by(uid: u32) -> SharedAttrs {
+    Attrs {
+        owner: Some(Owner {
+            uid,
+            gid: uid,
+            user: None,
+            group: None,
+        }),
+        xattrs: None,
+    }
+    .shared()
+}
+
+fn announced(e: &mut Engine) -> Vec<Entry> {
+    std::iter::from_fn(|| e.poll_effect())
+        .filter_map(|eff| match eff {
+            Effect::Announce { entry, .. } => Some(entry),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A chown alone is a new version with the same content; seeing the same owner again
+/// is no change.
+#[test]
+fn an_owner_change_alone_is_a_new_version() {
+    let mut e = Engine::new("n1", Mode::SendReceive, []);
+    e.handle_local_with(p("f"), file(1, 1), owned_by(33));
+    let first = announced(&mut e);
+    assert_eq!(first.len(), 1);
+    e.handle_local_with(p("f"), file(1, 1), owned_by(33));
+    assert!(announced(&mut e).is_empty());
+    e.handle_local_with(p("f"), file(1, 1), owned_by(34));
+    let second = announced(&mut e);
+    assert_eq!(second.len(), 1);
+    assert_eq!(second[0].content, first[0].content);
+    assert_eq!(second[0].attrs, owned_by(34));
+    assert_eq!(
+        second[0].version.compare(&first[0].version),
+        Causality::Greater
+    );
+}
+
+/// A chown on one node and an edit on another, concurrent: a conflict like any other,
+/// settled the same way on both nodes with a conflict copy.
+#[test]
+fn a_concurrent_chown_and_edit_conflict() {
+    let base = Entry {
+        path: p("f"),
+        version: VersionVector::new().incremented("n0"),
+        modified_by: "n0".into(),
+        changed_ms: 1,
+        content: file(1, 1),
+        attrs: owned_by(33),
+    };
+    let mut a = Engine::new("a", Mode::SendReceive, [base.clone()]);
+    let mut b = Engine::new("b", Mode::SendReceive, [base]);
+    a.handle_local_with(p("f"), file(1, 1), owned_by(34));
+    b.handle_local_with(p("f"), file(2, 2), owned_by(33));
+    let (ea, eb) = (announced(&mut a), announced(&mut b));
+    a.handle_remote(eb[0].clone());
+    b.handle_remote(ea[0].clone());
+    let copies: Vec<RelPath> = [&mut a, &mut b]
+        .into_iter()
+        .flat_map(|e| std::iter::from_fn(|| e.poll_effect()).collect::<Vec<_>>())
+        .filter_map(|eff| match eff {
+            Effect::Apply { conflict_copy, .. } => conflict_copy,
+            _ => None,
+        })
+        .collect();
+    assert_eq!(copies.len(), 1, "one side keeps the loser: {copies:?}");
+}

@@ -15,7 +15,7 @@ impl Engine {
         previous: Option<Chunks>,
     ) -> bool {
         // Identical data merges as it would on any node.
-        if beats(&p.entry, local) || p.entry.content.same_data(&local.content) {
+        if beats(&p.entry, local) || p.entry.same_data(local) {
             match resolve(&self.node, Some(local), &p.entry) {
                 Decision::Install {
                     entry,

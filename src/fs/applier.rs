@@ -13,6 +13,7 @@
 //! are kept for the ignored files in them.
 
 use crate::engine::{Content, Entry, Hash, VersionVector};
+use crate::fs::attrs::Keep;
 use crate::fs::ignore::{Ignore, TEMP_INFIX};
 use crate::protocol::relpath::RelPath;
 use crate::store::index::LocalMeta;
@@ -70,6 +71,10 @@ pub struct Applier {
     next_seq: u64,
     /// Per source, the latest-started fetch that received a chunk.
     progressed: HashMap<String, u64>,
+    /// What the folder keeps besides contents and permission bits.
+    keep: Keep,
+    /// Whether owners are set (the daemon runs as root).
+    chown: bool,
 }
 
 impl Applier {
@@ -85,7 +90,16 @@ impl Applier {
             cache: ChunkCache::new(32 << 20),
             next_seq: 0,
             progressed: HashMap::new(),
+            keep: Keep::default(),
+            chown: false,
         }
+    }
+
+    /// Keeps what `keep` names; owners only when `chown` (the daemon runs as root).
+    pub fn with_keep(mut self, keep: Keep, chown: bool) -> Self {
+        self.keep = keep;
+        self.chown = chown;
+        self
     }
 
     pub fn in_flight(&self) -> usize {
@@ -129,10 +143,14 @@ impl Applier {
             Content::File { .. } => {
                 return self.start_file(entry, conflict_copy, expected, source, local);
             }
-            Content::Dir { mode } => self.apply_dir(&path, *mode, expected),
-            Content::Symlink { target } => {
-                self.apply_symlink(&path, target, expected, conflict_copy.as_ref())
-            }
+            Content::Dir { mode } => self.apply_dir(&path, *mode, &entry.attrs, expected),
+            Content::Symlink { target } => self.apply_symlink(
+                &path,
+                target,
+                &entry.attrs,
+                expected,
+                conflict_copy.as_ref(),
+            ),
             Content::Deleted => match self.apply_delete(&path, expected) {
                 // Made durable by the next commit's one flush, with the files: a
                 // directory fsync per deleted file made a renamed tree's deletions
@@ -229,6 +247,7 @@ impl Applier {
         &self,
         path: &RelPath,
         mode: u32,
+        attrs: &crate::engine::SharedAttrs,
         expected: Option<LocalMeta>,
     ) -> Result<Option<LocalMeta>, ApplyError> {
         let parent = ParentDir::open(&self.root, path, true)?;
@@ -249,7 +268,11 @@ impl Applier {
         // follow a symlink swapped in since the check.
         parent
             .open_dir(name)
-            .and_then(|d| d.set_permissions(fs::Permissions::from_mode(mode)))
+            .and_then(|d| {
+                // An existing directory is kept, with its owner.
+                self.keep.apply_fd(&d, attrs, self.chown, None)?;
+                d.set_permissions(fs::Permissions::from_mode(mode))
+            })
             .map_err(io_err(&shown))?;
         parent.sync();
         parent.meta(name).map_err(io_err(&shown))
@@ -259,14 +282,18 @@ impl Applier {
         &self,
         path: &RelPath,
         link_target: &str,
+        attrs: &crate::engine::SharedAttrs,
         expected: Option<LocalMeta>,
         conflict_copy: Option<&RelPath>,
     ) -> Result<Option<LocalMeta>, ApplyError> {
         let parent = ParentDir::open(&self.root, path, true)?;
         let tmp = temp_name(path.file_name());
-        parent
-            .symlink(link_target, &tmp)
-            .map_err(io_err(&parent.shown(path.file_name())))?;
+        let shown = parent.shown(path.file_name());
+        parent.symlink(link_target, &tmp).map_err(io_err(&shown))?;
+        if let Err(e) = parent.chown_link(&tmp, path.file_name(), &self.keep, attrs, self.chown) {
+            let _ = parent.remove_file(&tmp);
+            return Err(io_err(&shown)(e));
+        }
         self.replace(&parent, path, &tmp, expected, conflict_copy, true)
             .inspect_err(|_| {
                 let _ = parent.remove_file(&tmp);

@@ -1,4 +1,5 @@
-//! What the index remembers of a path on disk (`LocalMeta`: size, mtime, inode, mode),
+//! What the index remembers of a path on disk (`LocalMeta`: size, mtime, inode, mode,
+//! ctime),
 //! read from `std` metadata or a raw `stat`: the scan compares it to skip unchanged
 //! files, and the applier checks it before replacing one.
 
@@ -15,6 +16,10 @@ pub fn local_meta(md: &Metadata) -> LocalMeta {
         mtime_ns: if is_dir { 0 } else { mtime_ns(md) },
         ino: md.ino(),
         mode: md.mode(),
+        ctime_ns: md
+            .ctime()
+            .saturating_mul(1_000_000_000)
+            .saturating_add(md.ctime_nsec()),
     }
 }
 
@@ -32,6 +37,10 @@ pub(crate) fn meta_of_stat(st: &rustix::fs::Stat) -> LocalMeta {
         },
         ino: st.st_ino,
         mode: st.st_mode,
+        ctime_ns: st
+            .st_ctime
+            .saturating_mul(1_000_000_000)
+            .saturating_add(st.st_ctime_nsec as i64),
     }
 }
 

@@ -3,7 +3,8 @@
 //! whose metadata differ. Produces observations for the engine; never writes anything
 //! except removing stale temp files of interrupted applies.
 
-use crate::engine::Content;
+use crate::engine::{Content, SharedAttrs};
+use crate::fs::attrs::Keep;
 use crate::fs::chunks::chunk_file;
 use crate::fs::ignore::{Ignore, is_temp_name};
 use crate::fs::meta::{local_meta, meta_of_stat, mtime_ns};
@@ -21,6 +22,8 @@ use std::path::{Path, PathBuf};
 pub struct Observed {
     pub path: RelPath,
     pub content: Content,
+    /// Owner and extended attributes, as far as the folder keeps them.
+    pub attrs: SharedAttrs,
     /// `None` when the path is absent.
     pub meta: Option<LocalMeta>,
 }
@@ -38,6 +41,8 @@ pub struct Scanner<'a> {
     pub root: &'a Path,
     pub ignore: &'a Ignore,
     pub known: &'a BTreeMap<RelPath, LocalMeta>,
+    /// What the folder keeps besides contents and permission bits.
+    pub keep: Keep,
 }
 
 /// How recently a file found by a directory walk may have been written and still be
@@ -210,6 +215,7 @@ impl Scanner<'_> {
                 res.changed.push(Observed {
                     path: p.clone(),
                     content: Content::Deleted,
+                    attrs: None,
                     meta: None,
                 });
             }
@@ -279,6 +285,7 @@ impl Scanner<'_> {
         res.changed.push(Observed {
             path: rel.clone(),
             content,
+            attrs: self.keep.read(full, md),
             meta: Some(meta),
         });
     }
@@ -364,6 +371,7 @@ mod tests {
             root,
             ignore: &ignore,
             known: &known,
+            keep: Keep::default(),
         }
         .full(true);
         assert_eq!(names(&r), ["a", "a/empty", "a/f.txt", "link"]);
@@ -378,6 +386,7 @@ mod tests {
             root,
             ignore: &ignore,
             known: &known,
+            keep: Keep::default(),
         }
         .full(false);
         assert!(r.changed.is_empty(), "nothing re-hashed: {:?}", names(&r));
@@ -386,6 +395,7 @@ mod tests {
             root,
             ignore: &ignore,
             known: &known,
+            keep: Keep::default(),
         }
         .paths(&[RelPath::new("a").unwrap()]);
         assert_eq!(

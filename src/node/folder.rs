@@ -11,6 +11,7 @@ use super::records::Records;
 use super::{FolderSettings, NodeError, NodeSettings, index_path, now_ms};
 use crate::engine::{Chunks, Effect, Engine, Entry, Hash};
 use crate::fs::applier::Applier;
+use crate::fs::attrs::{Keep, Ownership, may_chown};
 use crate::fs::ignore::Ignore;
 use crate::fs::locations::ChunkLocations;
 use crate::fs::watcher::{self, FsEvent};
@@ -104,6 +105,7 @@ impl Folder {
         if let Some(ttl) = f.tombstone_ttl {
             engine = engine.with_tombstone_ttl(ttl.as_millis() as u64);
         }
+        let cannot_chown = f.keep.ownership != Ownership::None && !may_chown();
         let mut folder = Folder {
             connect: ConnectSettings {
                 client_id: format!("{}-{}", s.connect.client_id, f.id),
@@ -118,9 +120,19 @@ impl Folder {
                 ignore.clone(),
                 known,
                 f.max_delete_percent,
-            ),
+            )
+            .with_keep(Keep {
+                // Not read where they cannot be set: see `Keep::carry_owner`.
+                ownership: if cannot_chown {
+                    Ownership::None
+                } else {
+                    f.keep.ownership
+                },
+                carry_owner: cannot_chown || f.keep.ownership == Ownership::None,
+                ..f.keep
+            }),
             applies: ApplyQueue::new(
-                Applier::new(f.path.clone(), ignore),
+                Applier::new(f.path.clone(), ignore).with_keep(f.keep, may_chown()),
                 apply_slots(crate::sys::rlimit::open_files(), s.folders.len()),
             )
             .with_observer(f.applied.clone()),
@@ -151,6 +163,14 @@ impl Folder {
             started,
             cfg: f.clone(),
         };
+        if cannot_chown {
+            let note = format!(
+                "ownership = \"{}\" but the daemon does not run as root: received files belong to its own user (contents, permissions and times still sync)",
+                f.keep.ownership
+            );
+            warn!(folder = %f.id, "{note}");
+            folder.health.notes.push(note);
+        }
         folder.rebuild_locations();
         folder.drop_stale_signatures();
         debug!(folder = %f.id, ms = started.elapsed().as_millis() as u64, "folder state built");

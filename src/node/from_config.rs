@@ -21,6 +21,11 @@ pub fn folder_settings(f: &FolderConfig) -> FolderSettings {
         tombstone_ttl: Some(Duration::from_secs(f.tombstone_days * 86_400)),
         on_change: f.on_change.clone(),
         compression: f.compression,
+        keep: crate::fs::attrs::Keep {
+            ownership: f.ownership,
+            xattrs: f.xattrs,
+            carry_owner: false,
+        },
         applied: None,
     }
 }

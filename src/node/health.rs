@@ -46,6 +46,8 @@ pub(super) struct Health {
     pub resync: Option<ResyncAnswer>,
     /// When the node's client certificate expires (ms since the epoch).
     cert_expires_ms: Option<u64>,
+    /// What the folder asks for that this node cannot keep (status `notes`).
+    pub notes: Vec<String>,
 }
 
 /// What the status document is made of besides the health's own state.
@@ -86,6 +88,7 @@ impl Health {
             ignore: IgnoreRules::of(ignore),
             resync: None,
             cert_expires_ms: None,
+            notes: Vec::new(),
         }
     }
 
@@ -123,6 +126,7 @@ impl Health {
             cert_days_left: self
                 .cert_expires_ms
                 .map(|at| crate::ops::status::days_left(at, now_ms())),
+            notes: self.notes.clone(),
         }
     }
 

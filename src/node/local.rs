@@ -25,6 +25,8 @@ pub(super) struct Local {
     root: PathBuf,
     debounce: Duration,
     pub ignore: Ignore,
+    /// What the folder keeps besides contents and permission bits.
+    pub keep: crate::fs::attrs::Keep,
     /// Disk metadata last reported to the engine, per path.
     pub known: BTreeMap<RelPath, LocalMeta>,
     /// The names in `known` by folded spelling, on a case-insensitive file system only.
@@ -60,6 +62,7 @@ impl Local {
             root,
             debounce,
             ignore,
+            keep: crate::fs::attrs::Keep::default(),
             known,
             case_folds: None,
             dirty: BTreeSet::new(),
@@ -72,6 +75,12 @@ impl Local {
             guard: DeleteGuard::new(max_delete_percent),
             resyncing: false,
         }
+    }
+
+    /// Keeps what `keep` names besides contents and permission bits.
+    pub fn with_keep(mut self, keep: crate::fs::attrs::Keep) -> Self {
+        self.keep = keep;
+        self
     }
 
     /// Takes a watcher event; returns an error to report, if any.
@@ -193,6 +202,7 @@ impl Local {
                 root: &self.root,
                 ignore: &self.ignore,
                 known: &self.known,
+                keep: self.keep,
             };
             match (paths, closed) {
                 (Some(p), Some(c)) => scanner.watched_paths(p, c),
@@ -354,6 +364,7 @@ impl Folder {
         for Observed {
             path,
             content,
+            attrs,
             meta,
         } in changed
         {
@@ -366,8 +377,26 @@ impl Folder {
             }
             let file = (meta.is_some() && matches!(content, Content::File { .. }))
                 .then(|| content.clone());
+            let before = self.local.known.get(&path).copied();
             self.local.know(&path, meta);
-            self.engine.handle_local(path.clone(), content);
+            let known = self.engine.entry(&path).and_then(|e| e.attrs.clone());
+            let attrs = self.local.keep.settle(attrs, &known);
+            // Metadata that moved with the same state (a directory's ctime when a child
+            // comes or goes, a hard link) is recorded, or each start would look again.
+            let same = self
+                .engine
+                .entry(&path)
+                .filter(|e| e.content == content && e.attrs == attrs)
+                .cloned();
+            if let (Some(entry), Some(m)) = (same, meta)
+                && before.is_none_or(|b| b.ctime_ns != m.ctime_ns || b != m)
+            {
+                self.records.push(crate::store::index::Record {
+                    entry,
+                    local: Some(m),
+                });
+            }
+            self.engine.handle_local_with(path.clone(), content, attrs);
             // Locations resolve through the confirmed entry: a change the engine did
             // not take (a receive-only folder's) must not displace a confirmed holder
             // of the same chunk.
@@ -393,6 +422,7 @@ impl Folder {
                     .map(|path| Observed {
                         path,
                         content: Content::Deleted,
+                        attrs: None,
                         meta: None,
                     }),
             );

@@ -54,6 +54,8 @@ pub struct FolderSettings {
     pub on_change: Option<String>,
     /// Whether chunk data goes out compressed.
     pub compression: crate::transfer::compression::Mode,
+    /// What is kept besides contents and permission bits (`ownership`, `xattrs`).
+    pub keep: crate::fs::attrs::Keep,
     /// Receives each batch of remote changes once applied (the demo prints them).
     pub applied: Option<AppliedSender>,
 }

@@ -451,12 +451,18 @@ pub(super) fn delta_cost(d: &ChunkDelta) -> u64 {
 
 /// Splits `items` into message batches of about `max_bytes` encoded and at most
 /// `max_items` each, in order.
-fn batches<T: serde::Serialize>(items: Vec<T>, max_bytes: usize, max_items: usize) -> Vec<Vec<T>> {
+fn batches<T: serde::Serialize + wire::extension::HasAttrs>(
+    items: Vec<T>,
+    max_bytes: usize,
+    max_items: usize,
+) -> Vec<Vec<T>> {
     let mut out = vec![];
     let mut batch = Vec::new();
     let mut size = 0;
     for item in items {
-        let len = postcard::experimental::serialized_size(&item).unwrap_or(256);
+        // Attributes travel in the message's extension, outside the item's encoding.
+        let len = postcard::experimental::serialized_size(&item).unwrap_or(256)
+            + wire::extension::attrs_size(&item);
         if !batch.is_empty() && (size + len > max_bytes || batch.len() >= max_items) {
             out.push(std::mem::take(&mut batch));
             size = 0;

@@ -142,6 +142,7 @@ mod tests {
             mtime_ns: 0,
             ino: 1,
             mode,
+            ctime_ns: 0,
         }
     }
 

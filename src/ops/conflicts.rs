@@ -114,6 +114,7 @@ mod tests {
 
     fn copy_of(path: &str, node: &str, mtime_s: i64) -> RelPath {
         let loser = Entry {
+            attrs: None,
             path: RelPath::new(path).expect("path"),
             version: VersionVector::new(),
             modified_by: node_id(node),

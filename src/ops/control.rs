@@ -239,6 +239,7 @@ fn unverified(topic: &str, e: &crate::ops::status::StatusError) -> Option<Folder
         ignore: None,
         held_deletes: 0,
         cert_days_left: None,
+        notes: vec![],
     })
 }
 

@@ -88,6 +88,11 @@ pub struct FolderStatus {
     /// expires; negative once it has. Absent without a client certificate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cert_days_left: Option<i64>,
+    /// What the node does not keep although the folder asks for it, and why (for
+    /// example owners, when the daemon does not run as root). Not a failure: contents
+    /// still sync. Absent when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// `mqsync status` names a node whose certificate has fewer days left than this.
@@ -349,6 +354,7 @@ mod tests {
             ignore: Some(IgnoreRules::of(&["*.swp".into()])),
             held_deletes: 0,
             cert_days_left: Some(400),
+            notes: vec![],
         }
     }
 

@@ -23,12 +23,36 @@ const SIGNATURES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("signatur
 const CACHE_BYTES: usize = 4 << 20;
 
 /// What the scanner saw on disk for a path, to detect changes without hashing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Eq, Serialize, Deserialize)]
 pub struct LocalMeta {
     pub size: u64,
     pub mtime_ns: i64,
     pub ino: u64,
     pub mode: u32,
+    /// The inode's change time: a chown, a chmod or an extended attribute moves it
+    /// without touching the mtime. Stored after the record (see [`Index::load`]); 0
+    /// in records of the previous version, where it is not compared.
+    #[serde(skip)]
+    pub ctime_ns: i64,
+}
+
+impl PartialEq for LocalMeta {
+    fn eq(&self, o: &Self) -> bool {
+        self.size == o.size
+            && self.mtime_ns == o.mtime_ns
+            && self.ino == o.ino
+            && self.mode == o.mode
+            && (self.ctime_ns == o.ctime_ns || self.ctime_ns == 0 || o.ctime_ns == 0)
+    }
+}
+
+/// What a record holds beyond the previous version's layout, stored after it: older
+/// versions read the record and stop before this, and this version reads records
+/// written without it (their attributes unknown, their ctime not compared).
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct RecordExt {
+    attrs: Option<crate::engine::Attrs>,
+    ctime_ns: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -133,10 +157,19 @@ impl Index {
         let mut out = Vec::new();
         for row in table.iter()? {
             let (k, v) = row?;
-            let rec: Record = postcard::from_bytes(v.value()).map_err(|e| IndexError::Corrupt {
+            let corrupt = |e: postcard::Error| IndexError::Corrupt {
                 path: k.value().to_string(),
                 reason: e.to_string(),
-            })?;
+            };
+            let (mut rec, rest): (Record, _) =
+                postcard::take_from_bytes(v.value()).map_err(corrupt)?;
+            if !rest.is_empty() {
+                let ext: RecordExt = postcard::from_bytes(rest).map_err(corrupt)?;
+                rec.entry.attrs = ext.attrs.and_then(crate::engine::Attrs::shared);
+                if let Some(l) = &mut rec.local {
+                    l.ctime_ns = ext.ctime_ns;
+                }
+            }
             out.push(rec);
         }
         Ok(out)
@@ -152,8 +185,15 @@ impl Index {
             {
                 let mut table = tx.open_table(ENTRIES)?;
                 for r in records {
-                    let bytes =
+                    let ext = RecordExt {
+                        attrs: r.entry.attrs.as_deref().cloned(),
+                        ctime_ns: r.local.map_or(0, |l| l.ctime_ns),
+                    };
+                    let mut bytes =
                         postcard::to_allocvec(r).map_err(|e| IndexError::Db(e.to_string()))?;
+                    bytes.extend_from_slice(
+                        &postcard::to_allocvec(&ext).map_err(|e| IndexError::Db(e.to_string()))?,
+                    );
                     table.insert(r.entry.path.as_str(), bytes.as_slice())?;
                 }
             }
@@ -237,6 +277,7 @@ mod tests {
         let path = dir.path().join("f.redb");
         let rec = Record {
             entry: Entry {
+                attrs: None,
                 path: RelPath::new("a/b").unwrap(),
                 version: VersionVector::new().incremented("n"),
                 modified_by: "n".into(),
@@ -248,6 +289,7 @@ mod tests {
                 mtime_ns: 2,
                 ino: 3,
                 mode: 0o40755,
+                ctime_ns: 4,
             }),
         };
         {

@@ -372,6 +372,8 @@ impl Manager {
             tombstone_days: DEFAULT_TOMBSTONE_DAYS,
             on_change: None,
             compression: Default::default(),
+            ownership: a.ownership,
+            xattrs: a.xattrs,
         };
         let (stop, stopped) = watch::channel(false);
         match node::spawn_folder(&self.s.node, &node::folder_settings(&folder), stopped) {

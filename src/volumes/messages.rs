@@ -114,6 +114,8 @@ mod tests {
             present: true,
             mode: Mode::SendReceive,
             ignore: vec!["*.tmp".into()],
+            ownership: Default::default(),
+            xattrs: false,
             creator: "n1".into(),
             created_ms: 1,
             node: "n1".into(),

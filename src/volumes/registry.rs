@@ -4,6 +4,7 @@
 //! it requests and messages and carries out the changes it returns.
 
 use crate::engine::Mode;
+use crate::fs::attrs::Ownership;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -24,6 +25,13 @@ pub struct Announcement {
     /// `send-receive`, or `receive-only` (only `creator` writes; the others replicate).
     pub mode: Mode,
     pub ignore: Vec<String>,
+    /// Whether owners are kept (`-o ownership=`). Absent from documents of earlier
+    /// versions, which read as the default; they ignore it in newer documents.
+    #[serde(default)]
+    pub ownership: Ownership,
+    /// Whether extended attributes and ACLs are kept (`-o xattrs=true`).
+    #[serde(default)]
+    pub xattrs: bool,
     /// The node whose `docker volume create` made this generation.
     pub creator: String,
     pub created_ms: u64,
@@ -61,6 +69,8 @@ pub struct MountReport {
 pub struct VolumeOptions {
     pub mode: Option<Mode>,
     pub ignore: Option<Vec<String>>,
+    pub ownership: Option<Ownership>,
+    pub xattrs: Option<bool>,
 }
 
 /// Why a request was refused; the text is what `docker` prints.
@@ -70,8 +80,12 @@ pub enum VolumeError {
         "invalid volume name {0:?}: 1 to {MAX_NAME_LEN} characters of A-Z, a-z, 0-9, '_', '.' and '-', starting with a letter or digit"
     )]
     BadName(String),
-    #[error("unknown option {0:?} (mqsync volumes take mode and ignore)")]
+    #[error("unknown option {0:?} (mqsync volumes take mode, ignore, ownership and xattrs)")]
     UnknownOption(String),
+    #[error("option ownership={0:?}: expected names, numeric or none")]
+    BadOwnership(String),
+    #[error("option xattrs={0:?}: expected true or false")]
+    BadXattrs(String),
     #[error("option mode={0:?}: expected send-receive or receive-only")]
     BadMode(String),
     #[error("option ignore: {0}")]
@@ -136,6 +150,19 @@ pub fn parse_options(opts: &BTreeMap<String, String>) -> Result<VolumeOptions, V
                 crate::fs::ignore::Ignore::new(&globs)
                     .map_err(|e| VolumeError::BadIgnore(e.to_string()))?;
                 out.ignore = Some(globs);
+            }
+            "ownership" => {
+                out.ownership = Some(
+                    v.parse()
+                        .map_err(|_| VolumeError::BadOwnership(v.chars().take(80).collect()))?,
+                )
+            }
+            "xattrs" => {
+                out.xattrs = Some(match v.as_str() {
+                    "true" => true,
+                    "false" => false,
+                    _ => return Err(VolumeError::BadXattrs(v.chars().take(80).collect())),
+                })
             }
             _ => return Err(VolumeError::UnknownOption(k.chars().take(80).collect())),
         }
@@ -259,12 +286,20 @@ impl Registry {
         if let Some(a) = self.get(name) {
             let same_mode = opts.mode.is_none_or(|m| m == a.mode);
             let same_ignore = opts.ignore.as_ref().is_none_or(|i| *i == a.ignore);
-            if same_mode && same_ignore {
+            let same_owners = opts.ownership.is_none_or(|o| o == a.ownership)
+                && opts.xattrs.is_none_or(|x| x == a.xattrs);
+            if same_mode && same_ignore && same_owners {
                 return Ok(None);
             }
             return Err(VolumeError::OptionsDiffer {
                 name: name.into(),
-                existing: format!("mode={} ignore={}", a.mode, a.ignore.join(",")),
+                existing: format!(
+                    "mode={} ignore={} ownership={} xattrs={}",
+                    a.mode,
+                    a.ignore.join(","),
+                    a.ownership,
+                    a.xattrs
+                ),
             });
         }
         // Later than any earlier state of the name, whatever this node's clock says.
@@ -278,6 +313,8 @@ impl Registry {
             present: true,
             mode: opts.mode.unwrap_or(Mode::SendReceive),
             ignore: opts.ignore.clone().unwrap_or_default(),
+            ownership: opts.ownership.unwrap_or_default(),
+            xattrs: opts.xattrs.unwrap_or(false),
             creator: self.node.clone(),
             created_ms: updated_ms,
             node: self.node.clone(),
@@ -445,6 +482,20 @@ mod tests {
         o.remove("mode");
         o.insert("ignore".into(), "a[".into());
         assert!(matches!(parse_options(&o), Err(VolumeError::BadIgnore(_))));
+        let mut o = BTreeMap::new();
+        o.insert("ownership".to_string(), "numeric".to_string());
+        o.insert("xattrs".to_string(), "true".to_string());
+        let p = parse_options(&o).unwrap();
+        assert_eq!(p.ownership, Some(Ownership::Numeric));
+        assert_eq!(p.xattrs, Some(true));
+        o.insert("xattrs".into(), "yes".into());
+        assert!(matches!(parse_options(&o), Err(VolumeError::BadXattrs(_))));
+        o.insert("xattrs".into(), "false".into());
+        o.insert("ownership".into(), "by-name".into());
+        assert!(matches!(
+            parse_options(&o),
+            Err(VolumeError::BadOwnership(_))
+        ));
         let mut o = BTreeMap::new();
         o.insert("size".to_string(), "1G".to_string());
         assert!(matches!(

@@ -366,13 +366,18 @@ impl Applier {
         Outcome::Waiting
     }
 
-    /// Sets the complete file's mode and time and stages it for the next commit.
+    /// Sets the complete file's owner, attributes, mode and time (in that order: a
+    /// chown clears set-id bits) and stages it for the next commit.
     fn finish_file(&mut self, f: Fetch) -> Outcome {
         let Content::File { mode, mtime_ns, .. } = f.entry.content else {
             return Outcome::Waiting;
         };
         let shown = f.parent.shown(f.entry.path.file_name());
         let res = (|| {
+            let replaced = f.parent.owner(f.entry.path.file_name());
+            self.keep
+                .apply_fd(&f.file, &f.entry.attrs, self.chown, replaced)
+                .map_err(io_err(&shown))?;
             f.file
                 .set_permissions(fs::Permissions::from_mode(mode))
                 .map_err(io_err(&shown))?;

@@ -121,6 +121,26 @@ impl ParentDir {
         Ok(rustix::fs::symlinkat(target, &self.fd, name)?)
     }
 
+    /// Gives the symlink `name` the owner of `attrs`, or that of `replaced`'s current
+    /// link (see [`crate::fs::attrs::Keep::apply_link`]).
+    pub fn chown_link(
+        &self,
+        name: &str,
+        replaced: &str,
+        keep: &crate::fs::attrs::Keep,
+        attrs: &crate::engine::SharedAttrs,
+        chown: bool,
+    ) -> io::Result<()> {
+        keep.apply_link(&self.fd, name, attrs, chown, self.owner(replaced))
+    }
+
+    /// The owner and group of `name`, if it exists.
+    pub fn owner(&self, name: &str) -> Option<(u32, u32)> {
+        rustix::fs::statat(&self.fd, name, AtFlags::SYMLINK_NOFOLLOW)
+            .ok()
+            .map(|st| (st.st_uid, st.st_gid))
+    }
+
     /// Makes renames and creations in this directory durable.
     pub fn sync(&self) {
         let _ = rustix::fs::fsync(&self.fd);

@@ -7,6 +7,7 @@ use std::os::unix::fs::symlink;
 
 fn entry(path: &str, content: Content) -> Entry {
     Entry {
+        attrs: None,
         path: RelPath::new(path).unwrap(),
         version: VersionVector::new().incremented("r"),
         modified_by: "r".into(),

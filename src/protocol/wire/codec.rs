@@ -1,8 +1,10 @@
 //! The framing of a message: the fixed header (magic, kind, flags, body size), the
 //! postcard body that zstd may compress, and the MAC. `decode` checks the size bounds
 //! before it allocates and hands the decoded message to `bounds` before returning it.
+//! An [`extension`](super::extension) may follow the envelope in the body.
 
 use super::bounds::check_message;
+use super::extension::{self, FLAG_EXT};
 use super::{Envelope, Keys};
 
 pub const MAGIC: &[u8; 4] = b"MQS1";
@@ -62,8 +64,13 @@ pub fn encode_with(
     keys: &Keys,
     compress: bool,
 ) -> Result<Vec<u8>, EncodeError> {
-    let body = postcard::to_allocvec(env)?;
+    let mut body = postcard::to_allocvec(env)?;
     let mut flags = 0u8;
+    if let Some(ext) = extension::of(&env.msg) {
+        // After the envelope: a node of the previous protocol stops reading before it.
+        body.extend_from_slice(&postcard::to_allocvec(&ext)?);
+        flags |= FLAG_EXT;
+    }
     let mut payload = None;
     if compress && body.len() >= COMPRESS_MIN {
         let z = zstd::bulk::compress(&body, 1)?;
@@ -151,7 +158,8 @@ pub fn decode(
             body.len()
         )));
     }
-    let env: Envelope = postcard::from_bytes(body).map_err(|e| DecodeError::Body(e.to_string()))?;
+    let (mut env, rest): (Envelope, _) =
+        postcard::take_from_bytes(body).map_err(|e| DecodeError::Body(e.to_string()))?;
     if env.from != topic_node {
         return Err(DecodeError::WrongSender {
             claimed: env.from,
@@ -162,5 +170,11 @@ pub fn decode(
         return Err(DecodeError::KindMismatch);
     }
     check_message(&env.msg)?;
+    // Bytes after the envelope without the flag are ignored, as the previous protocol
+    // ignored them: a later extension may use another flag.
+    if flags & FLAG_EXT != 0 {
+        let ext = postcard::from_bytes(rest).map_err(|e| DecodeError::Body(e.to_string()))?;
+        extension::apply(&mut env.msg, ext)?;
+    }
     Ok(env)
 }

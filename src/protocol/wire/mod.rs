@@ -8,13 +8,14 @@
 //! message must meet in `bounds`, the group keys in `keys`.
 
 use crate::engine::intern::NodeId;
-use crate::engine::{ChunkRef, Chunks, Content, Entry, Hash, VersionVector};
+use crate::engine::{ChunkRef, Chunks, Content, Entry, Hash, SharedAttrs, VersionVector};
 use crate::protocol::delta::ChunkDelta;
 use crate::protocol::relpath::RelPath;
 use serde::{Deserialize, Serialize};
 
 mod bounds;
 mod codec;
+pub mod extension;
 mod keys;
 
 pub use bounds::{
@@ -73,6 +74,9 @@ pub struct FilePatch {
     pub keep_front: u32,
     pub keep_back: u32,
     pub chunks: Vec<ChunkRef>,
+    /// Travels in the message's extension, as an entry's do.
+    #[serde(skip)]
+    pub attrs: SharedAttrs,
 }
 
 /// Files with fewer chunks are always sent whole: a patch would save little.
@@ -126,6 +130,7 @@ impl FilePatch {
             keep_front: front as u32,
             keep_back: back as u32,
             chunks: chunks[front..chunks.len() - back].to_vec(),
+            attrs: entry.attrs.clone(),
         })
     }
 
@@ -142,6 +147,7 @@ impl FilePatch {
         chunks.extend_from_slice(&self.chunks);
         chunks.extend_from_slice(&old[old.len() - back..]);
         let entry = Entry {
+            attrs: self.attrs.clone(),
             path: self.path.clone(),
             version: self.version.clone(),
             modified_by: self.modified_by.clone(),

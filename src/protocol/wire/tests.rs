@@ -15,6 +15,7 @@ fn manifest() -> Envelope {
         msg: Message::Manifest {
             live: true,
             entries: vec![Entry {
+                attrs: None,
                 path: RelPath::new("a/b.txt").unwrap(),
                 version: VersionVector::new().incremented("n1"),
                 modified_by: "n1".into(),
