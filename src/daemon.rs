@@ -267,6 +267,10 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<(), Dae
         }
         _ => None,
     };
+    // Ready once the configuration, state directory, keys and certificates loaded (and
+    // the embedded broker listens): connecting to the broker may take long, and a
+    // unit that waited for it would fail its start while the broker is down.
+    crate::sys::notify::notify("READY=1");
     run_nodes(&cfg, settings, shutdown).await?;
     if let Some(v) = volumes {
         if let Ok(Err(e)) = v.await {

@@ -372,6 +372,45 @@ fn the_on_change_hook_gets_the_changed_paths_and_its_failure_is_not_fatal() {
 }
 
 #[test]
+fn an_argument_list_hook_runs_without_a_shell() {
+    let mut c = Cluster::new(2);
+    let hook_log = c.path("hook.log");
+    // Shell syntax in an argument reaches the program as it is: tee appends the
+    // changed paths to both files, the second one named literally.
+    let literal = c.path("literal $HOME; ls.log");
+    c.write_config(1, |t| {
+        t.replace(
+            "ignore = [",
+            &format!(
+                "on_change = [\"/usr/bin/tee\", \"-a\", {:?}, {:?}]\nignore = [",
+                hook_log.display().to_string(),
+                literal.display().to_string()
+            ),
+        )
+    });
+    c.start_node(0);
+    c.start_node(1);
+    let (a, b) = (c.folder(0), c.folder(1));
+    assert!(wait_until(T, || a.join(".mqsync").exists()
+        && b.join(".mqsync").exists()));
+    fs::write(a.join("mosquitto.acl"), b"user probe\n").unwrap();
+    let seen = || fs::read_to_string(&hook_log).unwrap_or_default();
+    assert!(
+        wait_until(T, || seen().contains("mosquitto.acl\n")),
+        "hook saw: {:?}\n{}",
+        seen(),
+        c.nodes[1].as_ref().unwrap().log_text()
+    );
+    assert!(
+        wait_until(T, || fs::read_to_string(&literal)
+            .is_ok_and(|l| l.contains("mosquitto.acl\n"))),
+        "no file named {}",
+        literal.display()
+    );
+    assert!(c.nodes[1].as_mut().unwrap().is_running());
+}
+
+#[test]
 fn prometheus_metrics_count_what_was_synced() {
     let mut c = Cluster::new(2);
     let port = free_port();

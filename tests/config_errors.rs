@@ -204,3 +204,74 @@ fn broker_clients_name_unreadable_tls_files_by_key() {
         );
     }
 }
+
+#[test]
+fn hooks_are_checked_before_starting_and_run_check_reports_a_good_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let port = free_port();
+    for f in ["a", "b", "c", "d"] {
+        fs::create_dir(d.join(f)).unwrap();
+    }
+    let head = format!(
+        "node_id = \"n\"\nstate_dir = \"state\"\n[broker]\nembedded_listen = \"127.0.0.1:{port}\"\n"
+    );
+    let cfg = d.join("hooks.toml");
+    fs::write(
+        &cfg,
+        format!(
+            r#"{head}
+[[folder]]
+id = "a"
+path = "a"
+on_change = []
+
+[[folder]]
+id = "b"
+path = "b"
+on_change = ["/nonexistent/reload-broker", "-HUP"]
+
+[[folder]]
+id = "c"
+path = "c"
+on_change = 5
+
+[[folder]]
+id = "d"
+path = "d"
+on_change = ["/usr/bin/kill", "-HUP", "1"]
+"#
+        ),
+    )
+    .unwrap();
+    let (code, err) = run_refused(&cfg);
+    assert_eq!(code, Some(1), "{err}");
+    let file = cfg.display().to_string();
+    for line in [
+        format!("{file}: folder[0].on_change: the argument list needs a program first"),
+        format!(
+            "{file}: folder[1].on_change: /nonexistent/reload-broker: no such program (the argument list is executed directly, without a shell)"
+        ),
+        format!(
+            "{file}:19: folder[2].on_change: expected a string (run with sh -c) or an array of strings (program and arguments), found an integer (5)"
+        ),
+    ] {
+        assert!(err.contains(&line), "missing {line:?} in:\n{err}");
+    }
+    assert!(!err.contains("folder[3]"), "{err}");
+
+    // Fixed, `run --check` says so and exits without starting anything.
+    let text = fs::read_to_string(&cfg).unwrap();
+    let text = text
+        .replace("on_change = []", "on_change = \"true\"")
+        .replace("/nonexistent/reload-broker", "/usr/bin/true")
+        .replace("on_change = 5", "on_change = [\"true\"]");
+    fs::write(&cfg, text).unwrap();
+    let (ok, out, err) = mqsync_out(&["run", "--check", "--config", cfg.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("configuration OK: node n, 4 folder(s)"),
+        "{out}"
+    );
+    assert!(!d.join("state").exists(), "--check made state_dir");
+}

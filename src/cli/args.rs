@@ -94,6 +94,11 @@ pub struct RunArgs {
     /// Allow a plain-TCP `mqtt://` broker URL (logs a warning).
     #[arg(long)]
     pub insecure_plaintext: bool,
+    /// Only check the configuration and the files and folders it names, as `run` would
+    /// at start, print every problem and exit (0: it would start). For deploy tools:
+    /// Ansible's `validate: mqsync run --check --config %s`.
+    #[arg(long)]
+    pub check: bool,
 }
 
 #[derive(Args)]

@@ -64,6 +64,7 @@ pub fn broker(rt: &Runtime, log: &str, a: BrokerArgs) -> Result<()> {
     for addr in handle.listen_addrs() {
         tracing::info!(%addr, "broker listening (MQTT 3.1.1 over TLS, client certificates required)");
     }
+    crate::sys::notify::notify("READY=1");
     rt.block_on(shutdown_signal());
     Ok(())
 }

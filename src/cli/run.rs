@@ -30,6 +30,14 @@ pub fn run(rt: &Runtime, log: &str, a: RunArgs) -> Result<()> {
     // Every problem of the file, the environment and the files and folders it names,
     // listed at once, before anything starts.
     let cfg = load_config_checked(a.config.as_deref(), o, Checks::Run)?;
+    if a.check {
+        println!(
+            "configuration OK: node {}, {} folder(s)",
+            cfg.node_id,
+            cfg.folders.len()
+        );
+        return Ok(());
+    }
     init_logging(log, cfg.log_format);
     // Raised outside the log macro: its fields are not evaluated when the level is
     // filtered out.
@@ -49,6 +57,7 @@ pub fn run(rt: &Runtime, log: &str, a: RunArgs) -> Result<()> {
             _ = shutdown_signal() => {}
         }
         tracing::info!("shutting down");
+        crate::sys::notify::notify("STOPPING=1");
         let _ = tx.send(true);
         // Every folder removes its temp files, records what it applied, publishes its
         // offline status and disconnects; bounded, so a stuck broker connection cannot

@@ -1,14 +1,16 @@
 //! What `mqsync run` checks on this machine before it starts anything, collected with
 //! the other problems of the configuration: at least one folder, every file a key names
-//! (CA, client certificate and key, group key) readable, and every folder's path an
-//! existing directory unless the folder says `create = true`. The broker's clients
-//! (`status`, `wait`, …) check the TLS files only.
+//! (CA, client certificate and key, group key) readable, every folder's path an
+//! existing directory unless the folder says `create = true`, and the program of an
+//! argument-list `on_change` hook, when given as an absolute path, executable. The
+//! broker's clients (`status`, `wait`, …) check the TLS files only.
 
 use std::io;
 use std::path::Path;
 
 use super::error::Errors;
 use super::{Config, ENV_FOLDERS};
+use crate::ops::hook::Hook;
 
 /// Why `mqsync run` has nothing to do, if it has not.
 pub(super) fn no_folder(config: &Config) -> Option<String> {
@@ -66,6 +68,32 @@ pub(super) fn for_run(config: &Config, folder_keys: &[String], errors: &mut Erro
             ),
             Err(e) => errors.push(format!("{key}.path"), cannot_read(&f.path, &e)),
         }
+        if let Some(Hook::Exec(argv)) = &f.on_change
+            && let Some(program) = argv.first().map(Path::new)
+            && program.is_absolute()
+            && let Err(why) = executable(program)
+        {
+            errors.push(format!("{key}.on_change"), why);
+        }
+    }
+}
+
+/// Whether `program` is a file this process may execute (a hook's argument list is run
+/// without a shell, so a missing program would only show at the first change).
+fn executable(program: &Path) -> Result<(), String> {
+    match std::fs::metadata(program) {
+        Ok(m) if !m.is_file() => Err(format!("{} is not a file", program.display())),
+        Ok(_) => rustix::fs::access(program, rustix::fs::Access::EXEC_OK).map_err(|e| {
+            format!(
+                "{}: not executable by the user mqsync runs as ({e})",
+                program.display()
+            )
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(format!(
+            "{}: no such program (the argument list is executed directly, without a shell)",
+            program.display()
+        )),
+        Err(e) => Err(cannot_read(program, &e)),
     }
 }
 

@@ -176,7 +176,9 @@ impl RawConfig {
                 &mut folder.tombstone_days,
                 errors,
             );
-            env.optional_string(&format!("{prefix}ON_CHANGE"), &mut folder.on_change);
+            if let Some(v) = (env.get)(&format!("{prefix}ON_CHANGE")) {
+                folder.on_change = crate::ops::hook::Hook::from_env_value(&v);
+            }
         }
     }
 }

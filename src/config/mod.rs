@@ -225,9 +225,9 @@ pub struct FolderConfig {
     pub max_delete_percent: u64,
     /// Days a deletion record is kept before it is forgotten (1..=36500).
     pub tombstone_days: u64,
-    /// Command run with `sh -c` after a batch of remote changes was applied, with the
-    /// changed paths on stdin, one per line.
-    pub on_change: Option<String>,
+    /// Command run after a batch of remote changes was applied (`sh -c`, or an
+    /// argument list executed directly), with the changed paths on stdin, one per line.
+    pub on_change: Option<crate::ops::hook::Hook>,
     /// Whether chunk data is sent zstd-compressed: measured (`auto`), `always`, `never`.
     pub compression: crate::transfer::compression::Mode,
     /// Whether owner and group are kept: by name (default), by number, or not. Needs

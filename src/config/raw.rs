@@ -10,6 +10,7 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use super::error::Errors;
+use crate::ops::hook::Hook;
 
 #[derive(Debug, Default)]
 pub(super) struct RawConfig {
@@ -59,7 +60,7 @@ pub(super) struct RawFolder {
     pub(super) debounce_ms: Option<u64>,
     pub(super) max_delete_percent: Option<u64>,
     pub(super) tombstone_days: Option<u64>,
-    pub(super) on_change: Option<String>,
+    pub(super) on_change: Option<Hook>,
     pub(super) compression: Option<String>,
     pub(super) ownership: Option<String>,
     pub(super) xattrs: Option<bool>,
@@ -164,7 +165,7 @@ pub(super) fn parse(text: &str, errors: &mut Errors) -> Result<RawConfig, toml::
             debounce_ms: t.u64("debounce_ms", errors),
             max_delete_percent: t.u64("max_delete_percent", errors),
             tombstone_days: t.u64("tombstone_days", errors),
-            on_change: t.string("on_change", errors),
+            on_change: t.hook("on_change", errors),
             compression: t.string("compression", errors),
             ownership: t.string("ownership", errors),
             xattrs: t.bool("xattrs", errors),
@@ -283,6 +284,24 @@ impl<'a, 'i> Table<'a, 'i> {
             }
         }
         Some(out)
+    }
+
+    /// A hook: a string (a shell command) or an array of strings (an argument list).
+    fn hook(&mut self, name: &'static str, errors: &mut Errors) -> Option<Hook> {
+        let v = self.get(name)?;
+        match v.get_ref() {
+            DeValue::String(s) => Some(Hook::Shell(s.to_string())),
+            DeValue::Array(_) => self.strings(name, errors).map(Hook::Exec),
+            _ => {
+                self.wrong(
+                    self.key(name),
+                    v,
+                    "a string (run with sh -c) or an array of strings (program and arguments)",
+                    errors,
+                );
+                None
+            }
+        }
     }
 
     /// The table `name` (`[broker]`), if present and a table.

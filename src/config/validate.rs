@@ -14,6 +14,7 @@ use super::{
     DEFAULT_TOMBSTONE_DAYS, DEFAULT_TOPIC_PREFIX, DockerConfig, FolderConfig, LogFormat,
     MAX_DEBOUNCE_MS, Mode, SecurityConfig, folder_env_id,
 };
+use crate::ops::hook::Hook;
 
 impl RawConfig {
     pub(super) fn validate(
@@ -327,6 +328,7 @@ fn validate_folder(raw: RawFolder, key: &str, base: &Path, errors: &mut Errors) 
             format!("{tombstone_days} is not a number of days from 1 to 36500"),
         );
     }
+    let on_change = check_hook(raw.on_change, &format!("{key}.on_change"), errors);
     let compression = match raw.compression.as_deref() {
         None => crate::transfer::compression::Mode::default(),
         Some(s) => s.parse().unwrap_or_else(|e: String| {
@@ -350,11 +352,34 @@ fn validate_folder(raw: RawFolder, key: &str, base: &Path, errors: &mut Errors) 
         debounce_ms,
         max_delete_percent,
         tombstone_days,
-        on_change: raw.on_change.filter(|c| !c.trim().is_empty()),
+        on_change,
         compression,
         ownership,
         xattrs: raw.xattrs.unwrap_or(false),
     }
+}
+
+/// An empty shell command means no hook; an argument list needs a program, and no
+/// argument can hold a NUL byte (the kernel could not pass it).
+fn check_hook(hook: Option<Hook>, key: &str, errors: &mut Errors) -> Option<Hook> {
+    let hook = hook?;
+    let args: &[String] = match &hook {
+        Hook::Shell(cmd) if cmd.trim().is_empty() => return None,
+        Hook::Shell(cmd) => std::slice::from_ref(cmd),
+        Hook::Exec(argv) => argv,
+    };
+    if args.first().is_none_or(|program| program.trim().is_empty()) {
+        errors.push(
+            key,
+            "the argument list needs a program first, e.g. [\"/usr/bin/kill\", \"-HUP\", \"1\"] (or remove the key)",
+        );
+        return None;
+    }
+    if let Some(j) = args.iter().position(|a| a.contains('\0')) {
+        errors.push(key, format!("argument {j} contains a NUL byte"));
+        return None;
+    }
+    Some(hook)
 }
 
 /// Checks between folders, and against `state_dir`.

@@ -50,8 +50,8 @@ pub struct FolderSettings {
     pub max_delete_percent: u64,
     /// How long deletion records are kept (`None`: forever).
     pub tombstone_ttl: Option<Duration>,
-    /// Run with `sh -c` after a batch of remote changes was applied.
-    pub on_change: Option<String>,
+    /// Run after a batch of remote changes was applied.
+    pub on_change: Option<crate::ops::hook::Hook>,
     /// Whether chunk data goes out compressed.
     pub compression: crate::transfer::compression::Mode,
     /// What is kept besides contents and permission bits (`ownership`, `xattrs`).
