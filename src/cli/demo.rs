@@ -99,6 +99,8 @@ pub async fn start(
                 )),
                 on_change: None,
                 compression: Default::default(),
+                watch: Default::default(),
+                poll_interval: Duration::from_secs(crate::config::DEFAULT_POLL_INTERVAL_S),
                 applied: applied.clone(),
             }],
         };

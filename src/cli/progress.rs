@@ -260,6 +260,7 @@ mod tests {
             held_deletes: 0,
             resync: None,
             cert_days_left: None,
+            polled: None,
         }
     }
 

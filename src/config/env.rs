@@ -159,6 +159,9 @@ impl RawConfig {
             env.string(&format!("{prefix}MODE"), &mut folder.mode);
             env.string(&format!("{prefix}COMPRESSION"), &mut folder.compression);
             env.list(&format!("{prefix}IGNORE"), &mut folder.ignore);
+            env.string(&format!("{prefix}WATCH"), &mut folder.watch);
+            let poll = &mut folder.poll_interval_s;
+            env.u64(&format!("{prefix}POLL_INTERVAL_S"), poll, errors);
             env.u64(
                 &format!("{prefix}DEBOUNCE_MS"),
                 &mut folder.debounce_ms,

@@ -61,6 +61,8 @@ pub(super) struct RawFolder {
     pub(super) tombstone_days: Option<u64>,
     pub(super) on_change: Option<String>,
     pub(super) compression: Option<String>,
+    pub(super) watch: Option<String>,
+    pub(super) poll_interval_s: Option<u64>,
 }
 
 /// The keys of each table, for "did you mean" and for naming the table a misplaced key
@@ -100,6 +102,8 @@ const FOLDER: &[&str] = &[
     "tombstone_days",
     "on_change",
     "compression",
+    "watch",
+    "poll_interval_s",
 ];
 /// Each table's header and keys.
 const TABLES: &[(&str, &[&str])] = &[
@@ -162,6 +166,8 @@ pub(super) fn parse(text: &str, errors: &mut Errors) -> Result<RawConfig, toml::
             tombstone_days: t.u64("tombstone_days", errors),
             on_change: t.string("on_change", errors),
             compression: t.string("compression", errors),
+            watch: t.string("watch", errors),
+            poll_interval_s: t.u64("poll_interval_s", errors),
         });
         t.finish(errors);
     }

@@ -21,6 +21,8 @@ pub fn folder_settings(f: &FolderConfig) -> FolderSettings {
         tombstone_ttl: Some(Duration::from_secs(f.tombstone_days * 86_400)),
         on_change: f.on_change.clone(),
         compression: f.compression,
+        watch: f.watch,
+        poll_interval: Duration::from_secs(f.poll_interval_s),
         applied: None,
     }
 }

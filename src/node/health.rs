@@ -46,6 +46,8 @@ pub(super) struct Health {
     pub resync: Option<ResyncAnswer>,
     /// When the node's client certificate expires (ms since the epoch).
     cert_expires_ms: Option<u64>,
+    /// What the folder polls instead of watching, if anything.
+    pub polled: Option<crate::ops::status::Polled>,
 }
 
 /// What the status document is made of besides the health's own state.
@@ -86,6 +88,7 @@ impl Health {
             ignore: IgnoreRules::of(ignore),
             resync: None,
             cert_expires_ms: None,
+            polled: None,
         }
     }
 
@@ -93,6 +96,11 @@ impl Health {
     pub fn with_cert_expiry(mut self, ms: Option<u64>) -> Self {
         self.cert_expires_ms = ms;
         self
+    }
+
+    /// The folder's ignore patterns changed (its `.mqsyncignore`).
+    pub fn set_ignore(&mut self, patterns: &[String]) {
+        self.ignore = IgnoreRules::of(patterns);
     }
 
     pub fn doc(&self, state: State, f: &Facts) -> FolderStatus {
@@ -123,6 +131,7 @@ impl Health {
             cert_days_left: self
                 .cert_expires_ms
                 .map(|at| crate::ops::status::days_left(at, now_ms())),
+            polled: self.polled.clone(),
         }
     }
 

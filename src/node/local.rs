@@ -4,6 +4,7 @@
 
 use super::folder::Folder;
 use super::now_ms;
+use super::shared_ignore::SharedIgnore;
 use crate::engine::{Content, DeleteGuard, Engine, Hash};
 use crate::fs::applier::{Applier, holds_only_ignored};
 use crate::fs::casefold::CaseFolds;
@@ -25,6 +26,8 @@ pub(super) struct Local {
     root: PathBuf,
     debounce: Duration,
     pub ignore: Ignore,
+    /// Where `ignore` comes from: the config and `.mqsyncignore`.
+    pub shared: SharedIgnore,
     /// Disk metadata last reported to the engine, per path.
     pub known: BTreeMap<RelPath, LocalMeta>,
     /// The names in `known` by folded spelling, on a case-insensitive file system only.
@@ -51,7 +54,7 @@ impl Local {
         folder: String,
         root: PathBuf,
         (debounce, rescan_every): (Duration, Duration),
-        ignore: Ignore,
+        (ignore, shared): (Ignore, SharedIgnore),
         known: BTreeMap<RelPath, LocalMeta>,
         max_delete_percent: u64,
     ) -> Self {
@@ -60,6 +63,7 @@ impl Local {
             root,
             debounce,
             ignore,
+            shared,
             known,
             case_folds: None,
             dirty: BTreeSet::new(),
@@ -108,6 +112,8 @@ impl Local {
                 self.dirty_due = Some(now);
             }
             FsEvent::Rescan => self.rescan_due = true,
+            // The watcher's own business (see `watching`).
+            FsEvent::OutOfWatches => {}
             FsEvent::Error(e) => {
                 warn!(folder = %self.folder, "watcher: {e}; falling back to periodic scans");
                 return Some(format!("watcher: {e}"));
@@ -169,7 +175,8 @@ impl Local {
     }
 
     /// Scans `paths` (everything when `None`). `closed`: for paths from the watcher,
-    /// those whose writer closed them or moved them into place.
+    /// those whose writer closed them or moved them into place; for a poll, empty (a
+    /// file written a moment ago waits for the debounce).
     pub fn scan(
         &self,
         paths: Option<&[RelPath]>,
@@ -197,7 +204,8 @@ impl Local {
             match (paths, closed) {
                 (Some(p), Some(c)) => scanner.watched_paths(p, c),
                 (Some(p), None) => scanner.paths(p),
-                (None, _) => scanner.full(remove_temps),
+                (None, Some(_)) => scanner.polled(),
+                (None, None) => scanner.full(remove_temps),
             }
         })
     }
@@ -318,6 +326,16 @@ impl Folder {
             return;
         }
         let res = self.local.scan(Some(paths), false, closed);
+        self.take_scan(res);
+    }
+
+    /// A poll: scans `paths` (everything when `None`), taking what was written a
+    /// moment ago only once it has settled.
+    pub(super) fn poll_scan(&mut self, paths: Option<&[RelPath]>) {
+        if paths.is_some_and(<[RelPath]>::is_empty) || !self.check_root() {
+            return;
+        }
+        let res = self.local.scan(paths, false, Some(&HashSet::new()));
         self.take_scan(res);
     }
 
