@@ -212,7 +212,7 @@ impl Folder {
             None => of_dirs,
             Some(r) => r.iter().map(|p| dir_count(self, Some(p))).sum(),
         };
-        self.health.polled = (dirs > 0).then(|| Polled {
+        self.health.polled = (dirs > 0).then_some(Polled {
             reason: why,
             dirs,
             of_dirs,
