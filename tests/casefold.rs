@@ -6,58 +6,15 @@
 
 mod common;
 
+use common::exfat::ExfatMount;
 use common::*;
 use std::collections::BTreeMap;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(120);
-
-/// An exFAT image mounted at a directory for the test's lifetime.
-struct ExfatMount {
-    dir: PathBuf,
-    loopdev: String,
-}
-
-fn run(cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd}: {e} (scripts/test installs exfat-fuse and exfatprogs)"));
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-impl ExfatMount {
-    fn new(image: &Path, dir: &Path) -> ExfatMount {
-        fs::File::create(image).unwrap().set_len(64 << 20).unwrap();
-        run("mkfs.exfat", &[image.to_str().unwrap()]);
-        let loopdev = run("losetup", &["-f", "--show", image.to_str().unwrap()]);
-        fs::create_dir_all(dir).unwrap();
-        let m = ExfatMount {
-            dir: dir.to_path_buf(),
-            loopdev,
-        };
-        run("mount.exfat-fuse", &[&m.loopdev, dir.to_str().unwrap()]);
-        m
-    }
-}
-
-impl Drop for ExfatMount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
-        let _ = Command::new("losetup")
-            .arg("-d")
-            .arg(&self.loopdev)
-            .status();
-    }
-}
 
 /// Names as listed on disk (their real spelling) with content hashes; modes and times
 /// are left out because exFAT keeps neither permission bits nor nanoseconds.

@@ -338,6 +338,7 @@ fn a_rogue_client_without_the_group_key_changes_nothing() {
         held_deletes: 0,
         cert_days_left: None,
         notes: vec![],
+        polled: None,
     };
     let forged = mqsync::ops::status::signed_json(&fake, status_topic, &forged_key).unwrap();
     rogue.publish_retained(status_topic, forged);

@@ -57,7 +57,9 @@ pub enum Cmd {
     Status(StatusArgs),
     /// Block until every online node of the folder(s) reports the same state with
     /// nothing pending, every status verifies under the group key and the ignore
-    /// rules agree (for deploy scripts); exit 1 with the reason on timeout.
+    /// rules agree, and every node that polls (watch = "poll", or out of inotify
+    /// watches) has polled since wait started (for deploy scripts); exit 1 with the
+    /// reason on timeout.
     Wait(WaitArgs),
     /// Per node, the paths it has not brought in sync and why (waiting for chunks,
     /// apply failing, held by the mass-delete guard, local change not sent), read

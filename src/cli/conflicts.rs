@@ -17,8 +17,11 @@ pub fn conflicts(a: ConflictsArgs) -> Result<()> {
         let Some(f) = cfg.folders.iter().find(|f| &f.id == id) else {
             bail!("no folder {id:?} in the configuration");
         };
+        // The folder's rules in force: the config's and its .mqsyncignore's.
+        let shared = crate::fs::ignore::read_ignore_file(&f.path).0;
+        let patterns: Vec<String> = f.ignore.iter().chain(&shared).cloned().collect();
         let ignore =
-            Ignore::new(&f.ignore).with_context(|| format!("folder {id}: bad ignore pattern"))?;
+            Ignore::new(&patterns).with_context(|| format!("folder {id}: bad ignore pattern"))?;
         all.extend(find(&f.path, id, &ignore));
     }
     if a.json {

@@ -101,6 +101,8 @@ pub async fn start(
                 // The demo's nodes share one machine and its owners.
                 keep: crate::fs::attrs::Keep::default(),
                 compression: Default::default(),
+                watch: Default::default(),
+                poll_interval: Duration::from_secs(crate::config::DEFAULT_POLL_INTERVAL_S),
                 applied: applied.clone(),
             }],
         };

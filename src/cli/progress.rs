@@ -261,6 +261,7 @@ mod tests {
             resync: None,
             cert_days_left: None,
             notes: vec![],
+            polled: None,
         }
     }
 

@@ -93,6 +93,7 @@ pub fn wait(rt: &Runtime, log: &str, a: WaitArgs) -> Result<()> {
             control::watch_status(&connect, &prefix, keys.as_ref(), tx).await
         });
         let deadline = tokio::time::Instant::now() + limit;
+        let started_ms = crate::ops::status::now_ms();
         // In sync must hold for a moment: a change may not have reached anyone.
         let settle = Duration::from_secs(1);
         let mut last = String::from("no status received yet");
@@ -107,7 +108,7 @@ pub fn wait(rt: &Runtime, log: &str, a: WaitArgs) -> Result<()> {
             } else {
                 folders
                     .iter()
-                    .map(|f| control::folder_in_sync(&map, f))
+                    .map(|f| control::folder_in_sync(&map, f, started_ms))
                     .collect::<Result<Vec<_>, _>>()
             };
             let wait = match &check {
@@ -272,7 +273,12 @@ fn print_status(map: &StatusMap, json: bool) -> Result<()> {
             d.files,
             d.bytes,
             d.pending,
-            if in_sync { "yes" } else { "no" },
+            match (in_sync, d.polled.is_some()) {
+                (true, false) => "yes",
+                // As of its last poll: see the note below the table.
+                (true, true) => "yes*",
+                (false, _) => "no",
+            },
             d.digest,
             match (&d.last_error, d.insecure_plaintext) {
                 (Some(e), true) => format!("PLAINTEXT; {e}"),
@@ -288,6 +294,13 @@ fn print_status(map: &StatusMap, json: bool) -> Result<()> {
     for d in map.values() {
         for n in &d.notes {
             println!("node {} ({}): {n}", d.node, d.folder);
+        }
+    }
+    let now = crate::ops::status::now_ms();
+    for d in map.values().filter(|d| counted(d)) {
+        if let Some(p) = &d.polled {
+            let ago = now.saturating_sub(p.last_poll_ms) / 1000;
+            println!("* {}; last poll {ago} s ago", p.describe(&d.node));
         }
     }
     let mut certs: Vec<String> = map

@@ -161,6 +161,9 @@ impl RawConfig {
             env.string(&format!("{prefix}OWNERSHIP"), &mut folder.ownership);
             env.bool(&format!("{prefix}XATTRS"), &mut folder.xattrs, errors);
             env.list(&format!("{prefix}IGNORE"), &mut folder.ignore);
+            env.string(&format!("{prefix}WATCH"), &mut folder.watch);
+            let poll = &mut folder.poll_interval_s;
+            env.u64(&format!("{prefix}POLL_INTERVAL_S"), poll, errors);
             env.u64(
                 &format!("{prefix}DEBOUNCE_MS"),
                 &mut folder.debounce_ms,

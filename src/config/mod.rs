@@ -24,7 +24,8 @@
 //! * `[docker]`: `MQSYNC_DOCKER_VOLUME_PLUGIN`, `MQSYNC_DOCKER_VOLUMES_ROOT`,
 //!   `MQSYNC_DOCKER_PLUGIN_SOCKET`;
 //! * folders, addressed by id: `MQSYNC_FOLDER_<ID>_PATH`, `_CREATE`, `_MODE`, `_IGNORE`
-//!   (comma-separated patterns, replaces the file's list), `_DEBOUNCE_MS`, where `<ID>` is
+//!   (comma-separated patterns, replaces the file's list), `_DEBOUNCE_MS`, `_WATCH`,
+//!   `_POLL_INTERVAL_S`, where `<ID>` is
 //!   the folder id upper-cased with `-` and `.` turned into `_` (`media-2` →
 //!   `MQSYNC_FOLDER_MEDIA_2_PATH`);
 //! * whole folders from the environment alone (containers without a config file):
@@ -113,6 +114,8 @@ pub const DEFAULT_PLAIN_PORT: u16 = 1883;
 pub const DEFAULT_DEBOUNCE_MS: u64 = 100;
 /// Largest accepted `folder.debounce_ms`.
 pub const MAX_DEBOUNCE_MS: u64 = 60_000;
+/// Default `folder.poll_interval_s`.
+pub const DEFAULT_POLL_INTERVAL_S: u64 = 10;
 /// Default `folder.max_delete_percent`.
 pub const DEFAULT_MAX_DELETE_PERCENT: u64 = 50;
 /// Default `folder.tombstone_days`.
@@ -236,6 +239,10 @@ pub struct FolderConfig {
     /// Whether extended attributes and POSIX ACLs are kept (`user.*`, and `security.*`
     /// and `system.posix_acl_*` where the daemon may set them).
     pub xattrs: bool,
+    /// How changes are noticed (`inotify`, or `poll` for network file systems), and
+    /// how often (1..=86400 s) what no watch covers is scanned.
+    pub watch: crate::fs::watcher::WatchMode,
+    pub poll_interval_s: u64,
 }
 
 /// Log output format.

@@ -64,6 +64,8 @@ pub(super) struct RawFolder {
     pub(super) compression: Option<String>,
     pub(super) ownership: Option<String>,
     pub(super) xattrs: Option<bool>,
+    pub(super) watch: Option<String>,
+    pub(super) poll_interval_s: Option<u64>,
 }
 
 /// The keys of each table, for "did you mean" and for naming the table a misplaced key
@@ -105,6 +107,8 @@ const FOLDER: &[&str] = &[
     "compression",
     "ownership",
     "xattrs",
+    "watch",
+    "poll_interval_s",
 ];
 /// Each table's header and keys.
 const TABLES: &[(&str, &[&str])] = &[
@@ -169,6 +173,8 @@ pub(super) fn parse(text: &str, errors: &mut Errors) -> Result<RawConfig, toml::
             compression: t.string("compression", errors),
             ownership: t.string("ownership", errors),
             xattrs: t.bool("xattrs", errors),
+            watch: t.string("watch", errors),
+            poll_interval_s: t.u64("poll_interval_s", errors),
         });
         t.finish(errors);
     }

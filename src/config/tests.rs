@@ -224,6 +224,31 @@ fn bad_mode_is_named() {
 }
 
 #[test]
+fn watch_and_poll_interval_are_checked_together_and_overridable() {
+    let text = "node_id = \"n\"\n[[folder]]\nid = \"m\"\npath = \"/srv/m\"\nwatch = \"fanotify\"\npoll_interval_s = 0\n";
+    let errors = invalid(load(text, &no_env).expect_err("bad watch"));
+    assert!(
+        has(&errors, "folder[0].watch", "unknown watch \"fanotify\"")
+            && has(&errors, "folder[0].poll_interval_s", "from 1 to 86400"),
+        "{errors:?}"
+    );
+    let env = env_of(&[
+        ("MQSYNC_FOLDER_M_WATCH", "poll"),
+        ("MQSYNC_FOLDER_M_POLL_INTERVAL_S", "30"),
+    ]);
+    let c = load(text, &env).expect("valid with the overrides");
+    let m = c.folder("m").expect("m");
+    assert_eq!(m.watch, crate::fs::watcher::WatchMode::Poll);
+    assert_eq!(m.poll_interval_s, 30);
+    let c = load(BASIC, &no_env).expect("valid");
+    let media = c.folder("media").expect("media");
+    assert_eq!(
+        (media.watch, media.poll_interval_s),
+        (crate::fs::watcher::WatchMode::Inotify, 10)
+    );
+}
+
+#[test]
 fn several_errors_reported_at_once() {
     let text = r#"
 node_id = "bad id!"

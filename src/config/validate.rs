@@ -10,9 +10,9 @@ use super::error::Errors;
 use super::raw::{RawBroker, RawConfig, RawDocker, RawFolder};
 use super::{
     BrokerConfig, BrokerUrl, Config, DEFAULT_DEBOUNCE_MS, DEFAULT_KEEPALIVE_S,
-    DEFAULT_MAX_DELETE_PERCENT, DEFAULT_PLUGIN_SOCKET, DEFAULT_STATE_DIR, DEFAULT_TLS_PORT,
-    DEFAULT_TOMBSTONE_DAYS, DEFAULT_TOPIC_PREFIX, DockerConfig, FolderConfig, LogFormat,
-    MAX_DEBOUNCE_MS, Mode, SecurityConfig, folder_env_id,
+    DEFAULT_MAX_DELETE_PERCENT, DEFAULT_PLUGIN_SOCKET, DEFAULT_POLL_INTERVAL_S, DEFAULT_STATE_DIR,
+    DEFAULT_TLS_PORT, DEFAULT_TOMBSTONE_DAYS, DEFAULT_TOPIC_PREFIX, DockerConfig, FolderConfig,
+    LogFormat, MAX_DEBOUNCE_MS, Mode, SecurityConfig, folder_env_id,
 };
 use crate::ops::hook::Hook;
 
@@ -343,6 +343,17 @@ fn validate_folder(raw: RawFolder, key: &str, base: &Path, errors: &mut Errors) 
             crate::fs::attrs::Ownership::default()
         }),
     };
+    let watch = raw.watch.as_deref().map_or(Default::default(), |s| {
+        s.parse().unwrap_or_else(|e: String| {
+            errors.push(format!("{key}.watch"), e);
+            Default::default()
+        })
+    });
+    let poll_interval_s = raw.poll_interval_s.unwrap_or(DEFAULT_POLL_INTERVAL_S);
+    if !(1..=86_400).contains(&poll_interval_s) {
+        let why = format!("{poll_interval_s} is not a number of seconds from 1 to 86400");
+        errors.push(format!("{key}.poll_interval_s"), why);
+    }
     FolderConfig {
         id,
         path,
@@ -356,6 +367,8 @@ fn validate_folder(raw: RawFolder, key: &str, base: &Path, errors: &mut Errors) 
         compression,
         ownership,
         xattrs: raw.xattrs.unwrap_or(false),
+        watch,
+        poll_interval_s,
     }
 }
 

@@ -12,6 +12,7 @@ pub mod digest;
 pub mod effect;
 pub mod entries;
 pub mod entry;
+mod forget;
 pub mod guard;
 pub mod intern;
 pub mod resolve;

@@ -78,6 +78,11 @@ pub struct Applier {
 }
 
 impl Applier {
+    /// New rules (a changed `.mqsyncignore`).
+    pub fn set_ignore(&mut self, ignore: Ignore) {
+        self.ignore = ignore;
+    }
+
     pub fn new(root: PathBuf, ignore: Ignore) -> Self {
         Applier {
             root,

@@ -11,12 +11,19 @@
 //! (`.cache/`) matches only what is inside a directory of that name: the matcher sees
 //! paths, not file types, so a *file* named `.cache` is synced, and so is the (empty)
 //! directory itself. Negation (`!pattern`) is refused: list only what to ignore.
+//!
+//! The folder's shared rules live in [`IGNORE_FILE`] at its root (synced like any file,
+//! never ignored itself): one pattern per line, blank lines and `#` comments skipped.
 
 use crate::protocol::relpath::RelPath;
 use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
 
 /// Marker file at a folder's root: its absence means the volume is not mounted.
 pub const MARKER: &str = ".mqsync";
+/// The ignore file at a folder's root whose patterns every node applies.
+pub const IGNORE_FILE: &str = ".mqsyncignore";
+/// Bytes of [`IGNORE_FILE`] read at most: more is reported and left out.
+pub const MAX_IGNORE_FILE_BYTES: u64 = 64 * 1024;
 /// Infix of the temp files the applier writes next to their target.
 pub const TEMP_INFIX: &str = ".mqsync-tmp-";
 
@@ -87,6 +94,46 @@ fn globs(pattern: &str) -> Result<Vec<Glob>, PatternError> {
     Ok(out)
 }
 
+/// The patterns of an [`IGNORE_FILE`]'s text, and the problems of the lines left out
+/// (numbered from 1).
+pub fn parse_ignore_file(text: &str) -> (Vec<String>, Vec<String>) {
+    let (mut patterns, mut problems) = (Vec::new(), Vec::new());
+    for (i, line) in text.lines().enumerate() {
+        let p = line.trim();
+        if p.is_empty() || p.starts_with('#') {
+            continue;
+        }
+        match check_pattern(p) {
+            Ok(()) => patterns.push(p.to_owned()),
+            Err(e) => problems.push(format!("{IGNORE_FILE} line {}: {e}", i + 1)),
+        }
+    }
+    (patterns, problems)
+}
+
+/// The patterns of the [`IGNORE_FILE`] in `root` and the problems of the lines left
+/// out (or why it cannot be read); none when it is absent.
+pub fn read_ignore_file(root: &std::path::Path) -> (Vec<String>, Vec<String>) {
+    use std::io::Read;
+    let path = root.join(IGNORE_FILE);
+    let mut text = String::new();
+    let res = std::fs::File::open(&path)
+        .and_then(|f| f.take(MAX_IGNORE_FILE_BYTES).read_to_string(&mut text));
+    match res {
+        Ok(n) => {
+            let (patterns, mut problems) = parse_ignore_file(&text);
+            if n as u64 >= MAX_IGNORE_FILE_BYTES {
+                problems.push(format!(
+                    "{IGNORE_FILE}: only its first {MAX_IGNORE_FILE_BYTES} bytes are read"
+                ));
+            }
+            (patterns, problems)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => (vec![], vec![]),
+        Err(e) => (vec![], vec![format!("cannot read {}: {e}", path.display())]),
+    }
+}
+
 /// The folder's ignore rules plus the built-in ones (marker and temp files).
 #[derive(Clone)]
 pub struct Ignore {
@@ -110,7 +157,7 @@ impl Ignore {
 
     pub fn is_ignored(&self, rel: &RelPath) -> bool {
         let s = rel.as_str();
-        s == MARKER || is_temp_name(rel.file_name()) || self.set.is_match(s)
+        s != IGNORE_FILE && (s == MARKER || is_temp_name(rel.file_name()) || self.set.is_match(s))
     }
 }
 
@@ -213,6 +260,20 @@ mod tests {
             "{e}"
         );
         assert!(Ignore::new(&["*.swp".into(), "!x".into()]).is_err());
+    }
+
+    #[test]
+    fn the_ignore_file_is_parsed_line_by_line_and_never_ignored() {
+        let (patterns, problems) = parse_ignore_file("# logs\n*.log\n\n  /build/ \n!keep\n");
+        assert_eq!(patterns, ["*.log", "/build/"]);
+        assert_eq!(problems.len(), 1);
+        assert!(
+            problems[0].starts_with(".mqsyncignore line 5: "),
+            "{problems:?}"
+        );
+        let ignore = Ignore::new(&[".*".into()]).expect("valid");
+        assert!(!ignore.is_ignored(&RelPath::new(IGNORE_FILE).expect("relpath")));
+        assert!(ignore.is_ignored(&RelPath::new(".other").expect("relpath")));
     }
 
     #[test]

@@ -67,9 +67,19 @@ impl Scanner<'_> {
     /// Walks the whole folder. `remove_temps` deletes leftovers of interrupted applies
     /// (only safe at start-up, before the applier runs).
     pub fn full(&self, remove_temps: bool) -> ScanResult {
+        self.full_walk(remove_temps, false)
+    }
+
+    /// [`Scanner::full`] for a poll: a file written in the last [`SETTLE`] is reported
+    /// unstable, as by [`Scanner::watched_paths`] (a poll finds files being written).
+    pub fn polled(&self) -> ScanResult {
+        self.full_walk(false, true)
+    }
+
+    fn full_walk(&self, remove_temps: bool, settle: bool) -> ScanResult {
         let mut res = ScanResult::default();
         let mut seen = HashSet::new();
-        self.walk(self.root, &mut seen, &mut res, remove_temps, false);
+        self.walk(self.root, &mut seen, &mut res, remove_temps, settle);
         self.vanished(None, &seen, &mut res);
         res
     }

@@ -8,13 +8,15 @@ use super::local::Local;
 use super::outbound::{LocalChunks, Outbound};
 use super::pending::PendingPublisher;
 use super::records::Records;
+use super::shared_ignore::SharedIgnore;
+use super::watching::{WatchResult, Watching};
 use super::{FolderSettings, NodeError, NodeSettings, index_path, now_ms};
 use crate::engine::{Chunks, Effect, Engine, Entry, Hash};
 use crate::fs::applier::Applier;
 use crate::fs::attrs::{Keep, Ownership, may_chown};
-use crate::fs::ignore::Ignore;
+use crate::fs::ignore::{IGNORE_FILE, Ignore};
 use crate::fs::locations::ChunkLocations;
-use crate::fs::watcher::{self, FsEvent};
+use crate::fs::watcher::FsEvent;
 use crate::ops::resync::{self, Verdict};
 use crate::ops::status::State;
 use crate::protocol::relpath::RelPath;
@@ -35,14 +37,6 @@ const ROOT_CHECK: Duration = Duration::from_secs(2);
 /// The loop's timer: timeouts, stalled fetches, status.
 const TICK: Duration = Duration::from_millis(200);
 
-type WatchResult = Result<
-    (
-        watcher::FolderWatcher,
-        tokio::sync::mpsc::UnboundedReceiver<FsEvent>,
-    ),
-    notify::Error,
->;
-
 pub(super) struct Folder {
     pub cfg: FolderSettings,
     connect: ConnectSettings,
@@ -50,6 +44,7 @@ pub(super) struct Folder {
     /// Where each chunk can be read locally (verified on read).
     pub locations: ChunkLocations,
     pub local: Local,
+    pub watching: Watching,
     pub applies: ApplyQueue,
     pub out: Outbound,
     pub records: Records,
@@ -85,7 +80,7 @@ impl Folder {
         let index = Index::open(&path).map_err(index_error)?;
         let records = index.load().map_err(index_error)?;
         debug!(folder = %f.id, records = records.len(), ms = started.elapsed().as_millis() as u64, "index loaded");
-        let ignore = Ignore::new(&f.ignore).map_err(|source| NodeError::Ignore {
+        Ignore::new(&f.ignore).map_err(|source| NodeError::Ignore {
             folder: f.id.clone(),
             source,
         })?;
@@ -95,6 +90,11 @@ impl Folder {
             .iter()
             .filter_map(|r| Some((r.entry.path.clone(), r.local?)))
             .collect();
+        let file = RelPath::new(IGNORE_FILE)
+            .ok()
+            .and_then(|p| known.get(&p).copied());
+        let (shared, ignore, problems) = SharedIgnore::load(&f.path, &f.ignore, file);
+        let patterns = shared.patterns();
         let entries: Vec<Entry> = records.into_iter().map(|r| r.entry).collect();
         let topics = Topics {
             prefix: s.topic_prefix.clone(),
@@ -117,7 +117,7 @@ impl Folder {
                 f.id.clone(),
                 f.path.clone(),
                 (f.debounce, f.rescan_interval),
-                ignore.clone(),
+                (ignore.clone(), shared),
                 known,
                 f.max_delete_percent,
             )
@@ -136,6 +136,7 @@ impl Folder {
                 apply_slots(crate::sys::rlimit::open_files(), s.folders.len()),
             )
             .with_observer(f.applied.clone()),
+            watching: Watching::new(f.id.clone(), f.watch, f.poll_interval),
             health: Health::new(
                 f.id.clone(),
                 s.node_id.clone(),
@@ -143,7 +144,7 @@ impl Folder {
                 s.keys.clone(),
                 topics.status(&s.node_id),
                 s.connect.tls.is_none(),
-                &f.ignore,
+                &patterns,
             )
             .with_cert_expiry(s.client_cert_expires_ms),
             pending: PendingPublisher::new(topics.pending(&s.node_id), s.keys.clone()),
@@ -171,6 +172,7 @@ impl Folder {
             warn!(folder = %f.id, "{note}");
             folder.health.notes.push(note);
         }
+        folder.health.last_error = problems.into_iter().next();
         folder.rebuild_locations();
         folder.drop_stale_signatures();
         debug!(folder = %f.id, ms = started.elapsed().as_millis() as u64, "folder state built");
@@ -206,21 +208,15 @@ impl Folder {
             }
         }
         self.local.probe_case();
-        let (mut _watcher, mut fs_rx) = match early_watch {
-            // Failed early (e.g. check_root has just created the root): try again now.
-            Some(h) => match h.await {
-                Ok(Ok((w, rx))) => (Some(w), rx),
-                _ => self.start_watcher(),
-            },
-            None => self.start_watcher(),
-        };
+        let mut fs_rx = self.start_watching(early_watch.take()).await;
         debug!(folder = %self.cfg.id, ms = self.started.elapsed().as_millis() as u64, "watcher ready");
         self.publish_status(State::Scanning);
         self.engine.set_clock(now_ms());
         self.engine.start(Instant::now());
-        let scan_started = Instant::now();
+        let (scan_started, started_ms) = (Instant::now(), now_ms());
         self.full_scan(true);
         self.local.rescan_after(Instant::now());
+        self.report_polled(started_ms);
         info!(
             folder = %self.cfg.id,
             files = self.engine.entries().count(),
@@ -253,7 +249,7 @@ impl Folder {
                         if self.check_root() {
                             // The volume is back (a remount replaces the watched inode).
                             info!(folder = %self.cfg.id, "folder root and marker are back; resuming");
-                            (_watcher, fs_rx) = self.start_watcher();
+                            fs_rx = self.restart_watcher();
                             self.local.rescan_due = true;
                             self.send_digest(true);
                         }
@@ -277,6 +273,7 @@ impl Folder {
             }
             self.maybe_run_hook(&hook_tx);
             self.report_applied();
+            self.reload_ignore();
             // Drain what else is already queued before the expensive steps.
             while let Ok(ev) = fs_rx.try_recv() {
                 self.on_fs(ev);
@@ -322,24 +319,8 @@ impl Folder {
         Ok(())
     }
 
-    fn start_watcher(
-        &mut self,
-    ) -> (
-        Option<watcher::FolderWatcher>,
-        tokio::sync::mpsc::UnboundedReceiver<FsEvent>,
-    ) {
-        match watcher::watch(&self.cfg.path) {
-            Ok((w, rx)) => (Some(w), rx),
-            Err(e) => {
-                let msg = format!("watcher unavailable ({e}); relying on periodic scans");
-                warn!(folder = %self.cfg.id, "{msg}");
-                self.health.last_error = Some(msg);
-                (None, tokio::sync::mpsc::unbounded_channel().1)
-            }
-        }
-    }
-
     fn on_fs(&mut self, ev: FsEvent) {
+        self.on_watch_event(&ev);
         if let Some(e) = self.local.on_fs(ev, &mut self.applies.applier) {
             self.health.last_error = Some(e);
         }
@@ -441,6 +422,7 @@ impl Folder {
     fn on_tick(&mut self, now: Instant) {
         self.release_deletes(now);
         self.local.on_tick(now);
+        self.poll_if_due(now);
         for (to, hashes) in self.applies.applier.overtaken(now) {
             self.out.request(to, hashes);
         }
@@ -549,7 +531,7 @@ impl Folder {
         self.out.pump(&chunks, &mut self.records);
     }
 
-    fn send_digest(&mut self, reply: bool) {
+    pub(super) fn send_digest(&mut self, reply: bool) {
         let buckets = self.engine.digest().buckets().to_vec();
         self.out
             .send(crate::protocol::wire::Message::Digest { reply, buckets });

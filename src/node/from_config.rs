@@ -26,6 +26,8 @@ pub fn folder_settings(f: &FolderConfig) -> FolderSettings {
             xattrs: f.xattrs,
             carry_owner: false,
         },
+        watch: f.watch,
+        poll_interval: Duration::from_secs(f.poll_interval_s),
         applied: None,
     }
 }

@@ -48,6 +48,8 @@ pub(super) struct Health {
     cert_expires_ms: Option<u64>,
     /// What the folder asks for that this node cannot keep (status `notes`).
     pub notes: Vec<String>,
+    /// What the folder polls instead of watching, if anything.
+    pub polled: Option<crate::ops::status::Polled>,
 }
 
 /// What the status document is made of besides the health's own state.
@@ -89,6 +91,7 @@ impl Health {
             resync: None,
             cert_expires_ms: None,
             notes: Vec::new(),
+            polled: None,
         }
     }
 
@@ -96,6 +99,11 @@ impl Health {
     pub fn with_cert_expiry(mut self, ms: Option<u64>) -> Self {
         self.cert_expires_ms = ms;
         self
+    }
+
+    /// The folder's ignore patterns changed (its `.mqsyncignore`).
+    pub fn set_ignore(&mut self, patterns: &[String]) {
+        self.ignore = IgnoreRules::of(patterns);
     }
 
     pub fn doc(&self, state: State, f: &Facts) -> FolderStatus {
@@ -127,6 +135,7 @@ impl Health {
                 .cert_expires_ms
                 .map(|at| crate::ops::status::days_left(at, now_ms())),
             notes: self.notes.clone(),
+            polled: self.polled.clone(),
         }
     }
 

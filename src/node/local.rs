@@ -4,6 +4,7 @@
 
 use super::folder::Folder;
 use super::now_ms;
+use super::shared_ignore::SharedIgnore;
 use crate::engine::{Content, DeleteGuard, Engine, Hash};
 use crate::fs::applier::{Applier, holds_only_ignored};
 use crate::fs::casefold::CaseFolds;
@@ -27,6 +28,8 @@ pub(super) struct Local {
     pub ignore: Ignore,
     /// What the folder keeps besides contents and permission bits.
     pub keep: crate::fs::attrs::Keep,
+    /// Where `ignore` comes from: the config and `.mqsyncignore`.
+    pub shared: SharedIgnore,
     /// Disk metadata last reported to the engine, per path.
     pub known: BTreeMap<RelPath, LocalMeta>,
     /// The names in `known` by folded spelling, on a case-insensitive file system only.
@@ -53,7 +56,7 @@ impl Local {
         folder: String,
         root: PathBuf,
         (debounce, rescan_every): (Duration, Duration),
-        ignore: Ignore,
+        (ignore, shared): (Ignore, SharedIgnore),
         known: BTreeMap<RelPath, LocalMeta>,
         max_delete_percent: u64,
     ) -> Self {
@@ -63,6 +66,7 @@ impl Local {
             debounce,
             ignore,
             keep: crate::fs::attrs::Keep::default(),
+            shared,
             known,
             case_folds: None,
             dirty: BTreeSet::new(),
@@ -117,6 +121,8 @@ impl Local {
                 self.dirty_due = Some(now);
             }
             FsEvent::Rescan => self.rescan_due = true,
+            // The watcher's own business (see `watching`).
+            FsEvent::OutOfWatches => {}
             FsEvent::Error(e) => {
                 warn!(folder = %self.folder, "watcher: {e}; falling back to periodic scans");
                 return Some(format!("watcher: {e}"));
@@ -178,7 +184,8 @@ impl Local {
     }
 
     /// Scans `paths` (everything when `None`). `closed`: for paths from the watcher,
-    /// those whose writer closed them or moved them into place.
+    /// those whose writer closed them or moved them into place; for a poll, empty (a
+    /// file written a moment ago waits for the debounce).
     pub fn scan(
         &self,
         paths: Option<&[RelPath]>,
@@ -207,7 +214,8 @@ impl Local {
             match (paths, closed) {
                 (Some(p), Some(c)) => scanner.watched_paths(p, c),
                 (Some(p), None) => scanner.paths(p),
-                (None, _) => scanner.full(remove_temps),
+                (None, Some(_)) => scanner.polled(),
+                (None, None) => scanner.full(remove_temps),
             }
         })
     }
@@ -328,6 +336,16 @@ impl Folder {
             return;
         }
         let res = self.local.scan(Some(paths), false, closed);
+        self.take_scan(res);
+    }
+
+    /// A poll: scans `paths` (everything when `None`), taking what was written a
+    /// moment ago only once it has settled.
+    pub(super) fn poll_scan(&mut self, paths: Option<&[RelPath]>) {
+        if paths.is_some_and(<[RelPath]>::is_empty) || !self.check_root() {
+            return;
+        }
+        let res = self.local.scan(paths, false, Some(&HashSet::new()));
         self.take_scan(res);
     }
 

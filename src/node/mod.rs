@@ -21,7 +21,9 @@ mod pending;
 mod records;
 mod report;
 mod requests;
+mod shared_ignore;
 mod trust;
+mod watching;
 
 pub use from_config::folder_settings;
 pub use report::{Applied, AppliedBatch, AppliedSender, Change};
@@ -56,6 +58,9 @@ pub struct FolderSettings {
     pub compression: crate::transfer::compression::Mode,
     /// What is kept besides contents and permission bits (`ownership`, `xattrs`).
     pub keep: crate::fs::attrs::Keep,
+    /// inotify or polling, and how often what no watch covers is scanned.
+    pub watch: crate::fs::watcher::WatchMode,
+    pub poll_interval: Duration,
     /// Receives each batch of remote changes once applied (the demo prints them).
     pub applied: Option<AppliedSender>,
 }
@@ -120,17 +125,19 @@ pub fn spawn_folder(
     crate::ops::metrics::register_folder(&folder.id);
     // Setting up the watcher walks the whole tree (one inotify watch per directory) and
     // loading the index reads every record: independent work, done at the same time.
-    let root = folder.path.clone();
-    let early_watch = tokio::task::spawn_blocking(move || crate::fs::watcher::watch(&root));
+    let ignore = shared_ignore::SharedIgnore::load(&folder.path, &folder.ignore, None).1;
+    let early_watch = watching::early_watch(folder.path.clone(), ignore, folder.watch);
     let folder = match Folder::open(settings, folder) {
         Ok(f) => f,
         Err(e) => {
-            early_watch.abort();
+            if let Some(h) = early_watch {
+                h.abort();
+            }
             return Err(e);
         }
     };
     Ok(tokio::spawn(async move {
-        folder.run(shutdown, Some(early_watch)).await
+        folder.run(shutdown, early_watch).await
     }))
 }
 

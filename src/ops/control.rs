@@ -240,13 +240,16 @@ fn unverified(topic: &str, e: &crate::ops::status::StatusError) -> Option<Folder
         held_deletes: 0,
         cert_days_left: None,
         notes: vec![],
+        polled: None,
     })
 }
 
 /// Whether the online nodes of `folder` agree: every status verified, no failure that
-/// lasts, the same ignore rules and digest, nothing pending. Returns a reason when they
-/// do not.
-pub fn folder_in_sync(map: &StatusMap, folder: &str) -> Result<usize, String> {
+/// lasts, the same ignore rules and digest, nothing pending, and every node that polls
+/// (part of) the folder has polled it since `since_ms` (ms since the epoch; `wait`
+/// passes its start, so a change made before it cannot hide in a polled directory).
+/// Returns a reason when they do not.
+pub fn folder_in_sync(map: &StatusMap, folder: &str, since_ms: u64) -> Result<usize, String> {
     let online: Vec<&FolderStatus> = map
         .values()
         .filter(|d| d.folder == folder && d.state != State::Offline)
@@ -272,6 +275,15 @@ pub fn folder_in_sync(map: &StatusMap, folder: &str) -> Result<usize, String> {
     }
     if let Some(why) = ignore_differences(map, folder) {
         return Err(why);
+    }
+    if let Some((d, p)) = online
+        .iter()
+        .find_map(|d| Some((d, d.polled.as_ref()?)).filter(|(_, p)| p.last_poll_ms < since_ms))
+    {
+        return Err(format!(
+            "folder {folder}: node {} polls {} of {} directories every {} s ({}) and has not polled since this check began",
+            d.node, p.dirs, p.of_dirs, p.interval_s, p.reason
+        ));
     }
     let digest = &online[0].digest;
     for d in &online {
@@ -383,12 +395,12 @@ mod tests {
     #[test]
     fn an_unverified_node_keeps_the_folder_out_of_sync() {
         let mut m = map(vec![doc("n1", &[]), doc("n2", &[])]);
-        assert_eq!(folder_in_sync(&m, "docs"), Ok(2));
+        assert_eq!(folder_in_sync(&m, "docs", 0), Ok(2));
         let bad = StatusError::Mac(crate::ops::status::MacError::BadMac);
         let u = unverified("mqsync/docs/status/n3", &bad).unwrap();
         assert_eq!((u.folder.as_str(), u.node.as_str()), ("docs", "n3"));
         m.insert(("docs".into(), "n3".into()), u);
-        let why = folder_in_sync(&m, "docs").unwrap_err();
+        let why = folder_in_sync(&m, "docs", 0).unwrap_err();
         assert!(
             why.contains("node n3 is unverified") && why.contains("group key"),
             "{why}"
@@ -399,7 +411,7 @@ mod tests {
         let n1 = m.get_mut(&("docs".to_string(), "n1".to_string())).unwrap();
         n1.failing_since_ms = Some(1);
         n1.last_error = Some("messages from n3 fail verification".into());
-        let why = folder_in_sync(&m, "docs").unwrap_err();
+        let why = folder_in_sync(&m, "docs", 0).unwrap_err();
         assert!(
             why.contains("node n1 keeps failing: messages from n3"),
             "{why}"
@@ -413,7 +425,7 @@ mod tests {
         n2.state = State::Syncing;
         n2.pending = 3;
         assert_eq!(
-            folder_in_sync(&m, "docs"),
+            folder_in_sync(&m, "docs", 0),
             Err("folder docs: node n2 is syncing with 3 pending".to_string())
         );
     }
@@ -434,7 +446,7 @@ mod tests {
                 && !why.contains("node n2"),
             "{why}"
         );
-        assert_eq!(folder_in_sync(&m, "docs"), Err(why));
+        assert_eq!(folder_in_sync(&m, "docs", 0), Err(why));
         let same = map(vec![doc("n1", &["a"]), doc("n2", &["a"])]);
         assert_eq!(ignore_differences(&same, "docs"), None);
         // An older node that does not report its rules is not compared.

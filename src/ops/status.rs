@@ -93,6 +93,44 @@ pub struct FolderStatus {
     /// still sync. Absent when empty.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+    /// What of the folder the node polls instead of watching; absent when inotify
+    /// watches all of it (docs/STATUS.md, "Polled folders").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub polled: Option<Polled>,
+}
+
+/// What of a folder a node polls (`watch = "poll"`, or out of inotify watches): a
+/// change there is seen at the next poll, not at once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Polled {
+    /// `watch = "poll"`, `out of inotify watches`, or the watcher's error.
+    pub reason: String,
+    /// Directories polled (the root counts), of how many the folder has.
+    pub dirs: u64,
+    pub of_dirs: u64,
+    pub interval_s: u64,
+    /// When the last complete poll began (ms since the epoch); 0 before the first.
+    pub last_poll_ms: u64,
+}
+
+impl Polled {
+    /// One line for `mqsync status`: what is polled, why and how often.
+    pub fn describe(&self, node: &str) -> String {
+        let what = if self.dirs >= self.of_dirs {
+            format!("all {} directories", self.of_dirs)
+        } else {
+            format!("{} of {} directories", self.dirs, self.of_dirs)
+        };
+        let hint = if self.reason.contains("inotify watches") {
+            "; raise fs.inotify.max_user_watches (docs/DEPLOY.md, \"inotify watches\")"
+        } else {
+            ""
+        };
+        format!(
+            "node {node} polls {what} every {} s ({}{hint}): changes there show only after its next poll",
+            self.interval_s, self.reason
+        )
+    }
 }
 
 /// `mqsync status` names a node whose certificate has fewer days left than this.
@@ -100,6 +138,13 @@ pub const CERT_NOTE_DAYS: i64 = 30;
 /// `mqsync healthcheck` warns (and still exits 0) below this many days; it fails once
 /// the certificate has expired.
 pub const CERT_WARN_DAYS: i64 = 14;
+
+/// The wall clock in ms since the epoch (what `updated_ms` and `last_poll_ms` are in).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
 
 /// Whole days from `now_ms` until `at_ms` (both ms since the epoch), rounded down:
 /// negative once `at_ms` has passed.
@@ -355,6 +400,7 @@ mod tests {
             held_deletes: 0,
             cert_days_left: Some(400),
             notes: vec![],
+            polled: None,
         }
     }
 

@@ -8,7 +8,10 @@ use super::plugin::{self, Call, Request};
 use super::registry::{Announcement, Change, Registry, VolumeError, folder_id, parse_options};
 use super::{VolumeServiceError, VolumeSettings};
 use crate::config::FolderConfig;
-use crate::config::{DEFAULT_DEBOUNCE_MS, DEFAULT_MAX_DELETE_PERCENT, DEFAULT_TOMBSTONE_DAYS};
+use crate::config::{
+    DEFAULT_DEBOUNCE_MS, DEFAULT_MAX_DELETE_PERCENT, DEFAULT_POLL_INTERVAL_S,
+    DEFAULT_TOMBSTONE_DAYS,
+};
 use crate::node::{self, NodeError};
 use crate::protocol::topics::{self, Topics};
 use crate::transport::{self, NetEvent, Publisher};
@@ -374,6 +377,9 @@ impl Manager {
             compression: Default::default(),
             ownership: a.ownership,
             xattrs: a.xattrs,
+            // A volume lives on this node's own disk, under volumes_root: inotify.
+            watch: Default::default(),
+            poll_interval_s: DEFAULT_POLL_INTERVAL_S,
         };
         let (stop, stopped) = watch::channel(false);
         match node::spawn_folder(&self.s.node, &node::folder_settings(&folder), stopped) {

@@ -3,6 +3,8 @@
 //! and helpers to compare trees and poll with deadlines.
 #![allow(dead_code)]
 
+pub mod exfat;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{Read, Write};
