@@ -189,8 +189,22 @@ pub fn connect(
                 d.notify_waiters();
                 continue;
             }
-            if let Ok(mut w) = w.lock() {
-                w.handed(size);
+            let held = match w.lock() {
+                Ok(w) if w.holds_back(size) => true,
+                Ok(mut w) => {
+                    w.handed(size);
+                    false
+                }
+                Err(_) => false,
+            };
+            if held {
+                // The broker refuses packets this large (reported as an error): the
+                // node stays connected, its status reaches the broker, and the sync
+                // protocol asks again for what was dropped once the limit is fixed.
+                tracing::debug!(topic = %m.topic, bytes = size, "not publishing a message larger than the broker accepts");
+                q.fetch_sub(len, Ordering::Relaxed);
+                d.notify_waiters();
+                continue;
             }
             if pub_client
                 .publish(m.topic, QoS::AtLeastOnce, m.retain, m.payload)

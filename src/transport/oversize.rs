@@ -125,6 +125,18 @@ impl OversizeWatch {
         })
     }
 
+    /// Whether a publish of `size` bytes should be held back: a refusal is reported
+    /// and it is larger than any packet the broker took (and than the smallest
+    /// `max_message_bytes`, so status documents still go out). Sending it would only
+    /// close the connection again, and keep the node's status from reaching anyone.
+    pub fn holds_back(&self, size: usize) -> bool {
+        self.reported.is_some()
+            && size
+                > self
+                    .largest_acked
+                    .max(crate::config::MIN_MAX_MESSAGE_BYTES as usize)
+    }
+
     /// Whether a refusal is reported and not cleared.
     pub fn reported(&self) -> bool {
         self.reported.is_some()
@@ -166,6 +178,7 @@ mod tests {
         assert_eq!(w.closed(0), Verdict::Same);
         send(&mut w, 1, 900_000);
         assert_eq!(w.closed(0), Verdict::Same);
+        assert!(w.holds_back(900_000) && !w.holds_back(30_000));
         // The broker accepts it after all (its limit was raised).
         send(&mut w, 2, 950_000);
         assert_eq!(w.acked(2), Verdict::Cleared);
