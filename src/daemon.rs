@@ -160,6 +160,7 @@ pub fn connect_settings(cfg: &Config) -> Result<ConnectSettings, DaemonError> {
         client_id: cfg.client_id(),
         keepalive: Duration::from_secs(b.keepalive_s),
         max_packet: MAX_PACKET,
+        max_message: b.max_message_bytes,
     })
 }
 

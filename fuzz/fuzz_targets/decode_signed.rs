@@ -73,6 +73,15 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
         }
+        Message::Part {
+            total,
+            offset,
+            data,
+            ..
+        } => {
+            assert!(!data.is_empty() && *total as usize <= MAX_MESSAGE_BYTES);
+            assert!(*offset as usize + data.len() <= *total as usize);
+        }
         Message::Chunks { .. } | Message::Progress { .. } => {}
     }
     // What was accepted encodes again (possibly compressed differently) and decodes to

@@ -102,6 +102,9 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
         }
-        Message::Chunks { .. } | Message::Request { .. } | Message::Progress { .. } => {}
+        Message::Chunks { .. }
+        | Message::Request { .. }
+        | Message::Progress { .. }
+        | Message::Part { .. } => {}
     }
 });

@@ -81,6 +81,7 @@ pub async fn start(
                 client_id: format!("mqsync-{n}"),
                 keepalive: Duration::from_secs(30),
                 max_packet: MAX_PACKET,
+                max_message: crate::config::DEFAULT_MAX_MESSAGE_BYTES as usize,
             },
             keys: keys.clone(),
             client_cert_expires_ms: None,

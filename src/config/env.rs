@@ -110,6 +110,11 @@ impl RawConfig {
             &mut b.shared_node_cert,
             errors,
         );
+        env.u64(
+            "MQSYNC_BROKER_MAX_MESSAGE_BYTES",
+            &mut b.max_message_bytes,
+            errors,
+        );
 
         env.optional_path(
             "MQSYNC_SECURITY_GROUP_KEY_FILE",

@@ -104,6 +104,15 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/mqsync";
 pub const DEFAULT_TOPIC_PREFIX: &str = "mqsync";
 /// Default `broker.keepalive_s`.
 pub const DEFAULT_KEEPALIVE_S: u64 = 30;
+/// Default `broker.max_message_bytes`: fits a broker limited to 1,000,000 bytes per
+/// packet (EMQX's `1MB`, and every broker with a limit of 1 MiB).
+pub const DEFAULT_MAX_MESSAGE_BYTES: u64 = 1_000_000;
+/// Smallest accepted `broker.max_message_bytes`: room for a digest (about 10 KB) and a
+/// status document whole, with headroom; anything larger than a message is split.
+pub const MIN_MAX_MESSAGE_BYTES: u64 = 32_768;
+/// Largest accepted `broker.max_message_bytes`: what every node accepts from the
+/// broker ([`crate::broker::DEFAULT_MAX_PACKET_BYTES`]).
+pub const MAX_MAX_MESSAGE_BYTES: u64 = crate::broker::DEFAULT_MAX_PACKET_BYTES as u64;
 /// Default `broker.embedded_listen`.
 pub const DEFAULT_EMBEDDED_LISTEN: &str = "127.0.0.1:8883";
 /// Default port of an `mqtts://` URL.
@@ -173,6 +182,10 @@ pub struct BrokerConfig {
     /// Every node presents the same client certificate (a Swarm global service): the
     /// node does not require its certificate to name its `node_id`.
     pub shared_node_cert: bool,
+    /// Largest MQTT packet this node publishes, topic and headers included
+    /// ([`MIN_MAX_MESSAGE_BYTES`]..=[`MAX_MAX_MESSAGE_BYTES`]): set to the broker's
+    /// packet size limit; larger messages are split.
+    pub max_message_bytes: usize,
 }
 
 /// A parsed `mqtts://host:port` or `mqtt://host:port`.

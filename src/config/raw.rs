@@ -43,6 +43,7 @@ pub(super) struct RawBroker {
     pub(super) insecure_plaintext: Option<bool>,
     pub(super) embedded_listen: Option<String>,
     pub(super) shared_node_cert: Option<bool>,
+    pub(super) max_message_bytes: Option<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -91,6 +92,7 @@ const BROKER: &[&str] = &[
     "insecure_plaintext",
     "embedded_listen",
     "shared_node_cert",
+    "max_message_bytes",
 ];
 const SECURITY: &[&str] = &["group_key_file"];
 const DOCKER: &[&str] = &["volume_plugin", "volumes_root", "plugin_socket"];
@@ -144,6 +146,7 @@ pub(super) fn parse(text: &str, errors: &mut Errors) -> Result<RawConfig, toml::
             insecure_plaintext: t.bool("insecure_plaintext", errors),
             embedded_listen: t.string("embedded_listen", errors),
             shared_node_cert: t.bool("shared_node_cert", errors),
+            max_message_bytes: t.u64("max_message_bytes", errors),
         };
         t.finish(errors);
     }

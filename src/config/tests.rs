@@ -311,6 +311,43 @@ path = "/srv/media/sub"
 }
 
 #[test]
+fn max_message_bytes_defaults_to_fit_a_1_mb_broker_and_is_checked() {
+    let c = load(BASIC, &no_env).expect("valid");
+    assert_eq!(c.broker.max_message_bytes, 1_000_000);
+    let env = env_of(&[("MQSYNC_BROKER_MAX_MESSAGE_BYTES", "262144")]);
+    assert_eq!(load(BASIC, &env).unwrap().broker.max_message_bytes, 262_144);
+    let with = |n: &str| BASIC.replace("[broker]", &format!("[broker]\nmax_message_bytes = {n}"));
+    assert_eq!(
+        load(&with("32768"), &no_env)
+            .unwrap()
+            .broker
+            .max_message_bytes,
+        32_768
+    );
+    for bad in ["1000", "32767", "4259841"] {
+        let errors = invalid(load(&with(bad), &no_env).expect_err(bad));
+        assert!(
+            has(
+                &errors,
+                "broker.max_message_bytes",
+                "out of range 32768..=4259840"
+            ) && has(&errors, "broker.max_message_bytes", "max_packet_size"),
+            "{errors:?}"
+        );
+    }
+    let env = env_of(&[("MQSYNC_BROKER_MAX_MESSAGE_BYTES", "1MB")]);
+    let errors = invalid(load(BASIC, &env).expect_err("not a number"));
+    assert!(
+        has(
+            &errors,
+            "MQSYNC_BROKER_MAX_MESSAGE_BYTES",
+            "not a non-negative integer"
+        ),
+        "{errors:?}"
+    );
+}
+
+#[test]
 fn plaintext_needs_explicit_opt_in() {
     let text = "node_id = \"n\"\n[broker]\nurl = \"mqtt://h\"\n";
     let errors = invalid(load(text, &no_env).expect_err("plaintext"));

@@ -10,9 +10,10 @@ use super::error::Errors;
 use super::raw::{RawBroker, RawConfig, RawDocker, RawFolder};
 use super::{
     BrokerConfig, BrokerUrl, Config, DEFAULT_DEBOUNCE_MS, DEFAULT_KEEPALIVE_S,
-    DEFAULT_MAX_DELETE_PERCENT, DEFAULT_PLUGIN_SOCKET, DEFAULT_POLL_INTERVAL_S, DEFAULT_STATE_DIR,
-    DEFAULT_TLS_PORT, DEFAULT_TOMBSTONE_DAYS, DEFAULT_TOPIC_PREFIX, DockerConfig, FolderConfig,
-    LogFormat, MAX_DEBOUNCE_MS, Mode, SecurityConfig, folder_env_id,
+    DEFAULT_MAX_DELETE_PERCENT, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_PLUGIN_SOCKET,
+    DEFAULT_POLL_INTERVAL_S, DEFAULT_STATE_DIR, DEFAULT_TLS_PORT, DEFAULT_TOMBSTONE_DAYS,
+    DEFAULT_TOPIC_PREFIX, DockerConfig, FolderConfig, LogFormat, MAX_DEBOUNCE_MS,
+    MAX_MAX_MESSAGE_BYTES, MIN_MAX_MESSAGE_BYTES, Mode, SecurityConfig, folder_env_id,
 };
 use crate::ops::hook::Hook;
 
@@ -247,6 +248,23 @@ fn validate_broker(raw: RawBroker, base: &Path, errors: &mut Errors) -> BrokerCo
         );
     }
 
+    let max_message_bytes = raw.max_message_bytes.unwrap_or(DEFAULT_MAX_MESSAGE_BYTES);
+    let max_message_bytes = if (MIN_MAX_MESSAGE_BYTES..=MAX_MAX_MESSAGE_BYTES)
+        .contains(&max_message_bytes)
+    {
+        max_message_bytes as usize
+    } else {
+        errors.push(
+            "broker.max_message_bytes",
+            format!(
+                "{max_message_bytes} is out of range {MIN_MAX_MESSAGE_BYTES}..={MAX_MAX_MESSAGE_BYTES}: \
+                 set it to the broker's packet size limit (Mosquitto max_packet_size, EMQX \
+                 mqtt.max_packet_size), at least {MIN_MAX_MESSAGE_BYTES} bytes"
+            ),
+        );
+        DEFAULT_MAX_MESSAGE_BYTES as usize
+    };
+
     let default_listen = SocketAddr::from(([127, 0, 0, 1], DEFAULT_TLS_PORT));
     let embedded_listen = match raw.embedded_listen.as_deref() {
         None => default_listen,
@@ -270,6 +288,7 @@ fn validate_broker(raw: RawBroker, base: &Path, errors: &mut Errors) -> BrokerCo
         insecure_plaintext,
         embedded_listen,
         shared_node_cert: raw.shared_node_cert.unwrap_or(false),
+        max_message_bytes,
     }
 }
 

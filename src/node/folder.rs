@@ -54,6 +54,8 @@ pub(super) struct Folder {
     connected: bool,
     /// When the last chunk message arrived (from anyone).
     pub last_chunk_at: Option<Instant>,
+    /// Messages arriving in parts (larger than their sender's `max_message_bytes`).
+    pub parts: crate::protocol::wire::parts::Reassembly,
     last_resync: Option<Instant>,
     /// Effects are being carried out (see `process_with`), and the new chunks found by
     /// scans made meanwhile, to push with the announcements of the outer call.
@@ -154,10 +156,12 @@ impl Folder {
                 topics,
                 s.keys.clone(),
                 f.compression,
+                s.connect.max_message,
             ),
             records: Records::new(f.id.clone(), index),
             connected: false,
             last_chunk_at: None,
+            parts: Default::default(),
             last_resync: None,
             processing: false,
             nested_fresh: HashSet::new(),
@@ -360,7 +364,19 @@ impl Folder {
                 }
                 self.connected = false;
                 h.last_error = Some(format!("broker: {reason}"));
+                self.parts.clear();
                 self.engine.handle_disconnected();
+            }
+            NetEvent::PacketLimit(report) => {
+                match &report {
+                    Some(r) => error!(folder = %self.cfg.id, "{r}"),
+                    None => {
+                        info!(folder = %self.cfg.id, "the broker accepted a packet as large as the one it seemed to refuse: packet size error cleared")
+                    }
+                }
+                self.health.packet_limit = report;
+                self.health.last_status = None;
+                self.publish_status(self.current_state());
             }
             NetEvent::Message { topic, payload } if topic == self.out.topics.cmd() => {
                 self.on_command(&payload);
@@ -538,7 +554,7 @@ impl Folder {
     }
 
     fn current_state(&self) -> State {
-        if self.health.paused.is_some() {
+        if self.health.paused.is_some() || self.health.packet_limit.is_some() {
             State::Error
         } else if self.engine.pending_count() > 0
             || !self.applies.is_idle()

@@ -36,6 +36,10 @@ pub(super) struct Health {
     pub last_status: Option<FolderStatus>,
     /// Why the folder is paused (its root or marker is gone), if it is.
     pub paused: Option<String>,
+    /// The broker seems to refuse packets as large as this node sends
+    /// (`broker.max_message_bytes` too large): an error until a large packet goes
+    /// through.
+    pub packet_limit: Option<String>,
     /// Peers whose messages keep failing verification (another group key).
     pub trust: PeerTrust,
     /// What `trust` said at the last publish: a failure, like a failing apply.
@@ -85,6 +89,7 @@ impl Health {
             failing_since_ms: None,
             last_status: None,
             paused: None,
+            packet_limit: None,
             trust: PeerTrust::default(),
             peer_error: None,
             ignore: IgnoreRules::of(ignore),
@@ -121,6 +126,7 @@ impl Health {
             last_error: self
                 .paused
                 .clone()
+                .or_else(|| self.packet_limit.clone())
                 .or_else(|| f.index_error.map(str::to_string))
                 .or_else(|| self.last_error.clone())
                 .or_else(|| self.peer_error.clone()),

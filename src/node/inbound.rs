@@ -8,6 +8,7 @@ use super::outbound::delta_cost;
 use crate::engine::{Digest, Hash, Mode, Origin};
 use crate::protocol::chunker;
 use crate::protocol::delta::{ChunkDelta, Signature};
+use crate::protocol::wire::parts::Joined;
 use crate::protocol::wire::{self, Envelope, FilePatch, Message};
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
@@ -29,6 +30,38 @@ impl Folder {
         metrics::counter!("mqsync_bytes_received_total", "folder" => folder.clone())
             .increment(payload.len() as u64);
         match wire::decode(payload, topic, sender, &self.out.keys) {
+            Ok(Envelope {
+                msg:
+                    Message::Part {
+                        id,
+                        total,
+                        offset,
+                        data,
+                    },
+                ..
+            }) => {
+                self.health.trust.verified(sender, Instant::now());
+                match self.parts.add(sender, id, total, offset, &data) {
+                    Joined::Waiting => {}
+                    Joined::Dropped(why) => {
+                        debug!(folder = %self.cfg.id, %sender, "dropping a message in parts: {why}")
+                    }
+                    Joined::Complete(whole) => {
+                        match wire::decode(&whole, topic, sender, &self.out.keys) {
+                            Ok(Envelope {
+                                msg: Message::Part { .. },
+                                ..
+                            }) => {
+                                warn!(folder = %self.cfg.id, %sender, "dropping a part made of parts")
+                            }
+                            Ok(env) => self.on_message(env),
+                            Err(e) => {
+                                warn!(folder = %self.cfg.id, %topic, bytes = whole.len(), "dropping a message joined from parts: {e}")
+                            }
+                        }
+                    }
+                }
+            }
             Ok(env) => {
                 self.health.trust.verified(sender, Instant::now());
                 self.on_message(env)
@@ -92,6 +125,8 @@ impl Folder {
                 }
                 return;
             }
+            // Joined in `on_data`; one that is itself made of parts is dropped there.
+            Message::Part { .. } => return,
             Message::Request { to, hashes } => {
                 if to == self.out.node || to == "*" {
                     let n = hashes

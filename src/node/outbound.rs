@@ -20,8 +20,16 @@ use std::path::Path;
 use std::time::Instant;
 use tracing::{debug, error};
 
-/// Chunk bytes per Chunks message before another message is started.
+/// Most chunk bytes per Chunks message (less when `broker.max_message_bytes` is
+/// smaller).
 const CHUNK_MSG_BYTES: usize = 1 << 20;
+/// What a message costs besides its items, at most: the header and MAC of the wire
+/// format, the sender's id (at most 64 bytes and its length), the message kind and
+/// the list's length.
+const MESSAGE_OVERHEAD: usize = wire::HEADER_LEN + wire::MAC_LEN + 65 + 1 + 5 + 16;
+/// What a whole chunk costs in a Chunks message besides its bytes: its hash and the
+/// length of its data (a varint).
+const CHUNK_OVERHEAD: usize = 32 + 3;
 /// Serialized entry bytes per manifest message.
 const MANIFEST_MSG_BYTES: usize = 512 << 10;
 /// Bytes the folder may have queued for publishing before it stops reading chunks.
@@ -115,6 +123,12 @@ pub(super) struct Outbound {
     pump_more: bool,
     /// Chunk requests of this turn, sent by [`Outbound::flush_requests`].
     requests: RequestBatch,
+    /// A chunk read for a message it did not fit: the next message starts with it
+    /// (read once, not twice).
+    carried: Option<(Hash, Vec<u8>)>,
+    /// Largest MQTT packet to publish (`broker.max_message_bytes`): messages are
+    /// sized to fit, and a larger one goes out in parts.
+    max_packet: usize,
 }
 
 impl Outbound {
@@ -124,6 +138,7 @@ impl Outbound {
         topics: Topics,
         keys: Keys,
         compression: crate::transfer::compression::Mode,
+        max_packet: usize,
     ) -> Self {
         Outbound {
             node,
@@ -141,6 +156,8 @@ impl Outbound {
             pump_budget: PUMP_BUDGET,
             pump_more: false,
             requests: RequestBatch::default(),
+            carried: None,
+            max_packet,
         }
     }
 
@@ -179,12 +196,20 @@ impl Outbound {
     }
 
     /// Sends this turn's requests: per addressee, messages of at most
-    /// [`wire::MAX_REQUEST_HASHES`] hashes. Called at the end of every turn of the
-    /// folder's loop, before it waits, so no request waits longer than the turn.
+    /// [`wire::MAX_REQUEST_HASHES`] hashes and of what fits `broker.max_message_bytes`.
+    /// Called at the end of every turn of the folder's loop, before it waits, so no
+    /// request waits longer than the turn.
     pub fn flush_requests(&mut self) {
+        // A hash costs 32 bytes; the addressee's name at most 65.
+        let per_message = ((self.message_room().saturating_sub(65)) / 32).max(1);
         for (to, hashes) in self.requests.take() {
             debug!(folder = %self.folder, %to, chunks = hashes.len(), "requesting chunks");
-            self.send(Message::Request { to, hashes });
+            for part in hashes.chunks(per_message) {
+                self.send(Message::Request {
+                    to: to.clone(),
+                    hashes: part.to_vec(),
+                });
+            }
         }
     }
 
@@ -245,10 +270,11 @@ impl Outbound {
         if !patches.is_empty() {
             debug!(folder = %self.folder, files = patches.len(), "sending patches");
         }
-        for batch in batches(patches, MANIFEST_MSG_BYTES, wire::MAX_ENTRIES) {
+        let room = self.message_room().min(MANIFEST_MSG_BYTES);
+        for batch in batches(patches, room, wire::MAX_ENTRIES) {
             self.send(Message::Patch { patches: batch });
         }
-        for batch in batches(whole, MANIFEST_MSG_BYTES, wire::MAX_ENTRIES) {
+        for batch in batches(whole, room, wire::MAX_ENTRIES) {
             self.send(Message::Manifest {
                 live,
                 entries: batch,
@@ -322,32 +348,43 @@ impl Outbound {
 
     /// Takes queued chunks for one message: whole chunks or deltas, in queue order
     /// (receivers start fetching files in that order, and a file whose chunks arrive
-    /// after a later file's counts as overtaken and asks for them again).
+    /// after a later file's counts as overtaken and asks for them again). A message
+    /// holds what fits [`Outbound::chunk_room`]; a chunk larger than that goes alone and
+    /// is sent in parts.
     fn fill_message(
         &mut self,
         chunks: &LocalChunks,
         records: &mut Records,
     ) -> (Vec<ChunkData>, Vec<ChunkDelta>, usize) {
+        let room = self.chunk_room();
         let mut msg = Vec::new();
         let mut deltas = Vec::new();
         let mut bytes = 0;
-        while bytes < CHUNK_MSG_BYTES && deltas.len() < wire::MAX_DELTAS {
+        let mut size = 0;
+        while deltas.len() < wire::MAX_DELTAS {
             let Some(h) = self.push.pop_front() else {
                 break;
             };
             self.pushing.remove(&h);
-            let Some(data) = tokio::task::block_in_place(|| chunks.read(&h)) else {
-                // Its file went before it was read (a temp file renamed into
-                // place at once): the file that holds it now pushes it.
-                debug!(folder = %self.folder, "chunk no longer available locally");
-                if self.unpushed.len() < MAX_UNPUSHED {
-                    self.unpushed.insert(h);
+            let carried = self.carried.take().filter(|(c, _)| *c == h);
+            let data = match carried {
+                Some((_, data)) => data,
+                None => {
+                    let Some(data) = tokio::task::block_in_place(|| chunks.read(&h)) else {
+                        // Its file went before it was read (a temp file renamed into
+                        // place at once): the file that holds it now pushes it.
+                        debug!(folder = %self.folder, "chunk no longer available locally");
+                        if self.unpushed.len() < MAX_UNPUSHED {
+                            self.unpushed.insert(h);
+                        }
+                        continue;
+                    };
+                    if let Some(sig) = Signature::of(&data) {
+                        records.signatures.push((h, sig));
+                    }
+                    data
                 }
-                continue;
             };
-            if let Some(sig) = Signature::of(&data) {
-                records.signatures.push((h, sig));
-            }
             let bases = self.delta_bases.remove(&h);
             let delta = bases.clone().and_then(|b| delta(records, h, &data, b));
             let switches = if delta.is_some() {
@@ -355,15 +392,21 @@ impl Outbound {
             } else {
                 !deltas.is_empty()
             };
-            if switches {
-                // The other kind: it starts the next message.
+            let cost = match &delta {
+                Some(d) => delta_size(d),
+                None => data.len() + CHUNK_OVERHEAD,
+            };
+            if switches || (size > 0 && size + cost > room) {
+                // The other kind, or no room left: it starts the next message.
                 self.push.push_front(h);
                 self.pushing.insert(h);
                 if let Some(b) = bases {
                     self.delta_bases.insert(h, b);
                 }
+                self.carried = Some((h, data));
                 break;
             }
+            size += cost;
             match delta {
                 Some(d) => {
                     bytes += delta_cost(&d) as usize;
@@ -376,6 +419,21 @@ impl Outbound {
             }
         }
         (msg, deltas, bytes)
+    }
+
+    /// Room for chunk data in one message: [`CHUNK_MSG_BYTES`], or less when the
+    /// broker's packet limit (`broker.max_message_bytes`) is smaller.
+    fn chunk_room(&self) -> usize {
+        self.message_room().min(CHUNK_MSG_BYTES)
+    }
+
+    /// Bytes of items one message may carry under `broker.max_message_bytes`: the
+    /// packet limit less the MQTT header and topic, and [`MESSAGE_OVERHEAD`].
+    fn message_room(&self) -> usize {
+        let topic = self.topics.data(&self.node);
+        self.max_packet
+            .saturating_sub(wire::parts::packet_overhead(&topic) + MESSAGE_OVERHEAD)
+            .max(1)
     }
 
     pub fn send(&mut self, msg: Message) {
@@ -393,6 +451,7 @@ impl Outbound {
             Message::Progress { .. } => "progress",
             Message::Deltas { .. } => "deltas",
             Message::Patch { .. } => "patch",
+            Message::Part { .. } => "part",
         };
         // Chunk data is compressed as the folder's setting (or its measurement)
         // says; everything else always is (small, and compresses well).
@@ -400,13 +459,19 @@ impl Outbound {
             Message::Chunks { .. } | Message::Deltas { .. } => self.compression.on(),
             _ => true,
         };
-        match wire::encode_with(&env, &topic, &self.keys, compress) {
-            Ok(bytes) => {
+        match wire::encode_fitting(&env, &topic, &self.keys, compress, self.max_packet) {
+            Ok(payloads) => {
                 let folder = self.folder.clone();
                 metrics::counter!("mqsync_messages_sent_total", "folder" => folder.clone(), "kind" => kind).increment(1);
+                let bytes: usize = payloads.iter().map(Vec::len).sum();
                 metrics::counter!("mqsync_bytes_sent_total", "folder" => folder)
-                    .increment(bytes.len() as u64);
-                p.publish(topic, bytes, false)
+                    .increment(bytes as u64);
+                if payloads.len() > 1 {
+                    debug!(folder = %self.folder, kind, bytes, parts = payloads.len(), "message larger than broker.max_message_bytes: sent in parts");
+                }
+                for payload in payloads {
+                    p.publish(topic.clone(), payload, false);
+                }
             }
             Err(e) => error!(folder = %self.folder, "cannot encode message: {e}"),
         }
@@ -447,6 +512,12 @@ fn delta(records: &Records, hash: Hash, data: &[u8], bases: Vec<Hash>) -> Option
 /// that carry almost nothing must still end).
 pub(super) fn delta_cost(d: &ChunkDelta) -> u64 {
     d.data_len().max(d.len as usize / 8) as u64
+}
+
+/// What a delta costs in a Deltas message, at most: its new bytes, each step's
+/// varints, its bases' hashes and its own hash and lengths.
+fn delta_size(d: &ChunkDelta) -> usize {
+    d.data_len() + 12 * d.ops.len() + 32 * d.bases.len() + 48
 }
 
 /// Splits `items` into message batches of about `max_bytes` encoded and at most

@@ -143,8 +143,17 @@ impl PendingPublisher {
         }
         let mut stamped = doc.clone();
         stamped.updated_ms = now_ms();
-        let Ok(bytes) = crate::ops::status::signed_json(&stamped, &self.topic, &self.keys) else {
-            return;
+        // Up to 100 paths of up to 4 KiB each may not fit `broker.max_message_bytes`:
+        // fewer are listed then (`total` still counts them all).
+        let bytes = loop {
+            let Ok(bytes) = crate::ops::status::signed_json(&stamped, &self.topic, &self.keys)
+            else {
+                return;
+            };
+            if p.fits(&self.topic, bytes.len()) || stamped.paths.is_empty() {
+                break bytes;
+            }
+            stamped.paths.truncate(stamped.paths.len() / 2);
         };
         p.publish(self.topic.clone(), bytes, true);
         self.last = Some(doc);

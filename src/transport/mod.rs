@@ -10,10 +10,12 @@
 //! way: an MQTT DISCONNECT on each, then the event loops run until the broker has closed
 //! them (brokers log a connection dropped without either as an error).
 
+pub mod oversize;
 pub mod tls;
 
+use oversize::{OversizeWatch, Verdict};
 use rumqttc::{
-    AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, QoS, SubscribeFilter,
+    AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, QoS, Request, SubscribeFilter,
     TlsConfiguration, Transport,
 };
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -36,7 +38,12 @@ pub struct ConnectSettings {
     pub tls: Option<Arc<ClientTlsConfig>>,
     pub client_id: String,
     pub keepalive: Duration,
+    /// Largest packet accepted from the broker.
     pub max_packet: usize,
+    /// Largest packet published (`broker.max_message_bytes`): larger messages are
+    /// split by their publisher, and anything still larger is dropped with an error
+    /// instead of making the broker close the connection.
+    pub max_message: usize,
 }
 
 #[derive(Debug)]
@@ -52,6 +59,10 @@ pub enum NetEvent {
         topic: String,
         payload: bytes::Bytes,
     },
+    /// The broker seems to refuse packets as large as mqsync publishes (a report
+    /// naming `broker.max_message_bytes`, [`oversize`]), or `None`: it took one after
+    /// all.
+    PacketLimit(Option<String>),
 }
 
 struct Outgoing {
@@ -73,6 +84,8 @@ pub struct Publisher {
     closing: Arc<watch::Sender<bool>>,
     /// The two event loop tasks, awaited by `disconnect`.
     loops: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    /// `broker.max_message_bytes`.
+    max_message: usize,
 }
 
 impl Publisher {
@@ -83,6 +96,12 @@ impl Publisher {
             payload,
             retain,
         });
+    }
+
+    /// Whether a payload of `len` bytes on `topic` fits `broker.max_message_bytes`
+    /// (larger ones are dropped by `publish`).
+    pub fn fits(&self, topic: &str, len: usize) -> bool {
+        packet_size(topic, len) <= self.max_message
     }
 
     /// Bytes handed to `publish` that the event loop has not taken yet.
@@ -155,9 +174,38 @@ pub fn connect(
     let pub_client = client.clone();
     let q = queued.clone();
     let d = drained.clone();
+    let watch = Arc::new(Mutex::new(OversizeWatch::new(s.max_message)));
+    let w = watch.clone();
+    let max_message = s.max_message;
     tokio::spawn(async move {
         while let Some(m) = out_rx.recv().await {
             let len = m.payload.len();
+            let size = packet_size(&m.topic, len);
+            if size > max_message {
+                // Every publisher sizes its messages to fit: this one would make the
+                // broker close the connection, and every reconnect would send it again.
+                tracing::error!(topic = %m.topic, bytes = size, "dropping a message larger than broker.max_message_bytes ({max_message})");
+                q.fetch_sub(len, Ordering::Relaxed);
+                d.notify_waiters();
+                continue;
+            }
+            let held = match w.lock() {
+                Ok(w) if w.holds_back(size) => true,
+                Ok(mut w) => {
+                    w.handed(size);
+                    false
+                }
+                Err(_) => false,
+            };
+            if held {
+                // The broker refuses packets this large (reported as an error): the
+                // node stays connected, its status reaches the broker, and the sync
+                // protocol asks again for what was dropped once the limit is fixed.
+                tracing::debug!(topic = %m.topic, bytes = size, "not publishing a message larger than the broker accepts");
+                q.fetch_sub(len, Ordering::Relaxed);
+                d.notify_waiters();
+                continue;
+            }
             if pub_client
                 .publish(m.topic, QoS::AtLeastOnce, m.retain, m.payload)
                 .await
@@ -173,18 +221,18 @@ pub fn connect(
     let loops = vec![
         tokio::spawn(drive(
             pub_loop,
-            None,
-            Vec::new(),
-            None,
+            Role::Publish(watch),
             ev_tx.clone(),
             host.clone(),
             closing_rx.clone(),
         )),
         tokio::spawn(drive(
             sub_loop,
-            Some(sub_client.clone()),
-            subscriptions,
-            own_topic,
+            Role::Subscribe {
+                client: sub_client.clone(),
+                subscriptions,
+                own_topic,
+            },
             ev_tx,
             host,
             closing_rx,
@@ -200,15 +248,45 @@ pub fn connect(
             sub_client,
             closing: Arc::new(closing),
             loops: Arc::new(Mutex::new(loops)),
+            max_message,
         },
         ev_rx,
     )
 }
 
+/// The size of the MQTT 3.1.1 PUBLISH packet (QoS 1) carrying `payload_len` bytes on
+/// `topic`: what a broker's packet size limit counts.
+pub fn packet_size(topic: &str, payload_len: usize) -> usize {
+    let len = 2 + topic.len() + 2 + payload_len;
+    let len_len = match len {
+        0..=127 => 1,
+        128..=16_383 => 2,
+        16_384..=2_097_151 => 3,
+        _ => 4,
+    };
+    1 + len_len + len
+}
+
+/// What an event loop does besides reporting errors.
+enum Role {
+    /// Publishes, following the size of each publish to recognise a broker's packet
+    /// size limit.
+    Publish(Arc<Mutex<OversizeWatch>>),
+    /// Subscribes after every ConnAck, reports `Connected` on the SubAck and delivers
+    /// messages, except those on `own_topic`.
+    Subscribe {
+        client: AsyncClient,
+        subscriptions: Vec<String>,
+        own_topic: Option<String>,
+    },
+}
+
 fn options(s: &ConnectSettings, client_id: String) -> MqttOptions {
     let mut opts = MqttOptions::new(client_id, s.host.clone(), s.port);
     opts.set_keep_alive(s.keepalive);
-    opts.set_max_packet_size(s.max_packet, s.max_packet);
+    // Incoming: what other nodes may send (they may allow more than this node);
+    // outgoing: the packet limit the publisher keeps to.
+    opts.set_max_packet_size(s.max_packet, s.max_message.min(s.max_packet));
     opts.set_clean_session(true);
     opts.set_inflight(100);
     if let Some(tls) = &s.tls {
@@ -237,19 +315,20 @@ async fn deliver(
 }
 
 /// Polls one event loop until the folder goes away or the connection has been closed
-/// after `closing` turned true, reconnecting with backoff until then. With a
-/// `sub_client`, subscribes after every ConnAck and reports `Connected` on the SubAck;
-/// without one, only reports errors.
+/// after `closing` turned true, reconnecting with backoff until then. Subscribing
+/// loops subscribe after every ConnAck and report `Connected` on the SubAck;
+/// publishing loops watch for a broker's packet size limit; both report errors.
 async fn drive(
     mut eventloop: EventLoop,
-    sub_client: Option<AsyncClient>,
-    subscriptions: Vec<String>,
-    own_topic: Option<String>,
+    role: Role,
     ev_tx: mpsc::Sender<NetEvent>,
     host: String,
     mut closing: watch::Receiver<bool>,
 ) {
     let mut backoff = Duration::from_millis(250);
+    let lock = |w: &Arc<Mutex<OversizeWatch>>, f: &mut dyn FnMut(&mut OversizeWatch) -> Verdict| {
+        w.lock().map(|mut w| f(&mut w)).unwrap_or(Verdict::Same)
+    };
     loop {
         // Closing while not connected: nothing to say goodbye to.
         if *closing.borrow() && eventloop.network.is_none() {
@@ -257,6 +336,9 @@ async fn drive(
         }
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::Publish(p))) => {
+                let Role::Subscribe { own_topic, .. } = &role else {
+                    continue;
+                };
                 if own_topic.as_deref() == Some(p.topic.as_str()) {
                     continue;
                 }
@@ -270,8 +352,13 @@ async fn drive(
             }
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 backoff = Duration::from_millis(250);
-                if let Some(c) = &sub_client {
-                    let c = c.clone();
+                if let Role::Subscribe {
+                    client,
+                    subscriptions,
+                    ..
+                } = &role
+                {
+                    let c = client.clone();
                     let subs: Vec<SubscribeFilter> = subscriptions
                         .iter()
                         .map(|t| SubscribeFilter::new(t.clone(), QoS::AtLeastOnce))
@@ -287,17 +374,53 @@ async fn drive(
                     return;
                 }
             }
+            Ok(Event::Outgoing(rumqttc::Outgoing::Publish(pkid))) => {
+                if let Role::Publish(w) = &role {
+                    lock(w, &mut |w| {
+                        w.written(pkid);
+                        Verdict::Same
+                    });
+                }
+            }
+            Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                if let Role::Publish(w) = &role {
+                    if lock(w, &mut |w| w.acked(ack.pkid)) == Verdict::Cleared
+                        && !deliver(&ev_tx, NetEvent::PacketLimit(None), &mut closing).await
+                    {
+                        return;
+                    }
+                }
+            }
             Ok(_) => {}
             Err(e) => {
                 // After our DISCONNECT the broker closes the connection: done.
                 if matches!(e, rumqttc::ConnectionError::RequestsDone) || *closing.borrow() {
                     return;
                 }
+                let mut refused = None;
+                let mut limited = false;
+                if let Role::Publish(w) = &role {
+                    // The client holds every publish it has not had acknowledged, the
+                    // written ones first; a new clean session drops them all.
+                    let held = eventloop
+                        .pending
+                        .iter()
+                        .filter(|r| matches!(r, Request::Publish(_)))
+                        .count();
+                    if let Verdict::Refused(r) = lock(w, &mut |w| {
+                        let dropped = held.saturating_sub(w.inflight());
+                        w.closed(dropped)
+                    }) {
+                        refused = Some(r.to_string());
+                    }
+                    limited = w.lock().is_ok_and(|w| w.reported());
+                }
                 let fatal = crate::transport::tls::describe_fatal(&e);
                 let reason = match &fatal {
                     Some(msg) => msg.clone(),
                     None => format!("connection to {host} failed: {e}"),
                 };
+                let slow = fatal.is_some() || limited;
                 let ev = NetEvent::Disconnected {
                     reason,
                     fatal: fatal.is_some(),
@@ -305,7 +428,12 @@ async fn drive(
                 if !deliver(&ev_tx, ev, &mut closing).await {
                     return;
                 }
-                let wait = if fatal.is_some() {
+                if let Some(r) = refused {
+                    if !deliver(&ev_tx, NetEvent::PacketLimit(Some(r)), &mut closing).await {
+                        return;
+                    }
+                }
+                let wait = if slow {
                     Duration::from_secs(10)
                 } else {
                     backoff

@@ -447,6 +447,8 @@ impl Manager {
             NetEvent::Disconnected { reason, .. } => {
                 warn!("volume service lost the broker: {reason}");
             }
+            NetEvent::PacketLimit(Some(report)) => error!("volume service: {report}"),
+            NetEvent::PacketLimit(None) => {}
             NetEvent::Message { topic, payload } => {
                 let prefix = self.prefix().to_string();
                 if topics::volume_name(&prefix, &topic).is_some() {

@@ -37,6 +37,20 @@ pub(super) fn check_message(msg: &Message) -> Result<(), DecodeError> {
         Message::Deltas { deltas } if deltas.len() > MAX_DELTAS => {
             return Err(DecodeError::TooMany(deltas.len()));
         }
+        Message::Part {
+            total,
+            offset,
+            data,
+            ..
+        } => {
+            let end = (*offset as usize).saturating_add(data.len());
+            if data.is_empty()
+                || *total as usize > super::MAX_MESSAGE_BYTES
+                || end > *total as usize
+            {
+                return Err(DecodeError::BadPart);
+            }
+        }
         Message::Manifest { entries, .. } => {
             for e in entries {
                 check_entry(e)?;

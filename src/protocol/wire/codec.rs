@@ -40,6 +40,8 @@ pub enum DecodeError {
     KindMismatch,
     #[error("entry {path}: {reason}")]
     BadEntry { path: String, reason: String },
+    #[error("a part that is empty or lies beyond its message's size")]
+    BadPart,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -17,6 +17,7 @@ mod bounds;
 mod codec;
 pub mod extension;
 mod keys;
+pub mod parts;
 
 pub use bounds::{
     MAX_CHUNKS_PER_FILE, MAX_DELTAS, MAX_ENTRIES, MAX_REQUEST_HASHES, MAX_VERSION_COUNTER,
@@ -27,6 +28,7 @@ pub use codec::{
     decode, encode, encode_with, sign_raw,
 };
 pub use keys::Keys;
+pub use parts::encode_fitting;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChunkData {
@@ -54,6 +56,16 @@ pub enum Message {
     Deltas { deltas: Vec<ChunkDelta> },
     /// Live changes of large files as edits of their previous chunk lists.
     Patch { patches: Vec<FilePatch> },
+    /// A piece of an encoded message larger than the sender's `max_message_bytes`: the
+    /// bytes from `offset` of the `total` bytes of the message whose BLAKE3 is `id`
+    /// ([`parts`]).
+    Part {
+        id: Hash,
+        total: u32,
+        offset: u32,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
 }
 
 /// A live change of a file given as its previous chunk list (`base`, the
@@ -175,6 +187,7 @@ impl Message {
             Message::Progress { .. } => 5,
             Message::Deltas { .. } => 6,
             Message::Patch { .. } => 7,
+            Message::Part { .. } => 8,
         }
     }
 }
