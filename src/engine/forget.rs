@@ -18,11 +18,7 @@ impl Engine {
             .collect();
         for p in &paths {
             if let Some(old) = self.entries.remove(p) {
-                self.digest.toggle(&old);
-                if !old.content.is_deleted() {
-                    self.present -= 1;
-                    self.present_bytes -= old.content.size();
-                }
+                self.uncount(&old);
             }
             if self.take_pending(p).is_some() {
                 self.effects.push_back(Effect::Cancel(p.clone()));

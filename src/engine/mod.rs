@@ -596,6 +596,16 @@ impl Engine {
         });
     }
 
+    /// Takes an entry that is being replaced or forgotten out of the digest and the
+    /// counts of present files and bytes.
+    fn uncount(&mut self, old: &Entry) {
+        self.digest.toggle(old);
+        if !old.content.is_deleted() {
+            self.present -= 1;
+            self.present_bytes -= old.content.size();
+        }
+    }
+
     /// Removes a pending apply with its retry and failure.
     fn take_pending(&mut self, path: &RelPath) -> Option<Pending> {
         self.retries.remove(path);
@@ -604,12 +614,8 @@ impl Engine {
     }
 
     fn confirm(&mut self, entry: Entry) {
-        if let Some(old) = self.entries.get(&entry.path) {
-            self.digest.toggle(old);
-            if !old.content.is_deleted() {
-                self.present -= 1;
-                self.present_bytes -= old.content.size();
-            }
+        if let Some(old) = self.entries.remove(&entry.path) {
+            self.uncount(&old);
         }
         self.digest.toggle(&entry);
         if !entry.content.is_deleted() {
