@@ -16,8 +16,8 @@
 //! `MQSYNC_SIM_SEED=S` replays one seed. A failing seed is printed.
 
 use mqsync::engine::{
-    Attrs, ChunkRef, Content, DeleteGuard, Digest, Effect, Engine, Entry, Failure, Mode, Owner,
-    RETRY_AFTER, SharedAttrs, VersionVector,
+    Attrs, ChunkRef, Content, DeleteGuard, Effect, Engine, Entry, Failure, Mode, Owner,
+    RETRY_AFTER, Region, SharedAttrs, Summary, VersionVector,
 };
 use mqsync::protocol::relpath::RelPath;
 use rand::rngs::StdRng;
@@ -30,7 +30,16 @@ const PATHS: &[&str] = &["a.txt", "b.txt", "d/c.txt", "d/e.txt", "d/f/g.txt"];
 #[derive(Clone, Debug)]
 enum Msg {
     Entries(Vec<Entry>),
-    Digest(Digest, bool),
+    Summary {
+        to: String,
+        reply: bool,
+        round: u32,
+        groups: Vec<u64>,
+    },
+    Descent {
+        to: String,
+        items: Vec<Region>,
+    },
 }
 
 impl Node {
@@ -213,10 +222,23 @@ impl Sim {
                     self.broadcast(i, Msg::Entries(vec![e]));
                 }
                 Effect::SendEntries(es) => self.broadcast(i, Msg::Entries(es)),
-                Effect::SendDigest { reply } => {
-                    let d = self.nodes[i].engine.digest().clone();
-                    self.broadcast(i, Msg::Digest(d, reply));
-                }
+                // Version-1 digests go out only while version-1 peers are heard.
+                Effect::SendDigest { .. } => {}
+                Effect::SendSummary {
+                    to,
+                    reply,
+                    round,
+                    groups,
+                } => self.broadcast(
+                    i,
+                    Msg::Summary {
+                        to,
+                        reply,
+                        round,
+                        groups,
+                    },
+                ),
+                Effect::SendDescent { to, items } => self.broadcast(i, Msg::Descent { to, items }),
                 Effect::Apply {
                     entry,
                     conflict_copy,
@@ -400,7 +422,32 @@ impl Sim {
                     self.nodes[to].engine.handle_remote(e);
                 }
             }
-            Msg::Digest(d, reply) => self.nodes[to].engine.handle_digest(&d, reply),
+            Msg::Summary {
+                to: addressee,
+                reply,
+                round,
+                groups,
+            } => {
+                let now = self.now();
+                let from = self.nodes[from].name.clone();
+                let s = Summary {
+                    to: &addressee,
+                    reply,
+                    round,
+                    groups: &groups,
+                };
+                self.nodes[to].engine.handle_summary(&from, &s, now)
+            }
+            Msg::Descent {
+                to: addressee,
+                items,
+            } => {
+                let now = self.now();
+                let from = self.nodes[from].name.clone();
+                self.nodes[to]
+                    .engine
+                    .handle_descent(&from, &addressee, &items, now)
+            }
         }
         self.drain(to);
     }
@@ -436,8 +483,9 @@ impl Sim {
 
     /// What the runtime does on connect (reply) and periodically (no reply).
     fn send_digest(&mut self, i: usize, reply: bool) {
-        let d = self.nodes[i].engine.digest().clone();
-        self.broadcast(i, Msg::Digest(d, reply));
+        let now = self.now();
+        self.nodes[i].engine.send_summary(reply, now);
+        self.drain(i);
     }
 
     fn step(&mut self) {

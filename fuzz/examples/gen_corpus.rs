@@ -6,7 +6,7 @@
 //! every `decode_signed` seed is checked to rebuild the exact same message. Rerun it
 //! when the wire format changes (and commit the result).
 
-use mqsync::engine::{BUCKETS, ChunkRef, Content, Entry, VersionVector};
+use mqsync::engine::{BUCKETS, ChunkRef, Content, Entry, GROUPS, Region, VersionVector};
 use mqsync::protocol::relpath::RelPath;
 use mqsync::protocol::wire::{self, ChunkData, Envelope, Message};
 use mqsync_fuzz::{
@@ -158,6 +158,33 @@ fn messages() -> Vec<(&'static str, Envelope)> {
             env(Message::Digest {
                 reply: false,
                 buckets: vec![0; BUCKETS],
+            }),
+        ),
+        (
+            "summary_reply",
+            env(Message::Summary {
+                to: "n0".into(),
+                reply: true,
+                round: 7,
+                groups: buckets[..GROUPS].to_vec(),
+            }),
+        ),
+        (
+            "descent",
+            env(Message::Descent {
+                to: "n0".into(),
+                items: vec![
+                    Region {
+                        level: 1,
+                        index: 3,
+                        kids: buckets[..32].to_vec(),
+                    },
+                    Region {
+                        level: 3,
+                        index: 4000,
+                        kids: vec![],
+                    },
+                ],
             }),
         ),
         (

@@ -8,10 +8,11 @@
 use libfuzzer_sys::fuzz_target;
 use mqsync::protocol::chunker::MAX_CHUNK;
 use mqsync::protocol::delta::{DeltaOp, MAX_BASES};
-use mqsync::engine::{BUCKETS, Content};
+use mqsync::engine::{BUCKETS, Content, GROUPS};
 use mqsync::protocol::relpath::{MAX_COMPONENT_BYTES, MAX_PATH_BYTES};
 use mqsync::protocol::wire::{
-    self, MAX_CHUNKS_PER_FILE, MAX_DELTAS, MAX_ENTRIES, MAX_MESSAGE_BYTES, MAX_REQUEST_HASHES,
+    self, MAX_CHUNKS_PER_FILE, MAX_DELTAS, MAX_ENTRIES, MAX_MESSAGE_BYTES, MAX_REGIONS,
+    MAX_REQUEST_HASHES,
     Message,
 };
 use mqsync_fuzz::{NODE, TOPIC, keys, signed_message};
@@ -50,6 +51,10 @@ fuzz_target!(|data: &[u8]| {
         }
         Message::Request { hashes, .. } => assert!(hashes.len() <= MAX_REQUEST_HASHES),
         Message::Digest { buckets, .. } => assert_eq!(buckets.len(), BUCKETS),
+        Message::Summary { groups, .. } => assert_eq!(groups.len(), GROUPS),
+        Message::Descent { items, .. } => {
+            assert!(items.len() <= MAX_REGIONS && items.iter().all(|r| r.is_valid()))
+        }
         Message::Patch { patches } => {
             assert!(patches.len() <= MAX_ENTRIES);
             for p in patches {

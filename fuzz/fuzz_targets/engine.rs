@@ -2,12 +2,14 @@
 //! fresh node: every manifest entry is offered with `handle_remote` and applied, then
 //! changed locally, then replayed. Must never panic; a local change must produce a
 //! version that descends from the one it replaced, and a replayed old entry must not
-//! roll that change back. Patches are expanded against a chunk list with their base's
+//! roll that change back. Summaries and repair steps are answered as if addressed to
+//! this node. Patches are expanded against a chunk list with their base's
 //! id (and offered like manifest entries), deltas rebuilt against zeroed bases.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mqsync::engine::{Causality, ChunkRef, Content, Digest, Effect, Engine, Mode};
+use mqsync::engine::{Causality, ChunkRef, Content, Effect, Engine, Mode, Summary};
+use std::time::Instant;
 use mqsync::protocol::wire::{self, Message};
 use mqsync_fuzz::{NODE, TOPIC, keys, signed_message};
 use std::sync::LazyLock;
@@ -69,8 +71,30 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         Message::Digest { reply, buckets } => {
-            let digest = Digest::from_buckets(buckets).expect("decode checks the count");
-            eng.handle_digest(&digest, reply);
+            eng.handle_digest(NODE, &buckets, reply, Instant::now());
+            drain(&mut eng);
+        }
+        // Addressed to this node ("n0") or to anyone, and to someone else.
+        Message::Summary {
+            to,
+            reply,
+            round,
+            groups,
+        } => {
+            let mut s = Summary {
+                to: &to,
+                reply,
+                round,
+                groups: &groups,
+            };
+            eng.handle_summary(NODE, &s, Instant::now());
+            s.to = "n0";
+            eng.handle_summary(NODE, &s, Instant::now());
+            drain(&mut eng);
+        }
+        Message::Descent { to, items } => {
+            eng.handle_descent(NODE, &to, &items, Instant::now());
+            eng.handle_descent(NODE, "n0", &items, Instant::now());
             drain(&mut eng);
         }
         Message::Patch { patches } => {

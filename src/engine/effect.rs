@@ -2,7 +2,7 @@
 //! (`Origin`), how the runtime reports a failed apply (`Failure`), and the order in
 //! which entries are published.
 
-use super::{Chunks, Entry};
+use super::{Chunks, Entry, Region};
 use crate::protocol::relpath::RelPath;
 use std::time::Duration;
 
@@ -72,8 +72,19 @@ pub enum Effect {
     Forget(RelPath),
     /// Publish these entries (an answer to a digest that differs from ours).
     SendEntries(Vec<Entry>),
-    /// Publish our digest; `reply` asks peers to answer with theirs.
+    /// Publish our version-1 digest (while version-1 peers are around); `reply` asks
+    /// peers to answer with theirs.
     SendDigest { reply: bool },
+    /// Publish our summary (these group values), to be answered by `to` (or by
+    /// anyone: `"*"`); `reply`: even when nothing differs.
+    SendSummary {
+        to: String,
+        reply: bool,
+        round: u32,
+        groups: Vec<u64>,
+    },
+    /// Publish a step of the repair exchange with `to` (`Message::Descent`).
+    SendDescent { to: String, items: Vec<Region> },
 }
 
 /// The order entries are published in, so that a receiver can apply them as they

@@ -15,6 +15,7 @@ pub mod entry;
 mod forget;
 pub mod guard;
 pub mod intern;
+mod repair;
 pub mod resolve;
 pub mod schedule;
 mod under_apply;
@@ -24,11 +25,12 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 pub use attrs::{Attrs, Owner, SharedAttrs, Xattr};
-pub use digest::{BUCKETS, Digest, bucket_of};
+pub use digest::{BUCKETS, Digest, GROUPS, LEAVES, bucket_of, leaf_of};
 pub use effect::{Effect, Failure, Origin, RETRY_AFTER, announce_order};
 pub use entries::Entries;
 pub use entry::{ChunkRef, Chunks, Content, Entry, Hash};
 pub use guard::{DeleteGuard, Release};
+pub use repair::{ANSWER_TIMEOUT, ANYONE, LEAF_MAX, Region, SERVED_WINDOW, Summary};
 pub use resolve::{Decision, beats, conflict_name, resolve};
 pub use schedule::Schedule;
 pub use version::{Causality, VersionVector};
@@ -109,6 +111,8 @@ pub struct Engine {
     failing: BTreeSet<RelPath>,
     /// Digests, repairs and tombstone collection over time.
     schedule: Schedule,
+    /// Who answers this node's summaries, and what it published for whom.
+    repair: repair::Repair,
 }
 
 impl Engine {
@@ -123,7 +127,7 @@ impl Engine {
         let entries: Entries = entries
             .into_iter()
             .inspect(|e| {
-                digest.toggle(e);
+                digest.add(e);
                 if !e.content.is_deleted() {
                     present += 1;
                     present_bytes += e.content.size();
@@ -145,6 +149,7 @@ impl Engine {
             retries: BTreeMap::new(),
             failing: BTreeSet::new(),
             schedule: Schedule::default(),
+            repair: repair::Repair::default(),
         }
     }
 
@@ -152,6 +157,7 @@ impl Engine {
     /// expired tombstones every `collect` (see [`Schedule`]).
     pub fn with_intervals(mut self, digest: Duration, collect: Duration) -> Self {
         self.schedule = Schedule::new(digest, collect);
+        self.repair.set_digest_interval(digest);
         self
     }
 
@@ -191,7 +197,7 @@ impl Engine {
             .collect();
         for p in &expired {
             if let Some(old) = self.entries.remove(p) {
-                self.digest.toggle(&old);
+                self.digest.remove(&old);
             }
             self.effects.push_back(Effect::Forget(p.clone()));
         }
@@ -263,7 +269,7 @@ impl Engine {
     /// a tombstone collection), if anything.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let retry = self.retries.values().map(|(at, _)| *at).min();
-        [retry, self.schedule.poll_timeout()]
+        [retry, self.schedule.poll_timeout(), self.repair.timeout()]
             .into_iter()
             .flatten()
             .min()
@@ -304,8 +310,9 @@ impl Engine {
             self.collect_tombstones();
         }
         if let Some(reply) = due.digest {
-            self.effects.push_back(Effect::SendDigest { reply });
+            self.send_summary(reply, now);
         }
+        self.repair_due(now);
     }
 
     /// The folder starts at `now`: forgets expired tombstones, and starts the timers.
@@ -318,7 +325,7 @@ impl Engine {
     /// catch-up never relies on the broker having queued anything.
     pub fn handle_connected(&mut self, now: Instant) {
         self.schedule.connected(now);
-        self.effects.push_back(Effect::SendDigest { reply: true });
+        self.send_summary(true, now);
     }
 
     pub fn handle_disconnected(&mut self) {
@@ -550,30 +557,6 @@ impl Engine {
         }
     }
 
-    /// A peer's digest: answer with our entries where buckets differ.
-    pub fn handle_digest(&mut self, digest: &Digest, reply: bool) {
-        let differing = self.digest.differing(digest);
-        if differing.is_empty() {
-            return;
-        }
-        let mut wanted = vec![false; BUCKETS];
-        for i in differing {
-            wanted[i] = true;
-        }
-        let entries: Vec<Entry> = self
-            .entries
-            .iter()
-            .filter(|e| wanted[bucket_of(&e.path)])
-            .cloned()
-            .collect();
-        if !entries.is_empty() {
-            self.effects.push_back(Effect::SendEntries(entries));
-        }
-        if reply {
-            self.effects.push_back(Effect::SendDigest { reply: false });
-        }
-    }
-
     /// `publish`: a version made here, published once written (see `Decision::Resolve`).
     fn start_apply(&mut self, entry: Entry, copy: Option<RelPath>, from: Origin, publish: bool) {
         // A new version replaces a failed one and its retry (and its failure).
@@ -599,7 +582,7 @@ impl Engine {
     /// Takes an entry that is being replaced or forgotten out of the digest and the
     /// counts of present files and bytes.
     fn uncount(&mut self, old: &Entry) {
-        self.digest.toggle(old);
+        self.digest.remove(old);
         if !old.content.is_deleted() {
             self.present -= 1;
             self.present_bytes -= old.content.size();
@@ -617,7 +600,7 @@ impl Engine {
         if let Some(old) = self.entries.remove(&entry.path) {
             self.uncount(&old);
         }
-        self.digest.toggle(&entry);
+        self.digest.add(&entry);
         if !entry.content.is_deleted() {
             self.present += 1;
             self.present_bytes += entry.content.size();

@@ -27,8 +27,8 @@ struct Node {
     disk: BTreeMap<RelPath, Content>,
 }
 
-/// A published message: sender, entries, digest with its reply flag.
-type Msg = (usize, Vec<Entry>, Option<(Digest, bool)>);
+/// A published message: sender, entries, or a step of the repair exchange.
+type Msg = (usize, Vec<Entry>, Option<Effect>);
 
 struct Net {
     nodes: Vec<Node>,
@@ -67,9 +67,9 @@ impl Net {
                     match eff {
                         Effect::Announce { entry: e, .. } => msgs.push((i, vec![e], None)),
                         Effect::SendEntries(es) => msgs.push((i, es, None)),
-                        Effect::SendDigest { reply } => {
-                            let d = self.nodes[i].engine.digest().clone();
-                            msgs.push((i, vec![], Some((d, reply))))
+                        Effect::SendDigest { .. } => {}
+                        e @ (Effect::SendSummary { .. } | Effect::SendDescent { .. }) => {
+                            msgs.push((i, vec![], Some(e)))
                         }
                         Effect::Store(_) | Effect::Cancel(_) | Effect::Forget(_) => {}
                         Effect::Apply {
@@ -98,7 +98,9 @@ impl Net {
                     }
                 }
             }
-            for (from, entries, digest) in msgs {
+            let now = Instant::now();
+            for (from, entries, repair) in msgs {
+                let sender = format!("n{from}");
                 if !connected[from] {
                     continue;
                 }
@@ -109,8 +111,25 @@ impl Net {
                     for e in &entries {
                         node.engine.handle_remote(e.clone());
                     }
-                    if let Some((d, reply)) = &digest {
-                        node.engine.handle_digest(d, *reply);
+                    match &repair {
+                        Some(Effect::SendSummary {
+                            to,
+                            reply,
+                            round,
+                            groups,
+                        }) => {
+                            let s = Summary {
+                                to,
+                                reply: *reply,
+                                round: *round,
+                                groups,
+                            };
+                            node.engine.handle_summary(&sender, &s, now)
+                        }
+                        Some(Effect::SendDescent { to, items }) => {
+                            node.engine.handle_descent(&sender, to, items, now)
+                        }
+                        _ => {}
                     }
                 }
             }
@@ -123,9 +142,7 @@ impl Net {
 
     fn gossip(&mut self) {
         for n in &mut self.nodes {
-            n.engine
-                .effects
-                .push_back(Effect::SendDigest { reply: true });
+            n.engine.send_summary(true, Instant::now());
         }
     }
 
@@ -288,10 +305,7 @@ fn offline_node_catches_up_through_digests() {
     net.run(&[true, true, false]);
     assert_ne!(net.nodes[2].disk, net.nodes[0].disk);
     // Node 2 reconnects and asks for a comparison.
-    net.nodes[2]
-        .engine
-        .effects
-        .push_back(Effect::SendDigest { reply: true });
+    net.nodes[2].engine.send_summary(true, Instant::now());
     net.run(&[true; 3]);
     net.assert_converged();
 }

@@ -508,6 +508,20 @@ impl Folder {
                 }
                 Effect::SendEntries(es) => answer.extend(es.into_iter().map(|e| (e, None))),
                 Effect::SendDigest { reply } => self.send_digest(reply),
+                Effect::SendSummary {
+                    to,
+                    reply,
+                    round,
+                    groups,
+                } => self.out.send(crate::protocol::wire::Message::Summary {
+                    to,
+                    reply,
+                    round,
+                    groups,
+                }),
+                Effect::SendDescent { to, items } => self
+                    .out
+                    .send(crate::protocol::wire::Message::Descent { to, items }),
             }
         }
         self.processing = false;

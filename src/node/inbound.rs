@@ -5,7 +5,7 @@
 
 use super::folder::Folder;
 use super::outbound::delta_cost;
-use crate::engine::{Digest, Hash, Mode, Origin};
+use crate::engine::{Hash, Mode, Origin, Summary};
 use crate::protocol::chunker;
 use crate::protocol::delta::{ChunkDelta, Signature};
 use crate::protocol::wire::parts::Joined;
@@ -72,6 +72,10 @@ impl Folder {
                 if matches!(e, wire::DecodeError::BadMac) {
                     self.health.trust.failed(sender, Instant::now());
                 }
+                if let wire::DecodeError::UnknownKind(kind) = e {
+                    debug!(folder = %self.cfg.id, %topic, kind, "ignoring a message of a newer kind");
+                    return;
+                }
                 metrics::counter!("mqsync_messages_rejected_total", "folder" => folder)
                     .increment(1);
                 warn!(folder = %self.cfg.id, %topic, bytes = payload.len(), "dropping message: {e}")
@@ -115,9 +119,24 @@ impl Folder {
             }
             Message::Patch { patches } => self.take_patches(&from, patches, now),
             Message::Digest { reply, buckets } => {
-                if let Some(d) = Digest::from_buckets(buckets) {
-                    self.engine.handle_digest(&d, reply);
-                }
+                self.engine.handle_digest(&from, &buckets, reply, now);
+            }
+            Message::Summary {
+                to,
+                reply,
+                round,
+                groups,
+            } => {
+                let s = Summary {
+                    to: &to,
+                    reply,
+                    round,
+                    groups: &groups,
+                };
+                self.engine.handle_summary(&from, &s, now);
+            }
+            Message::Descent { to, items } => {
+                self.engine.handle_descent(&from, &to, &items, now);
             }
             Message::Progress { to, last } => {
                 if to == self.out.node {
@@ -131,7 +150,7 @@ impl Folder {
                 if to == self.out.node || to == "*" {
                     let n = hashes
                         .into_iter()
-                        .filter(|h| self.locations.contains(h) && self.out.queue(*h))
+                        .filter(|h| self.locations.contains(h) && self.out.queue_asked(*h, now))
                         .count();
                     if n > 0 {
                         debug!(folder = %self.cfg.id, %from, chunks = n, "serving chunks");

@@ -129,7 +129,17 @@ pub(super) struct Outbound {
     /// Largest MQTT packet to publish (`broker.max_message_bytes`): messages are
     /// sized to fit, and a larger one goes out in parts.
     max_packet: usize,
+    /// When each chunk was last published: a request for one published moments ago
+    /// comes from a node that got it with everyone else, or will ask again when its
+    /// fetch stalls ([`SERVED_WINDOW`]).
+    served: HashMap<Hash, Instant>,
 }
+
+/// A chunk published this recently is not published again for a request. Shorter than
+/// a fetch's stall timeout (3 s), so a node that really missed it gets it on asking
+/// again: while N nodes start together each asks for the same chunks, and each answer
+/// reaches all of them.
+const SERVED_WINDOW: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Outbound {
     pub fn new(
@@ -158,6 +168,7 @@ impl Outbound {
             requests: RequestBatch::default(),
             carried: None,
             max_packet,
+            served: HashMap::new(),
         }
     }
 
@@ -178,8 +189,21 @@ impl Outbound {
         !locations.contains(hash) || self.unpushed.remove(hash)
     }
 
-    /// Queues a chunk a peer asked for; false when it is queued already.
-    pub fn queue(&mut self, hash: Hash) -> bool {
+    /// Queues a chunk a peer asked for; false when it is queued already, or was
+    /// published within [`SERVED_WINDOW`].
+    pub fn queue_asked(&mut self, hash: Hash, now: Instant) -> bool {
+        if self
+            .served
+            .get(&hash)
+            .is_some_and(|t| now.saturating_duration_since(*t) < SERVED_WINDOW)
+        {
+            return false;
+        }
+        self.queue(hash)
+    }
+
+    /// Queues a chunk to push; false when it is queued already.
+    fn queue(&mut self, hash: Hash) -> bool {
         let new = self.pushing.insert(hash);
         if new {
             self.push.push_back(hash);
@@ -324,7 +348,19 @@ impl Outbound {
             let Some(last) = last else {
                 break;
             };
-            self.window.pushed(last, bytes as u64, Instant::now());
+            let now = Instant::now();
+            self.window.pushed(last, bytes as u64, now);
+            if self.served.len() > 100_000 {
+                self.served
+                    .retain(|_, t| now.saturating_duration_since(*t) < SERVED_WINDOW);
+            }
+            for h in msg
+                .iter()
+                .map(|c| c.hash)
+                .chain(deltas.iter().map(|d| d.hash))
+            {
+                self.served.insert(h, now);
+            }
             let was = self.compression.on();
             self.compression.pushed(bytes as u64, Instant::now());
             if self.compression.on() != was {
@@ -452,6 +488,8 @@ impl Outbound {
             Message::Deltas { .. } => "deltas",
             Message::Patch { .. } => "patch",
             Message::Part { .. } => "part",
+            Message::Summary { .. } => "summary",
+            Message::Descent { .. } => "descent",
         };
         // Chunk data is compressed as the folder's setting (or its measurement)
         // says; everything else always is (small, and compresses well).

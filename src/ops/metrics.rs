@@ -106,7 +106,7 @@ pub const CERT_EXPIRY: &str = "mqsync_certificate_expires_timestamp_seconds";
 
 /// The `kind` label of `mqsync_messages_sent_total` (node/outbound.rs).
 pub const MESSAGE_KINDS: &[&str] = &[
-    "manifest", "chunks", "digest", "request", "progress", "deltas", "patch",
+    "manifest", "chunks", "digest", "summary", "descent", "request", "progress", "deltas", "patch",
 ];
 
 /// Buckets of `mqsync_apply_seconds`: 1 ms to 60 s.

@@ -15,6 +15,9 @@ pub const MAX_REQUEST_HASHES: usize = 20_000;
 /// Chunks one file entry may list: 100,000 chunks of at most 1 MiB (about 100 GiB);
 /// one entry must also fit in a single message.
 pub const MAX_CHUNKS_PER_FILE: usize = 100_000;
+/// Most regions in one `Descent`: every leaf once, plus their buckets and groups.
+pub const MAX_REGIONS: usize =
+    crate::engine::LEAVES + crate::engine::BUCKETS + crate::engine::GROUPS;
 /// Largest version counter accepted from the wire (2^53: a change per nanosecond for
 /// 100 days); the engine adds one to the largest counter it holds.
 pub const MAX_VERSION_COUNTER: u64 = 1 << 53;
@@ -30,6 +33,15 @@ pub(super) fn check_message(msg: &Message) -> Result<(), DecodeError> {
         }
         Message::Digest { buckets, .. } if buckets.len() != crate::engine::BUCKETS => {
             return Err(DecodeError::TooMany(buckets.len()));
+        }
+        Message::Summary { groups, .. } if groups.len() != crate::engine::GROUPS => {
+            return Err(DecodeError::TooMany(groups.len()));
+        }
+        Message::Descent { items, .. } if items.len() > MAX_REGIONS => {
+            return Err(DecodeError::TooMany(items.len()));
+        }
+        Message::Descent { items, .. } if !items.iter().all(|r| r.is_valid()) => {
+            return Err(DecodeError::BadRegion);
         }
         Message::Patch { patches } if patches.len() > MAX_ENTRIES => {
             return Err(DecodeError::TooMany(patches.len()));

@@ -5,7 +5,7 @@
 
 use super::bounds::check_message;
 use super::extension::{self, FLAG_EXT};
-use super::{Envelope, Keys};
+use super::{Envelope, Keys, LAST_KIND};
 
 pub const MAGIC: &[u8; 4] = b"MQS1";
 pub const HEADER_LEN: usize = 10;
@@ -38,6 +38,10 @@ pub enum DecodeError {
     TooMany(usize),
     #[error("header kind does not match body")]
     KindMismatch,
+    #[error("message kind {0} is newer than this version: ignored")]
+    UnknownKind(u8),
+    #[error("a repair region that does not exist")]
+    BadRegion,
     #[error("entry {path}: {reason}")]
     BadEntry { path: String, reason: String },
     #[error("a part that is empty or lies beyond its message's size")]
@@ -140,6 +144,9 @@ pub fn decode(
         return Err(DecodeError::BadMac);
     }
     let kind = signed[4];
+    if kind > LAST_KIND {
+        return Err(DecodeError::UnknownKind(kind));
+    }
     let flags = signed[5];
     let body_len = u32::from_be_bytes([signed[6], signed[7], signed[8], signed[9]]) as usize;
     if body_len > MAX_BODY_BYTES {

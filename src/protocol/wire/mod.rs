@@ -8,7 +8,7 @@
 //! message must meet in `bounds`, the group keys in `keys`.
 
 use crate::engine::intern::NodeId;
-use crate::engine::{ChunkRef, Chunks, Content, Entry, Hash, SharedAttrs, VersionVector};
+use crate::engine::{ChunkRef, Chunks, Content, Entry, Hash, Region, SharedAttrs, VersionVector};
 use crate::protocol::delta::ChunkDelta;
 use crate::protocol::relpath::RelPath;
 use serde::{Deserialize, Serialize};
@@ -20,8 +20,8 @@ mod keys;
 pub mod parts;
 
 pub use bounds::{
-    MAX_CHUNKS_PER_FILE, MAX_DELTAS, MAX_ENTRIES, MAX_REQUEST_HASHES, MAX_VERSION_COUNTER,
-    check_entry,
+    MAX_CHUNKS_PER_FILE, MAX_DELTAS, MAX_ENTRIES, MAX_REGIONS, MAX_REQUEST_HASHES,
+    MAX_VERSION_COUNTER, check_entry,
 };
 pub use codec::{
     DecodeError, EncodeError, HEADER_LEN, MAC_LEN, MAGIC, MAX_BODY_BYTES, MAX_MESSAGE_BYTES,
@@ -66,6 +66,18 @@ pub enum Message {
         #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
+    /// The sender's 32 group values (the top of its digest tree), for `to` to compare
+    /// (`"*"`: anyone); the others stay silent. `reply`: `to` answers even when nothing
+    /// differs, with its own summary ([`crate::engine::Engine::handle_summary`]).
+    Summary {
+        to: String,
+        reply: bool,
+        round: u32,
+        groups: Vec<u64>,
+    },
+    /// A step of the repair exchange with `to`: regions whose children differ, with
+    /// the sender's values of them, and regions whose entries `to` should publish.
+    Descent { to: String, items: Vec<Region> },
 }
 
 /// A live change of a file given as its previous chunk list (`base`, the
@@ -176,6 +188,9 @@ impl FilePatch {
     }
 }
 
+/// The highest kind byte this version knows; a later one is ignored, not an error.
+pub(crate) const LAST_KIND: u8 = 10;
+
 impl Message {
     /// The header's kind byte for this message.
     fn kind(&self) -> u8 {
@@ -188,6 +203,8 @@ impl Message {
             Message::Deltas { .. } => 6,
             Message::Patch { .. } => 7,
             Message::Part { .. } => 8,
+            Message::Summary { .. } => 9,
+            Message::Descent { .. } => 10,
         }
     }
 }
