@@ -25,14 +25,16 @@ pub struct Seen {
     pub bytes: u64,
 }
 
-/// A kind byte's name, as `mqsync_messages_sent_total` labels it; kinds added after
-/// this list show as `kind N`.
+/// A kind byte's name, as `mqsync_messages_sent_total` labels it: the kinds of wire
+/// protocol v1, then `summary` and `descent` as issue 25's repair numbers them (9
+/// and 10); any other shows as `kind N`.
 pub fn kind_name(kind: u8) -> String {
-    const NAMES: [&str; 8] = [
+    const NAMES: [&str; 10] = [
         "manifest", "chunks", "digest", "request", "progress", "deltas", "patch", "part",
+        "summary", "descent",
     ];
     match kind {
-        1..=8 => NAMES[usize::from(kind - 1)].to_string(),
+        1..=10 => NAMES[usize::from(kind - 1)].to_string(),
         k => format!("kind {k}"),
     }
 }
@@ -157,5 +159,18 @@ impl Observer {
 impl Drop for Observer {
     fn drop(&mut self) {
         let _ = self.finish();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn kinds_are_named_as_the_metrics_label_them() {
+        assert_eq!(super::kind_name(1), "manifest");
+        assert_eq!(super::kind_name(4), "request");
+        assert_eq!(super::kind_name(8), "part");
+        assert_eq!(super::kind_name(10), "descent");
+        assert_eq!(super::kind_name(0), "kind 0");
+        assert_eq!(super::kind_name(11), "kind 11");
     }
 }
