@@ -547,3 +547,17 @@ pub fn nodes_mqsync(ctx: &Ctx, opts: NodesOpts) -> Vec<(String, Result<Measured>
     run.stop();
     out
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn counts_and_medians_print_as_the_tables_want() {
+        assert_eq!(super::fmt_count(0), "0");
+        assert_eq!(super::fmt_count(500), "500");
+        assert_eq!(super::fmt_count(4_444), "4,444");
+        assert_eq!(super::fmt_count(1_000_000), "1,000,000");
+        assert_eq!(super::median(&[]), 0.0);
+        assert_eq!(super::median(&[1.0, 2.0, 9.0]), 2.0);
+        assert_eq!(super::median(&[1.0, 2.0, 3.0, 9.0]), 2.0);
+    }
+}

@@ -84,9 +84,10 @@ pub fn markdown(ms: &[Measured]) -> String {
     }
     let _ = writeln!(
         s,
-        "\nBy message kind, per receiver (from a passive subscriber on the data topics, \
-         counting what the other nodes published; \"all nodes sent\" from \
-         `mqsync_messages_sent_total`):\n"
+        "\nBy message kind, per receiver: what the other nodes published while the \
+         scenario ran (from a passive subscriber on the data topics), which the broker \
+         had to deliver to it; a receiver got less where the share at the end is over \
+         100 %. \"All nodes sent\" from `mqsync_messages_sent_total`:\n"
     );
     let _ = writeln!(
         s,
@@ -126,9 +127,10 @@ pub fn markdown(ms: &[Measured]) -> String {
         .collect();
     let _ = writeln!(
         s,
-        "\nThe subscriber saw these shares of the bytes the receivers counted (about \
-         100 % when it missed nothing; more when a receiver missed messages while \
-         connecting): {}.",
+        "\nThe subscriber saw these shares of the bytes the receivers counted: about \
+         100 % when every receiver got every message; more when receivers missed some, \
+         while connecting or because the broker skipped messages for a subscriber that \
+         fell behind (rumqttd, 32 MiB; its log says \"Read cursor start jumped\"): {}.",
         cover.join("; ")
     );
     s
