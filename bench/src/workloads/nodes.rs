@@ -50,7 +50,8 @@ const SEEDS: [u64; 3] = [25, 26, 27];
 
 /// How long the receivers may take to hold the folder.
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(1800);
-/// How long a node may take to report itself idle once the receivers hold the folder.
+/// How long the nodes together may take to report themselves idle once the receivers
+/// hold the folder.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 /// The counters are read once no node has received anything for this long …
 const QUIET: Duration = Duration::from_secs(3);
@@ -236,8 +237,11 @@ impl Run {
     /// Waits until every running node is idle and no node has received anything for
     /// [`QUIET`] (at most [`QUIET_TIMEOUT`]).
     fn settle(&mut self) -> Result<()> {
+        let deadline = Instant::now() + IDLE_TIMEOUT;
         for i in self.running() {
-            self.c.wait_ready_within(i, IDLE_TIMEOUT)?;
+            let left = deadline.saturating_duration_since(Instant::now());
+            self.c
+                .wait_ready_within(i, left.max(Duration::from_secs(1)))?;
         }
         let total = |r: &Run| -> Result<f64> {
             Ok(Counters::all(&r.c, r.nodes + 1)?
