@@ -219,6 +219,36 @@ pub fn generate_rename(root: &Path, files: usize, dirs: usize) -> Result<PathBuf
     Ok(dir)
 }
 
+/// A tree for the `nodes` workload: `files` files (half random, half text-like) of
+/// `mean / 2` to `3 * mean / 2` bytes, 100 to a directory `d0000`, `d0001`, …, from
+/// `seed`. Made once, in `root/nodes-FILES-MEAN-SEED`.
+pub fn generate_nodes(root: &Path, files: usize, mean: usize, seed: u64) -> Result<PathBuf> {
+    const PER_DIR: usize = 100;
+    let dir = root.join(format!("nodes-{files}-{mean}-{seed}"));
+    once(
+        &dir,
+        &format!("nodes {files} files of about {mean} bytes, {PER_DIR} per directory"),
+        |dir| {
+            let mut rng = StdRng::seed_from_u64(seed);
+            for i in 0..files {
+                let d = dir.join(format!("d{:04}", i / PER_DIR));
+                if i % PER_DIR == 0 {
+                    fs::create_dir_all(&d)?;
+                }
+                let len = rng.random_range(mean / 2..=mean * 3 / 2);
+                let data = if i % 2 == 0 {
+                    random(&mut rng, len)
+                } else {
+                    text_like(&mut rng, len)
+                };
+                fs::write(d.join(format!("f{seed}-{i:06}.dat")), data)?;
+            }
+            Ok(())
+        },
+    )?;
+    Ok(dir)
+}
+
 /// Where the delta workload changes its file: offset and length (the middle).
 pub fn delta_change_range(s: Sizes) -> (u64, usize) {
     ((s.delta_bytes / 2) as u64, s.delta_change)

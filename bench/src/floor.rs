@@ -40,7 +40,7 @@ pub struct FloorRun {
 }
 
 /// TLS as mqsync's nodes connect: the cluster's CA only, the node's certificate.
-fn tls(certs: &Path, node: &str) -> Result<Arc<rustls::ClientConfig>> {
+pub(crate) fn tls(certs: &Path, node: &str) -> Result<Arc<rustls::ClientConfig>> {
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_file_iter(certs.join("ca.pem"))? {
         roots.add(c?)?;

@@ -3,7 +3,7 @@
 //! same machine in one run (issues 6 and 24). Run on demand, never part of the tests:
 //!
 //! ```text
-//! cargo run --release -p mqsync-bench -- [--quick] [--only latency,patterns,bulk,floor,small,delta,fanout,scale,rename]
+//! cargo run --release -p mqsync-bench -- [--quick] [--only latency,patterns,bulk,floor,small,delta,fanout,scale,rename,nodes]
 //! ```
 //!
 //! It builds the release `mqsync`, installs missing peers from Debian (root), generates
@@ -16,6 +16,7 @@
 mod data;
 mod floor;
 mod mqsync;
+mod observer;
 mod peers;
 mod proc;
 mod report;
@@ -37,23 +38,25 @@ struct Args {
     mqsync: Option<PathBuf>,
     systems: Vec<String>,
     scale_files: Option<usize>,
+    nodes: usize,
+    nodes_files: Option<usize>,
 }
 
-const WORKLOADS: [&str; 9] = [
-    "latency", "patterns", "bulk", "floor", "small", "delta", "fanout", "scale", "rename",
+const WORKLOADS: [&str; 10] = [
+    "latency", "patterns", "bulk", "floor", "small", "delta", "fanout", "scale", "rename", "nodes",
 ];
 const SYSTEMS: [&str; 5] = ["mqsync", "ssh", "rsync", "lsyncd", "syncthing"];
 
 const USAGE: &str = "usage: mqsync-bench [--quick]
-       [--only latency,patterns,bulk,floor,small,delta,fanout,scale,rename]
+       [--only latency,patterns,bulk,floor,small,delta,fanout,scale,rename,nodes]
        [--systems mqsync,ssh,rsync,lsyncd,syncthing] [--work DIR] [--out DIR] [--trials N]
-       [--slow-trials N] [--scale-files N] [--mqsync PATH]
+       [--slow-trials N] [--scale-files N] [--nodes N] [--nodes-files N] [--mqsync PATH]
 
   --quick        smaller data (8 x 4 MiB, 2,000 small files, 64 MiB delta, 50,000 files
                  for scale, 2,000 files to rename) to try the harness
   --only LIST    workloads to run (default: all)
-  --systems LIST systems to run (default: all; ssh is rsync over SSH; fanout, floor and
-                 scale are mqsync only, rename has no lsyncd or ssh row)
+  --systems LIST systems to run (default: all; ssh is rsync over SSH; fanout, floor,
+                 scale and nodes are mqsync only, rename has no lsyncd or ssh row)
   --work DIR     data and run directories (default: target/mqsync-bench)
   --out DIR      where the results go (default: bench/results): results.md and chart.png
                  for a full run of everything, results-TAG.md and chart-TAG.png for a
@@ -62,6 +65,10 @@ const USAGE: &str = "usage: mqsync-bench [--quick]
   --slow-trials N  trials for the slow watchers: lsyncd at its default 15 s delay and
                  Syncthing at its default 10 s (default 5)
   --scale-files N  files for the scale workload (default 1,000,000; --quick 50,000)
+  --nodes N      mqsync node processes at once in the nodes workload (default 12, at
+                 least 3)
+  --nodes-files N  files of the nodes workload's large folder, about 1,350 bytes each
+                 (default 20,000, 27 MB; --quick 5,000)
   --mqsync PATH  the mqsync binary (default: build target/release/mqsync)";
 
 fn parse() -> Result<Args> {
@@ -76,6 +83,8 @@ fn parse() -> Result<Args> {
         mqsync: None,
         systems: vec![],
         scale_files: None,
+        nodes: 12,
+        nodes_files: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -94,6 +103,8 @@ fn parse() -> Result<Args> {
             "--mqsync" => a.mqsync = Some(value()?.into()),
             "--systems" => a.systems = value()?.split(',').map(str::to_lowercase).collect(),
             "--scale-files" => a.scale_files = Some(value()?.parse().context("--scale-files")?),
+            "--nodes" => a.nodes = value()?.parse().context("--nodes")?,
+            "--nodes-files" => a.nodes_files = Some(value()?.parse().context("--nodes-files")?),
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -156,6 +167,17 @@ fn build_mqsync() -> Result<PathBuf> {
         bail!("cargo build --release failed");
     }
     Ok(root.join("target/release/mqsync"))
+}
+
+/// `mqsync --version` of the binary under test, for the results' header.
+fn version(bin: &std::path::Path) -> String {
+    std::process::Command::new(bin)
+        .arg("--version")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "version unknown".into())
 }
 
 fn main() -> Result<()> {
@@ -237,13 +259,14 @@ fn main() -> Result<()> {
         None
     };
     let ctx = Ctx::new(
-        mqsync,
+        mqsync.clone(),
         args.work.clone(),
         (set, sizes),
         args.trials,
         args.slow_trials,
     );
     let mut rows: Vec<Row> = vec![];
+    let mut nodes_runs: Vec<workloads::nodes::Measured> = vec![];
     let mut failures: Vec<String> = vec![];
     let mut record = |what: &str, r: Result<Row>| match r {
         Ok(row) => {
@@ -438,13 +461,40 @@ fn main() -> Result<()> {
             }
         }
     }
+    if wants("nodes") && runs("mqsync") {
+        let opts = workloads::nodes::NodesOpts {
+            nodes: args.nodes,
+            files: args
+                .nodes_files
+                .unwrap_or(if args.quick { 5_000 } else { 20_000 }),
+        };
+        for (what, r) in workloads::nodes::nodes_mqsync(&ctx, opts) {
+            match r {
+                Ok(m) => {
+                    record(&what, Ok(m.row()));
+                    nodes_runs.push(m);
+                }
+                Err(e) => record(&what, Err(e)),
+            }
+        }
+    }
     // MQSYNC_BENCH_KEEP=1 keeps every run's directory (logs, trees) for a post-mortem.
     if std::env::var_os("MQSYNC_BENCH_KEEP").is_none() {
         let _ = workloads::remove_runs(&args.work);
     }
 
+    let mut options = String::new();
+    if wants("nodes") {
+        options.push_str(&format!(" --nodes {}", args.nodes));
+        if let Some(n) = args.nodes_files {
+            options.push_str(&format!(" --nodes-files {n}"));
+        }
+    }
+    if let Some(p) = &args.mqsync {
+        options.push_str(&format!(" --mqsync {}", p.display()));
+    }
     let header = format!(
-        "# mqsync-bench results\n\nData: {}. Machine: {} cores. Command: `cargo run --release -p mqsync-bench --{}{}{}`.",
+        "# mqsync-bench results\n\nData: {}. Machine: {} cores. Command: `cargo run --release -p mqsync-bench --{}{}{}{options}`. mqsync: {}.",
         if args.quick {
             "quick sizes"
         } else {
@@ -462,9 +512,15 @@ fn main() -> Result<()> {
         } else {
             format!(" --systems {}", args.systems.join(","))
         },
+        version(&mqsync),
     );
     let mut md = report::markdown(&rows, &header);
-    md.push_str(&targets::markdown(&rows));
+    // Issue 24's targets need its workloads; a run of the nodes workload alone has
+    // issue 25's goals in its own table.
+    if rows.iter().any(|r| r.workload != "nodes") {
+        md.push_str(&targets::markdown(&rows));
+    }
+    md.push_str(&workloads::nodes::markdown(&nodes_runs));
     if !failures.is_empty() {
         md.push_str("\nFailed runs:\n\n");
         for f in &failures {

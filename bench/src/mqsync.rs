@@ -191,6 +191,21 @@ path = "{folder}"
         Ok(())
     }
 
+    /// The directory `mqsync certs init` wrote (a certificate per node name).
+    pub fn certs(&self) -> PathBuf {
+        self.dir.join("certs")
+    }
+
+    /// The broker's port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Whether node `i` has been started and not stopped.
+    pub fn running(&self, i: usize) -> bool {
+        self.nodes.get(i).is_some_and(Option::is_some)
+    }
+
     /// Node `i`'s state directory.
     pub fn state_dir(&self, i: usize) -> PathBuf {
         self.dir.join("state").join(format!("n{}", i + 1))
@@ -280,32 +295,22 @@ path = "{folder}"
     /// A counter of node `i` summed over the series whose labels contain `label` (such
     /// as `kind="request"`; empty: all of them).
     pub fn metric_where(&self, i: usize, name: &str, label: &str) -> Result<f64> {
+        let body = self.scrape(i)?;
+        Ok(sum_metric(&body, name, label).unwrap_or(0.0))
+    }
+
+    /// Node `i`'s whole Prometheus page (`GET /metrics`), to read several counters
+    /// from one moment ([`sum_metric`], [`by_label`]).
+    pub fn scrape(&self, i: usize) -> Result<String> {
         let mut s = std::net::TcpStream::connect(("127.0.0.1", self.metrics[i]))?;
         s.set_read_timeout(Some(Duration::from_secs(10)))?;
         s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
         let mut body = String::new();
         s.read_to_string(&mut body)?;
-        let mut sum = 0.0;
-        let mut seen = false;
-        for line in body.lines() {
-            if let Some(rest) = line.strip_prefix(name)
-                && (rest.starts_with('{') || rest.starts_with(' '))
-                && rest.contains(label)
-                && let Some(v) = rest.rsplit(' ').next()
-                && let Ok(v) = v.parse::<f64>()
-            {
-                sum += v;
-                seen = true;
-            }
-        }
-        if !seen {
-            // A counter that never moved is not exported yet.
-            if body.contains("HTTP/1") {
-                return Ok(0.0);
-            }
+        if !body.contains("HTTP/1") {
             bail!("no metrics from node {}", i + 1);
         }
-        Ok(sum)
+        Ok(body)
     }
 
     /// The broker's wire bytes so far, from the kernel's TCP counters of its client
@@ -343,6 +348,49 @@ path = "{folder}"
     }
 }
 
+/// The sum of the series of `name` in a Prometheus page whose labels contain `label`
+/// (empty: all of them); `None` when there is none (a counter that never moved is not
+/// exported yet).
+pub fn sum_metric(body: &str, name: &str, label: &str) -> Option<f64> {
+    let mut sum = None;
+    for line in body.lines() {
+        if let Some(rest) = line.strip_prefix(name)
+            && (rest.starts_with('{') || rest.starts_with(' '))
+            && rest.contains(label)
+            && let Some(v) = rest.rsplit(' ').next()
+            && let Ok(v) = v.parse::<f64>()
+        {
+            sum = Some(sum.unwrap_or(0.0) + v);
+        }
+    }
+    sum
+}
+
+/// The series of `name` summed per value of the label `key` (such as `kind`).
+pub fn by_label(body: &str, name: &str, key: &str) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    let prefix = format!("{key}=\"");
+    for line in body.lines() {
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        let Some(labels) = rest.strip_prefix('{').and_then(|r| r.split_once('}')) else {
+            continue;
+        };
+        let value = labels
+            .0
+            .split(',')
+            .find_map(|l| l.trim().strip_prefix(&prefix));
+        if let (Some(value), Some(Ok(n))) = (
+            value.and_then(|v| v.strip_suffix('"')),
+            labels.1.rsplit(' ').next().map(str::parse::<f64>),
+        ) {
+            *out.entry(value.to_string()).or_insert(0.0) += n;
+        }
+    }
+    out
+}
+
 /// `ss -Htin` prints a line per connection (`Recv-Q Send-Q local peer`) followed by
 /// an indented line of its TCP info.
 fn parse_ss(text: &str) -> Result<Wire> {
@@ -365,6 +413,7 @@ fn parse_ss(text: &str) -> Result<Wire> {
     Ok(wire)
 }
 
+#[derive(Debug, Clone)]
 pub struct Stopped {
     pub nodes: Vec<Usage>,
     pub broker: Usage,
@@ -403,5 +452,26 @@ mod tests {
         later.insert("127.0.0.1:50000".into(), (2234, 1800));
         later.insert("127.0.0.1:50004".into(), (10, 20));
         assert_eq!(super::wire_between(&w, &later), (1010, 1020));
+    }
+
+    #[test]
+    fn metrics_sum_and_split_by_label() {
+        let body = "HTTP/1.1 200 OK\r\n\r\n# TYPE mqsync_messages_sent_total counter\nmqsync_messages_sent_total{folder=\"bench\",kind=\"request\"} 3\nmqsync_messages_sent_total{folder=\"bench\",kind=\"chunks\"} 5\nmqsync_messages_sent_total_other 9\nmqsync_bytes_received_total{folder=\"bench\"} 1200\n";
+        assert_eq!(
+            super::sum_metric(body, "mqsync_messages_sent_total", ""),
+            Some(8.0)
+        );
+        assert_eq!(
+            super::sum_metric(body, "mqsync_messages_sent_total", "kind=\"request\""),
+            Some(3.0)
+        );
+        assert_eq!(super::sum_metric(body, "mqsync_files", ""), None);
+        let kinds = super::by_label(body, "mqsync_messages_sent_total", "kind");
+        assert_eq!(kinds.get("chunks"), Some(&5.0));
+        assert_eq!(kinds.len(), 2);
+        assert_eq!(
+            super::by_label(body, "mqsync_bytes_received_total", "kind").len(),
+            0
+        );
     }
 }

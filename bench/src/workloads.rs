@@ -2,11 +2,13 @@
 //! file, bulk files, many small files, fan-out of the bulk files to 1, 2 and 4
 //! receivers and the scale of one node's index here; a delta to a large file
 //! ([`delta`]), latency by write pattern ([`patterns`]), rsync over SSH and the
-//! transport floor ([`ssh`]), Syncthing ([`syncthing`]) and the rename of a synced tree
-//! ([`rename`]) in their modules. Every run checks that the receivers hold exactly the
-//! source's bytes before its numbers count.
+//! transport floor ([`ssh`]), Syncthing ([`syncthing`]), the rename of a synced tree
+//! ([`rename`]) and repair traffic among many nodes ([`nodes`]) in their modules.
+//! Every run checks that the receivers hold exactly the source's bytes before its
+//! numbers count.
 
 pub mod delta;
+pub mod nodes;
 pub mod patterns;
 pub mod rename;
 pub mod ssh;
