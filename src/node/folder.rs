@@ -255,7 +255,7 @@ impl Folder {
                             info!(folder = %self.cfg.id, "folder root and marker are back; resuming");
                             fs_rx = self.restart_watcher();
                             self.local.rescan_due = true;
-                            self.send_digest(true);
+                            self.ask_peers_to_compare();
                         }
                     }
                     self.on_tick(now);
@@ -429,7 +429,7 @@ impl Folder {
         self.local.resyncing = false;
         self.engine.handle_resync();
         self.process();
-        self.send_digest(true);
+        self.ask_peers_to_compare();
         self.health.last_status = None;
     }
 
@@ -460,6 +460,11 @@ impl Folder {
         // its warning, already logged, is not repeated.
         if self.engine.retrying().next().is_none() {
             self.health.no_retries();
+        }
+        // A failing version may also end without an apply (replaced by a deletion
+        // that had nothing left to delete, or no longer wanted): its error goes too.
+        if self.engine.failing_count() == 0 {
+            self.health.no_failures();
         }
     }
 
@@ -561,7 +566,15 @@ impl Folder {
         self.out.pump(&chunks, &mut self.records);
     }
 
-    pub(super) fn send_digest(&mut self, reply: bool) {
+    /// Publishes a summary that asks for an answer (the repair exchange,
+    /// `engine::Engine::send_summary`).
+    pub(super) fn ask_peers_to_compare(&mut self) {
+        self.engine.send_summary(true, Instant::now());
+        self.process();
+    }
+
+    /// The version-1 digest, for peers of the previous version.
+    fn send_digest(&mut self, reply: bool) {
         let buckets = self.engine.digest().buckets().to_vec();
         self.out
             .send(crate::protocol::wire::Message::Digest { reply, buckets });

@@ -244,6 +244,15 @@ impl Health {
         }
     }
 
+    /// No apply is failing any more: the error a failed apply set is over.
+    pub fn no_failures(&mut self) {
+        if let Some((_, msg)) = self.last_error_path.take()
+            && self.last_error.as_ref() == Some(&msg)
+        {
+            self.last_error = None;
+        }
+    }
+
     /// No retry is waiting: forget which warnings were logged.
     pub fn no_retries(&mut self) {
         self.retry_warned.clear();

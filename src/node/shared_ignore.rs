@@ -100,7 +100,7 @@ impl Folder {
         // Paths ignored no longer are found by a full scan; peers are asked to compare,
         // so that what they hold there comes back even if they sent it meanwhile.
         self.local.rescan_due = true;
-        self.send_digest(true);
+        self.ask_peers_to_compare();
         self.health.last_status = None;
     }
 }
