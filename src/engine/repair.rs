@@ -415,3 +415,141 @@ impl Engine {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{ChunkRef, Content, Mode};
+    use crate::protocol::relpath::RelPath;
+
+    fn engine(name: &str, files: u8) -> Engine {
+        let mut e = Engine::new(name, Mode::SendReceive, []);
+        for i in 0..files {
+            let c = Content::File {
+                size: 1,
+                mode: 0o644,
+                mtime_ns: 0,
+                chunks: [ChunkRef {
+                    hash: [i; 32],
+                    len: 1,
+                }]
+                .into(),
+            };
+            e.handle_local(RelPath::new(format!("f{i}")).unwrap(), c);
+        }
+        while e.poll_effect().is_some() {}
+        e
+    }
+
+    fn summary_of(e: &Engine, to: &str, reply: bool) -> (Vec<u64>, String, bool) {
+        (e.digest.groups().to_vec(), to.to_string(), reply)
+    }
+
+    fn effects(e: &mut Engine) -> Vec<Effect> {
+        std::iter::from_fn(|| e.poll_effect()).collect()
+    }
+
+    #[test]
+    fn only_the_named_answerer_compares() {
+        let a = engine("a", 5);
+        let mut b = engine("b", 0);
+        let (groups, _, _) = summary_of(&a, "c", true);
+        let now = Instant::now();
+        let s = Summary {
+            to: "c",
+            reply: true,
+            round: 1,
+            groups: &groups,
+        };
+        b.handle_summary("a", &s, now);
+        assert!(effects(&mut b).is_empty(), "b stays silent for c");
+        let s = Summary { to: "b", ..s };
+        b.handle_summary("a", &s, now);
+        // b holds nothing there: it asks for a's entries of every differing group.
+        let out = effects(&mut b);
+        assert!(
+            matches!(&out[..], [Effect::SendDescent { to, items }] if to == "a"
+                && !items.is_empty() && items.iter().all(|r| r.kids.is_empty())),
+            "{out:?}"
+        );
+    }
+
+    #[test]
+    fn an_unanswered_summary_asks_the_next_peer_then_confirms_once_answered() {
+        let mut a = engine("a", 3);
+        let t0 = Instant::now();
+        let peer = |name: &'static str| (name, engine(name, 3).digest.groups().to_vec());
+        for (name, groups) in [peer("b"), peer("c")] {
+            let s = Summary {
+                to: "x",
+                reply: false,
+                round: 1,
+                groups: &groups,
+            };
+            a.handle_summary(name, &s, t0);
+        }
+        a.send_summary(true, t0);
+        let first = match &effects(&mut a)[..] {
+            [
+                Effect::SendSummary {
+                    to, reply: true, ..
+                },
+            ] => to.clone(),
+            other => panic!("{other:?}"),
+        };
+        assert!(first == "b" || first == "c");
+        // Silence: the other peer is asked.
+        assert_eq!(a.poll_timeout(), Some(t0 + ANSWER_TIMEOUT));
+        let t1 = t0 + ANSWER_TIMEOUT;
+        a.handle_timeout(t1);
+        let second = match &effects(&mut a)[..] {
+            [
+                Effect::SendSummary {
+                    to, reply: true, ..
+                },
+            ] => to.clone(),
+            other => panic!("{other:?}"),
+        };
+        assert_ne!(first, second);
+        // It acknowledges; 5 s later one confirming summary goes out, and its
+        // acknowledgement settles it.
+        a.handle_descent(&second, "a", &[], t1);
+        assert!(effects(&mut a).is_empty());
+        let t2 = t1 + ANSWER_TIMEOUT;
+        a.handle_timeout(t2);
+        let third = match &effects(&mut a)[..] {
+            [
+                Effect::SendSummary {
+                    to, reply: true, ..
+                },
+            ] => to.clone(),
+            other => panic!("{other:?}"),
+        };
+        a.handle_descent(&third, "a", &[], t2);
+        assert_eq!(a.poll_timeout(), None);
+    }
+
+    #[test]
+    fn a_region_published_lately_is_not_published_again() {
+        let mut a = engine("a", 10);
+        let want = [Region {
+            level: 0,
+            index: 0,
+            kids: vec![0; GROUPS_FANOUT],
+        }];
+        let t0 = Instant::now();
+        a.handle_descent("b", "a", &want, t0);
+        let sent = |out: &[Effect]| {
+            out.iter()
+                .filter(|e| matches!(e, Effect::SendEntries(_)))
+                .count()
+        };
+        assert_eq!(sent(&effects(&mut a)), 1);
+        a.handle_descent("c", "a", &want, t0 + Duration::from_secs(1));
+        assert_eq!(sent(&effects(&mut a)), 0, "c got them with everyone");
+        a.handle_descent("c", "a", &want, t0 + SERVED_WINDOW + Duration::from_secs(1));
+        assert_eq!(sent(&effects(&mut a)), 1);
+    }
+
+    const GROUPS_FANOUT: usize = crate::engine::GROUPS;
+}
