@@ -360,7 +360,7 @@ impl Folder {
                 metrics::counter!("mqsync_apply_errors_total", "folder" => self.cfg.id.clone())
                     .increment(1);
                 error!(folder = %self.cfg.id, %path, "apply refused: {e}");
-                self.health.last_error = Some(e.to_string());
+                self.health.gave_up(path.clone(), e.to_string());
                 self.engine
                     .handle_apply_failed(&path, &version, Failure::Refused, Instant::now());
             }

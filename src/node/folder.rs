@@ -451,6 +451,14 @@ impl Folder {
             for (to, hashes) in self.applies.applier.stalled(now, FETCH_STALL) {
                 self.out.request(to, hashes);
             }
+            let gone = self.applies.applier.abandoned(now, FETCH_STALL);
+            if !gone.is_empty() {
+                for o in gone {
+                    self.on_outcome(o);
+                }
+                // Whatever the peers hold there now comes back whole.
+                self.ask_peers_to_compare();
+            }
         }
         if self.engine.poll_timeout().is_some_and(|t| t <= now) {
             self.engine.handle_timeout(now);

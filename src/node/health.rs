@@ -226,6 +226,13 @@ impl Health {
         self.last_error_path = Some((path, msg));
     }
 
+    /// An apply of `path` was given up: reported until that path is applied or no
+    /// apply fails any more.
+    pub fn gave_up(&mut self, path: RelPath, msg: String) {
+        self.last_error = Some(msg.clone());
+        self.last_error_path = Some((path, msg));
+    }
+
     /// The last error of the retried apply of `path`, if it is known.
     pub fn retry_error(&self, path: &RelPath) -> Option<&str> {
         self.retry_warned.get(path).map(String::as_str)

@@ -34,6 +34,10 @@ pub(super) struct Fetch {
     pub(super) unflushed: u64,
 }
 
+/// Requests without progress after which a fetch is given up ([`Applier::abandoned`]):
+/// 20 at the node's 3 s stall interval is a minute.
+pub const GIVE_UP_REQUESTS: u32 = 20;
+
 /// Bytes written into a temp file between two [`release_cache`] calls, and the size
 /// from which a file leaves the page cache once it is durable.
 pub(super) const RELEASE_EVERY: u64 = 4 << 20;
@@ -190,12 +194,52 @@ impl Applier {
         out
     }
 
+    /// Fetches that asked [`GIVE_UP_REQUESTS`] times without progress, taken out (their
+    /// temp files removed) and returned as failed: no node holds or serves what they
+    /// miss. Seen in the fault campaign after a partition healed (docs/RELIABILITY.md):
+    /// a version whose chunks were superseded everywhere was asked for every 3 s for
+    /// ever, and its node never converged.
+    pub fn abandoned(&mut self, now: Instant, after: Duration) -> Vec<Outcome> {
+        let gone: Vec<RelPath> = self
+            .fetches
+            .iter()
+            .filter(|(_, f)| {
+                f.requests >= GIVE_UP_REQUESTS
+                    && !f.missing.is_empty()
+                    && now.duration_since(f.last_progress) >= after
+            })
+            .map(|(p, _)| p.clone())
+            .collect();
+        let mut out = Vec::new();
+        for path in gone {
+            let Some(f) = self.fetches.get(&path) else {
+                continue;
+            };
+            let error = ApplyError::Unavailable {
+                path: path.clone(),
+                chunks: f.missing.len(),
+                requests: f.requests,
+            };
+            let (entry, conflict_copy) = (f.entry.clone(), f.conflict_copy.clone());
+            self.cancel(&path);
+            out.push(Outcome::Failed {
+                entry,
+                conflict_copy,
+                error,
+            });
+        }
+        out
+    }
+
     /// Chunks of fetches that made no progress for `after`, grouped by the node to ask.
     /// After two unanswered requests a fetch asks every node (`"*"`).
     pub fn stalled(&mut self, now: Instant, after: Duration) -> ChunkRequests {
         let mut by_source: HashMap<String, Vec<Hash>> = HashMap::new();
         for f in self.fetches.values_mut() {
-            if f.missing.is_empty() || now.duration_since(f.last_progress) < after {
+            if f.missing.is_empty()
+                || f.requests >= GIVE_UP_REQUESTS
+                || now.duration_since(f.last_progress) < after
+            {
                 continue;
             }
             f.last_progress = now;

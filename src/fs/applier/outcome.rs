@@ -24,6 +24,17 @@ pub enum ApplyError {
     /// Checked by the node before an apply; retried, since the twin may go away.
     #[error("{0}")]
     CaseCollision(crate::fs::casefold::Collision),
+    /// A fetch that no node served for [`super::fetch::GIVE_UP_REQUESTS`] requests: the
+    /// version is given up (its chunks may exist nowhere any more), and the node asks
+    /// its peers to compare, which offers whatever version they hold now.
+    #[error(
+        "{path}: no node served {chunks} missing chunk(s) after {requests} requests; given up until a peer offers it again"
+    )]
+    Unavailable {
+        path: RelPath,
+        chunks: usize,
+        requests: u32,
+    },
 }
 
 impl ApplyError {
@@ -31,7 +42,9 @@ impl ApplyError {
     pub fn retryable(&self) -> bool {
         !matches!(
             self,
-            ApplyError::ChangedLocally(_) | ApplyError::UnsafeParent(_)
+            ApplyError::ChangedLocally(_)
+                | ApplyError::UnsafeParent(_)
+                | ApplyError::Unavailable { .. }
         )
     }
 

@@ -374,6 +374,36 @@ fn a_directory_holding_only_ignored_files_is_kept_and_its_delete_done() {
 }
 
 #[test]
+fn a_fetch_nobody_serves_is_given_up_after_its_requests() {
+    let d = tempfile::tempdir().unwrap();
+    let mut a = Applier::new(d.path().to_path_buf(), no_ignore());
+    let (c, _) = file_content(&[b"zzz"], 0o644);
+    a.start(entry("f", c), None, None, "n7", &none);
+    let t0 = Instant::now();
+    let step = Duration::from_secs(3);
+    for i in 1..=fetch::GIVE_UP_REQUESTS {
+        let now = t0 + step * i;
+        assert!(a.abandoned(now, step).is_empty(), "request {i}");
+        assert_eq!(a.stalled(now, step).len(), 1, "request {i}");
+    }
+    let now = t0 + step * (fetch::GIVE_UP_REQUESTS + 1);
+    assert!(a.stalled(now, step).is_empty(), "no request after the last");
+    let out = a.abandoned(now, step);
+    assert!(
+        matches!(
+            &out[..],
+            [Outcome::Failed {
+                error: ApplyError::Unavailable { chunks: 1, .. },
+                ..
+            }]
+        ),
+        "{out:?}"
+    );
+    assert_eq!(a.in_flight(), 0);
+    assert_eq!(fs::read_dir(d.path()).unwrap().count(), 0, "temp removed");
+}
+
+#[test]
 fn stalled_fetches_ask_their_source_then_everyone() {
     let d = tempfile::tempdir().unwrap();
     let mut a = Applier::new(d.path().to_path_buf(), no_ignore());
