@@ -140,10 +140,64 @@ impl Applier {
                 cc_parent.sync();
             }
         }
-        parent.rename(tmp, parent, name).map_err(io_err(&shown))?;
+        let kept =
+            current.filter(|m| m.mode & libc::S_IFMT != libc::S_IFDIR && conflict_copy.is_none());
+        install(parent, tmp, name, kept).map_err(|e| match e {
+            Installed::Changed => ApplyError::ChangedLocally(shown.clone()),
+            Installed::Io(e) => io_err(&shown)(e),
+        })?;
         if sync_dirs {
             parent.sync();
         }
         parent.meta(name).map_err(io_err(&shown))
     }
+}
+
+pub(super) enum Installed {
+    /// A local write landed on the target after it was checked.
+    Changed,
+    Io(std::io::Error),
+}
+
+/// Puts `tmp` in place of `name` without losing a local write that lands between the
+/// check of the target and the rename (found by the fault campaign: the write was
+/// replaced, and the scan then took the winner's bytes for the local version). Where
+/// the target was `checked` to hold a file, the two are swapped in one step and what
+/// came out is compared with what was checked (less the ctime, which the rename
+/// moves); a change is swapped back. Where the target was absent (or moved aside), the
+/// rename refuses to replace a file that appeared since. File systems without these
+/// rename flags (some FUSE ones) get the plain rename.
+pub(super) fn install(
+    parent: &ParentDir,
+    tmp: &str,
+    name: &str,
+    checked: Option<LocalMeta>,
+) -> Result<(), Installed> {
+    let unsupported = |e: &std::io::Error| {
+        matches!(
+            e.raw_os_error(),
+            Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP)
+        )
+    };
+    let plain = || parent.rename(tmp, parent, name).map_err(Installed::Io);
+    let Some(checked) = checked else {
+        return match parent.rename_new(tmp, name) {
+            Ok(()) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Err(Installed::Changed),
+            Err(e) if unsupported(&e) => plain(),
+            Err(e) => Err(Installed::Io(e)),
+        };
+    };
+    match parent.exchange(tmp, name) {
+        Ok(()) => {}
+        Err(e) if unsupported(&e) => return plain(),
+        Err(e) => return Err(Installed::Io(e)),
+    }
+    let without_ctime = |m: LocalMeta| LocalMeta { ctime_ns: 0, ..m };
+    let out = parent.meta(tmp).map_err(Installed::Io)?;
+    if out.map(without_ctime) != Some(without_ctime(checked)) {
+        parent.exchange(tmp, name).map_err(Installed::Io)?;
+        return Err(Installed::Changed);
+    }
+    parent.remove_file(tmp).map_err(Installed::Io)
 }

@@ -100,6 +100,28 @@ impl ParentDir {
         Ok(rustix::fs::renameat(&self.fd, from, &dir.fd, to)?)
     }
 
+    /// Swaps `a` and `b` in this directory in one step (`RENAME_EXCHANGE`).
+    pub fn exchange(&self, a: &str, b: &str) -> io::Result<()> {
+        Ok(rustix::fs::renameat_with(
+            &self.fd,
+            a,
+            &self.fd,
+            b,
+            rustix::fs::RenameFlags::EXCHANGE,
+        )?)
+    }
+
+    /// Renames `from` to `to` in this directory unless `to` exists (`RENAME_NOREPLACE`).
+    pub fn rename_new(&self, from: &str, to: &str) -> io::Result<()> {
+        Ok(rustix::fs::renameat_with(
+            &self.fd,
+            from,
+            &self.fd,
+            to,
+            rustix::fs::RenameFlags::NOREPLACE,
+        )?)
+    }
+
     pub fn remove_file(&self, name: &str) -> io::Result<()> {
         Ok(rustix::fs::unlinkat(&self.fd, name, AtFlags::empty())?)
     }

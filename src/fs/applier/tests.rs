@@ -573,3 +573,32 @@ fn large_files_leave_the_page_cache_once_durable() {
         &parts[0][..64 << 10]
     );
 }
+
+#[test]
+fn a_local_write_after_the_check_is_swapped_back_not_replaced() {
+    use super::commit::{Installed, install};
+    use super::parent::ParentDir;
+    let d = tempfile::tempdir().unwrap();
+    let rel = RelPath::new("f").unwrap();
+    let parent = ParentDir::open(d.path(), &rel, true).unwrap();
+    fs::write(d.path().join("f"), b"old").unwrap();
+    let checked = parent.meta("f").unwrap();
+    // The local write lands after the check, before the rename.
+    fs::write(d.path().join("f"), b"local edit").unwrap();
+    fs::write(d.path().join(".f.tmp"), b"remote").unwrap();
+    let res = install(&parent, ".f.tmp", "f", checked);
+    assert!(matches!(res, Err(Installed::Changed)));
+    assert_eq!(fs::read(d.path().join("f")).unwrap(), b"local edit");
+    assert_eq!(fs::read(d.path().join(".f.tmp")).unwrap(), b"remote");
+    // Unchanged since the check: installed, the old file gone.
+    let checked = parent.meta("f").unwrap();
+    assert!(install(&parent, ".f.tmp", "f", checked).is_ok());
+    assert_eq!(fs::read(d.path().join("f")).unwrap(), b"remote");
+    assert!(!d.path().join(".f.tmp").exists());
+    // Absent when checked, created since: not replaced.
+    fs::write(d.path().join("g"), b"new local file").unwrap();
+    fs::write(d.path().join(".g.tmp"), b"remote").unwrap();
+    let res = install(&parent, ".g.tmp", "g", None);
+    assert!(matches!(res, Err(Installed::Changed)));
+    assert_eq!(fs::read(d.path().join("g")).unwrap(), b"new local file");
+}
