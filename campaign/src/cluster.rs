@@ -238,7 +238,12 @@ impl Cluster {
                 c.arg("run")
                     .arg("--config")
                     .arg(&node.config)
-                    .env("MQSYNC_LOG", "info,rumqttd=warn,rumqttc=warn,notify=warn")
+                    .env(
+                        "MQSYNC_LOG",
+                        std::env::var("MQSYNC_CAMPAIGN_LOG").unwrap_or_else(|_| {
+                            "info,rumqttd=warn,rumqttc=warn,notify=warn".into()
+                        }),
+                    )
                     .env(
                         "MQSYNC_TEST_CLOCK_OFFSET_MS",
                         node.clock_offset_ms.to_string(),

@@ -161,11 +161,7 @@ impl Nemesis {
         }
         for a in self.active.iter_mut() {
             if a.kind == Kind::DiskFull && !a.reported {
-                let h = c.health(a.nodes[0]);
-                let err = h["last_error"].as_str().unwrap_or("").to_lowercase();
-                if err.contains("space") || err.contains("os error 28") {
-                    a.reported = true;
-                }
+                a.reported = reports_full_disk(&c.health(a.nodes[0]));
             }
         }
         let (done, keep): (Vec<Active>, Vec<Active>) =
@@ -189,7 +185,13 @@ impl Nemesis {
         let until = Instant::now() + p.len;
         let nodes = match p.kind {
             Kind::KillBroker => {
-                if self.active.iter().any(|a| a.kind == Kind::KillBroker) {
+                // Not during a full disk either: the full node must receive something
+                // while it is full, to show that it reports it.
+                if self
+                    .active
+                    .iter()
+                    .any(|a| matches!(a.kind, Kind::KillBroker | Kind::DiskFull))
+                {
                     return;
                 }
                 c.kill_broker();
@@ -199,6 +201,9 @@ impl Nemesis {
                 let Some(i) = self.full_node.filter(|&i| !self.busy(i)) else {
                     return;
                 };
+                if self.active.iter().any(|a| a.kind == Kind::KillBroker) {
+                    return;
+                }
                 if let Err(e) = fill(&c.nodes[i].home.join("filler")) {
                     self.log.push(format!("full disk: cannot fill: {e}"));
                     return;
@@ -295,11 +300,19 @@ impl Nemesis {
             Kind::Pause => c.pause_node(a.nodes[0], false),
             Kind::DiskFull => {
                 let i = a.nodes[0];
+                // The disk stays full until the node has said so (the file it must
+                // store may still be on its way), for at most a minute.
+                let mut reported = a.reported;
+                let deadline = Instant::now() + Duration::from_secs(60);
+                while !reported && Instant::now() < deadline {
+                    reported = reports_full_disk(&c.health(i));
+                    std::thread::sleep(Duration::from_millis(200));
+                }
                 let _ = fs::remove_file(c.nodes[i].home.join("filler"));
                 let h = c.health(i);
                 self.disk_full.push(DiskFullSeen {
                     node: c.nodes[i].name.clone(),
-                    reported: a.reported,
+                    reported,
                     what: format!(
                         "last_error {:?}, pending {}",
                         h["last_error"].as_str().unwrap_or(""),
@@ -346,6 +359,12 @@ impl Nemesis {
             c.nodes[i].name
         ));
     }
+}
+
+/// Whether a node's health document says its disk is full.
+fn reports_full_disk(health: &serde_json::Value) -> bool {
+    let err = health["last_error"].as_str().unwrap_or("").to_lowercase();
+    err.contains("space") || err.contains("os error 28")
 }
 
 /// Writes `path` until its file system is full.

@@ -254,6 +254,9 @@ impl Workload {
         make: impl FnOnce(&[u8]) -> Vec<u8>,
     ) {
         let path = root.join(rel);
+        // Set once the file is being changed: a write that fails halfway (a full
+        // disk) has still destroyed what it read, as any program's would.
+        let mut touched: Option<Hash> = None;
         let r = (|| -> std::io::Result<(Vec<u8>, Option<Hash>, Outcome)> {
             if let Some(parent) = path.parent() {
                 fs::create_dir_all(parent)?;
@@ -268,6 +271,7 @@ impl Workload {
             f.read_to_end(&mut old)?;
             let data = make(&old);
             let parent = (!old.is_empty()).then(|| hash(&old));
+            touched = parent;
             if data.starts_with(&old) && !old.is_empty() {
                 f.seek(SeekFrom::End(0))?;
                 f.write_all(&data[old.len()..])?;
@@ -293,7 +297,12 @@ impl Workload {
                 }
                 self.record(cx, rel, &data, kind, outcome);
             }
-            Err(_) => self.record(cx, rel, b"", kind, Outcome::Failed),
+            Err(_) => {
+                if let Some(p) = touched {
+                    self.history.supersede(p);
+                }
+                self.record(cx, rel, b"", kind, Outcome::Failed)
+            }
         }
     }
 
