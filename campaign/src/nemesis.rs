@@ -15,6 +15,7 @@ use crate::cluster::{Cluster, KEEPALIVE_S};
 use crate::workload::{Ctx, Workload};
 use rand::Rng;
 use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
@@ -95,6 +96,7 @@ pub struct Nemesis {
     /// A line per fault started, for the campaign's log.
     pub log: Vec<String>,
     burst_no: u32,
+    deck: Vec<Kind>,
 }
 
 impl Nemesis {
@@ -109,6 +111,7 @@ impl Nemesis {
             bursts: vec![0; nodes],
             log: vec![],
             burst_no: 0,
+            deck: vec![],
         }
     }
 
@@ -120,7 +123,13 @@ impl Nemesis {
     pub fn plan(&mut self, start: Instant, round: Duration) {
         let n = self.rng.random_range(2..=4);
         for _ in 0..n {
-            let mut kind = ALL[self.rng.random_range(0..ALL.len())];
+            // Kinds are dealt from a shuffled deck of all of them, so every kind comes
+            // up within any eight faults (a short campaign still sees each).
+            if self.deck.is_empty() {
+                self.deck = ALL.to_vec();
+                self.deck.shuffle(&mut self.rng);
+            }
+            let mut kind = self.deck.pop().unwrap_or(Kind::KillNode);
             if kind == Kind::DiskFull && self.full_node.is_none() {
                 kind = Kind::KillNode;
             }

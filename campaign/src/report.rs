@@ -20,7 +20,8 @@ pub struct Figures {
     pub failed_writes: u64,
     pub orphaned_writes: usize,
     pub bytes: u64,
-    pub lost: usize,
+    /// None when the last round did not converge (nothing to judge against).
+    pub lost: Option<usize>,
     pub conflicts: usize,
     pub files: usize,
     pub heal: Vec<Duration>,
@@ -52,6 +53,9 @@ impl Figures {
             heal.last().copied().unwrap_or_default(),
         );
         let faults: u64 = self.faults.values().sum();
+        let lost = self
+            .lost
+            .map_or("unknown (no convergence)".to_string(), |n| n.to_string());
         println!(
             "campaign {}: seed {} broker {} nodes {} minutes {} rounds {} faults {} writes {} bytes {} lost {} conflicts {} heal p50 {:.1} s p99 {:.1} s max {:.1} s",
             if self.pass { "PASS" } else { "FAIL" },
@@ -63,7 +67,7 @@ impl Figures {
             faults,
             self.writes,
             self.bytes,
-            self.lost,
+            lost,
             self.conflicts,
             p50.as_secs_f64(),
             p99.as_secs_f64(),
@@ -110,7 +114,7 @@ impl Figures {
             "bytes written",
             format!("{} ({})", self.bytes, mib(self.bytes)),
         );
-        row("lost writes", self.lost.to_string());
+        row("lost writes", lost.clone());
         row(
             "conflict copies in the final tree",
             self.conflicts.to_string(),
