@@ -5,9 +5,12 @@
 //! and checks the history (checker.rs). Figures at the end (report.rs); the exit code
 //! is 0 on a pass, 1 on a failed check, 2 when the campaign could not run.
 //!
-//! The seed fixes the workload's operations and the nemesis's schedule; the
-//! interleaving with the daemons is real time, so a replay repeats the same faults
-//! and operations, not the same thread schedule. docs/RELIABILITY.md explains more.
+//! The seed fixes every random draw (the workload's and the nemesis's from separate
+//! streams); the daemons run in real time, so a replay repeats the schedule of faults
+//! and the draws, not the interleaving. docs/RELIABILITY.md explains more.
+//!
+//! Environment: `MQSYNC_CAMPAIGN_LOG` sets the nodes' `MQSYNC_LOG` (for example
+//! `info,mqsync=debug` for a post-mortem).
 
 mod checker;
 mod cluster;
