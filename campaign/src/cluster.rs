@@ -332,9 +332,18 @@ impl Cluster {
         run_ok(
             Command::new(&self.bin)
                 .args(["wait", "--timeout", &timeout_s.to_string(), "--config"])
-                .arg(&self.nodes[0].config),
+                .arg(&self.nodes[0].config)
+                .env_remove("RUST_BACKTRACE"),
         )
         .map(|_| ())
+        // Its reason is the message's last line (the command line comes first).
+        .map_err(|e| {
+            e.lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("")
+                .to_string()
+        })
     }
 
     /// The text of every log of node `i`, oldest start first.
