@@ -346,6 +346,25 @@ impl Cluster {
         })
     }
 
+    /// For a post-mortem of a failed round: every running node's threads, as gdb
+    /// prints them, in `logs/nK.stacks.txt` (nothing where gdb is missing).
+    pub fn dump_stacks(&self) {
+        for n in &self.nodes {
+            let Some(c) = &n.child else { continue };
+            let out = Command::new("timeout")
+                .args(["60", "gdb", "-p", &c.id().to_string(), "-batch", "-ex"])
+                .arg("thread apply all bt")
+                .stdin(Stdio::null())
+                .output();
+            if let Ok(out) = out {
+                let _ = fs::write(
+                    self.dir.join(format!("logs/{}.stacks.txt", n.name)),
+                    [out.stdout, out.stderr].concat(),
+                );
+            }
+        }
+    }
+
     /// The text of every log of node `i`, oldest start first.
     pub fn node_logs(&self, i: usize) -> String {
         let n = &self.nodes[i];

@@ -181,6 +181,7 @@ fn run(args: &Args, dir: &std::path::Path) -> Result<bool, String> {
             Ok(conv) => conv,
             Err(e) => {
                 fails.push(format!("round {rounds}: {e}"));
+                c.dump_stacks();
                 break;
             }
         };
@@ -210,6 +211,7 @@ fn run(args: &Args, dir: &std::path::Path) -> Result<bool, String> {
         );
         last = Some(conv);
         if !fails.is_empty() {
+            c.dump_stacks();
             break;
         }
     }
