@@ -120,7 +120,15 @@ impl Local {
                 }
                 self.dirty_due = Some(now);
             }
-            FsEvent::Rescan => self.rescan_due = true,
+            FsEvent::Rescan => {
+                // Said once per overflow, so an operator (and the fault campaign) can
+                // tell a lost-events rescan from the hourly one.
+                info!(
+                    folder = %self.folder,
+                    "watcher lost events (inotify queue overflow): rescanning the folder"
+                );
+                self.rescan_due = true;
+            }
             // The watcher's own business (see `watching`).
             FsEvent::OutOfWatches => {}
             FsEvent::Error(e) => {

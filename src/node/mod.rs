@@ -163,8 +163,22 @@ pub fn forget_folder(state_dir: &Path, id: &str) -> std::io::Result<()> {
 
 /// The wall clock in ms since the epoch: what the engine stamps changes with.
 fn now_ms() -> u64 {
-    SystemTime::now()
+    let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+        .unwrap_or(0);
+    now.saturating_add_signed(test_clock_offset_ms())
+}
+
+/// Test only, undocumented for users: `MQSYNC_TEST_CLOCK_OFFSET_MS` (signed ms) shifts
+/// the wall clock the engine is given, so the fault campaign (`campaign/`) can run one
+/// node with a skewed clock without faking the whole process's time. Read once.
+fn test_clock_offset_ms() -> i64 {
+    static OFFSET: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *OFFSET.get_or_init(|| {
+        std::env::var("MQSYNC_TEST_CLOCK_OFFSET_MS")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    })
 }
