@@ -326,6 +326,8 @@ async fn drive(
     mut closing: watch::Receiver<bool>,
 ) {
     let mut backoff = Duration::from_millis(250);
+    // The publishing connection lost since its last ConnAck: its next one is reported.
+    let mut lost = false;
     let lock = |w: &Arc<Mutex<OversizeWatch>>, f: &mut dyn FnMut(&mut OversizeWatch) -> Verdict| {
         w.lock().map(|mut w| f(&mut w)).unwrap_or(Verdict::Same)
     };
@@ -352,6 +354,18 @@ async fn drive(
             }
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 backoff = Duration::from_millis(250);
+                // The folder took the publishing connection's loss as the node's (it
+                // stops its timers, and what it published meanwhile may be gone): its
+                // return is a reconnection too, even while the subscribing connection
+                // stayed up and so sends no SubAck. Found by the fault campaign: a node
+                // paused past its keep-alive lost only this connection and stayed
+                // "disconnected" for good.
+                if matches!(role, Role::Publish(_))
+                    && std::mem::take(&mut lost)
+                    && !deliver(&ev_tx, NetEvent::Connected, &mut closing).await
+                {
+                    return;
+                }
                 if let Role::Subscribe {
                     client,
                     subscriptions,
@@ -421,6 +435,7 @@ async fn drive(
                     None => format!("connection to {host} failed: {e}"),
                 };
                 let slow = fatal.is_some() || limited;
+                lost = true;
                 let ev = NetEvent::Disconnected {
                     reason,
                     fatal: fatal.is_some(),
