@@ -398,6 +398,7 @@ fn an_edit_in_a_large_file_sends_little_more_than_the_edit() {
     let mut c = Cluster::new(3);
     let port = free_port();
     c.write_config(0, |t| format!("metrics_listen = \"127.0.0.1:{port}\"\n{t}"));
+    let started = std::time::Instant::now();
     for i in 0..3 {
         c.start_node(i);
     }
@@ -415,7 +416,13 @@ fn an_edit_in_a_large_file_sends_little_more_than_the_edit() {
             "mqsync_bytes_sent_total{folder=\"shared\"}",
         )
     };
-    // Let the initial push settle, then count from here.
+    // Let the initial push settle, then count from here: past the confirming summary
+    // each node sends 5 s after connecting (engine::ANSWER_TIMEOUT) and a stalled
+    // fetch's 3 s, whose late answers belong to the first transfer, not to the edit.
+    std::thread::sleep(
+        (started + mqsync::engine::ANSWER_TIMEOUT + Duration::from_secs(2))
+            .saturating_duration_since(std::time::Instant::now()),
+    );
     let mut before = sent();
     assert!(wait_until(T, || {
         std::thread::sleep(Duration::from_millis(500));
