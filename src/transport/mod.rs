@@ -413,7 +413,26 @@ async fn drive(
                 }
                 let mut refused = None;
                 let mut limited = false;
+                let mut cleared = false;
                 if let Role::Publish(w) = &role {
+                    // rumqttc queues the events of one network round and keeps them
+                    // across the reconnect: read them now, or the next connection's
+                    // first publishes are matched with this one's sizes (a watch that
+                    // believed the broker took 497,782 bytes under a 262,144 limit).
+                    for ev in std::mem::take(&mut eventloop.state.events) {
+                        match ev {
+                            Event::Outgoing(rumqttc::Outgoing::Publish(pkid)) => {
+                                lock(w, &mut |w| {
+                                    w.written(pkid);
+                                    Verdict::Same
+                                });
+                            }
+                            Event::Incoming(Packet::PubAck(ack)) => {
+                                cleared |= lock(w, &mut |w| w.acked(ack.pkid)) == Verdict::Cleared;
+                            }
+                            _ => {}
+                        }
+                    }
                     // The client holds every publish it has not had acknowledged, the
                     // written ones first; a new clean session drops them all.
                     let held = eventloop
@@ -441,6 +460,9 @@ async fn drive(
                     fatal: fatal.is_some(),
                 };
                 if !deliver(&ev_tx, ev, &mut closing).await {
+                    return;
+                }
+                if cleared && !deliver(&ev_tx, NetEvent::PacketLimit(None), &mut closing).await {
                     return;
                 }
                 if let Some(r) = refused {
