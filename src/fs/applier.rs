@@ -264,7 +264,7 @@ impl Applier {
                 if Some(m) != expected {
                     return Err(ApplyError::ChangedLocally(shown));
                 }
-                parent.remove_file(name).map_err(io_err(&shown))?;
+                commit::remove_checked(&parent, name, m).map_err(|e| e.at(&shown))?;
                 parent.create_dir(name).map_err(io_err(&shown))?;
             }
             None => parent.create_dir(name).map_err(io_err(&shown))?,
@@ -350,7 +350,7 @@ impl Applier {
                 if Some(m) != expected {
                     return Err(ApplyError::ChangedLocally(shown));
                 }
-                parent.remove_file(name).map_err(io_err(&shown))?;
+                commit::remove_checked(&parent, name, m).map_err(|e| e.at(&shown))?;
                 Ok(true)
             }
         }

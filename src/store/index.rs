@@ -46,6 +46,17 @@ impl PartialEq for LocalMeta {
     }
 }
 
+impl LocalMeta {
+    /// The same file with the same content, though perhaps renamed since (a rename
+    /// moves the ctime and nothing else).
+    pub fn same_but_ctime(&self, o: &Self) -> bool {
+        LocalMeta {
+            ctime_ns: 0,
+            ..*self
+        } == *o
+    }
+}
+
 /// What a record holds beyond the previous version's layout, stored after it: older
 /// versions read the record and stop before this, and this version reads records
 /// written without it (their attributes unknown, their ctime not compared).

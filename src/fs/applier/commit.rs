@@ -142,14 +142,29 @@ impl Applier {
         }
         let kept =
             current.filter(|m| m.mode & libc::S_IFMT != libc::S_IFDIR && conflict_copy.is_none());
-        install(parent, tmp, name, kept).map_err(|e| match e {
-            Installed::Changed => ApplyError::ChangedLocally(shown.clone()),
-            Installed::Io(e) => io_err(&shown)(e),
-        })?;
+        let staged = parent.meta(tmp).map_err(io_err(&shown))?;
+        install(parent, tmp, name, kept).map_err(|e| e.at(&shown))?;
         if sync_dirs {
             parent.sync();
         }
-        parent.meta(name).map_err(io_err(&shown))
+        let placed = parent.meta(name).map_err(io_err(&shown))?;
+        Ok(attributed(staged, placed))
+    }
+}
+
+/// The metadata to record for an applied file: what the disk shows after the rename,
+/// unless a local write already changed the file by then (anything but the ctime,
+/// which the rename moves, differs from the staged file): then the staged file's.
+/// Recorded as the applied version's, a local write's metadata would hide that write
+/// from every later scan, which skips files whose metadata the index holds, and a
+/// conflict would then move it aside as if it held the applied version.
+pub(super) fn attributed(
+    staged: Option<LocalMeta>,
+    placed: Option<LocalMeta>,
+) -> Option<LocalMeta> {
+    match (staged, placed) {
+        (Some(s), Some(p)) if s.same_but_ctime(&p) => placed,
+        _ => staged,
     }
 }
 
@@ -157,6 +172,16 @@ pub(super) enum Installed {
     /// A local write landed on the target after it was checked.
     Changed,
     Io(std::io::Error),
+}
+
+impl Installed {
+    /// The apply's error for the file shown as `shown`.
+    pub(super) fn at(self, shown: &std::path::Path) -> ApplyError {
+        match self {
+            Installed::Changed => ApplyError::ChangedLocally(shown.to_path_buf()),
+            Installed::Io(e) => io_err(shown)(e),
+        }
+    }
 }
 
 /// Puts `tmp` in place of `name` without losing a local write that lands between the
@@ -193,11 +218,36 @@ pub(super) fn install(
         Err(e) if unsupported(&e) => return plain(),
         Err(e) => return Err(Installed::Io(e)),
     }
-    let without_ctime = |m: LocalMeta| LocalMeta { ctime_ns: 0, ..m };
     let out = parent.meta(tmp).map_err(Installed::Io)?;
-    if out.map(without_ctime) != Some(without_ctime(checked)) {
+    if !out.is_some_and(|o| o.same_but_ctime(&checked)) {
         parent.exchange(tmp, name).map_err(Installed::Io)?;
         return Err(Installed::Changed);
     }
     parent.remove_file(tmp).map_err(Installed::Io)
+}
+
+/// Removes `name`, which was `checked` to hold a file, without losing a local write
+/// that lands between the check and the removal: the file is first renamed to a temp
+/// name and compared with what was checked; a change is renamed back (or, when the
+/// name was taken again meanwhile by a still later write, dropped for that one).
+pub(super) fn remove_checked(
+    parent: &ParentDir,
+    name: &str,
+    checked: LocalMeta,
+) -> Result<(), Installed> {
+    let aside = super::temp_name(name);
+    parent.rename(name, parent, &aside).map_err(Installed::Io)?;
+    let out = parent.meta(&aside).map_err(Installed::Io)?;
+    if out.is_some_and(|o| o.same_but_ctime(&checked)) {
+        return parent.remove_file(&aside).map_err(Installed::Io);
+    }
+    match parent.rename_new(&aside, name) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+            let _ = parent.remove_file(&aside);
+        }
+        // No RENAME_NOREPLACE here (some FUSE file systems): put it back as it was.
+        Err(_) => parent.rename(&aside, parent, name).map_err(Installed::Io)?,
+    }
+    Err(Installed::Changed)
 }

@@ -602,3 +602,46 @@ fn a_local_write_after_the_check_is_swapped_back_not_replaced() {
     assert!(matches!(res, Err(Installed::Changed)));
     assert_eq!(fs::read(d.path().join("g")).unwrap(), b"new local file");
 }
+
+#[test]
+fn a_local_write_right_after_the_rename_is_not_recorded_as_the_applied_version() {
+    use super::commit::attributed;
+    use super::parent::ParentDir;
+    let d = tempfile::tempdir().unwrap();
+    let rel = RelPath::new("f").unwrap();
+    let parent = ParentDir::open(d.path(), &rel, true).unwrap();
+    fs::write(d.path().join(".f.tmp"), b"remote").unwrap();
+    let staged = parent.meta(".f.tmp").unwrap();
+    fs::rename(d.path().join(".f.tmp"), d.path().join("f")).unwrap();
+    // Nothing changed it: what the disk shows (the rename's ctime included).
+    let placed = parent.meta("f").unwrap();
+    assert_eq!(attributed(staged, placed), placed);
+    // A local write landed between the rename and the look at the result: the staged
+    // file's metadata is recorded, which differs from the disk's, so a scan reads it.
+    fs::write(d.path().join("f"), b"a local edit, longer").unwrap();
+    let placed = parent.meta("f").unwrap();
+    let recorded = attributed(staged, placed);
+    assert_eq!(recorded, staged);
+    assert_ne!(recorded, placed);
+}
+
+#[test]
+fn a_remote_delete_keeps_a_local_write_that_landed_after_the_check() {
+    use super::commit::{Installed, remove_checked};
+    use super::parent::ParentDir;
+    let d = tempfile::tempdir().unwrap();
+    let rel = RelPath::new("f").unwrap();
+    let parent = ParentDir::open(d.path(), &rel, true).unwrap();
+    fs::write(d.path().join("f"), b"old").unwrap();
+    let checked = parent.meta("f").unwrap().unwrap();
+    fs::write(d.path().join("f"), b"local edit").unwrap();
+    assert!(matches!(
+        remove_checked(&parent, "f", checked),
+        Err(Installed::Changed)
+    ));
+    assert_eq!(fs::read(d.path().join("f")).unwrap(), b"local edit");
+    // Unchanged since the check: removed, nothing left beside it.
+    let checked = parent.meta("f").unwrap().unwrap();
+    assert!(remove_checked(&parent, "f", checked).is_ok());
+    assert_eq!(fs::read_dir(d.path()).unwrap().count(), 0);
+}
