@@ -8,6 +8,7 @@
 //! confirmed entries, so a node never claims data it does not have.
 
 pub mod attrs;
+mod copies;
 pub mod digest;
 pub mod effect;
 pub mod entries;
@@ -462,19 +463,23 @@ impl Engine {
                 }
             }
         }
-        let (entry, conflict_copy, publish) =
-            match resolve(&self.node, self.entries.get(&entry.path), &entry) {
-                Decision::Ignore => return,
-                Decision::Adopt(e) => return self.confirm(e),
-                Decision::Install {
-                    entry,
-                    conflict_copy,
-                } => (entry, conflict_copy, false),
-                Decision::Resolve {
-                    entry,
-                    conflict_copy,
-                } => (entry, conflict_copy, true),
-            };
+        let local = self.entries.get(&entry.path);
+        let (entry, conflict_copy, publish) = match resolve(&self.node, local, &entry) {
+            Decision::Ignore => return,
+            Decision::Adopt(e) => return self.confirm(e),
+            Decision::Install {
+                entry,
+                conflict_copy,
+            } => (entry, conflict_copy, false),
+            Decision::Resolve {
+                entry,
+                conflict_copy,
+            } => (entry, conflict_copy, true),
+        };
+        let conflict_copy = match (conflict_copy, local) {
+            (Some(cc), Some(loser)) => Some(self.free_copy_name(loser, cc)),
+            (cc, _) => cc,
+        };
         self.local_changes.remove(&entry.path);
         self.start_apply(entry, conflict_copy, from.clone(), publish);
     }

@@ -124,6 +124,13 @@ pub fn resolve(node: &str, local: Option<&Entry>, remote: &Entry) -> Decision {
 /// `NAME.sync-conflict-YYYYMMDD-HHMMSS-NODE.EXT` beside the original, from the loser's
 /// own modification time and author, so every node derives the same name.
 pub fn conflict_name(loser: &Entry) -> Option<RelPath> {
+    conflict_name_nth(loser, 1)
+}
+
+/// The `n`th name for a conflict copy of `loser`: [`conflict_name`] for 1, then
+/// `NAME.sync-conflict-YYYYMMDD-HHMMSS-NODE-N.EXT`, for a second loser of the same
+/// author within the same second (whose copy must not replace the first's).
+pub fn conflict_name_nth(loser: &Entry, n: u32) -> Option<RelPath> {
     let name = loser.path.file_name();
     let (stem, ext) = match name.rfind('.') {
         Some(i) if i > 0 => (&name[..i], &name[i..]),
@@ -136,6 +143,9 @@ pub fn conflict_name(loser: &Entry) -> Option<RelPath> {
         .map(|c| if c == '/' || c == '\0' { '_' } else { c })
         .collect();
     node.truncate(64);
+    if n > 1 {
+        node.push_str(&format!("-{n}"));
+    }
     let mut stem = stem.to_string();
     // Keep the result within the 255-byte component limit.
     let fixed = ".sync-conflict-".len() + stamp.len() + 1 + node.len() + ext.len();

@@ -218,6 +218,30 @@ fn concurrent_edits_keep_a_conflict_copy_everywhere() {
     assert_eq!(disk.len(), 2);
 }
 
+/// Two losers of one author within the same second: the second copy gets a numbered
+/// name instead of replacing the first (found by the fault campaign: the first copy,
+/// the only place its write survived, was renamed over).
+#[test]
+fn a_second_loser_in_the_same_second_gets_its_own_copy() {
+    let mut net = Net::new(3);
+    net.write(0, "doc.txt", file(1, 10));
+    net.run(&[true; 3]);
+    // Both write at once: the announcements cross, and each node settles the conflict.
+    for (mine, theirs) in [(2, 3), (4, 5)] {
+        net.write(0, "doc.txt", file(mine, 20));
+        net.write(1, "doc.txt", file(theirs, 30));
+        net.run(&[true; 3]);
+    }
+    net.assert_converged();
+    let disk = &net.nodes[2].disk;
+    assert_eq!(disk.get(&p("doc.txt")), Some(&file(5, 30)), "{disk:?}");
+    let first = p("doc.sync-conflict-19700101-000020-n0.txt");
+    let second = p("doc.sync-conflict-19700101-000020-n0-2.txt");
+    assert_eq!(disk.get(&first), Some(&file(2, 20)), "{disk:?}");
+    assert_eq!(disk.get(&second), Some(&file(4, 20)), "{disk:?}");
+    assert_eq!(disk.len(), 3, "{disk:?}");
+}
+
 /// A conflict settles in the live exchange: the node holding the loser publishes its
 /// resolution, so no digest round is needed for the entries (not only the files) to
 /// agree, also when every node takes part (three concurrent edits, every one of them

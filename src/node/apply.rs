@@ -306,9 +306,13 @@ impl Folder {
                     self.scan_paths(&[cc], None);
                 }
             }
-            Outcome::Failed { entry, error, .. } => {
+            Outcome::Failed {
+                entry,
+                error,
+                conflict_copy,
+            } => {
                 self.local.release_name(&entry.path);
-                self.on_failed(entry, error);
+                self.on_failed(entry, conflict_copy, error);
             }
         }
     }
@@ -316,14 +320,18 @@ impl Folder {
     /// A failed apply: a local change under it is scanned; a failure worth retrying
     /// (a full disk, a permission) goes to the engine's retry policy; anything else
     /// is given up and reported.
-    fn on_failed(&mut self, entry: Entry, error: ApplyError) {
+    fn on_failed(&mut self, entry: Entry, conflict_copy: Option<RelPath>, error: ApplyError) {
         let (path, version): (RelPath, VersionVector) = (entry.path, entry.version);
         match error {
             ApplyError::ChangedLocally(_) => {
                 self.applies.started.remove(&path);
                 self.applies.report.dropped(&path);
                 debug!(folder = %self.cfg.id, %path, "changed locally during apply; rescanning");
-                self.scan_paths(std::slice::from_ref(&path), None);
+                // The conflict copy's name too: a file found there is why a loser could
+                // not be moved aside, and the engine picks another name once it knows it.
+                let paths: Vec<RelPath> =
+                    std::iter::once(path.clone()).chain(conflict_copy).collect();
+                self.scan_paths(&paths, None);
                 self.engine.handle_applied(&path, &version, false);
             }
             e if e.retryable() => {

@@ -133,9 +133,19 @@ impl Applier {
         }
         if let (Some(cc), Some(_)) = (conflict_copy, current) {
             let cc_parent = ParentDir::open(&self.root, cc, true)?;
-            parent
-                .rename(name, &cc_parent, cc.file_name())
-                .map_err(io_err(&cc_parent.shown(cc.file_name())))?;
+            let cc_shown = cc_parent.shown(cc.file_name());
+            // Never over another file: that may be an earlier conflict copy (of a loser
+            // the engine did not know yet), the only place its write survives. The
+            // conflict is decided again once the scan has found that file.
+            match parent.move_new(name, &cc_parent, cc.file_name()) {
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                    return Err(ApplyError::ChangedLocally(cc_shown));
+                }
+                Err(e) if unsupported(&e) => parent
+                    .rename(name, &cc_parent, cc.file_name())
+                    .map_err(io_err(&cc_shown))?,
+                res => res.map_err(io_err(&cc_shown))?,
+            }
             if sync_dirs {
                 cc_parent.sync();
             }
@@ -168,6 +178,14 @@ pub(super) fn attributed(
     }
 }
 
+/// A file system without the rename flags (some FUSE ones): the plain rename then.
+fn unsupported(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP)
+    )
+}
+
 pub(super) enum Installed {
     /// A local write landed on the target after it was checked.
     Changed,
@@ -198,12 +216,6 @@ pub(super) fn install(
     name: &str,
     checked: Option<LocalMeta>,
 ) -> Result<(), Installed> {
-    let unsupported = |e: &std::io::Error| {
-        matches!(
-            e.raw_os_error(),
-            Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP)
-        )
-    };
     let plain = || parent.rename(tmp, parent, name).map_err(Installed::Io);
     let Some(checked) = checked else {
         return match parent.rename_new(tmp, name) {

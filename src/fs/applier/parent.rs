@@ -113,10 +113,15 @@ impl ParentDir {
 
     /// Renames `from` to `to` in this directory unless `to` exists (`RENAME_NOREPLACE`).
     pub fn rename_new(&self, from: &str, to: &str) -> io::Result<()> {
+        self.move_new(from, self, to)
+    }
+
+    /// Renames `from` in this directory to `to` in `dir` unless `to` exists there.
+    pub fn move_new(&self, from: &str, dir: &ParentDir, to: &str) -> io::Result<()> {
         Ok(rustix::fs::renameat_with(
             &self.fd,
             from,
-            &self.fd,
+            &dir.fd,
             to,
             rustix::fs::RenameFlags::NOREPLACE,
         )?)

@@ -250,6 +250,34 @@ fn conflict_copy_moves_the_loser_aside() {
         fs::read(d.path().join("f.sync-conflict-x.txt")).unwrap(),
         b"mine"
     );
+    // A file already at the copy's name (an earlier copy the engine did not know yet)
+    // is never replaced: the apply reports a local change and leaves both alone.
+    let expected = Some(local_meta(
+        &fs::symlink_metadata(d.path().join("f.txt")).unwrap(),
+    ));
+    let (c, data) = file_content(&[b"a third"], 0o644);
+    let map: HashMap<Hash, Vec<u8>> = data.into_iter().collect();
+    let cc = RelPath::new("f.sync-conflict-x.txt").unwrap();
+    let out = a.start(entry("f.txt", c), Some(cc), expected, "n2", &|h| {
+        map.get(h).cloned()
+    });
+    let out = committed_one(&mut a, out);
+    assert!(
+        matches!(
+            &out,
+            Outcome::Failed {
+                error: ApplyError::ChangedLocally(_),
+                ..
+            }
+        ),
+        "{out:?}"
+    );
+    assert_eq!(fs::read(d.path().join("f.txt")).unwrap(), b"theirs");
+    assert_eq!(
+        fs::read(d.path().join("f.sync-conflict-x.txt")).unwrap(),
+        b"mine"
+    );
+    assert_eq!(fs::read_dir(d.path()).unwrap().count(), 2, "no temp file left");
 }
 
 #[test]
