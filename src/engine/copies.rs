@@ -11,25 +11,28 @@ const TRIES: u32 = 100;
 
 impl Engine {
     /// The name for the conflict copy of `loser`, proposed as `first`: the first of
-    /// its numbered names that no other file holds here (a copy of the same data may
-    /// be there already: the same copy, made again).
-    pub(super) fn free_copy_name(&self, loser: &Entry, first: RelPath) -> RelPath {
-        let taken = |name: &RelPath| {
-            let other = |e: &Entry| !e.content.is_deleted() && !e.same_data(loser);
-            self.entries.get(name).is_some_and(other)
-                || self.pending.get(name).is_some_and(|p| other(&p.entry))
+    /// its numbered names that no other file holds here. `None` when one of them
+    /// holds the loser's data already (the same copy, made on another node first):
+    /// nothing needs moving aside then, and moving it there would have to replace it.
+    pub(super) fn free_copy_name(&self, loser: &Entry, first: RelPath) -> Option<RelPath> {
+        // Whether `name` holds nothing, the loser's data, or something else.
+        let held = |name: &RelPath| {
+            let live = |e: &Entry| (!e.content.is_deleted()).then(|| e.same_data(loser));
+            let pending = self.pending.get(name).map(|p| &p.entry);
+            pending.or(self.entries.get(name)).and_then(live)
         };
-        if !taken(&first) {
-            return first;
-        }
-        let mut last = first;
+        let mut name = first;
         for n in 2..=TRIES {
+            match held(&name) {
+                None => return Some(name),
+                Some(true) => return None,
+                Some(false) => {}
+            }
             match conflict_name_nth(loser, n) {
-                Some(name) if !taken(&name) => return name,
-                Some(name) => last = name,
+                Some(next) => name = next,
                 None => break,
             }
         }
-        last
+        Some(name)
     }
 }

@@ -477,7 +477,7 @@ impl Engine {
             } => (entry, conflict_copy, true),
         };
         let conflict_copy = match (conflict_copy, local) {
-            (Some(cc), Some(loser)) => Some(self.free_copy_name(loser, cc)),
+            (Some(cc), Some(loser)) => self.free_copy_name(loser, cc),
             (cc, _) => cc,
         };
         self.local_changes.remove(&entry.path);

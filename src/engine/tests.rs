@@ -242,6 +242,31 @@ fn a_second_loser_in_the_same_second_gets_its_own_copy() {
     assert_eq!(disk.len(), 3, "{disk:?}");
 }
 
+/// The loser's data already kept under its copy's name (made by another node first):
+/// nothing is moved aside, since moving the loser there would have to replace a file.
+#[test]
+fn a_loser_already_kept_as_a_copy_is_not_moved_aside_again() {
+    let mut e = Engine::new("n0".to_string(), Mode::SendReceive, []);
+    e.handle_local(p("doc.txt"), file(2, 20));
+    e.handle_local(p("doc.sync-conflict-19700101-000020-n0.txt"), file(2, 20));
+    while e.poll_effect().is_some() {}
+    e.handle_remote(Entry {
+        path: p("doc.txt"),
+        version: VersionVector::new().incremented("n1"),
+        modified_by: "n1".into(),
+        changed_ms: 0,
+        content: file(3, 30),
+        attrs: None,
+    });
+    let copies: Vec<Option<RelPath>> = std::iter::from_fn(|| e.poll_effect())
+        .filter_map(|eff| match eff {
+            Effect::Apply { conflict_copy, .. } => Some(conflict_copy),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(copies, vec![None]);
+}
+
 /// A conflict settles in the live exchange: the node holding the loser publishes its
 /// resolution, so no digest round is needed for the entries (not only the files) to
 /// agree, also when every node takes part (three concurrent edits, every one of them

@@ -30,7 +30,7 @@ impl Engine {
                     // (it lost); then install the winner, keeping `local` as a
                     // conflict copy. A version made here (now or when `p` was
                     // decided) is published once written: no peer knows it.
-                    let conflict_copy = conflict_copy.map(|cc| self.free_copy_name(local, cc));
+                    let conflict_copy = conflict_copy.and_then(|cc| self.free_copy_name(local, cc));
                     let publish = p.publish || entry.version != p.entry.version;
                     self.confirm(local.clone());
                     self.start_apply(entry, conflict_copy, Origin::any(), publish);

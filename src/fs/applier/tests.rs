@@ -277,7 +277,11 @@ fn conflict_copy_moves_the_loser_aside() {
         fs::read(d.path().join("f.sync-conflict-x.txt")).unwrap(),
         b"mine"
     );
-    assert_eq!(fs::read_dir(d.path()).unwrap().count(), 2, "no temp file left");
+    assert_eq!(
+        fs::read_dir(d.path()).unwrap().count(),
+        2,
+        "no temp file left"
+    );
 }
 
 #[test]
