@@ -329,10 +329,23 @@ impl Folder {
                 debug!(folder = %self.cfg.id, %path, "changed locally during apply; rescanning");
                 // The conflict copy's name too: a file found there is why a loser could
                 // not be moved aside, and the engine picks another name once it knows it.
-                let paths: Vec<RelPath> =
-                    std::iter::once(path.clone()).chain(conflict_copy).collect();
+                let paths: Vec<RelPath> = std::iter::once(path.clone())
+                    .chain(conflict_copy.clone())
+                    .collect();
                 self.scan_paths(&paths, None);
+                let decided_again = !self
+                    .engine
+                    .pending_entry(&path)
+                    .is_some_and(|p| p.version == version);
                 self.engine.handle_applied(&path, &version, false);
+                // No local change took the version's place (the copy's name was taken):
+                // the peers send it again now, not at the next summary, and it is
+                // decided with that name known.
+                if !decided_again
+                    && conflict_copy.is_some_and(|cc| self.engine.entry(&cc).is_some())
+                {
+                    self.ask_peers_to_compare();
+                }
             }
             e if e.retryable() => {
                 // A directory that waits for its entries to go is ordinary order; so is
