@@ -134,7 +134,10 @@ impl Cluster {
                 .arg(dir.join("certs"))
                 .args(["--nodes", &names.join(",")]),
         )?;
-        let port = free_port(seed);
+        // The process id too: two campaigns of one seed started together (one per
+        // broker) would otherwise pick the same port, and one's nodes reach the other's
+        // broker. The port plays no part in the schedule.
+        let port = free_port(seed ^ u64::from(std::process::id()));
         let mut nodes = Vec::new();
         let mut tmpfs = None;
         for (i, name) in names.iter().enumerate() {
