@@ -6,6 +6,7 @@ use crate::engine::{Content, Engine, Hash};
 use crate::protocol::chunker;
 use crate::protocol::relpath::RelPath;
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 /// Chunk hash prefix → a path whose confirmed entry lists that chunk.
 ///
@@ -16,7 +17,12 @@ use std::collections::BTreeMap;
 #[derive(Default)]
 pub struct ChunkLocations {
     by_prefix: BTreeMap<u64, RelPath>,
+    /// When each chunk whose recorded holder had changed was last looked for.
+    looked_for: std::collections::HashMap<Hash, Instant>,
 }
+
+/// How long a chunk looked for in vain is not looked for again.
+const LOOK_AGAIN: Duration = Duration::from_secs(60);
 
 fn prefix(hash: &Hash) -> u64 {
     let mut b = [0u8; 8];
@@ -36,6 +42,7 @@ impl ChunkLocations {
         }
         ChunkLocations {
             by_prefix: pairs.into_iter().collect(),
+            looked_for: Default::default(),
         }
     }
 
@@ -46,6 +53,66 @@ impl ChunkLocations {
                 self.by_prefix.insert(prefix(&c.hash), path.clone());
             }
         }
+    }
+
+    /// Finds another holder for each of `hashes` whose recorded one no longer lists it
+    /// (only one path is kept per chunk: the last confirmed file to hold it, which may
+    /// have changed since while an older file still holds the chunk), in one pass over
+    /// the confirmed entries. Found by the fault campaign: a chunk every node held was
+    /// served by none, and the node missing it fetched for ever. Returns how many were
+    /// found. The caller limits how often a hash is looked for (a pass is O(files)).
+    pub fn relocate(&mut self, hashes: &[Hash], engine: &Engine) -> usize {
+        let mut want: std::collections::HashMap<u64, Hash> = hashes
+            .iter()
+            .filter(|h| self.find(h, engine).is_none())
+            .map(|h| (prefix(h), *h))
+            .collect();
+        let mut found = 0;
+        for e in engine.entries() {
+            if want.is_empty() {
+                break;
+            }
+            let Content::File { chunks, .. } = &e.content else {
+                continue;
+            };
+            for c in chunks.iter() {
+                let p = prefix(&c.hash);
+                if want.get(&p) == Some(&c.hash) {
+                    want.remove(&p);
+                    self.by_prefix.insert(p, e.path.clone());
+                    found += 1;
+                }
+            }
+        }
+        found
+    }
+
+    /// [`Self::relocate`] for the asked `hashes` that this node recorded a holder for
+    /// but whose holder changed, each at most once a minute: a node never holding a
+    /// chunk asked of everyone costs nothing, and one asked again and again costs one
+    /// pass over the entries a minute.
+    pub fn relocate_asked(&mut self, hashes: &[Hash], engine: &Engine, now: Instant) -> usize {
+        if self.looked_for.len() > 4096 {
+            self.looked_for
+                .retain(|_, at| now.duration_since(*at) < LOOK_AGAIN);
+        }
+        let stale: Vec<Hash> = hashes
+            .iter()
+            .filter(|h| self.contains(h) && self.find(h, engine).is_none())
+            .filter(|h| {
+                self.looked_for
+                    .get(*h)
+                    .is_none_or(|at| now.duration_since(*at) >= LOOK_AGAIN)
+            })
+            .copied()
+            .collect();
+        if stale.is_empty() {
+            return 0;
+        }
+        for h in &stale {
+            self.looked_for.insert(*h, now);
+        }
+        self.relocate(&stale, engine)
     }
 
     /// Whether some local path is known to hold a chunk with this hash's prefix.
@@ -121,6 +188,49 @@ mod tests {
         assert_eq!(locs.find(&hash(3), &engine), None);
         locs.insert(&p, &now);
         assert_eq!(locs.find(&hash(5), &engine), Some((p, 100, 20)));
+    }
+
+    #[test]
+    fn a_chunk_whose_recorded_holder_changed_is_found_in_another_file() {
+        let (old, new) = (
+            RelPath::new("old").expect("path"),
+            RelPath::new("new").expect("path"),
+        );
+        let mut engine = Engine::new("n1", Mode::SendReceive, []);
+        engine.handle_local(old.clone(), file(&[(1, 10), (2, 20)]));
+        engine.handle_local(new.clone(), file(&[(2, 20), (3, 30)]));
+        let mut locs = ChunkLocations::default();
+        locs.insert(&old, &engine.entry(&old).expect("entry").content);
+        locs.insert(&new, &engine.entry(&new).expect("entry").content);
+        // "new" holds chunk 2 as the last one recorded, then changes and loses it.
+        engine.handle_local(new.clone(), file(&[(3, 30)]));
+        assert_eq!(locs.find(&hash(2), &engine), None);
+        assert_eq!(locs.relocate(&[hash(2), hash(9)], &engine), 1);
+        assert_eq!(locs.find(&hash(2), &engine), Some((old.clone(), 10, 20)));
+        assert_eq!(
+            locs.relocate(&[hash(2)], &engine),
+            0,
+            "found, not looked for again"
+        );
+
+        // Asked by a peer: a chunk never held here is not looked for; a stale one is,
+        // once a minute.
+        let t = Instant::now();
+        engine.handle_local(old.clone(), file(&[(1, 10)]));
+        engine.handle_local(new.clone(), file(&[(3, 30), (2, 20)]));
+        assert_eq!(locs.relocate_asked(&[hash(9)], &engine, t), 0);
+        assert!(locs.looked_for.is_empty());
+        assert_eq!(locs.relocate_asked(&[hash(2)], &engine, t), 1);
+        assert_eq!(locs.find(&hash(2), &engine), Some((new.clone(), 30, 20)));
+        engine.handle_local(old.clone(), file(&[(2, 20)]));
+        engine.handle_local(new.clone(), file(&[(8, 1)]));
+        assert_eq!(
+            locs.relocate_asked(&[hash(2)], &engine, t),
+            0,
+            "within the minute"
+        );
+        assert_eq!(locs.relocate_asked(&[hash(2)], &engine, t + LOOK_AGAIN), 1);
+        assert_eq!(locs.find(&hash(2), &engine), Some((old, 0, 20)));
     }
 
     #[test]

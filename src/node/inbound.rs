@@ -148,6 +148,10 @@ impl Folder {
             Message::Part { .. } => return,
             Message::Request { to, hashes } => {
                 if to == self.out.node || to == "*" {
+                    let found = self.locations.relocate_asked(&hashes, &self.engine, now);
+                    if found > 0 {
+                        debug!(folder = %self.cfg.id, %from, chunks = found, "found asked chunks in other files");
+                    }
                     let n = hashes
                         .into_iter()
                         .filter(|h| self.locations.contains(h) && self.out.queue_asked(*h, now))
