@@ -75,6 +75,11 @@ impl Content {
         matches!(self, Content::Dir { .. })
     }
 
+    /// A file or a symlink: what a conflict keeps as a copy.
+    pub fn is_file_like(&self) -> bool {
+        matches!(self, Content::File { .. } | Content::Symlink { .. })
+    }
+
     /// Same bytes, type and permissions: the differences that matter for conflicts.
     /// Modification times alone never make a conflict.
     pub fn same_data(&self, other: &Content) -> bool {

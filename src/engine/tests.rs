@@ -267,6 +267,54 @@ fn a_loser_already_kept_as_a_copy_is_not_moved_aside_again() {
     assert_eq!(copies, vec![None]);
 }
 
+/// A local write found under an apply whose version claims to follow it (possible
+/// only through a counter this node reused) is kept as a conflict copy, under a new
+/// version, instead of being replaced (found by the fault campaign).
+#[test]
+fn a_local_write_under_an_apply_claiming_to_follow_it_is_kept_as_a_copy() {
+    let mut e = Engine::new("n0".to_string(), Mode::SendReceive, []);
+    e.handle_local(p("doc.txt"), file(1, 10));
+    while e.poll_effect().is_some() {}
+    let claimed = VersionVector::new()
+        .incremented("n0")
+        .incremented("n0")
+        .incremented("n1");
+    e.handle_remote(Entry {
+        path: p("doc.txt"),
+        version: claimed.clone(),
+        modified_by: "n1".into(),
+        changed_ms: 0,
+        content: file(5, 50),
+        attrs: None,
+    });
+    while e.poll_effect().is_some() {}
+    e.handle_local(p("doc.txt"), file(7, 20));
+    let applies: Vec<(VersionVector, Option<RelPath>)> = std::iter::from_fn(|| e.poll_effect())
+        .filter_map(|eff| match eff {
+            Effect::Apply {
+                entry,
+                conflict_copy,
+                ..
+            } => Some((entry.version, conflict_copy)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(applies.len(), 1, "{applies:?}");
+    let (version, copy) = &applies[0];
+    assert_eq!(
+        copy.as_ref().map(|c| c.as_str()),
+        Some("doc.sync-conflict-19700101-000020-n0.txt")
+    );
+    assert_eq!(version.compare(&claimed), Causality::Greater);
+    // The engine's pending version is the new one: a failure report of the old
+    // version does not drop it.
+    e.handle_applied(&p("doc.txt"), &claimed, false);
+    assert_eq!(
+        e.pending_entry(&p("doc.txt")).map(|x| &x.version),
+        Some(version)
+    );
+}
+
 /// A conflict settles in the live exchange: the node holding the loser publishes its
 /// resolution, so no digest round is needed for the entries (not only the files) to
 /// agree, also when every node takes part (three concurrent edits, every one of them

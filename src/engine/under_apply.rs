@@ -2,7 +2,9 @@
 //! conflict. Settled as `resolve` settles any conflict, so that the result is what the
 //! peers compute too, and published where only this node can know it.
 
-use super::{Chunks, Decision, Effect, Engine, Entry, Origin, Pending, beats, resolve};
+use super::{
+    Chunks, Decision, Effect, Engine, Entry, Origin, Pending, beats, conflict_name, resolve,
+};
 
 impl Engine {
     /// Settles `local` (just seen on disk) against `p` (being written, now taken
@@ -30,6 +32,21 @@ impl Engine {
                     // (it lost); then install the winner, keeping `local` as a
                     // conflict copy. A version made here (now or when `p` was
                     // decided) is published once written: no peer knows it.
+                    // A version that claims to follow `local` cannot have seen it (it was
+                    // just made here): only a counter this node reused makes that claim
+                    // (found by the fault campaign: the local write was replaced without
+                    // a copy). It is settled as a conflict, so the write is kept.
+                    let (entry, conflict_copy) = match conflict_copy {
+                        None if !p.entry.same_data(local) && local.content.is_file_like() => {
+                            let version = local.version.merged(&entry.version);
+                            let entry = Entry {
+                                version: version.incremented(&self.node),
+                                ..entry
+                            };
+                            (entry, conflict_name(local))
+                        }
+                        cc => (entry, cc),
+                    };
                     let conflict_copy = conflict_copy.and_then(|cc| self.free_copy_name(local, cc));
                     let publish = p.publish || entry.version != p.entry.version;
                     self.confirm(local.clone());
