@@ -174,6 +174,9 @@ impl Folder {
                 .engine
                 .handle_apply_failed(&path, &version, failure, Instant::now());
         }
+        // With the vectors, a replay's log shows why a version was installed over what
+        // the disk held (RELIABILITY.md, finding 5).
+        debug!(folder = %self.cfg.id, path = %entry.path, version = ?entry.version, local = ?self.engine.entry(&entry.path).map(|e| &e.version), copy = ?conflict_copy, "apply decided");
         let q = QueuedApply {
             entry,
             conflict_copy,
