@@ -5,7 +5,7 @@
 use crate::engine::{Content, Engine, Hash};
 use crate::protocol::chunker;
 use crate::protocol::relpath::RelPath;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 /// Chunk hash prefix → a path whose confirmed entry lists that chunk.
@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 pub struct ChunkLocations {
     by_prefix: BTreeMap<u64, RelPath>,
     /// When each chunk whose recorded holder had changed was last looked for.
-    looked_for: std::collections::HashMap<Hash, Instant>,
+    looked_for: HashMap<Hash, Instant>,
 }
 
 /// How long a chunk looked for in vain is not looked for again.
@@ -62,7 +62,7 @@ impl ChunkLocations {
     /// served by none, and the node missing it fetched for ever. Returns how many were
     /// found. The caller limits how often a hash is looked for (a pass is O(files)).
     pub fn relocate(&mut self, hashes: &[Hash], engine: &Engine) -> usize {
-        let mut want: std::collections::HashMap<u64, Hash> = hashes
+        let mut want: HashMap<u64, Hash> = hashes
             .iter()
             .filter(|h| self.find(h, engine).is_none())
             .map(|h| (prefix(h), *h))

@@ -336,7 +336,7 @@ impl Folder {
                     .chain(conflict_copy.clone())
                     .collect();
                 self.scan_paths(&paths, None);
-                let decided_again = !self
+                let still_pending = self
                     .engine
                     .pending_entry(&path)
                     .is_some_and(|p| p.version == version);
@@ -344,8 +344,7 @@ impl Folder {
                 // No local change took the version's place (the copy's name was taken):
                 // the peers send it again now, not at the next summary, and it is
                 // decided with that name known.
-                if !decided_again
-                    && conflict_copy.is_some_and(|cc| self.engine.entry(&cc).is_some())
+                if still_pending && conflict_copy.is_some_and(|cc| self.engine.entry(&cc).is_some())
                 {
                     self.ask_peers_to_compare();
                 }
